@@ -1,0 +1,1 @@
+"""Resource package: the eBPF C sources that bcc compiles at run time."""

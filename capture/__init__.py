@@ -1,0 +1,1 @@
+"""ecap-audit: authorized capture of TLS plaintext (and shell / database activity)."""

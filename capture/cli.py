@@ -1,0 +1,18 @@
+"""Command line of ecap-audit (placeholder until its issue lands)."""
+
+from __future__ import annotations
+
+from ecap.cli import Parser, run
+
+
+def build_parser() -> Parser:
+    return Parser(prog="ecap-audit", description=__doc__)
+
+
+def _main(argv: list[str] | None) -> int:
+    build_parser().parse_args(argv)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    run(_main, argv)

@@ -1,0 +1,1 @@
+"""ecap-detect: find eBPF programs that hook plaintext, their owners and victims."""

@@ -1,0 +1,1 @@
+"""Authorization: Ed25519 keys, requests, signed tokens, verification policy, revocation."""

@@ -1,0 +1,1 @@
+"""ecap-harden: generate and validate policies that close eBPF capture exposure."""

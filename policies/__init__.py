@@ -1,0 +1,1 @@
+"""Resource package: shipped AppArmor profiles and abstractions (policies/apparmor/)."""

@@ -1,0 +1,1 @@
+"""Self-contained HTML audit reports rendered with jinja2 from reports/templates/."""

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# One-command, idempotent host setup for ecap (run as root; `make setup` calls it).
+# Installs Debian packages, arranges kernel headers for bcc, mounts tracefs, and
+# builds .venv with Debian's python so that bcc/audit/auparse/seccomp import.
+# Quiet when there is nothing to do.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  python3-bpfcc bpftool bpftrace linux-headers-amd64 python3-audit auditd
+  python3-venv python3-seccomp apparmor libseccomp-dev
+  openssl curl nodejs chromium
+)
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup: must run as root (apt, kernel headers, tracefs); rerun with sudo" >&2
+  exit 4
+fi
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# bcc compiles against /lib/modules/$(uname -r)/build. This kernel ships no header
+# package; Debian's newest -amd64/-common pair works for uprobe and tracepoint programs.
+kdir="/lib/modules/$(uname -r)"
+if [ ! -e "$kdir/build" ]; then
+  amd64=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n1)
+  if [ -z "$amd64" ]; then
+    echo "setup: no /usr/src/linux-headers-*-amd64 found; install linux-headers-amd64" >&2
+    exit 4
+  fi
+  common="${amd64%-amd64}-common"
+  mkdir -p "$kdir"
+  ln -sfn "$amd64" "$kdir/build"
+  ln -sfn "$common" "$kdir/source"
+  echo "setup: linked $kdir/build -> $amd64 and source -> $common (no headers for this kernel)"
+fi
+
+if ! grep -qs ' /sys/kernel/tracing tracefs ' /proc/mounts; then
+  mount -t tracefs tracefs /sys/kernel/tracing
+  echo "setup: mounted tracefs on /sys/kernel/tracing"
+fi
+
+# The venv is rebuilt only when pyproject.toml changed since the last install.
+if [ ! -x .venv/bin/python ]; then
+  /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+stamp=.venv/.ecap-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "setup: installing ecap into .venv"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 \
+    | grep -v "is ignored: it is neither a file nor a directory" || true
+  .venv/bin/python -c "import ecap, bcc, audit, auparse, seccomp" \
+    || { echo "setup: .venv cannot import ecap/bcc/audit/auparse/seccomp" >&2; exit 4; }
+  touch "$stamp"
+fi

@@ -1,0 +1,1 @@
+"""ecap test suite: real kernel, real processes, as root."""
