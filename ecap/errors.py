@@ -34,6 +34,9 @@ class Error(Exception):
         self.message = message
         self.hint = hint
 
+    def __str__(self) -> str:
+        return self.one_line()
+
     def one_line(self) -> str:
         """The message and, when known, what to do about it — on one line."""
         text = self.message if not self.hint else f"{self.message}; {self.hint}"
