@@ -1,0 +1,126 @@
+"""Preflight: passes on this machine; each check's failure says what to fix; a
+process without the capabilities gets exit 4 from doctor."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from ecap.capture import doctor
+from ecap.errors import EnvironmentNotReady
+
+
+def test_doctor_passes_here(ecap_env):
+    r = ecap_env.run("ecap-audit", "doctor", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads(r.stdout)
+    assert report["ok"]
+    names = {c["name"]: c for c in report["checks"]}
+    assert {
+        "kernel",
+        "btf",
+        "bcc",
+        "bpf-load",
+        "tracefs",
+        "uprobe-pmu",
+        "capabilities",
+        "lockdown",
+        "unprivileged-bpf",
+    } <= set(names)
+    assert names["bpf-load"]["ok"] and names["capabilities"]["ok"]
+
+
+def _broken_loader() -> None:
+    raise Exception("Failed to compile BPF module <text>")
+
+
+def _broken_import(name: str):
+    raise ImportError("No module named 'bcc'")
+
+
+@pytest.mark.parametrize(
+    ("result", "detail", "fix"),
+    [
+        (lambda: doctor.check_kernel("4.19.0-17-amd64"), "older than 5.8", "Linux 5.8 or newer"),
+        (
+            lambda: doctor.check_btf("/nonexistent/vmlinux"),
+            "no kernel BTF",
+            "CONFIG_DEBUG_INFO_BTF",
+        ),
+        (lambda: doctor.check_bcc_import(_broken_import), "cannot import bcc", "python3-bpfcc"),
+        (
+            lambda: doctor.check_bcc_load(_broken_loader),
+            "loading a trivial program failed",
+            "linux-headers-amd64",
+        ),
+        (lambda: doctor.check_tracefs(None), "tracefs is not mounted", "mount -t tracefs"),
+        (lambda: doctor.check_uprobe_pmu(None), "devices/uprobe is missing", "CONFIG_UPROBES"),
+        (
+            lambda: doctor.check_capabilities({"CAP_SYS_PTRACE"}, "6.1.0"),
+            "missing CAP_BPF, CAP_PERFMON",
+            "run as root, or grant CAP_BPF",
+        ),
+        (
+            lambda: doctor.check_capabilities({"CAP_BPF", "CAP_PERFMON"}, "6.1.0"),
+            "missing CAP_SYS_PTRACE",
+            "CAP_SYS_PTRACE",
+        ),
+        (
+            lambda: doctor.check_capabilities(
+                {"CAP_BPF", "CAP_PERFMON", "CAP_SYS_PTRACE"}, "5.4.0"
+            ),
+            "missing CAP_SYS_ADMIN",
+            "CAP_SYS_ADMIN",
+        ),
+        (
+            lambda: doctor.check_lockdown("confidentiality"),
+            "lockdown=confidentiality",
+            "lockdown=integrity",
+        ),
+        (
+            lambda: doctor.check_unprivileged_bpf("0"),
+            "unprivileged users may load BPF",
+            "unprivileged_bpf_disabled=2",
+        ),
+    ],
+)
+def test_each_failure_names_the_fix(result, detail, fix):
+    r = result()
+    assert not r.ok
+    assert detail in r.detail and fix in r.fix
+    assert r.message().startswith(f"{r.name}: ") and "\n" not in r.message()
+
+
+def test_preflight_raises_first_required_failure(monkeypatch):
+    real = doctor.check_uprobe_pmu
+    monkeypatch.setattr(doctor, "check_uprobe_pmu", lambda: real(None))
+    with pytest.raises(
+        EnvironmentNotReady, match=r"uprobe-pmu: .* fix: use a kernel with CONFIG_UPROBES"
+    ) as exc:
+        doctor.preflight()
+    assert exc.value.exit_code == 4
+
+
+def test_doctor_without_capabilities_exits_4(ecap_env):
+    # Drop the BPF-related capabilities from the bounding set, then exec doctor.
+    r = subprocess.run(
+        [
+            "capsh",
+            "--drop=cap_bpf,cap_perfmon,cap_sys_admin,cap_sys_ptrace",
+            "--",
+            "-c",
+            "exec ecap-audit doctor",
+        ],
+        env=ecap_env.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 4, r.stdout + r.stderr
+    assert "FAIL capabilities" in r.stdout
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("ecap-audit: error: bpf-load:") or last.startswith(
+        "ecap-audit: error: capabilities:"
+    )
