@@ -1,0 +1,160 @@
+"""The bpf(2) commands the detector needs, called through ctypes.
+
+No bpftool and no libbpf at run time: the scan must work on a host that has
+neither, and the syscall is small. Attribute and info structures are built as
+zeroed byte buffers and read with :mod:`struct` at the offsets of
+``include/uapi/linux/bpf.h``; the kernel accepts a larger buffer than it knows
+as long as the tail is zero, and fills only what it knows, so one layout serves
+kernels from 5.x to 6.18 (fields a kernel lacks simply read as zero).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+import struct
+from collections.abc import Iterator
+
+_NR_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280}.get(platform.machine(), 321)
+
+# enum bpf_cmd
+OBJ_PIN = 6
+OBJ_GET = 7
+PROG_GET_NEXT_ID = 11
+MAP_GET_NEXT_ID = 12
+PROG_GET_FD_BY_ID = 13
+MAP_GET_FD_BY_ID = 14
+OBJ_GET_INFO_BY_FD = 15
+BTF_GET_FD_BY_ID = 19
+TASK_FD_QUERY = 20
+LINK_GET_FD_BY_ID = 30
+LINK_GET_NEXT_ID = 31
+
+# enum bpf_task_fd_type
+FD_TYPE_NAMES = {
+    0: "raw_tracepoint",
+    1: "tracepoint",
+    2: "kprobe",
+    3: "kretprobe",
+    4: "uprobe",
+    5: "uretprobe",
+}
+
+# ENOENT: no program on the event; 524 (kernel ENOTSUPP): not a perf event;
+# EBADF/ESRCH: fd or task gone meanwhile.
+_NOT_A_BPF_PERF_EVENT = (errno.ENOENT, 524, errno.EOPNOTSUPP, errno.EBADF, errno.ESRCH)
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+_syscall.argtypes = (ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_uint)
+
+
+class BpfError(OSError):
+    """A bpf(2) command failed; ``errno`` says why (EPERM without CAP_SYS_ADMIN)."""
+
+
+def bpf(cmd: int, attr: ctypes.Array) -> int:
+    """Call bpf(2) with an attribute buffer; returns the result or raises BpfError."""
+    ret = _syscall(_NR_BPF, cmd, ctypes.addressof(attr), len(attr))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise BpfError(err, f"bpf cmd {cmd}: {os.strerror(err)}")
+    return ret
+
+
+def _attr(size: int = 128) -> ctypes.Array:
+    return ctypes.create_string_buffer(size)
+
+
+def _addr(buf: ctypes.Array | None) -> int:
+    return 0 if buf is None else ctypes.addressof(buf)
+
+
+def iter_ids(cmd: int) -> Iterator[int]:
+    """All ids of one object kind (PROG/MAP/LINK_GET_NEXT_ID), ascending."""
+    start = 0
+    while True:
+        attr = _attr(16)
+        struct.pack_into("<I", attr, 0, start)
+        try:
+            bpf(cmd, attr)
+        except BpfError as exc:
+            if exc.errno == errno.ENOENT:
+                return
+            raise
+        start = struct.unpack_from("<I", attr, 4)[0]
+        yield start
+
+
+def fd_by_id(cmd: int, obj_id: int) -> int:
+    """An fd for the object with this id (ENOENT when it vanished meanwhile)."""
+    attr = _attr(16)
+    struct.pack_into("<I", attr, 0, obj_id)
+    return bpf(cmd, attr)
+
+
+def info_by_fd(fd: int, info: ctypes.Array) -> int:
+    """Fill ``info`` (a zeroed or pre-seeded buffer) for fd; returns the kernel's length."""
+    attr = _attr(16)
+    struct.pack_into("<IIQ", attr, 0, fd, len(info), ctypes.addressof(info))
+    bpf(OBJ_GET_INFO_BY_FD, attr)
+    return struct.unpack_from("<I", attr, 4)[0]
+
+
+def obj_get(path: str) -> int:
+    """Open a pinned object (BPF_OBJ_GET) read-only."""
+    raw = ctypes.create_string_buffer(os.fsencode(path))
+    attr = _attr(24)
+    struct.pack_into("<QII", attr, 0, ctypes.addressof(raw), 0, 0)
+    return bpf(OBJ_GET, attr)
+
+
+def obj_pin(fd: int, path: str) -> None:
+    """Pin an object at a bpffs path (used by tests and demos that make pins)."""
+    raw = ctypes.create_string_buffer(os.fsencode(path))
+    attr = _attr(24)
+    struct.pack_into("<QI", attr, 0, ctypes.addressof(raw), fd)
+    bpf(OBJ_PIN, attr)
+
+
+def task_fd_query(pid: int, fd: int) -> tuple[int, str, str, int, int] | None:
+    """BPF_TASK_FD_QUERY on a perf-event fd of another process.
+
+    Returns (prog_id, probe type, name, probe_offset, probe_addr) where name is the
+    target file for uprobes, the symbol for kprobes, the tracepoint name otherwise;
+    None when the perf event has no BPF program (an ordinary perf counter).
+    """
+    buf = ctypes.create_string_buffer(4096)
+    attr = _attr(48)
+    struct.pack_into("<IIIIQ", attr, 0, pid, fd, 0, len(buf), ctypes.addressof(buf))
+    try:
+        bpf(TASK_FD_QUERY, attr)
+    except BpfError as exc:
+        if exc.errno in _NOT_A_BPF_PERF_EVENT:
+            return None
+        raise
+    prog_id, fd_type, probe_offset, probe_addr = struct.unpack_from("<IIQQ", attr, 24)
+    name = buf.value.decode("utf-8", "surrogateescape")
+    return prog_id, FD_TYPE_NAMES.get(fd_type, f"type{fd_type}"), name, probe_offset, probe_addr
+
+
+def cstr(buf: bytes | ctypes.Array, offset: int = 0, size: int | None = None) -> str:
+    """A NUL-terminated string from a buffer, surrogate-escaped (names are untrusted)."""
+    raw = bytes(buf[offset : offset + size] if size is not None else buf[offset:])
+    return raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+
+
+class Fd:
+    """Close an fd on exit from a with-block (bpf fds must never leak from a scan)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __enter__(self) -> int:
+        return self.fd
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)

@@ -1,0 +1,133 @@
+"""Who holds what: one pass over ``/proc/*/fd`` (``bpftool perf list`` and more).
+
+For each fd whose link target names a BPF object (``anon_inode:bpf-prog``,
+``bpf-map``, ``bpf-link`` and the older spelling ``bpf_link``) the fdinfo gives the
+object id, so every program, map and link gets its holders. ``[perf_event]`` fds
+are the only ones asked ``BPF_TASK_FD_QUERY`` — that is how uprobes attached
+through the perf "uprobe" PMU (bcc, bpftrace, libbpf, cilium/ebpf, eCapture)
+become visible: they never appear in ``uprobe_events``.
+
+Processes and fds that vanish mid-walk are skipped; nothing here is fatal.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass, field
+
+from ecap.detect import bpfsys
+from ecap.detect.model import Holder, Probe
+
+_KINDS = {
+    "anon_inode:bpf-prog": "prog",
+    "anon_inode:bpf-map": "map",
+    "anon_inode:bpf-link": "link",
+    "anon_inode:bpf_link": "link",
+    "anon_inode:[perf_event]": "perf_event",
+}
+_ID_KEYS = {"prog": "prog_id", "map": "map_id", "link": "link_id"}
+
+
+@dataclass
+class FdWalk:
+    """Everything one walk found."""
+
+    holders: list[Holder] = field(default_factory=list)
+    probes: list[Probe] = field(default_factory=list)
+    fdinfo: dict[tuple[str, int], dict[str, str]] = field(default_factory=dict)
+    """Raw fdinfo per (kind, id): what degraded mode builds its inventory from."""
+    processes: int = 0
+    fds: int = 0
+    denied: int = 0
+    """Processes whose fd table we could not read."""
+    task_fd_query_denied: bool = False
+
+
+def parse_fdinfo(text: str) -> dict[str, str]:
+    """fdinfo text → dict (same rules as :func:`ecap.procfs.parse_fdinfo`)."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _read_fdinfo(pid: int, fd: int) -> dict[str, str] | None:
+    try:
+        with open(f"/proc/{pid}/fdinfo/{fd}", errors="surrogateescape") as f:
+            return parse_fdinfo(f.read())
+    except OSError:
+        return None
+
+
+def walk(*, query_perf_events: bool = True) -> FdWalk:
+    """Walk every process's fd table once; cost is linear in the number of fds."""
+    result = FdWalk()
+    readlink = os.readlink
+    for entry in os.scandir("/proc"):
+        name = entry.name
+        if not name.isdigit():
+            continue
+        pid = int(name)
+        base = f"/proc/{name}/fd/"
+        try:
+            fds = os.listdir(base)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        except PermissionError:
+            result.denied += 1
+            continue
+        result.processes += 1
+        result.fds += len(fds)
+        for fd_name in fds:
+            try:
+                target = readlink(base + fd_name)
+            except OSError:
+                continue
+            if not target.startswith("anon_inode:"):
+                continue
+            kind = _KINDS.get(target)
+            if kind is None:
+                continue
+            fd = int(fd_name)
+            if kind == "perf_event":
+                if query_perf_events and not result.task_fd_query_denied:
+                    _query_perf_event(result, pid, fd)
+                continue
+            info = _read_fdinfo(pid, fd)
+            if info is None:
+                continue
+            try:
+                obj_id = int(info.get(_ID_KEYS[kind], "0"))
+            except ValueError:
+                continue
+            prog_id = int(info.get("prog_id", "0") or 0) if kind == "link" else 0
+            result.holders.append(Holder(pid, fd, kind, obj_id, prog_id))
+            result.fdinfo.setdefault((kind, obj_id), info)
+    return result
+
+
+def _query_perf_event(result: FdWalk, pid: int, fd: int) -> None:
+    try:
+        answer = bpfsys.task_fd_query(pid, fd)
+    except bpfsys.BpfError as exc:
+        if exc.errno in (errno.EPERM, errno.EACCES):
+            result.task_fd_query_denied = True
+        return
+    if answer is None:
+        return
+    prog_id, ptype, name, offset, addr = answer
+    result.holders.append(Holder(pid, fd, "perf_event", prog_id, prog_id))
+    result.probes.append(
+        Probe(
+            source="perf_event",
+            type=ptype,
+            target=name,
+            offset=offset if ptype in ("uprobe", "uretprobe") else (offset or addr),
+            prog_id=prog_id,
+            holder_pid=pid,
+            fd=fd,
+        )
+    )

@@ -1,0 +1,83 @@
+"""Every BPF map, by id walk (``bpftool map list``'s job)."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import struct
+
+from ecap.detect import bpfsys
+from ecap.detect.model import Map
+
+MAP_TYPES = (
+    "unspec",
+    "hash",
+    "array",
+    "prog_array",
+    "perf_event_array",
+    "percpu_hash",
+    "percpu_array",
+    "stack_trace",
+    "cgroup_array",
+    "lru_hash",
+    "lru_percpu_hash",
+    "lpm_trie",
+    "array_of_maps",
+    "hash_of_maps",
+    "devmap",
+    "sockmap",
+    "cpumap",
+    "xskmap",
+    "sockhash",
+    "cgroup_storage",
+    "reuseport_sockarray",
+    "percpu_cgroup_storage",
+    "queue",
+    "stack",
+    "sk_storage",
+    "devmap_hash",
+    "struct_ops",
+    "ringbuf",
+    "inode_storage",
+    "task_storage",
+    "bloom_filter",
+    "user_ringbuf",
+    "cgrp_storage",
+    "arena",
+)
+EVENT_OUTPUT_TYPES = {"perf_event_array", "ringbuf"}
+
+
+def type_name(value: int) -> str:
+    return MAP_TYPES[value] if 0 <= value < len(MAP_TYPES) else f"type{value}"
+
+
+def read_map(fd: int) -> Map:
+    info = ctypes.create_string_buffer(128)
+    bpfsys.info_by_fd(fd, info)
+    mtype, map_id, key, value, entries, flags = struct.unpack_from("<6I", info, 0)
+    tname = type_name(mtype)
+    return Map(
+        id=map_id,
+        type=tname,
+        name=bpfsys.cstr(info, 24, 16),
+        key_size=key,
+        value_size=value,
+        max_entries=entries,
+        flags=flags,
+        event_output=tname in EVENT_OUTPUT_TYPES,
+    )
+
+
+def list_maps() -> list[Map]:
+    """All maps (EPERM without CAP_SYS_ADMIN, like :func:`programs.list_programs`)."""
+    out = []
+    for map_id in bpfsys.iter_ids(bpfsys.MAP_GET_NEXT_ID):
+        try:
+            with bpfsys.Fd(bpfsys.fd_by_id(bpfsys.MAP_GET_FD_BY_ID, map_id)) as fd:
+                out.append(read_map(fd))
+        except bpfsys.BpfError as exc:
+            if exc.errno == errno.ENOENT:
+                continue
+            raise
+    return out

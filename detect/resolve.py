@@ -1,0 +1,86 @@
+"""Probe target → function name: the step no other detector performs.
+
+A perf-event uprobe exposes only ``(path, file offset)``. The path is as the
+attaching process saw it, so it is opened through that process's root
+(``/proc/PID/root``) — a container's libssl is not the host's. The offset maps to
+a function through PT_LOAD and ``.symtab``/``.dynsym`` (:mod:`ecap.elf`), or
+through ``.gopclntab`` for stripped Go binaries (:mod:`ecap.gopclntab`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ecap import procfs
+from ecap.detect.classify import classify
+from ecap.elf import NotAnElf, open_elf
+from ecap.gopclntab import go_functions
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Where a probe sits, in words."""
+
+    path: str
+    offset: int
+    function: str | None
+    delta: int
+    """Bytes into the function (0: on the entry)."""
+    cls: str
+    opened: str | None
+    """The path actually opened (through a process root), None if unreadable."""
+    inode: tuple[int, int] | None
+    """(st_dev, st_ino) of the opened file: how victims are matched across namespaces."""
+    note: str | None = None
+
+
+def candidates(path: str, pid: int | None) -> list[str]:
+    out = []
+    if pid:
+        out.append(str(procfs.in_root(pid, path)))
+    out.append(path)
+    return out
+
+
+def resolve(path: str, offset: int, pid: int | None = None) -> Resolved:
+    """Resolve one (path, offset), trying the holder's root first, then ours."""
+    note = None
+    for cand in candidates(path, pid):
+        try:
+            st = os.stat(cand)
+            image = open_elf(cand)
+        except (NotAnElf, OSError) as exc:
+            note = str(exc)
+            continue
+        ident = (st.st_dev, st.st_ino)
+        hit = image.function_at_offset(offset)
+        if hit is not None:
+            sym, delta = hit
+            return Resolved(path, offset, sym.name, delta, classify(sym.name), cand, ident)
+        table = go_functions(image)
+        vaddr = image.offset_to_vaddr(offset)
+        if table is not None and vaddr is not None:
+            fn = table.function_at(vaddr)
+            if fn is not None:
+                return Resolved(
+                    path,
+                    offset,
+                    fn.name,
+                    vaddr - fn.entry,
+                    classify(fn.name),
+                    cand,
+                    ident,
+                    "named from .gopclntab",
+                )
+        return Resolved(
+            path,
+            offset,
+            None,
+            0,
+            classify(None),
+            cand,
+            ident,
+            "no symbol covers this offset (stripped?)",
+        )
+    return Resolved(path, offset, None, 0, classify(None), None, None, note)
