@@ -1,0 +1,430 @@
+"""From inventory to findings: who hooks what, whose plaintext, and is it allowed.
+
+Probes are grouped by *actor* — the process holding them, or, when no process
+does, the bpffs pin or tracefs event that keeps them alive — so one finding says
+"pid 4242 (bpftrace) hooks SSL_write in libssl.so.3; 3 processes exposed". The
+severity rules (issue 4):
+
+* hooks a plaintext function, authorized live capture ........ info
+* same, token genuine but expired, still attached ............ high
+* anything else hooking a plaintext function ................. critical
+* uprobe on another function .................................. medium
+* tracefs plaintext probe defined but disabled, kprobes ....... medium / low
+* program pinned with no holder and no attachment seen ........ low
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+
+from ecap import remediation
+from ecap.detect import known_tools, owners
+from ecap.detect.classify import PLAINTEXT_CLASSES
+from ecap.detect.model import Holder, Link, Map, Pin, Probe, Program
+from ecap.detect.resolve import Resolved, resolve
+from ecap.detect.sessions import AUTHORIZED, EXPIRED, Verdict
+
+SEVERITIES = ("info", "low", "medium", "high", "critical")
+RANK = {s: i for i, s in enumerate(SEVERITIES)}
+
+ROGUE_REMEDIATION = (
+    remediation.RESPOND_ROGUE_SNIFFER,
+    remediation.AUDITD_BPF_SYSCALLS,
+    remediation.SECCOMP_DENY_BPF,
+    remediation.APPARMOR_DENY_TRACING,
+    remediation.CONTAINER_CAPABILITIES,
+)
+
+
+@dataclass
+class Inventory:
+    """Everything collected, indexed for reasoning."""
+
+    programs: dict[int, Program]
+    maps: dict[int, Map]
+    links: dict[int, Link]
+    holders: list[Holder]
+    probes: list[Probe]
+    pins: list[Pin]
+    verdicts: list[Verdict] = field(default_factory=list)
+
+    def holders_of(self, kind: str, obj_id: int) -> list[int]:
+        return sorted({h.pid for h in self.holders if h.kind == kind and h.obj_id == obj_id})
+
+    def pins_of(self, kind: str, obj_id: int) -> list[Pin]:
+        return [p for p in self.pins if p.kind == kind and p.obj_id == obj_id]
+
+    def held_progs(self) -> dict[int, set[int]]:
+        """pid → ids of programs it keeps alive (directly, via a link or a perf event)."""
+        out: dict[int, set[int]] = {}
+        for h in self.holders:
+            prog = h.obj_id if h.kind == "prog" else h.prog_id
+            if prog:
+                out.setdefault(h.pid, set()).add(prog)
+        return out
+
+
+def link_probes(links: Iterable[Link]) -> list[Probe]:
+    """Probes described by perf-event and uprobe_multi links (kernel ≥ 6.6 / 6.8)."""
+    out: list[Probe] = []
+    for link in links:
+        info = link.info
+        if link.type == "perf_event" and info.get("perf_event_type") in ("uprobe", "uretprobe"):
+            out.append(Probe("link", info["perf_event_type"], info.get("file", ""),
+                             info.get("offset", 0), link.prog_id, link.id))
+        elif link.type == "perf_event" and info.get("perf_event_type") in ("kprobe", "kretprobe"):
+            out.append(Probe("link", info["perf_event_type"], info.get("func", ""),
+                             info.get("offset", 0), link.prog_id, link.id))
+        elif link.type == "perf_event" and info.get("perf_event_type") == "tracepoint":
+            out.append(Probe("link", "tracepoint", info.get("tracepoint", ""), 0,
+                             link.prog_id, link.id))
+        elif link.type == "uprobe_multi":
+            kind = "uretprobe" if info.get("retprobe") else "uprobe"
+            for off in info.get("offsets", []):
+                out.append(Probe("uprobe_multi", kind, info.get("path", ""), off, link.prog_id,
+                                 link.id, pid_filter=info.get("pid") or None))
+    return out
+
+
+def merge_probes(fd_probes: list[Probe], from_links: list[Probe],
+                 from_tracefs: list[Probe]) -> list[Probe]:
+    """One probe per hook: a link and the perf fd behind it are the same attachment."""
+    merged = list(fd_probes)
+    by_key = {(p.prog_id, p.type, p.target, p.offset): i for i, p in enumerate(merged)}
+    for p in from_links:
+        i = by_key.get((p.prog_id, p.type, p.target, p.offset))
+        if i is not None and p.source == "link":
+            merged[i] = replace(merged[i], link_id=p.link_id)
+        else:
+            merged.append(p)
+    seen = {(p.type, p.target, p.offset) for p in merged}
+    merged.extend(t for t in from_tracefs if (t.type, t.target, t.offset) not in seen)
+    return merged
+
+
+def _actor(inv: Inventory, probe: Probe) -> tuple[str, object]:
+    if probe.holder_pid:
+        return ("pid", probe.holder_pid)
+    if probe.source == "tracefs":
+        return ("tracefs", probe.event)
+    if probe.link_id is not None:
+        pids = inv.holders_of("link", probe.link_id)
+        if pids:
+            return ("pid", pids[0])
+        pins = inv.pins_of("link", probe.link_id)
+        if pins:
+            return ("pin", pins[0].path)
+    if probe.prog_id:
+        pids = inv.holders_of("prog", probe.prog_id)
+        if pids:
+            return ("pid", pids[0])
+        pins = inv.pins_of("prog", probe.prog_id)
+        if pins:
+            return ("pin", pins[0].path)
+    return ("kernel", probe.link_id or probe.prog_id)
+
+
+def _verdict_for(inv: Inventory, pid: int | None, prog_ids: set[int]) -> Verdict | None:
+    """The session that covers these programs held by this pid, if any claims to."""
+    if not prog_ids:
+        return None
+    for v in inv.verdicts:
+        if v.capture_pid == pid and prog_ids <= v.prog_ids:
+            return v
+    return None
+
+
+def _claims(inv: Inventory, prog_ids: set[int]) -> list[Verdict]:
+    return [v for v in inv.verdicts if prog_ids & v.prog_ids]
+
+
+def _finding_id(*parts: object) -> str:
+    digest = hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()
+    return f"ECAP-{digest[:12]}"
+
+
+@dataclass
+class _Group:
+    actor: tuple[str, object]
+    probes: list[Probe] = field(default_factory=list)
+
+
+def probe_findings(inv: Inventory) -> list[dict]:
+    """One finding per actor that hooks user functions (or kprobes)."""
+    groups: dict[tuple[str, object], _Group] = {}
+    for probe in inv.probes:
+        if probe.type in ("tracepoint", "raw_tracepoint"):
+            continue
+        key = _actor(inv, probe)
+        groups.setdefault(key, _Group(key)).probes.append(probe)
+
+    resolved: dict[tuple[str, int, int | None], Resolved] = {}
+    hooked_by_group: dict[tuple[str, object], list[tuple[Probe, Resolved | None]]] = {}
+    for key, group in groups.items():
+        rows = []
+        for p in group.probes:
+            res = None
+            if p.is_uprobe:
+                root_pid = key[1] if key[0] == "pid" else None
+                rk = (p.target, p.offset, root_pid)
+                if rk not in resolved:
+                    resolved[rk] = resolve(p.target, p.offset, root_pid)  # type: ignore[arg-type]
+                res = resolved[rk]
+            rows.append((p, res))
+        hooked_by_group[key] = rows
+
+    files = {r.inode for rows in hooked_by_group.values() for _, r in rows if r and r.inode}
+    victims_by_file = owners.victims(files)
+
+    out = []
+    for key, rows in hooked_by_group.items():
+        out.append(_probe_finding(inv, key, rows, victims_by_file))
+    return out
+
+
+def _probe_finding(inv: Inventory, key: tuple[str, object], rows: list[tuple[Probe, Resolved | None]],
+                   victims_by_file: dict) -> dict:
+    kind, ident = key
+    prog_ids = {p.prog_id for p, _ in rows if p.prog_id}
+    owner = owners.describe(ident) if kind == "pid" else None  # type: ignore[arg-type]
+    hooked, classes = [], set()
+    for p, r in rows:
+        function = r.function if r else (p.target if not p.is_uprobe else None)
+        cls = r.cls if r else "other"
+        classes.add(cls)
+        entry = {
+            "path": p.target if p.is_uprobe else None,
+            "offset": p.offset,
+            "function": function,
+            "delta": r.delta if r else 0,
+            "class": cls,
+            "type": p.type,
+            "source": p.source,
+            "prog_id": p.prog_id,
+            "link_id": p.link_id,
+            "fd": p.fd,
+            "event": p.event,
+            "enabled": p.enabled,
+            "pid_filter": p.pid_filter,
+        }
+        if r and r.note:
+            entry["note"] = r.note
+        hooked.append(entry)
+    plaintext = bool(classes & set(PLAINTEXT_CLASSES))
+    uprobe = any(p.is_uprobe for p, _ in rows)
+    enabled = any(p.enabled is not False for p, _ in rows)
+
+    victims: list[dict] = []
+    seen_v: set[int] = set()
+    for _p, r in rows:
+        if r and r.inode:
+            for v in victims_by_file.get(r.inode, []):
+                if v["pid"] not in seen_v:
+                    seen_v.add(v["pid"])
+                    victims.append({**v, "file": r.path})
+
+    verdict = _verdict_for(inv, ident if kind == "pid" else None, prog_ids)  # type: ignore[arg-type]
+    authorized = verdict is not None and verdict.status == AUTHORIZED
+    expired = verdict is not None and verdict.status == EXPIRED
+    if plaintext and enabled:
+        severity = "info" if authorized else "high" if expired else "critical"
+    elif plaintext:
+        severity = "medium"
+    elif uprobe:
+        severity = "info" if authorized else "medium"
+    else:
+        severity = "low"
+
+    evidence = _evidence(inv, kind, ident, rows, owner, prog_ids, victims, verdict)
+    functions = sorted({h["function"] or f"{h['path']}+{h['offset']:#x}" for h in hooked})
+    who = _who(kind, ident, owner)
+    if plaintext:
+        what = "/".join(sorted(classes & set(PLAINTEXT_CLASSES)))
+        title = f"{who} hooks {what} plaintext: {', '.join(functions)}"
+        if authorized:
+            title = f"Authorized ecap capture: {who} hooks {', '.join(functions)}"
+        elif expired:
+            title = f"Expired ecap authorization still attached: {who} hooks {', '.join(functions)}"
+        category = "plaintext-hook"
+        why = ("a probe on this function sees data before encryption or as typed/queried: "
+               "passwords, tokens, session cookies, query text")
+        remedy = [remediation.RESPOND_ROGUE_SNIFFER] if authorized else list(ROGUE_REMEDIATION)
+    else:
+        title = f"{who} hooks {', '.join(functions)}"
+        category = "uprobe" if uprobe else "kprobe"
+        why = "code running on every call of another program's functions can read its memory"
+        remedy = [remediation.AUDITD_BPF_SYSCALLS, remediation.SECCOMP_DENY_BPF]
+    if any(p.source == "tracefs" for p, _ in rows):
+        remedy += [remediation.MOUNTS_TRACEFS_DEBUGFS, remediation.AUDITD_TRACING_WATCHES]
+    summary = (f"{len(hooked)} probe(s) on {len({h['path'] or h['function'] for h in hooked})} "
+               f"target(s); {len(victims)} process(es) currently map a hooked file")
+    finding = {
+        "id": _finding_id(category, kind, ident, sorted(functions)),
+        "severity": severity,
+        "category": category,
+        "title": title,
+        "summary": summary,
+        "hooked": hooked,
+        "owner": owner or _static_owner(inv, kind, ident, prog_ids),
+        "victims": victims,
+        "authorized": authorized,
+        "authorization": verdict.authorization if verdict and verdict.status in (AUTHORIZED, EXPIRED) else {},
+        "programs": sorted(prog_ids),
+        "evidence": evidence,
+        "why": why,
+        "remediation": list(dict.fromkeys(remedy)),
+    }
+    return finding
+
+
+def _who(kind: str, ident: object, owner: dict | None) -> str:
+    if kind == "pid":
+        return f"pid {ident} ({owner['comm']})" if owner else f"pid {ident} (exited)"
+    if kind == "pin":
+        return f"pinned object {ident} (no process holds it)"
+    if kind == "tracefs":
+        return f"tracefs event {ident}"
+    return f"kernel object {ident} (no holder or pin visible)"
+
+
+def _static_owner(inv: Inventory, kind: str, ident: object, prog_ids: set[int]) -> dict:
+    """For hooks no process holds: what keeps them alive, and who loaded them."""
+    out: dict = {"pid": None, "kind": kind}
+    if kind == "pin":
+        out["pinned_at"] = ident
+        pins = [p for p in inv.pins if p.path == ident]
+        if pins:
+            out["mount_ns"] = pins[0].mount_ns
+    elif kind == "tracefs":
+        out["tracefs_event"] = ident
+    uids = sorted({inv.programs[i].created_by_uid for i in prog_ids
+                   if i in inv.programs and inv.programs[i].created_by_uid is not None})
+    if uids:
+        out["created_by_uid"] = uids
+    return out
+
+
+def _evidence(inv: Inventory, kind: str, ident: object, rows: list[tuple[Probe, Resolved | None]],
+              owner: dict | None, prog_ids: set[int], victims: list[dict],
+              verdict: Verdict | None) -> list[str]:
+    ev: list[str] = []
+    for p, r in rows:
+        where = f"{p.target}:{p.offset:#x}" if p.is_uprobe else p.target
+        via = {
+            "perf_event": f"perf_event fd {p.fd} of pid {p.holder_pid} (BPF_TASK_FD_QUERY)",
+            "link": f"bpf link {p.link_id}",
+            "uprobe_multi": f"uprobe_multi link {p.link_id}",
+            "tracefs": f"tracefs event {p.event} ({'enabled' if p.enabled else 'disabled'})",
+        }.get(p.source, p.source)
+        name = f" = {r.function}+{r.delta:#x}" if r and r.function else ""
+        prog = f" runs prog {p.prog_id}" if p.prog_id else ""
+        ev.append(f"{p.type} at {where}{name} via {via}{prog}")
+        if r and r.note:
+            ev.append(f"{where}: {r.note}")
+    names = [inv.programs[i].name for i in sorted(prog_ids) if i in inv.programs]
+    map_ids = {m for i in prog_ids if i in inv.programs for m in inv.programs[i].map_ids}
+    map_names = [inv.maps[m].name for m in sorted(map_ids) if m in inv.maps]
+    if names:
+        ev.append(f"program names: {', '.join(names)}")
+    outputs = [inv.maps[m] for m in sorted(map_ids) if m in inv.maps and inv.maps[m].event_output]
+    if outputs:
+        ev.append("ships data to user space through " + ", ".join(
+            f"{m.type} map {m.name or m.id}" for m in outputs))
+    ev += known_tools.evidence(owner.get("exe") if owner else None,
+                               owner.get("cmdline", []) if owner else [], names, map_names)
+    fired = [v["pid"] for v in victims if v.get("uprobes_mapping")]
+    if fired:
+        ev.append(f"[uprobes] mapping present in pid(s) {', '.join(map(str, fired[:20]))}: "
+                  "a uprobe has fired there")
+    if kind == "pid":
+        for pin in inv.pins:
+            if (pin.kind == "prog" and pin.obj_id in prog_ids):
+                ev.append(f"program {pin.obj_id} also pinned at {pin.path}")
+    for claim in _claims(inv, prog_ids):
+        if claim is not verdict or claim.status not in (AUTHORIZED, EXPIRED):
+            ev.append(f"session {claim.session_id} claims these programs but was not accepted: "
+                      f"{claim.reason}")
+    if verdict is not None and verdict.status in (AUTHORIZED, EXPIRED):
+        ev.append(f"session {verdict.session_id}: {verdict.reason}")
+    return ev
+
+
+def pinned_program_findings(inv: Inventory, hooked_progs: set[int]) -> list[dict]:
+    """Programs kept alive only by a pin, with no attachment we could see."""
+    out = []
+    for pin in inv.pins:
+        if pin.kind != "prog" or pin.obj_id in hooked_progs:
+            continue
+        if inv.holders_of("prog", pin.obj_id):
+            continue
+        prog = inv.programs.get(pin.obj_id)
+        out.append({
+            "id": _finding_id("pinned-program", pin.path, pin.obj_id),
+            "severity": "low",
+            "category": "pinned-program",
+            "title": f"Program {prog.name if prog else pin.obj_id} is pinned at {pin.path} "
+                     "and held by no process",
+            "summary": "a pinned program survives its loader; check what attaches it",
+            "hooked": [],
+            "owner": {"pid": None, "kind": "pin", "pinned_at": pin.path, "mount_ns": pin.mount_ns,
+                      "created_by_uid": [prog.created_by_uid] if prog else []},
+            "victims": [],
+            "authorized": False,
+            "authorization": {},
+            "programs": [pin.obj_id],
+            "evidence": [f"{pin.kind} {pin.obj_id} pinned at {pin.path} ({pin.mount_ns})"],
+            "why": "pins are how a loader leaves probes behind after it exits",
+            "remediation": [remediation.AUDITD_BPF_SYSCALLS, remediation.SECCOMP_DENY_BPF],
+        })
+    return out
+
+
+def posture_findings(issues: Iterable) -> list[dict]:
+    return [
+        {
+            "id": _finding_id("posture", i.key),
+            "severity": i.severity,
+            "category": "posture",
+            "title": i.title,
+            "summary": f"{i.key} = {i.value!r}" if not isinstance(i.value, dict) else i.key,
+            "hooked": [],
+            "owner": None,
+            "victims": [],
+            "authorized": False,
+            "authorization": {},
+            "evidence": [f"{i.key}: {i.value!r}"],
+            "why": i.why,
+            "remediation": list(i.remediation),
+        }
+        for i in issues
+    ]
+
+
+def history_findings(transient: list[dict]) -> list[dict]:
+    if not transient:
+        return []
+    loaders = sorted({t.get("exe") or "?" for t in transient})
+    return [{
+        "id": _finding_id("history", tuple(t["prog_id"] for t in transient)),
+        "severity": "info",
+        "category": "load-history",
+        "title": f"{len(transient)} BPF program(s) were loaded and unloaded since the audit log began",
+        "summary": "loaded by " + ", ".join(loaders[:10]),
+        "hooked": [],
+        "owner": None,
+        "victims": [],
+        "authorized": False,
+        "authorization": {},
+        "evidence": [
+            f"prog {t['prog_id']} loaded by {t.get('exe')} (pid {t.get('pid')}, auid "
+            f"{t.get('auid')}) and unloaded" for t in transient[:50]
+        ],
+        "why": "a sniffer that ran between scans is visible only in the audit trail",
+        "remediation": [remediation.AUDITD_BPF_SYSCALLS],
+    }]
+
+
+def sort_findings(findings: list[dict]) -> list[dict]:
+    return sorted(findings, key=lambda f: (-RANK[f["severity"]], f["category"], f["title"]))

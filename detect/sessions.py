@@ -1,0 +1,156 @@
+"""Is a live capture authorized? A session file is a claim; this checks it.
+
+``ecap-audit capture`` registers itself under ``$ECAP_RUN_DIR/sessions``. Anyone
+who can write there can forge such a file, so a session counts only when all of
+these hold: its token verifies against the trust store (signature, host binding,
+revocation, lifetime) — or verified until it expired; the token's jti matches;
+each target PID is in the token's scope with the same start time; the journal
+recorded the gate granting that jti; and the programs the session names are
+loaded and held by the session's own capture process. Anything less, and the
+probes are judged as if the file did not exist.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import jwt
+
+from ecap import procfs
+from ecap.authz.verify import verify_token
+from ecap.errors import AuthorizationRefused
+from ecap.journal import Journal
+from ecap.sessions import SessionRecord, list_sessions
+
+AUTHORIZED = "authorized"
+EXPIRED = "expired"
+REJECTED = "rejected"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What one session file turned out to be."""
+
+    session_id: str
+    status: str
+    """``authorized``, ``expired`` (genuine, all matching, but past ``exp``) or ``rejected``."""
+    reason: str
+    capture_pid: int
+    prog_ids: frozenset[int]
+    authorization: dict = field(default_factory=dict)
+    """operator, reason, expiry, jti, issuer, targets — from the verified token only."""
+
+
+def _expired_but_genuine(token: str) -> bool:
+    """True when the token verifies at an instant just before its own expiry."""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+        exp = float(claims["exp"])
+    except (jwt.PyJWTError, KeyError, TypeError, ValueError):
+        return False
+    try:
+        verify_token(token, check_host=True, now=exp - 1)
+    except AuthorizationRefused:
+        return False
+    return True
+
+
+def _journal_grants(journal: Journal) -> tuple[set[str], str | None]:
+    """jtis the gate granted, per a journal whose hash chain verifies."""
+    try:
+        status = journal.verify()
+    except Exception as exc:  # a missing or unreadable journal proves nothing
+        return set(), f"journal unreadable: {exc}"
+    if not status.ok:
+        return set(), f"journal chain broken at line {status.bad_line}: {status.problem}"
+    return {
+        str(e.get("jti")) for e in journal.read() if e.get("event") == "gate.granted"
+    }, None
+
+
+def evaluate(
+    record: SessionRecord,
+    *,
+    held_progs: dict[int, set[int]],
+    loaded_progs: set[int],
+    granted_jtis: set[str],
+    journal_problem: str | None,
+) -> Verdict:
+    """Judge one session record against the token, journal and live kernel state.
+
+    ``held_progs`` maps pid → program ids it holds (prog fds, perf events, links).
+    """
+
+    def rejected(reason: str) -> Verdict:
+        return Verdict(record.session_id, REJECTED, reason, record.capture_pid,
+                       frozenset(record.prog_ids))
+
+    status = AUTHORIZED
+    try:
+        grant = verify_token(record.token, check_host=True)
+    except AuthorizationRefused as refusal:
+        if not _expired_but_genuine(record.token):
+            return rejected(f"token does not verify: {refusal.message}")
+        status = EXPIRED
+        claims = jwt.decode(record.token, options={"verify_signature": False})
+        grant = verify_token(record.token, check_host=True, now=float(claims["exp"]) - 1)
+    if record.jti and record.jti != grant.jti:
+        return rejected("session jti differs from the token's")
+    scope = {(t.pid, t.start_time) for t in grant.targets}
+    for target in record.targets:
+        if (target.pid, target.start_time) not in scope:
+            return rejected(f"target pid {target.pid} is not in the token's scope")
+        try:
+            if procfs.start_time(target.pid) != target.start_time:
+                return rejected(f"target pid {target.pid} was recycled")
+        except procfs.ProcessGone:
+            pass  # target exited; the capture may still be attached (judged by programs)
+    if record.module and grant.modules and record.module not in grant.modules:
+        return rejected(f"module {record.module!r} is not allowed by the token")
+    if journal_problem:
+        return rejected(journal_problem)
+    if grant.jti not in granted_jtis:
+        return rejected("the journal has no gate.granted entry for this token")
+    if not record.prog_ids:
+        return rejected("the session names no programs")
+    missing = set(record.prog_ids) - loaded_progs
+    if missing:
+        return rejected(f"programs {sorted(missing)} named by the session are not loaded")
+    held = held_progs.get(record.capture_pid, set())
+    if not set(record.prog_ids) <= held:
+        return rejected(
+            f"capture pid {record.capture_pid} does not hold the programs the session names"
+        )
+    authorization = {
+        "operator": grant.operator,
+        "reason": grant.reason,
+        "expires_at": grant.expires_at,
+        "issuer": grant.issuer,
+        "jti": grant.jti,
+        "kid": grant.kid,
+        "session_id": record.session_id,
+        "targets": [{"pid": t.pid, "start_time": t.start_time} for t in grant.targets],
+        "module": record.module,
+    }
+    reason = "token verified, journal grant found, programs held by the capture process"
+    if status == EXPIRED:
+        reason = "token genuine but expired while its programs are still attached"
+    return Verdict(record.session_id, status, reason, record.capture_pid,
+                   frozenset(record.prog_ids), authorization)
+
+
+def evaluate_all(
+    *, held_progs: dict[int, set[int]], loaded_progs: set[int]
+) -> tuple[list[Verdict], list[str]]:
+    """Verdicts for every registered session, and notes on files that did not parse."""
+    records, problems = list_sessions()
+    notes = [f"session file {p}: {why}" for p, why in problems]
+    if not records:
+        return [], notes
+    granted, journal_problem = _journal_grants(Journal())
+    verdicts = [
+        evaluate(r, held_progs=held_progs, loaded_progs=loaded_progs,
+                 granted_jtis=granted, journal_problem=journal_problem)
+        for r in records
+    ]
+    return verdicts, notes
