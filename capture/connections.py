@@ -1,0 +1,162 @@
+"""Group calls into connections and name their endpoints.
+
+A connection is one ``SSL*`` in one process. Its socket fd comes from the kernel
+side (SSL_set_fd, a socket syscall made inside the call, or the socket read just
+before it); its addresses come from the ``connect`` tracepoint (exact, even for
+sockets that close at once) or from ``/proc/PID/fd`` + ``/proc/PID/net/tcp*``
+(sockets that existed before the capture started). No kprobes are needed.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from dataclasses import dataclass, field
+
+from ecap import procfs
+
+
+@dataclass
+class Connection:
+    """What the capture knows about one TLS connection."""
+
+    id: int
+    pid: int
+    ssl: int
+    comm: str
+    fd: int = -1
+    local: str | None = None
+    peer: str | None = None
+    fd_source: str = "unknown"
+    """How the fd was learned: ``kernel`` (from the probes) or ``connect-order``
+    (the process's most recent unclaimed connect, used until the kernel says)."""
+    started_at: float = 0.0
+    ended_at: float | None = None
+    end_reason: str | None = None
+    handshake: bool = False
+    messages: int = 0
+    bytes: dict[str, int] = field(default_factory=lambda: {"write": 0, "read": 0})
+
+
+def format_sockaddr(raw: bytes) -> str | None:
+    """``ip:port`` (``[ip6]:port``) from a sockaddr read by the connect tracepoint."""
+    if len(raw) < 2:
+        return None
+    family = struct.unpack_from("<H", raw)[0]
+    if family == socket.AF_INET and len(raw) >= 8:
+        port = struct.unpack_from(">H", raw, 2)[0]
+        return f"{socket.inet_ntop(socket.AF_INET, raw[4:8])}:{port}"
+    if family == socket.AF_INET6 and len(raw) >= 24:
+        port = struct.unpack_from(">H", raw, 2)[0]
+        return f"[{socket.inet_ntop(socket.AF_INET6, raw[8:24])}]:{port}"
+    if family == socket.AF_UNIX:
+        return "unix"
+    return None
+
+
+def _decode_proc_addr(text: str) -> str:
+    addr, port = text.split(":")
+    raw = bytes.fromhex(addr)
+    if len(raw) == 4:
+        return f"{socket.inet_ntop(socket.AF_INET, raw[::-1])}:{int(port, 16)}"
+    # /proc/net/tcp6 stores four little-endian 32-bit words
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
+    return f"[{socket.inet_ntop(socket.AF_INET6, words)}]:{int(port, 16)}"
+
+
+def socket_addresses(pid: int, fd: int) -> tuple[str | None, str | None]:
+    """(local, peer) of a TCP socket fd, through /proc; (None, None) if unknown."""
+    try:
+        target = os.readlink(f"/proc/{pid}/fd/{fd}")
+    except OSError:
+        return None, None
+    if not target.startswith("socket:["):
+        return None, None
+    inode = target[8:-1]
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{pid}/net/{table}") as f:
+                next(f, None)
+                for line in f:
+                    cols = line.split()
+                    if len(cols) > 9 and cols[9] == inode:
+                        return _decode_proc_addr(cols[1]), _decode_proc_addr(cols[2])
+        except OSError:
+            continue
+    return None, None
+
+
+class ConnectionTable:
+    """Live connections by (pid, SSL*), plus what connect() told us per (pid, fd)."""
+
+    def __init__(self) -> None:
+        self._by_ssl: dict[tuple[int, int], Connection] = {}
+        self._connects: dict[tuple[int, int], str] = {}
+        self._recent_connects: dict[int, list[int]] = {}
+        self._next_id = 1
+        self.total = 0
+
+    def note_connect(self, pid: int, fd: int, sockaddr: bytes) -> None:
+        peer = format_sockaddr(sockaddr)
+        if peer is None or peer == "unix":
+            return
+        self._connects[(pid, fd)] = peer
+        self._recent_connects.setdefault(pid, []).append(fd)
+
+    def get(self, pid: int, ssl: int, comm: str, fd: int, ts: float) -> Connection:
+        """The connection of this SSL*, created on first sight."""
+        key = (pid, ssl)
+        conn = self._by_ssl.get(key)
+        if conn is None:
+            conn = Connection(self._next_id, pid, ssl, comm, started_at=ts)
+            self._next_id += 1
+            self.total += 1
+            self._by_ssl[key] = conn
+        if fd >= 0 and (conn.fd != fd or conn.fd_source != "kernel"):
+            self._set_fd(conn, fd, "kernel")
+        elif conn.fd < 0:
+            guess = self._unclaimed_connect(pid)
+            if guess is not None:
+                self._set_fd(conn, guess, "connect-order")
+        return conn
+
+    def _unclaimed_connect(self, pid: int) -> int | None:
+        claimed = {c.fd for c in self._by_ssl.values() if c.pid == pid and c.ended_at is None}
+        for fd in reversed(self._recent_connects.get(pid, [])):
+            if fd not in claimed:
+                return fd
+        return None
+
+    def _set_fd(self, conn: Connection, fd: int, source: str) -> None:
+        conn.fd = fd
+        conn.fd_source = source
+        local, peer = socket_addresses(conn.pid, fd)
+        conn.local = local or conn.local
+        conn.peer = self._connects.get((conn.pid, fd)) or peer or conn.peer
+
+    def end_ssl(self, pid: int, ssl: int, ts: float, reason: str) -> Connection | None:
+        conn = self._by_ssl.pop((pid, ssl), None)
+        if conn is not None:
+            conn.ended_at, conn.end_reason = ts, reason
+        return conn
+
+    def end_fd(self, pid: int, fd: int, ts: float) -> list[Connection]:
+        """A socket closed: its connections end and the fd may be reused."""
+        self._connects.pop((pid, fd), None)
+        recent = self._recent_connects.get(pid)
+        if recent and fd in recent:
+            recent.remove(fd)
+        ended = [c for c in self._by_ssl.values() if c.pid == pid and c.fd == fd]
+        return [c for c in (self.end_ssl(pid, c.ssl, ts, "socket closed") for c in ended) if c]
+
+    def end_pid(self, pid: int, ts: float, reason: str) -> list[Connection]:
+        ended = [c for c in self._by_ssl.values() if c.pid == pid]
+        return [c for c in (self.end_ssl(pid, c.ssl, ts, reason) for c in ended) if c]
+
+    def end_all(self, ts: float, reason: str) -> list[Connection]:
+        return [c for c in (self.end_ssl(c.pid, c.ssl, ts, reason)
+                            for c in list(self._by_ssl.values())) if c]
+
+    def is_known_process(self, pid: int) -> bool:
+        return procfs.pid_exists(pid)

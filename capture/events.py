@@ -1,0 +1,150 @@
+"""Ring-buffer records → whole calls.
+
+The kernel sends one call's plaintext as numbered records of at most one chunk
+each (``offset``/``len`` within ``total``). :class:`Reassembler` puts them back
+together into :class:`Call` objects; a call whose records were partly lost is
+still delivered, with the missing bytes counted, never papered over.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from ecap.capture.probes import (
+    FLAG_LAST,
+    FLAG_TRUNCATED,
+    KIND_READ,
+    KIND_WRITE,
+    HeaderLayout,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One ring-buffer record, decoded."""
+
+    ts_ns: int
+    ssl: int
+    pid: int
+    tid: int
+    uid: int
+    fd: int
+    total: int
+    offset: int
+    len: int
+    kind: int
+    flags: int
+    family: int
+    comm: str
+    data: bytes
+
+
+def decode(raw: bytes, layout: HeaderLayout) -> Record:
+    """Decode one record using the layout bcc derived from the C struct."""
+    fields = dict(zip(layout.names, layout.unpack(raw), strict=True))
+    comm = fields["comm"].split(b"\0", 1)[0].decode("utf-8", "backslashreplace")
+    length = fields["len"]
+    data = raw[layout.data_offset : layout.data_offset + length]
+    fields["comm"] = comm
+    return Record(data=data, **fields)
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One SSL_write/SSL_read call's plaintext, put back together."""
+
+    direction: str
+    """``write`` (the process sent it) or ``read`` (the process received it)."""
+    ts: float
+    """Wall-clock time of the call's return (seconds since the epoch)."""
+    pid: int
+    tid: int
+    uid: int
+    comm: str
+    fd: int
+    ssl: int
+    total: int
+    """Bytes the call really moved."""
+    data: bytes
+    """The captured bytes (a prefix of the call's bytes, ``total`` long unless cut)."""
+    truncated: int
+    """Bytes beyond the per-call limit (counted, not captured)."""
+    lost: int
+    """Bytes within the limit whose records were lost (ring buffer full)."""
+
+
+class Clock:
+    """Turns CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns) into wall-clock seconds."""
+
+    def __init__(self) -> None:
+        self.offset = time.time() - time.monotonic()
+
+    def wall(self, ts_ns: int) -> float:
+        return ts_ns / 1e9 + self.offset
+
+
+class Reassembler:
+    """Collects the records of each call (keyed by thread and timestamp)."""
+
+    def __init__(self, clock: Clock, max_call_bytes: int) -> None:
+        self._clock = clock
+        self._limit = max_call_bytes
+        self._pending: dict[tuple[int, int], list[Record]] = {}
+
+    def add(self, rec: Record) -> Call | None:
+        """Feed a data record; returns the call once its last record arrived."""
+        key = (rec.tid, rec.ts_ns)
+        parts = self._pending.get(key)
+        if rec.flags & FLAG_LAST:
+            if parts is None:
+                return self._build([rec])
+            parts.append(rec)
+            del self._pending[key]
+            return self._build(parts)
+        if parts is None:
+            self._pending[key] = [rec]
+        else:
+            parts.append(rec)
+        return None
+
+    def flush(self) -> list[Call]:
+        """Calls whose last record never came (lost): delivered with what arrived."""
+        out = [self._build(parts) for parts in self._pending.values()]
+        self._pending.clear()
+        return out
+
+    def _build(self, parts: list[Record]) -> Call:
+        first = parts[0]
+        if len(parts) == 1 and first.offset == 0:
+            data = first.data
+        else:
+            parts.sort(key=lambda r: r.offset)
+            buf = bytearray()
+            for part in parts:
+                if part.offset > len(buf):  # a lost record leaves a hole: keep order,
+                    buf += b"\0" * (part.offset - len(buf))  # zero-filled, and count it
+                buf += part.data
+            data = bytes(buf)
+        expected = min(first.total, self._limit)
+        received = sum(p.len for p in parts)
+        truncated = first.total - self._limit if any(p.flags & FLAG_TRUNCATED for p in parts) \
+            else max(0, first.total - expected)
+        return Call(
+            direction="write" if first.kind == KIND_WRITE else "read",
+            ts=self._clock.wall(first.ts_ns),
+            pid=first.pid,
+            tid=first.tid,
+            uid=first.uid,
+            comm=first.comm,
+            fd=first.fd,
+            ssl=first.ssl,
+            total=first.total,
+            data=data,
+            truncated=truncated,
+            lost=max(0, expected - received),
+        )
+
+
+def is_data(rec: Record) -> bool:
+    return rec.kind in (KIND_WRITE, KIND_READ)

@@ -1,0 +1,266 @@
+"""Load the TLS capture program into the kernel and attach it, scoped to PIDs.
+
+Everything kernel-facing lives here: building ``bpf/tls_capture.c`` with bcc,
+filling the map of authorized PIDs, attaching uprobes *by file offset with the
+target PID*, reading program ids for the session registry, reading the per-CPU
+loss counters, and detaching. Probes are created through the perf-event uprobe PMU
+(fd-based): when this process dies, even by SIGKILL, the kernel closes the fds and
+nothing stays attached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes as ct
+import os
+import struct
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ecap import procfs
+from ecap.capture.targets import HookTarget
+from ecap.errors import EnvironmentNotReady, UsageError
+
+CHUNK = 16 * 1024
+"""Payload bytes per ring-buffer record (a per-CPU map value must stay under 32 KiB)."""
+DEFAULT_MAX_CALL_BYTES = 256 * 1024
+"""Documented per-call limit: bytes of one SSL_write/SSL_read beyond it are counted
+as truncated. Must be a multiple of :data:`CHUNK`."""
+MAX_MAX_CALL_BYTES = 1024 * 1024
+DEFAULT_RING_MB = 32
+WAKEUP_EVERY = 32
+ATTACH_ATTEMPTS = 4
+
+KIND_WRITE, KIND_READ, KIND_HANDSHAKE, KIND_SSL_END, KIND_CONNECT, KIND_CLOSE = range(1, 7)
+FLAG_LAST, FLAG_TRUNCATED = 1, 2
+STAT_NAMES = ("lost_events", "lost_bytes", "truncated_bytes", "failed_calls", "events")
+
+# (function, entry program, return program or None)
+_HOOKS: tuple[tuple[str, str, str | None], ...] = (
+    ("SSL_write", "enter_ssl_write", "return_ssl_write"),
+    ("SSL_read", "enter_ssl_read", "return_ssl_read"),
+    ("SSL_write_ex", "enter_ssl_write_ex", "return_ssl_write"),
+    ("SSL_read_ex", "enter_ssl_read_ex", "return_ssl_read"),
+    ("SSL_do_handshake", "enter_ssl_do_handshake", "return_ssl_do_handshake"),
+    ("SSL_set_fd", "enter_ssl_set_fd", None),
+    ("SSL_shutdown", "enter_ssl_end", None),
+    ("SSL_free", "enter_ssl_end", None),
+)
+
+
+def bpf_source_path() -> Path:
+    """The C source shipped in the ``ecap.bpf`` package."""
+    import ecap.bpf
+
+    return Path(ecap.bpf.__file__).parent / "tls_capture.c"
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """One uprobe this session attached."""
+
+    pid: int
+    path: str
+    function: str
+    offset: int
+    retprobe: bool
+
+
+@dataclass(frozen=True)
+class HeaderLayout:
+    """Where the fixed fields sit in a ring-buffer record (derived from the C struct)."""
+
+    unpack: Callable[[bytes], tuple]
+    names: tuple[str, ...]
+    data_offset: int
+
+
+def _layout_from_ctypes(cls: type[ct.Structure]) -> HeaderLayout:
+    """Build a struct unpacker from bcc's ctypes view of ``struct tls_event``.
+
+    bcc derives that class from the C source, so the C struct is the only place
+    the layout is written down.
+    """
+    codes = {ct.c_ulonglong: "Q", ct.c_ulong: "Q", ct.c_uint: "I", ct.c_int: "i",
+             ct.c_ushort: "H", ct.c_ubyte: "B", ct.c_longlong: "q", ct.c_long: "q",
+             ct.c_short: "h", ct.c_byte: "b", ct.c_char: "c"}
+    fmt, pos, names = "<", 0, []
+    data_offset = None
+    for name, ctype in cls._fields_:
+        field = getattr(cls, name)
+        if name == "data":
+            data_offset = field.offset
+            break
+        if field.offset > pos:
+            fmt += f"{field.offset - pos}x"
+        if issubclass(ctype, ct.Array):
+            fmt += f"{field.size}s"
+        else:
+            fmt += codes[ctype]
+        names.append(name)
+        pos = field.offset + field.size
+    if data_offset is None:
+        raise RuntimeError("struct tls_event has no data field")
+    if data_offset > pos:
+        fmt += f"{data_offset - pos}x"
+    return HeaderLayout(struct.Struct(fmt).unpack_from, tuple(names), data_offset)
+
+
+class Probes:
+    """The loaded program and its attachments for one capture session."""
+
+    def __init__(self, *, ring_mb: int = DEFAULT_RING_MB,
+                 max_call_bytes: int = DEFAULT_MAX_CALL_BYTES) -> None:
+        if ring_mb < 1 or ring_mb & (ring_mb - 1) or ring_mb > 1024:
+            raise UsageError(f"ring size {ring_mb} MiB is not a power of two in 1..1024",
+                             hint="use e.g. --ring-size 32")
+        if (max_call_bytes < CHUNK or max_call_bytes % CHUNK
+                or max_call_bytes > MAX_MAX_CALL_BYTES):
+            raise UsageError(
+                f"per-call limit {max_call_bytes} must be a multiple of {CHUNK} "
+                f"between {CHUNK} and {MAX_MAX_CALL_BYTES}",
+                hint="use e.g. --max-call-bytes 262144")
+        self.max_call_bytes = max_call_bytes
+        self.attachments: list[Attachment] = []
+        try:
+            from bcc import BPF
+        except ImportError as exc:  # pragma: no cover - checked by preflight too
+            raise EnvironmentNotReady("bcc is not importable",
+                                      hint="run 'make setup' (python3-bpfcc)") from exc
+        self._BPF = BPF
+        page = os.sysconf("SC_PAGE_SIZE")
+        cflags = [
+            f"-DECAP_CHUNK={CHUNK}",
+            f"-DECAP_MAX_CHUNKS={max_call_bytes // CHUNK}",
+            f"-DECAP_RING_PAGES={ring_mb * 1024 * 1024 // page}",
+            f"-DECAP_WAKEUP_EVERY={WAKEUP_EVERY}",
+            "-Wno-macro-redefined",
+        ]
+        try:
+            self.bpf = BPF(src_file=str(bpf_source_path()).encode(), cflags=cflags)
+        except Exception as exc:
+            raise EnvironmentNotReady(
+                f"the TLS capture program did not compile or load: {exc}",
+                hint="run 'ecap-audit doctor' (kernel headers, tracefs, BPF support)",
+            ) from exc
+        self._stats = self.bpf["stats"]
+        self._pids = self.bpf["target_pids"]
+
+    # -- scope -----------------------------------------------------------------------
+    def authorize_pids(self, pids: Iterable[int]) -> None:
+        """Fill the in-kernel allow-list (the second PID check)."""
+        for pid in pids:
+            self._pids[ct.c_uint(pid)] = ct.c_ubyte(1)
+            self.seed_sockets(pid)
+
+    def seed_sockets(self, pid: int) -> int:
+        """Tell the kernel side which fds of ``pid`` are already sockets.
+
+        Connections opened before the capture started are learned here; new ones
+        through the connect/accept tracepoints.
+        """
+        table = self.bpf["socket_fds"]
+        count = 0
+        with contextlib.suppress(procfs.ProcessGone):
+            for fd, target in procfs.iter_fds(pid):
+                if target.startswith("socket:"):
+                    table[ct.c_ulonglong(pid << 32 | fd)] = ct.c_ubyte(1)
+                    count += 1
+        return count
+
+    def revoke_pid(self, pid: int) -> None:
+        with contextlib.suppress(KeyError):
+            del self._pids[ct.c_uint(pid)]
+
+    # -- attach ----------------------------------------------------------------------
+    def attach(self, target: HookTarget) -> list[Attachment]:
+        """Attach every hook whose function exists in the target, with its PID."""
+        made = []
+        for function, entry, ret in _HOOKS:
+            sym = target.symbols.get(function)
+            if sym is None:
+                continue
+            made.append(self._attach_one(target, function, sym.file_offset, entry, False))
+            if ret:
+                made.append(self._attach_one(target, function, sym.file_offset, ret, True))
+        self.attachments.extend(made)
+        return made
+
+    def _attach_one(self, target: HookTarget, function: str, offset: int, prog: str,
+                    retprobe: bool) -> Attachment:
+        # bcc's attach_uprobe(addr=) treats addr as a virtual address and re-reads
+        # the ELF to convert it; we already have the file offset the uprobe PMU
+        # wants, so go one level down and keep bcc's bookkeeping for cleanup.
+        from bcc import libbcc
+
+        fn = self.bpf.load_func(prog.encode(), self._BPF.KPROBE)
+        path = str(target.path).encode()
+        ev_name = self.bpf._get_uprobe_evname(b"r" if retprobe else b"p", path, offset,
+                                              target.pid)
+        for attempt in range(ATTACH_ATTEMPTS):
+            fd = libbcc.lib.bpf_attach_uprobe(fn.fd, 1 if retprobe else 0, ev_name, path,
+                                              offset, target.pid)
+            if fd >= 0:
+                break
+            errno = ct.get_errno()
+            # Seen here, rarely: EINVAL from the uprobe PMU while other tools
+            # create and remove probes on the same kernel; a retry succeeds.
+            time.sleep(0.05 * (attempt + 1))
+        if fd < 0:
+            raise EnvironmentNotReady(
+                f"could not attach {'uretprobe' if retprobe else 'uprobe'} to {function} "
+                f"in {target.display_path} (pid {target.pid}): {os.strerror(errno)}",
+                hint="run 'ecap-audit doctor'")
+        self.bpf._add_uprobe_fd(ev_name, fd)
+        return Attachment(target.pid, target.display_path, function, offset, retprobe)
+
+    # -- introspection ---------------------------------------------------------------
+    def prog_ids(self) -> list[int]:
+        """Kernel ids of every program this session loaded (for the session registry)."""
+        ids = set()
+        for fn in self.bpf.funcs.values():
+            with contextlib.suppress(procfs.ProcessGone, KeyError, ValueError):
+                ids.add(int(procfs.fdinfo(os.getpid(), fn.fd)["prog_id"]))
+        return sorted(ids)
+
+    def stats(self) -> dict[str, int]:
+        """Per-CPU counters summed: lost events/bytes, truncated bytes, failed calls."""
+        out = {}
+        for i, name in enumerate(STAT_NAMES):
+            out[name] = int(sum(self._stats[ct.c_int(i)]))
+        return out
+
+    def layout(self) -> HeaderLayout:
+        table = self.bpf["events"]
+        from bcc.table import _get_event_class
+
+        return _layout_from_ctypes(_get_event_class(table))
+
+    # -- data ------------------------------------------------------------------------
+    def open_ring(self, on_record: Callable[[bytes], None]) -> None:
+        """Deliver each ring-buffer record's raw bytes to ``on_record``."""
+
+        def _callback(_ctx, data, size):
+            on_record(ct.string_at(data, size))
+            return 0
+
+        self.bpf["events"].open_ring_buffer(_callback)
+
+    def poll(self, timeout_ms: int) -> None:
+        """Wait for records up to ``timeout_ms``, then drain whatever is pending.
+
+        The kernel side wakes readers only every few records (to spare the traced
+        process), so a timed-out poll is followed by a consume of the rest.
+        """
+        self.bpf.ring_buffer_poll(timeout_ms)
+        self.bpf.ring_buffer_consume()
+
+    def close(self) -> None:
+        """Detach everything and free the program (idempotent)."""
+        bpf = getattr(self, "bpf", None)
+        if bpf is not None:
+            with contextlib.suppress(Exception):
+                bpf.cleanup()
+            self.bpf = None

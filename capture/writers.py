@@ -1,0 +1,212 @@
+"""Capture output: one writer per format, same five calls.
+
+``jsonl`` is the record of the session (schema ``ecap.capture/1``, documented in
+``capture/SCHEMA.md``) and the input of ``ecap-audit report``; ``text`` is for a
+person watching. Both write to a file created 0600 (captured plaintext is never
+world-readable) or to stdout.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from typing import IO, Any, Protocol
+
+from ecap.capture.connections import Connection
+from ecap.capture.events import Call
+from ecap.capture.protocols import ConnectionRenderer
+from ecap.text import json_safe_str, printable
+
+SCHEMA = "ecap.capture/1"
+
+
+class Writer(Protocol):
+    def header(self, info: dict[str, Any]) -> None: ...
+    def call(self, conn: Connection, message_id: int, call: Call) -> None: ...
+    def handshake(self, conn: Connection, ts: float) -> None: ...
+    def connection_end(self, conn: Connection) -> None: ...
+    def summary(self, summary: dict[str, Any]) -> None: ...
+    def flush(self) -> None: ...
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds")
+
+
+def connection_record(conn: Connection, protocol: str | None = None) -> dict[str, Any]:
+    return {
+        "type": "connection",
+        "connection_id": conn.id,
+        "pid": conn.pid,
+        "comm": json_safe_str(conn.comm),
+        "fd": conn.fd,
+        "fd_source": conn.fd_source,
+        "ssl": f"0x{conn.ssl:x}",
+        "local": conn.local,
+        "peer": conn.peer,
+        "handshake_seen": conn.handshake,
+        "started_at": _iso(conn.started_at),
+        "ended_at": _iso(conn.ended_at),
+        "end_reason": conn.end_reason,
+        "messages": conn.messages,
+        "bytes_written": conn.bytes["write"],
+        "bytes_read": conn.bytes["read"],
+        **({"protocol": protocol} if protocol else {}),
+    }
+
+
+class JsonlWriter:
+    """One JSON object per line: header, events, connections, summary."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self._out = out
+
+    def _emit(self, record: dict[str, Any]) -> None:
+        self._out.write(json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+                        .encode("utf-8", "backslashreplace") + b"\n")
+
+    def header(self, info: dict[str, Any]) -> None:
+        self._emit({"type": "header", "schema": SCHEMA, **info})
+
+    def call(self, conn: Connection, message_id: int, call: Call) -> None:
+        self._emit({
+            "type": "event",
+            "connection_id": conn.id,
+            "message_id": message_id,
+            "ts": _iso(call.ts),
+            "pid": call.pid,
+            "tid": call.tid,
+            "uid": call.uid,
+            "comm": json_safe_str(call.comm),
+            "fd": conn.fd,
+            "ssl": f"0x{call.ssl:x}",
+            "direction": call.direction,
+            "local": conn.local,
+            "peer": conn.peer,
+            "len": len(call.data),
+            "total": call.total,
+            "truncated": call.truncated,
+            "lost": call.lost,
+            "payload_b64": base64.b64encode(call.data).decode("ascii"),
+        })
+
+    def handshake(self, conn: Connection, ts: float) -> None:
+        self._emit({"type": "handshake", "connection_id": conn.id, "ts": _iso(ts),
+                    "pid": conn.pid, "fd": conn.fd, "ssl": f"0x{conn.ssl:x}",
+                    "peer": conn.peer})
+
+    def connection_end(self, conn: Connection) -> None:
+        self._emit(connection_record(conn))
+
+    def summary(self, summary: dict[str, Any]) -> None:
+        self._emit({"type": "summary", **summary})
+
+    def flush(self) -> None:
+        self._out.flush()
+
+
+_ARROWS = {"write": "→", "read": "←"}
+_COLOURS = {"write": "\033[33m", "read": "\033[36m", "dim": "\033[2m", "bold": "\033[1m"}
+_RESET = "\033[0m"
+
+
+class TextWriter:
+    """Readable output: each HTTP message (or raw call) under a one-line heading."""
+
+    def __init__(self, out: IO[bytes], *, colour: bool, hex_mode: bool) -> None:
+        self._out = out
+        self._colour = colour
+        self._hex = hex_mode
+        self._renderers: dict[int, ConnectionRenderer] = {}
+
+    def _paint(self, key: str, text: str) -> str:
+        return f"{_COLOURS[key]}{text}{_RESET}" if self._colour else text
+
+    def _line(self, text: str = "") -> None:
+        self._out.write(text.encode("utf-8", "backslashreplace") + b"\n")
+
+    def header(self, info: dict[str, Any]) -> None:
+        grant = info.get("grant", {})
+        self._line(self._paint("bold", f"ecap capture {printable(info['session_id'])} "
+                               f"module {printable(info['module'])}"))
+        self._line(f"  operator {printable(str(grant.get('operator')))}, "
+                   f"reason {printable(str(grant.get('reason')))}, "
+                   f"token {printable(str(grant.get('jti')))} "
+                   f"expires {printable(str(_iso(grant.get('expires_at'))))}")
+        for t in info.get("targets", []):
+            self._line(f"  pid {t['pid']} {printable(t['comm'])}: {printable(t['hooked'])} "
+                       f"({printable(t['kind'])}, {printable(str(t['version']))})")
+        self._line()
+
+    def _heading(self, conn: Connection, direction: str, ts: float, title: str) -> str:
+        when = time.strftime("%H:%M:%S", time.localtime(ts)) + f".{int(ts * 1e6) % 1000000:06d}"
+        peer = printable(conn.peer or "?")
+        arrow = _ARROWS.get(direction, "·")
+        text = (f"{when} conn#{conn.id} pid {conn.pid} {printable(conn.comm)} fd {conn.fd} "
+                f"{arrow} {peer}  {title}")
+        return self._paint(direction if direction in _COLOURS else "dim", text)
+
+    def call(self, conn: Connection, message_id: int, call: Call) -> None:
+        renderer = self._renderers.setdefault(conn.id, ConnectionRenderer(hex_mode=self._hex))
+        note = ""
+        if call.truncated:
+            note += f" [{call.truncated} bytes beyond the per-call limit not captured]"
+        if call.lost:
+            note += f" [{call.lost} bytes lost: ring buffer full]"
+        if note:
+            self._line(self._heading(conn, call.direction, call.ts,
+                                     f"#{message_id} {call.total} bytes{note}"))
+        for item in renderer.feed(call.direction, call.data):
+            self._line(self._heading(conn, call.direction, call.ts, item.title))
+            for line in item.lines:
+                self._line("    " + line)
+
+    def handshake(self, conn: Connection, ts: float) -> None:
+        self._line(self._heading(conn, "dim", ts, "TLS handshake done"))
+
+    def connection_end(self, conn: Connection) -> None:
+        renderer = self._renderers.pop(conn.id, None)
+        if renderer is not None:
+            for item in renderer.finish():
+                self._line(self._heading(conn, "dim", conn.ended_at or time.time(), item.title))
+                for line in item.lines:
+                    self._line("    " + line)
+        self._line(self._heading(
+            conn, "dim", conn.ended_at or time.time(),
+            f"connection ended ({printable(conn.end_reason or '?')}): "
+            f"{conn.bytes['write']} bytes written, {conn.bytes['read']} read"))
+
+    def summary(self, summary: dict[str, Any]) -> None:
+        self._line()
+        for line in summary_lines(summary):
+            self._line(line)
+
+    def flush(self) -> None:
+        self._out.flush()
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """The end-of-capture summary as text (stderr and text output)."""
+    ev, by = summary["events"], summary["bytes"]
+    return [
+        f"capture stopped: {printable(summary['stop_reason'])} after "
+        f"{summary['duration']:.1f}s",
+        f"  written: {ev['write']} events, {by['write']} bytes; "
+        f"read: {ev['read']} events, {by['read']} bytes; "
+        f"connections: {summary['connections']}",
+        f"  lost: {summary['lost_events']} events, {summary['lost_bytes']} bytes; "
+        f"truncated: {summary['truncated_bytes']} bytes (limit {summary['max_call_bytes']} "
+        f"per call)",
+    ]
+
+
+def make_writer(fmt: str, out: IO[bytes], *, hex_mode: bool) -> Writer:
+    if fmt == "jsonl":
+        return JsonlWriter(out)
+    colour = out is sys.stdout.buffer and sys.stdout.isatty()
+    return TextWriter(out, colour=colour, hex_mode=hex_mode)
