@@ -239,20 +239,21 @@ def _probe_finding(inv: Inventory, key: tuple[str, object], rows: list[tuple[Pro
 
     evidence = _evidence(inv, kind, ident, rows, owner, prog_ids, victims, verdict)
     functions = sorted({h["function"] or f"{h['path']}+{h['offset']:#x}" for h in hooked})
+    shown = ", ".join(functions[:4]) + (f" (+{len(functions) - 4} more)" if len(functions) > 4 else "")
     who = _who(kind, ident, owner)
     if plaintext:
         what = "/".join(sorted(classes & set(PLAINTEXT_CLASSES)))
-        title = f"{who} hooks {what} plaintext: {', '.join(functions)}"
+        title = f"{who} hooks {what} plaintext: {shown}"
         if authorized:
-            title = f"Authorized ecap capture: {who} hooks {', '.join(functions)}"
+            title = f"Authorized ecap capture: {who} hooks {shown}"
         elif expired:
-            title = f"Expired ecap authorization still attached: {who} hooks {', '.join(functions)}"
+            title = f"Expired ecap authorization still attached: {who} hooks {shown}"
         category = "plaintext-hook"
         why = ("a probe on this function sees data before encryption or as typed/queried: "
                "passwords, tokens, session cookies, query text")
         remedy = [remediation.RESPOND_ROGUE_SNIFFER] if authorized else list(ROGUE_REMEDIATION)
     else:
-        title = f"{who} hooks {', '.join(functions)}"
+        title = f"{who} hooks {shown}"
         category = "uprobe" if uprobe else "kprobe"
         why = "code running on every call of another program's functions can read its memory"
         remedy = [remediation.AUDITD_BPF_SYSCALLS, remediation.SECCOMP_DENY_BPF]

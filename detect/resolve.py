@@ -10,6 +10,7 @@ through ``.gopclntab`` for stripped Go binaries (:mod:`ecap.gopclntab`).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 from ecap import procfs
@@ -35,18 +36,29 @@ class Resolved:
     note: str | None = None
 
 
+_PROC_ROOT = re.compile(r"^/proc/(?:\d+|self)/root(/.*)$")
+
+
 def candidates(path: str, pid: int | None) -> list[str]:
+    """Paths to try, best first: through the holder's root, as given, and — for
+    targets named ``/proc/PID/root/...`` whose process has exited — the path
+    inside that root read from the holder's (or our) root."""
     out = []
     if pid:
         out.append(str(procfs.in_root(pid, path)))
     out.append(path)
+    m = _PROC_ROOT.match(path)
+    if m:
+        if pid:
+            out.append(str(procfs.in_root(pid, m.group(1))))
+        out.append(m.group(1))
     return out
 
 
 def resolve(path: str, offset: int, pid: int | None = None) -> Resolved:
     """Resolve one (path, offset), trying the holder's root first, then ours."""
     note = None
-    for cand in candidates(path, pid):
+    for i, cand in enumerate(candidates(path, pid)):
         try:
             st = os.stat(cand)
             image = open_elf(cand)
@@ -54,10 +66,13 @@ def resolve(path: str, offset: int, pid: int | None = None) -> Resolved:
             note = str(exc)
             continue
         ident = (st.st_dev, st.st_ino)
+        fallback = "the root it was attached through is gone; named from the same path here" if (
+            _PROC_ROOT.match(path) and not cand.endswith(path)) and i >= 2 else None
         hit = image.function_at_offset(offset)
         if hit is not None:
             sym, delta = hit
-            return Resolved(path, offset, sym.name, delta, classify(sym.name), cand, ident)
+            return Resolved(path, offset, sym.name, delta, classify(sym.name), cand, ident,
+                            fallback)
         table = go_functions(image)
         vaddr = image.offset_to_vaddr(offset)
         if table is not None and vaddr is not None:

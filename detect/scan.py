@@ -1,0 +1,225 @@
+"""One scan of this host: collect, reason, and return the ``ecap.scan/1`` document.
+
+Collection is split by object kind like bpftool (programs, maps, links, fd
+holders and perf attachments, tracefs probes, pins); each step that cannot see
+something says so in ``limitations`` instead of failing. Without CAP_SYS_ADMIN
+the id walks and BPF_TASK_FD_QUERY are refused, and the inventory is rebuilt
+from what ``/proc/*/fdinfo`` shows.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from ecap import caps, host
+from ecap.detect import (
+    audit_history,
+    bpfsys,
+    findings,
+    holders,
+    links,
+    maps,
+    pins,
+    posture,
+    programs,
+    sessions,
+    tracefs,
+)
+from ecap.detect.model import Link, Map, Program, to_dict
+from ecap.text import json_safe_str
+
+SCHEMA = "ecap.scan/1"
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    """What to read besides the live kernel state."""
+
+    audit_log: Path | None = None
+    """AUDIT_BPF history source; default ``/var/log/audit/audit.log`` when present."""
+    use_bpf: bool = True
+    """False forces degraded mode (what an unprivileged scan sees), for comparison."""
+
+
+def _iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, UTC).isoformat() if ts else None
+
+
+def _from_fdinfo(fdinfo: dict) -> tuple[list[Program], list[Map], list[Link]]:
+    """Degraded inventory: fdinfo gives ids, types, tags, sizes — no names."""
+    progs, mps, lks = [], [], []
+    for (kind, obj_id), info in fdinfo.items():
+        if kind == "prog":
+            ptype = info.get("prog_type", "0")
+            progs.append(Program(
+                id=obj_id,
+                type=programs.type_name(int(ptype)) if ptype.isdigit() else ptype,
+                name="", tag=info.get("prog_tag", ""), source="fdinfo",
+                run_cnt=int(info["run_cnt"]) if info.get("run_cnt", "").isdigit() else None,
+            ))
+        elif kind == "map":
+            mtype = info.get("map_type", "0")
+            tname = maps.type_name(int(mtype)) if mtype.isdigit() else mtype
+            mps.append(Map(
+                id=obj_id, type=tname, name="",
+                key_size=int(info.get("key_size", "0") or 0),
+                value_size=int(info.get("value_size", "0") or 0),
+                max_entries=int(info.get("max_entries", "0") or 0),
+                event_output=tname in maps.EVENT_OUTPUT_TYPES, source="fdinfo",
+            ))
+        elif kind == "link":
+            lks.append(Link(id=obj_id, type=info.get("link_type", "?"),
+                            prog_id=int(info.get("prog_id", "0") or 0)))
+    return progs, mps, lks
+
+
+def _clean(value):
+    """Make every string JSON-encodable (surrogate-escaped bytes become \\xNN)."""
+    if isinstance(value, str):
+        return json_safe_str(value)
+    if isinstance(value, dict):
+        return {_clean(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def run_scan(options: ScanOptions | None = None) -> dict:
+    """Scan the host and return the scan document (see detect/SCHEMA.md)."""
+    options = options or ScanOptions()
+    started = time.monotonic()
+    limitations: list[str] = []
+    my_caps = caps.effective()
+
+    prog_list: list[Program] = []
+    map_list: list[Map] = []
+    link_list: list[Link] = []
+    degraded = not options.use_bpf
+    if options.use_bpf:
+        try:
+            prog_list = programs.list_programs()
+            map_list = maps.list_maps()
+            link_list = links.list_links()
+        except bpfsys.BpfError as exc:
+            if exc.errno not in (errno.EPERM, errno.EACCES):
+                raise
+            degraded = True
+    walk = holders.walk(query_perf_events=not degraded)
+    if walk.task_fd_query_denied:
+        degraded = True
+    if degraded:
+        prog_list, map_list, link_list = _from_fdinfo(walk.fdinfo)
+        limitations.append(
+            "degraded mode (no CAP_SYS_ADMIN): programs, maps and links not held by any "
+            "process are invisible; perf-event uprobes (BPF_TASK_FD_QUERY) and link "
+            "targets are not readable; program names come only from fdinfo (none)"
+        )
+    if walk.denied:
+        limitations.append(f"{walk.denied} process(es) whose fd table could not be read")
+
+    tracefs_probes, note = tracefs.list_probes()
+    if note:
+        limitations.append(note)
+    pin_list, pin_notes = pins.list_pins()
+    limitations += pin_notes
+
+    inv = findings.Inventory(
+        programs={p.id: p for p in prog_list},
+        maps={m.id: m for m in map_list},
+        links={lk.id: lk for lk in link_list},
+        holders=walk.holders,
+        probes=[],
+        pins=pin_list,
+    )
+    inv.probes = findings.merge_probes(
+        walk.probes, findings.link_probes(link_list), tracefs_probes
+    )
+    verdicts, session_notes = sessions.evaluate_all(
+        held_progs=inv.held_progs(), loaded_progs=set(inv.programs)
+    )
+    inv.verdicts = verdicts
+    limitations += session_notes
+
+    if host.kernel_version_tuple() < (6, 6):
+        limitations.append("kernel < 6.6: perf-event links do not report uprobe targets")
+
+    post = posture.collect()
+    history, hnote = audit_history.load_history(options.audit_log, set(inv.programs))
+    if hnote:
+        limitations.append(hnote)
+
+    found = findings.probe_findings(inv)
+    hooked_progs = {p.prog_id for p in inv.probes if p.prog_id}
+    found += findings.pinned_program_findings(inv, hooked_progs)
+    found += findings.posture_findings(posture.issues(post))
+    if history is not None:
+        found += findings.history_findings(history.transient)
+    found = findings.sort_findings(found)
+
+    counts = {s: 0 for s in findings.SEVERITIES}
+    for f in found:
+        counts[f["severity"]] += 1
+
+    doc = {
+        "schema": SCHEMA,
+        "generated_at": datetime.now(UTC).isoformat(),
+        "tool": {"name": "ecap-detect", "version": _version()},
+        "host": {
+            "hostname": host.hostname(),
+            "machine_id": host.machine_id(),
+            "kernel": host.kernel_release(),
+            "arch": os.uname().machine,
+        },
+        "scanner": {
+            "pid": os.getpid(),
+            "degraded": degraded,
+            "capabilities": sorted(c for c in my_caps if c in caps.SNIFFER_RELEVANT),
+            "processes": walk.processes,
+            "fds": walk.fds,
+            "duration_ms": None,
+        },
+        "posture": post,
+        "inventory": {
+            "programs": [
+                {**to_dict(p), "load_time": _iso(p.load_time),
+                 "holders": inv.holders_of("prog", p.id)}
+                for p in sorted(inv.programs.values(), key=lambda p: p.id)
+            ],
+            "maps": [
+                {**to_dict(m), "holders": inv.holders_of("map", m.id)}
+                for m in sorted(inv.maps.values(), key=lambda m: m.id)
+            ],
+            "links": [
+                {**to_dict(lk), "holders": inv.holders_of("link", lk.id)}
+                for lk in sorted(inv.links.values(), key=lambda lk: lk.id)
+            ],
+            "probes": [to_dict(p) for p in inv.probes],
+            "pins": [to_dict(p) for p in inv.pins],
+            "holders": [to_dict(h) for h in inv.holders],
+            "sessions": [
+                {"session_id": v.session_id, "status": v.status, "reason": v.reason,
+                 "capture_pid": v.capture_pid, "prog_ids": sorted(v.prog_ids)}
+                for v in verdicts
+            ],
+            "history": history.transient if history is not None else None,
+        },
+        "findings": found,
+        "limitations": limitations,
+        "summary": {"counts": counts, "findings": len(found)},
+    }
+    doc["scanner"]["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
+    return _clean(doc)
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("ecap")
+    except Exception:
+        return "unknown"
