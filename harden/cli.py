@@ -1,17 +1,208 @@
-"""Command line of ecap-harden (placeholder until its issue lands)."""
+"""ecap-harden: generate, tailor, check and validate policies that close eBPF capture exposure.
+
+Commands:
+  generate [--from SCAN.json] [--profile P] --out DIR   write every policy file + plan.json
+  sysctl|apparmor|seccomp|docker|kubernetes|auditd       print (or --out) one of them
+  validate DIR                                           run the real validators on DIR
+  check [--json]                                         live host vs profile (exit 1 on fail)
+  controls [--json]                                      the controls catalogue
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
+from pathlib import Path
+
 from ecap.cli import Parser, run
+from ecap.errors import FindingsAboveThreshold, UsageError
+from ecap.fsutil import write_private_atomic
+from ecap.text import printable
+
+from . import (
+    apparmor,
+    auditd,
+    check,
+    containers,
+    generate,
+    kubernetes,
+    output,
+    posture,
+    seccomp,
+    sysctl,
+    validate,
+)
+from .artifact import Artifact, Context
+from .controls import PROFILES
+
+SINGLE = ("sysctl", "apparmor", "seccomp", "docker", "kubernetes", "auditd")
 
 
 def build_parser() -> Parser:
-    return Parser(prog="ecap-harden", description=__doc__)
+    p = Parser(
+        prog="ecap-harden",
+        description=__doc__,
+        epilog=output.catalogue_text(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    g = sub.add_parser("generate", help="write the policy set and plan.json into DIR")
+    g.add_argument("--from", dest="scan", type=Path, metavar="SCAN.json",
+                   help="tailor to the host of an 'ecap-detect scan --json' file")
+    g.add_argument("--profile", choices=PROFILES, default="balanced")
+    g.add_argument("--out", type=Path, required=True, metavar="DIR")
+    g.add_argument("--app", action="append", default=[], metavar="EXE",
+                   help="also write a per-application AppArmor profile for EXE (repeatable)")
+
+    for name in SINGLE:
+        s = sub.add_parser(name, help=f"print the {name} policy (or write it with --out)")
+        s.add_argument("--profile", choices=PROFILES, default="balanced")
+        s.add_argument("--out", type=Path, metavar="FILE")
+        if name == "apparmor":
+            s.add_argument("--part", choices=("abstraction", "ecap-audit", "container", "app"),
+                           default="abstraction", help="which AppArmor file (default abstraction)")
+            s.add_argument("--app", metavar="EXE", help="executable for --part app")
+
+    v = sub.add_parser("validate", help="validate a generated directory with the real tools")
+    v.add_argument("dir", type=Path, metavar="DIR")
+    v.add_argument("--json", action="store_true")
+    v.add_argument("--no-audit-load", action="store_true",
+                   help="do not load the audit rules into the kernel (ausyscall only)")
+
+    c = sub.add_parser("check", help="compare this host to a profile (exit 1 on failures)")
+    c.add_argument("--profile", choices=PROFILES, default="balanced")
+    c.add_argument("--json", action="store_true")
+
+    k = sub.add_parser("controls", help="show the controls catalogue")
+    k.add_argument("--json", action="store_true")
+    return p  # fmt: skip
+
+
+def _emit(text: str, out: Path | None) -> None:
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        if out.is_dir():
+            raise UsageError(f"--out {printable(str(out))} is a directory", hint="give a file name")
+        write_private_atomic(out, text)
+        print(f"wrote {printable(str(out))}", file=sys.stderr)
+
+
+def _single(args: argparse.Namespace) -> int:
+    ctx = Context(profile=args.profile, posture=posture.live())
+    name = args.command
+    if name == "sysctl":
+        art: Artifact = sysctl.render(ctx)
+    elif name == "seccomp":
+        art = seccomp.render(ctx)
+    elif name == "auditd":
+        art = auditd.render(ctx)
+    elif name == "apparmor":
+        syntax = apparmor.syntax_for(apparmor.parser_version())
+        if args.part == "app":
+            if not args.app:
+                raise UsageError("--part app needs --app EXE", hint="e.g. --app /usr/bin/node")
+            text = apparmor.header_comment(syntax) + apparmor.app_profile(args.app, syntax)
+            _emit(text, args.out)
+            return 0
+        index = {"abstraction": 0, "ecap-audit": 1, "container": 2}[args.part]
+        art = apparmor.render(ctx, syntax)[index]
+    elif name == "docker":
+        parts = containers.render(ctx)
+        text = "\n".join(
+            f"# ---- {a.path}\n{a.content}" if a.kind != "markdown" else a.content for a in parts
+        )
+        _emit(text, args.out)
+        return 0
+    else:  # kubernetes: one multi-document YAML stream
+        parts = kubernetes.render(ctx)
+        _emit("---\n".join(a.content for a in parts), args.out)
+        return 0
+    _emit(art.content, args.out)
+    for note in art.notes:
+        print(f"note: {printable(note)}", file=sys.stderr)
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    if args.scan is not None:
+        post, tailored = posture.from_scan(args.scan), True
+    else:
+        post, tailored = posture.live(), False
+    ctx = Context(args.profile, post, tailored=tailored, apps=tuple(args.app))
+    gen = generate.build(ctx)
+    written = generate.write(gen, args.out)
+    print(f"ecap-harden: profile {args.profile}, "
+          f"{'tailored to ' + printable(post.source) if tailored else 'full set'}; "
+          f"{len(gen.recommended)} controls recommended, {len(written)} files in "
+          f"{printable(str(args.out))}")  # fmt: skip
+    for a in gen.artifacts:
+        print(f"  {a.path:45} {', '.join(a.controls)}")
+    for w in gen.plan["warnings"]:
+        print(f"warning: {printable(w)}")
+    for n in gen.plan["notes"]:
+        if not n.startswith("WARNING"):
+            print(f"note: {printable(n)}")
+    print(f"next: ecap-harden validate {printable(str(args.out))}")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    results = validate.validate_dir(args.dir, load_audit=not args.no_audit_load)
+    if args.json:
+        output.validate_json(results, str(args.dir), sys.stdout)
+    else:
+        output.validate_plain(results, str(args.dir), sys.stdout)
+    bad = [v for v in results if not v.ok]
+    if bad:
+        sys.stdout.flush()
+        raise FindingsAboveThreshold(
+            f"{len(bad)} of {len(results)} files failed validation (first: {bad[0].path}: "
+            f"{bad[0].message})",
+            hint="fix the files or regenerate them with 'ecap-harden generate'",
+        )
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    post = posture.live()
+    results = check.evaluate(post, args.profile)
+    if args.json:
+        output.check_json(results, args.profile, post.hostname, sys.stdout)
+    else:
+        output.check_plain(results, args.profile, post.hostname, sys.stdout)
+    failed = check.failures(results)
+    if failed:
+        sys.stdout.flush()
+        raise FindingsAboveThreshold(
+            f"{len(failed)} controls fail the {args.profile} profile: "
+            + ", ".join(r.control for r in failed),
+            hint="apply the files from 'ecap-harden generate --out DIR'",
+        )
+    return 0
+
+
+def _controls(args: argparse.Namespace) -> int:
+    if args.json:
+        json.dump(output.controls_json(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        output.controls_plain(sys.stdout)
+    return 0
 
 
 def _main(argv: list[str] | None) -> int:
-    build_parser().parse_args(argv)
-    return 0
+    args = build_parser().parse_args(argv)
+    if args.command in SINGLE:
+        return _single(args)
+    return {
+        "generate": _generate,
+        "validate": _validate,
+        "check": _check,
+        "controls": _controls,
+    }[args.command](args)
 
 
 def main(argv: list[str] | None = None) -> None:

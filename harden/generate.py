@@ -1,0 +1,184 @@
+"""host posture (+ optional scan) → controls → generated files → plan.
+
+Without a scan, ``generate`` writes the whole profile for this host (keys the
+kernel lacks left out with a note). With ``--from SCAN.json`` it tailors: a control
+is recommended only when the scanned host does not already meet it (or a finding
+asks for it); what is unknown from the scan is recommended, never assumed. ecap's
+own authorized-capture exception (the ``ecap-audit`` AppArmor profile, the Kyverno
+exclude) is always kept, so hardening never locks out the security team.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ecap.errors import UsageError
+from ecap.fsutil import write_private_atomic
+from ecap.text import json_safe_str, printable
+
+from . import apparmor, auditd, containers, guides, kubernetes, seccomp, sysctl
+from .artifact import Artifact, Context
+from .check import Result, evaluate
+from .controls import AA_SELF, CATALOGUE, PROFILES
+
+PLAN_SCHEMA = "ecap.harden-plan/1"
+PLAN_FILE = "plan.json"
+KEPT_ALWAYS = frozenset({AA_SELF, "kubernetes/kyverno-clusterpolicy.yaml"})
+
+
+@dataclass(frozen=True)
+class Generated:
+    """Everything ``generate`` produced, before or after writing."""
+
+    context: Context
+    artifacts: tuple[Artifact, ...]
+    results: tuple[Result, ...]
+    recommended: frozenset[str]
+    plan: dict[str, Any]
+
+
+def artifacts(ctx: Context, syntax: apparmor.Syntax | None = None) -> list[Artifact]:
+    """Every file of the profile for this context (before tailoring)."""
+    return [
+        sysctl.render(ctx),
+        *apparmor.render(ctx, syntax),
+        seccomp.render(ctx),
+        *containers.render(ctx),
+        *kubernetes.render(ctx),
+        auditd.render(ctx),
+        guides.lockdown(ctx),
+        guides.mounts(ctx),
+        guides.response(ctx),
+    ]
+
+
+def _recommended(ctx: Context, results: list[Result]) -> frozenset[str]:
+    """Control ids the plan recommends (see module docstring)."""
+    out = set()
+    for r in results:
+        if r.status == "not-in-profile" or r.status == "absent":
+            continue
+        if not ctx.tailored or r.status != "pass" or r.control in ctx.posture.finding_controls:
+            out.add(r.control)
+    return frozenset(out)
+
+
+def build(ctx: Context, syntax: apparmor.Syntax | None = None) -> Generated:
+    """Decide, render and plan, without touching the file system."""
+    if ctx.profile not in PROFILES:
+        raise UsageError(f"unknown profile {printable(ctx.profile)!r}", hint="use balanced or strict")
+    syntax = syntax or apparmor.syntax_for(apparmor.parser_version())
+    results = evaluate(ctx.posture, ctx.profile)
+    wanted = _recommended(ctx, results)
+    kept = []
+    for a in artifacts(ctx, syntax):
+        if a.path in KEPT_ALWAYS or any(c in wanted for c in a.controls):
+            kept.append(a)
+    plan = _plan(ctx, syntax, results, wanted, kept)
+    return Generated(ctx, tuple(kept), tuple(results), wanted, plan)
+
+
+def write(gen: Generated, out_dir: Path) -> list[Path]:
+    """Write the files and plan.json under ``out_dir`` (0600 files, 0700 directory)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {printable(str(out_dir))} exists and is not a directory")
+    out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    written = []
+    for a in gen.artifacts:
+        written.append(write_private_atomic(out_dir / a.path, a.content))
+    plan_text = json.dumps(gen.plan, indent=2, ensure_ascii=False) + "\n"
+    written.append(write_private_atomic(out_dir / PLAN_FILE, plan_text))
+    return written
+
+
+def _plan(
+    ctx: Context,
+    syntax: apparmor.Syntax,
+    results: list[Result],
+    wanted: frozenset[str],
+    kept: list[Artifact],
+) -> dict[str, Any]:
+    by_control: dict[str, list[str]] = {}
+    for a in kept:
+        for cid in a.controls:
+            by_control.setdefault(cid, []).append(a.path)
+    controls = []
+    warnings = []
+    for c, r in zip(CATALOGUE, results, strict=True):
+        setting = c.settings.get(ctx.profile)
+        recommended = c.id in wanted
+        if recommended and c.locks(ctx.profile):
+            warnings.append(f"{c.id}: one-way until reboot — {c.one_way_note}")
+        controls.append(
+            {
+                "id": c.id,
+                "title": c.title,
+                "kind": c.kind,
+                "blocks": c.blocks,
+                "stops": c.stops.as_dict(),
+                "side_effects": c.side_effects,
+                "one_way": c.one_way,
+                "one_way_note": c.one_way_note or None,
+                "locks_in_this_profile": c.locks(ctx.profile),
+                "baselines": list(c.baselines),
+                "sysctl": c.sysctl,
+                "recommended_value": setting.recommended if setting else None,
+                "accepted_values": list(setting.accepted) if setting else [],
+                "current": _s(r.current),
+                "status": r.status,
+                "expected": r.expected,
+                "detail": _s(r.detail),
+                "recommended": recommended,
+                "files": by_control.get(c.id, []),
+            }
+        )
+    notes = [_s(n) for a in kept for n in a.notes]
+    warnings += [_s(n) for a in kept for n in a.notes if n.startswith("WARNING")]
+    return {
+        "schema": PLAN_SCHEMA,
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "profile": ctx.profile,
+        "tailored": ctx.tailored,
+        "source": _s(ctx.posture.source),
+        "host": {"hostname": _s(ctx.posture.hostname), "kernel": _s(ctx.posture.kernel)},
+        "apparmor_parser": ".".join(map(str, syntax.parser_version))
+        if syntax.parser_version
+        else None,
+        "controls": controls,
+        "exceptions": [
+            {
+                "what": "ecap-audit's own least-privilege AppArmor profile (bpf, perfmon, "
+                "read-only ptrace) for authorized capture",
+                "file": AA_SELF,
+            },
+            {
+                "what": f"Kyverno exclude for ecap-audit pods in namespace "
+                f"{kubernetes.CAPTURE_NAMESPACE}",
+                "file": "kubernetes/kyverno-clusterpolicy.yaml",
+            },
+        ],
+        "warnings": warnings,
+        "notes": notes,
+        "files": [
+            {
+                "path": a.path,
+                "kind": a.kind,
+                "controls": list(a.controls),
+                "sha256": hashlib.sha256(a.content.encode()).hexdigest(),
+                "notes": [_s(n) for n in a.notes],
+                "content": _s(a.content),
+            }
+            for a in kept
+        ],
+    }
+
+
+def _s(value: str | None) -> str | None:
+    return None if value is None else json_safe_str(value)
+
+
