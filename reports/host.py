@@ -1,0 +1,165 @@
+"""The host report: one ``ecap-detect scan`` as an HTML page an auditor can read.
+
+Findings come first, most severe first (what is hooked, by whom, whose plaintext,
+authorized or not, evidence, why it matters, and the exact ecap-harden snippet
+that fixes it), then the inventory tables and the host's posture. The view model
+built here is both what the template renders and the report's JSON twin.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ecap.reports import _render, scoring, tables
+from ecap.reports.remedy import Remedies
+
+SCAN_SCHEMA = "ecap.scan/1"
+SCHEMA = "ecap.report.host/1"
+HINT = "pass the JSON written by 'ecap-detect scan --json FILE'"
+
+INVENTORY: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...]], ...] = (
+    ("programs", "BPF programs",
+     ("id", "type", "name", "tag", "load_time", "created_by_uid", "holders", "map_ids",
+      "run_cnt", "verified_insns", "source"),
+     ("id", "created_by_uid", "run_cnt", "verified_insns", "btf_id", "run_time_ns")),
+    ("maps", "BPF maps",
+     ("id", "type", "name", "event_output", "key_size", "value_size", "max_entries", "holders"),
+     ("id", "key_size", "value_size", "max_entries", "flags")),
+    ("links", "BPF links", ("id", "type", "prog_id", "info", "holders"), ("id", "prog_id")),
+    ("probes", "Probes (uprobes, kprobes, tracepoints)",
+     ("type", "target", "offset", "prog_id", "link_id", "holder_pid", "fd", "source", "event",
+      "enabled", "pid_filter"),
+     ("offset", "prog_id", "link_id", "holder_pid", "fd", "pid_filter")),
+    ("pins", "Pinned objects (bpffs, all mount namespaces)",
+     ("path", "kind", "obj_id", "mount_ns", "via_pid"), ("obj_id", "via_pid")),
+    ("holders", "Processes holding BPF objects", ("pid", "fd", "kind", "obj_id", "prog_id"),
+     ("pid", "fd", "obj_id", "prog_id")),
+    ("sessions", "Registered ecap capture sessions",
+     ("session_id", "status", "reason", "capture_pid", "prog_ids"), ("capture_pid",)),
+    ("history", "BPF programs loaded and unloaded (audit log)", (), ("prog_id", "pid")),
+)
+
+
+def load_scan(path: str | Path) -> dict[str, Any]:
+    """A scan document from a file, or UsageError (exit 2)."""
+    return _render.load_json(path, schema=SCAN_SCHEMA, what="scan file", hint=HINT)
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def finding_view(finding: dict[str, Any], remedies: Remedies | None) -> dict[str, Any]:
+    """One finding as the report shows it (remediation expanded when ``remedies``)."""
+    ids = [str(c) for c in _list(finding.get("remediation"))]
+    if remedies is not None:
+        remediation = [remedies.describe(c) for c in ids]
+    else:
+        remediation = [{"id": c} for c in ids]
+    authorized = finding.get("authorized")
+    return {
+        "id": str(finding.get("id") or ""),
+        "severity": scoring.normalise(finding.get("severity")),
+        "category": str(finding.get("category") or "other"),
+        "title": str(finding.get("title") or "(untitled finding)"),
+        "summary": str(finding.get("summary") or ""),
+        "authorized": authorized if isinstance(authorized, bool) else None,
+        "authorization": _dict(finding.get("authorization")),
+        "hooked": [h for h in _list(finding.get("hooked")) if isinstance(h, dict)],
+        "owner": _dict(finding.get("owner")) or None,
+        "victims": [v for v in _list(finding.get("victims")) if isinstance(v, dict)],
+        "programs": _list(finding.get("programs")),
+        "evidence": [tables.cell(e) for e in _list(finding.get("evidence"))],
+        "why": str(finding.get("why") or ""),
+        "remediation": remediation,
+    }
+
+
+def sorted_findings(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Most severe first; unauthorized before authorized; then by title."""
+    return sorted(
+        findings,
+        key=lambda f: (scoring.rank(f["severity"]), f["authorized"] is True, f["title"]),
+    )
+
+
+def posture_rows(posture: dict[str, Any], findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Flattened posture settings, each marked with the severity of a finding about it."""
+    flagged: dict[str, str] = {}
+    for f in findings:
+        if f["category"] != "posture":
+            continue
+        for ev in f["evidence"]:
+            key = ev.split(":", 1)[0].strip()
+            if key:
+                flagged[key] = f["severity"]
+    rows = []
+    for key, value in _flatten(posture):
+        short_key = key.removeprefix("sysctl.")
+        status = flagged.get(short_key) or next(
+            (sev for k, sev in flagged.items() if short_key.startswith(k + ".")), None
+        )
+        rows.append({"setting": short_key, "value": tables.cell(value), "finding": status})
+    return rows
+
+
+def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """``{"a": {"b": 1}}`` → ``[("a.b", 1)]``; lists stay values."""
+    if isinstance(value, dict):
+        out: list[tuple[str, Any]] = []
+        for k, v in value.items():
+            out += _flatten(v, f"{prefix}.{k}" if prefix else str(k))
+        return out
+    return [(prefix, value)]
+
+
+def build_view(scan: dict[str, Any], *, snippets: bool = True) -> dict[str, Any]:
+    """The host report's view model (also its JSON twin)."""
+    _render.check_schema(scan, SCAN_SCHEMA, "scan document", HINT)
+    remedies = Remedies(snippets=snippets)
+    findings = sorted_findings(
+        [finding_view(f, remedies) for f in _list(scan.get("findings")) if isinstance(f, dict)]
+    )
+    counts = scoring.counts(f["severity"] for f in findings)
+    inventory = _dict(scan.get("inventory"))
+    return {
+        "schema": SCHEMA,
+        "generated_at": _render.now_iso(),
+        "generator": _render.generator(),
+        "source": {
+            "schema": scan.get("schema"),
+            "generated_at": scan.get("generated_at"),
+            "tool": _dict(scan.get("tool")),
+        },
+        "host": _dict(scan.get("host")),
+        "scanner": _dict(scan.get("scanner")),
+        "counts": counts,
+        "worst": scoring.worst(counts),
+        "score": scoring.score(counts),
+        "rogue": sum(
+            1 for f in findings
+            if f["severity"] == "critical" and f["authorized"] is not True and f["hooked"]
+        ),
+        "findings": findings,
+        "inventory": [
+            {"key": key, **tables.table(title, _list(inventory.get(key)), pref, num)}
+            for key, title, pref, num in INVENTORY
+            if key in inventory
+        ],
+        "posture": posture_rows(_dict(scan.get("posture")), findings),
+        "limitations": [tables.cell(x) for x in _list(scan.get("limitations"))],
+    }
+
+
+def render_host_report(
+    scan: dict[str, Any], html_path: str | Path, json_path: str | Path | None = None
+) -> Path:
+    """Write the host report (and its JSON twin); returns the HTML path."""
+    view = build_view(scan)
+    html = _render.render_html("host.html.j2", view)
+    return _render.write_report(html, view, html_path, json_path)
