@@ -1,0 +1,125 @@
+"""The fleet report: many ``ecap-detect scan`` documents on one page.
+
+One row per host with its severity counts, hosts with a rogue sniffer (a critical,
+unauthorized plaintext hook) first, a host × finding-type matrix, and a compact
+section per host that the rows and matrix link to. Per-host sections list the
+findings without the ecap-harden snippets (those are in each host's own report),
+which keeps 500 hosts well under the size budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from ecap.errors import UsageError
+from ecap.reports import _render, host, scoring
+
+SCHEMA = "ecap.report.fleet/1"
+
+
+def load_scans(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
+    """Scan documents from files (UsageError naming the first bad one)."""
+    scans = [host.load_scan(p) for p in paths]
+    if not scans:
+        raise UsageError("no scan files given", hint="pass one or more HOST.json files")
+    return scans
+
+
+def finding_type(f: dict[str, Any]) -> str:
+    """The matrix column a finding falls in (finer than its category for hooks/posture)."""
+    if f["category"] == "plaintext-hook":
+        if f["authorized"] is True:
+            return "authorized capture"
+        return "rogue plaintext hook" if f["severity"] == "critical" else "plaintext hook (other)"
+    if f["category"] == "posture" and f["evidence"]:
+        return "posture: " + f["evidence"][0].split(":", 1)[0]
+    return f["category"]
+
+
+def is_rogue(f: dict[str, Any]) -> bool:
+    """A critical, unauthorized hook on a plaintext function (or anything critical)."""
+    return f["severity"] == "critical" and f["authorized"] is not True
+
+
+def host_view(scan: dict[str, Any], index: int) -> dict[str, Any]:
+    """One host's row, matrix cells and section."""
+    _render.check_schema(scan, host.SCAN_SCHEMA, f"scan document #{index}", host.HINT)
+    findings = host.sorted_findings(
+        [host.finding_view(f, None) for f in host._list(scan.get("findings")) if isinstance(f, dict)]
+    )
+    counts = scoring.counts(f["severity"] for f in findings)
+    types: dict[str, dict[str, Any]] = {}
+    for f in findings:
+        cell = types.setdefault(finding_type(f), {"count": 0, "worst": f["severity"]})
+        cell["count"] += 1
+        if scoring.rank(f["severity"]) < scoring.rank(cell["worst"]):
+            cell["worst"] = f["severity"]
+    info = host._dict(scan.get("host"))
+    return {
+        "anchor": f"host-{index}",
+        "hostname": str(info.get("hostname") or f"host #{index}"),
+        "machine_id": info.get("machine_id"),
+        "kernel": info.get("kernel"),
+        "scanned_at": scan.get("generated_at"),
+        "degraded": bool(host._dict(scan.get("scanner")).get("degraded")),
+        "counts": counts,
+        "worst": scoring.worst(counts),
+        "score": scoring.score(counts),
+        "rogue": sum(1 for f in findings if is_rogue(f)),
+        "types": types,
+        "findings": findings,
+        "limitations": [str(x) for x in host._list(scan.get("limitations"))],
+    }
+
+
+def _host_order(h: dict[str, Any]) -> tuple:
+    worst = scoring.rank(h["worst"]) if h["worst"] else len(scoring.SEVERITIES)
+    return (
+        0 if h["rogue"] else 1,
+        -h["rogue"],
+        worst,
+        *(-h["counts"][s] for s in scoring.SEVERITIES),
+        h["hostname"],
+    )
+
+
+def build_view(scans: list[dict[str, Any]]) -> dict[str, Any]:
+    """The fleet report's view model (also its JSON twin)."""
+    if not scans:
+        raise UsageError("no scan documents to report on", hint="pass one or more HOST.json files")
+    hosts = sorted((host_view(s, i) for i, s in enumerate(scans, start=1)), key=_host_order)
+    columns: dict[str, str] = {}
+    for h in hosts:
+        for name, cell in h["types"].items():
+            if name not in columns or scoring.rank(cell["worst"]) < scoring.rank(columns[name]):
+                columns[name] = cell["worst"]
+    ordered = sorted(columns, key=lambda n: (scoring.rank(columns[n]), n))
+    totals = scoring.counts([])
+    for h in hosts:
+        for s in scoring.SEVERITIES:
+            totals[s] += h["counts"][s]
+    return {
+        "schema": SCHEMA,
+        "generated_at": _render.now_iso(),
+        "generator": _render.generator(),
+        "totals": {
+            "hosts": len(hosts),
+            "counts": totals,
+            "worst": scoring.worst(totals),
+            "rogue_hosts": sum(1 for h in hosts if h["rogue"]),
+            "clean_hosts": sum(1 for h in hosts if not h["worst"] or h["worst"] == "info"),
+        },
+        "finding_types": ordered,
+        "hosts": hosts,
+    }
+
+
+def render_fleet_report(
+    scans: list[dict[str, Any]], html_path: str | Path, json_path: str | Path | None = None
+) -> Path:
+    """Write the fleet report (and its JSON twin); returns the HTML path."""
+    view = build_view(scans)
+    html = _render.render_html("fleet.html.j2", view)
+    return _render.write_report(html, view, html_path, json_path)
