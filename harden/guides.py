@@ -27,7 +27,8 @@ lockdown={mode}
 # 2. update-grub && reboot
 # 3. Check: cat /sys/kernel/security/lockdown   (securityfs must be mounted)
 """
-    notes = () if ctx.posture.lockdown else ("lockdown LSM or securityfs not available here",)
+    missing = ctx.posture.live and not ctx.posture.lockdown
+    notes = ("lockdown LSM or securityfs not available on this host",) if missing else ()
     return Artifact(KERNEL_FILE, text, "text", (KERNEL_LOCKDOWN,), notes)
 
 

@@ -1,0 +1,130 @@
+"""generate → validate end to end, plan.json, tailoring, and one-line errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import stat
+
+from ecap.harden import generate, posture
+from ecap.harden.artifact import Context
+from ecap.remediation import ALL_CONTROL_IDS
+
+from .conftest import FIXTURES
+
+
+def test_generated_directory_validates_with_the_real_tools(generated, run_harden) -> None:
+    for d in generated.values():
+        proc = run_harden("validate", str(d), "--json")
+        doc = json.loads(proc.stdout)
+        assert proc.returncode == 0, [r for r in doc["results"] if not r["ok"]]
+        validators = {r["validator"] for r in doc["results"]}
+        assert {"apparmor_parser", "libseccomp", "auditctl", "/proc/sys", "plan"} <= validators
+        assert "kubernetes-validate (strict, offline)" in validators
+        assert "ecap kyverno structure check" in validators
+
+
+def test_files_are_private_and_plan_lists_them(generated) -> None:
+    d = generated["balanced"]
+    plan = json.loads((d / "plan.json").read_text())
+    assert plan["schema"] == "ecap.harden-plan/1"
+    assert {c["id"] for c in plan["controls"]} == set(ALL_CONTROL_IDS)
+    for f in plan["files"]:
+        path = d / f["path"]
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == f["sha256"]
+        assert f["content"] == path.read_text()
+    c = {c["id"]: c for c in plan["controls"]}["sysctl-unprivileged-bpf"]
+    assert c["stops"] == {"unprivileged_user": "yes", "container_root": "no", "host_root": "no"}
+    assert c["one_way"] and not c["locks_in_this_profile"]
+    assert {e["file"] for e in plan["exceptions"]} == {
+        "apparmor/ecap-audit", "kubernetes/kyverno-clusterpolicy.yaml"}  # fmt: skip
+
+
+def test_strict_plan_warns_about_one_way_switches(generated) -> None:
+    plan = json.loads((generated["strict"] / "plan.json").read_text())
+    assert any(w.startswith("sysctl-unprivileged-bpf: one-way") for w in plan["warnings"])
+
+
+def test_plan_detects_edited_files(generated, tmp_path, run_harden) -> None:
+    import shutil
+
+    d = tmp_path / "copy"
+    shutil.copytree(generated["balanced"], d)
+    with (d / "docker" / "run-flags.txt").open("a") as f:
+        f.write("--privileged\n")
+    proc = run_harden("validate", str(d))
+    assert proc.returncode == 1 and "differs from the plan" in proc.stdout
+
+
+def test_tailoring_from_a_real_scan_recommends_only_what_is_lacking() -> None:
+    scanned = posture.from_scan(FIXTURES / "scan-vm.json")
+    gen = generate.build(Context("balanced", scanned, tailored=True))
+    rec = gen.recommended
+    assert "sysctl-kptr-restrict" in rec and "sysctl-bpf-jit-harden" in rec
+    assert "sysctl-unprivileged-bpf" not in rec and "sysctl-dmesg-restrict" not in rec
+    assert "sysctl-ptrace-scope" not in rec  # absent on the scanned kernel
+    paths = {a.path for a in gen.artifacts}
+    assert "apparmor/ecap-audit" in paths  # ecap's own exception always kept
+    assert "kubernetes/kyverno-clusterpolicy.yaml" in paths
+    full = generate.build(Context("balanced", scanned, tailored=False)).recommended
+    assert "sysctl-unprivileged-bpf" in full
+
+
+def test_generate_from_scan_cli(tmp_path, run_harden) -> None:
+    out = tmp_path / "o"
+    proc = run_harden("generate", "--from", str(FIXTURES / "scan-vm.json"), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "tailored to scan:" in proc.stdout
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["tailored"] is True and plan["host"]["hostname"] == "vm"
+    assert run_harden("validate", str(out), "--no-audit-load").returncode == 0
+
+
+def test_bad_scan_inputs_exit_2_with_one_line(tmp_path, run_harden) -> None:
+    other = tmp_path / "other.json"
+    other.write_text('{"schema": "ecap.session/1"}')
+    notjson = tmp_path / "bad.json"
+    notjson.write_text("{nope")
+    for path, words in ((other, "expected 'ecap.scan/1'"), (notjson, "is not JSON"),
+                        (tmp_path / "missing.json", "not found")):  # fmt: skip
+        out = tmp_path / f"out-{path.stem}"
+        proc = run_harden("generate", "--from", str(path), "--out", str(out))
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.count("\n") == 1 and words in proc.stderr
+        assert not out.exists()
+
+
+def test_usage_errors(tmp_path, run_harden) -> None:
+    f = tmp_path / "file"
+    f.write_text("x")
+    for args in (("generate", "--out", str(f)), ("validate", str(tmp_path / "nope")),
+                 ("validate", str(tmp_path)), ("generate", "--profile", "paranoid", "--out", "x"),
+                 ("apparmor", "--part", "app")):  # fmt: skip
+        proc = run_harden(*args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_hostile_scan_strings_are_escaped(tmp_path, run_harden) -> None:
+    scan = tmp_path / "s.json"
+    scan.write_text(json.dumps({"schema": "ecap.scan/1",
+                                "host": {"hostname": "\x1b]0;pwned\x07", "kernel": "6.1"},
+                                "posture": {"sysctl": {}}, "findings": []}))  # fmt: skip
+    out = tmp_path / "o"
+    proc = run_harden("generate", "--from", str(scan), "--out", str(out))
+    assert proc.returncode == 0
+    assert "\x1b" not in proc.stdout + proc.stderr
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["host"]["hostname"] == "\x1b]0;pwned\x07"  # JSON keeps it, escaped by json
+
+
+def test_single_artifact_commands(tmp_path, run_harden) -> None:
+    for cmd in ("sysctl", "apparmor", "seccomp", "docker", "kubernetes", "auditd"):
+        proc = run_harden(cmd, "--profile", "strict")
+        assert proc.returncode == 0 and proc.stdout, cmd
+    out = tmp_path / "seccomp.json"
+    assert run_harden("seccomp", "--out", str(out)).returncode == 0
+    assert json.loads(out.read_text())["defaultAction"] == "SCMP_ACT_ERRNO"
+    app = run_harden("apparmor", "--part", "app", "--app", "/usr/bin/node").stdout
+    assert "profile ecap-app-node /usr/bin/node" in app

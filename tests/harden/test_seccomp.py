@@ -1,0 +1,69 @@
+"""The seccomp profile as libseccomp builds it: a child gets EPERM from bpf/perf_event_open."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+from ecap.harden import seccomp, seccomp_filter
+
+NO_CAPS: frozenset[str] = frozenset()
+
+
+def test_docker_format_and_runtime_default_shape(generated) -> None:
+    doc = json.loads((generated["balanced"] / "seccomp" / "ecap-seccomp.json").read_text())
+    assert doc["defaultAction"] == "SCMP_ACT_ERRNO" and doc["defaultErrnoRet"] == 1
+    assert doc["archMap"][0]["architecture"] == "SCMP_ARCH_X86_64"
+    for rule in doc["syscalls"]:
+        assert rule["names"] and rule["action"].startswith("SCMP_ACT_")
+    gated = [r for r in doc["syscalls"] if r.get("includes", {}).get("caps")]
+    assert {c for r in gated for c in r["includes"]["caps"]} >= {"CAP_SYS_ADMIN", "CAP_SYS_PTRACE"}
+    # bpf and perf_event_open are in no allow rule, capability-gated or not.
+    for rule in doc["syscalls"]:
+        if rule["action"] == "SCMP_ACT_ALLOW":
+            assert not {"bpf", "perf_event_open"} & set(rule["names"]), rule
+
+
+def test_child_under_balanced_filter_gets_eperm_even_with_all_capabilities() -> None:
+    res = seccomp_filter.probe(seccomp.profile("balanced"))
+    assert res.error is None
+    assert res.refused["bpf"] == "EPERM" and res.refused["perf_event_open"] == "EPERM"
+    # Without the filter the same calls fail for other reasons: EPERM is the filter's.
+    assert res.unfiltered["bpf"] != "EPERM" and res.unfiltered["perf_event_open"] != "EPERM"
+    assert res.ordinary and all(res.ordinary.values()), res.ordinary
+    # balanced keeps the runtime default's ptrace allowance
+    assert res.refused["ptrace"] != "EPERM"
+
+
+def test_strict_also_refuses_ptrace_and_process_vm() -> None:
+    res = seccomp_filter.probe(seccomp.profile("strict"), caps=NO_CAPS)
+    assert res.error is None
+    for name in ("bpf", "perf_event_open", "ptrace", "process_vm_readv", "process_vm_writev"):
+        assert res.refused[name] == "EPERM", name
+    assert all(res.ordinary.values())
+
+
+def test_a_runtime_default_style_cap_gate_would_let_bpf_through() -> None:
+    """The check is not vacuous: the Docker default's CAP_BPF gate is detected."""
+    doc = copy.deepcopy(seccomp.profile("balanced"))
+    doc["syscalls"] = [r for r in doc["syscalls"] if "bpf" not in r["names"]]
+    doc["syscalls"].append({"names": ["bpf", "perf_event_open"], "action": "SCMP_ACT_ALLOW",
+                            "includes": {"caps": ["CAP_BPF"]}})  # fmt: skip
+    res = seccomp_filter.probe(doc)
+    assert res.refused["bpf"] != "EPERM"
+    assert not res.ok(("bpf", "perf_event_open"))
+    # ... and without CAP_BPF the same profile refuses again
+    assert seccomp_filter.probe(doc, caps=NO_CAPS).refused["bpf"] == "EPERM"
+
+
+def test_validate_fails_on_a_profile_that_allows_bpf(generated, tmp_path, run_harden) -> None:
+    d = tmp_path / "out"
+    (d / "seccomp").mkdir(parents=True)
+    doc = json.loads((generated["balanced"] / "seccomp" / "ecap-seccomp.json").read_text())
+    doc["syscalls"][1]["names"].append("bpf")  # the plain allow list
+    doc["syscalls"][0]["names"].remove("bpf")
+    doc["syscalls"][0]["names"].append("bpf_placeholder_never_called")
+    (d / "seccomp" / "ecap-seccomp.json").write_text(json.dumps(doc))
+    proc = run_harden("validate", str(d))
+    assert proc.returncode == 1
+    assert "FAIL" in proc.stdout and "seccomp" in proc.stderr
