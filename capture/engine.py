@@ -131,7 +131,9 @@ class _Session:
 
     # -- records -------------------------------------------------------------------
     def drain(self) -> None:
-        batch, self.pending = self.pending, []
+        # The ring callback holds this very list: copy and clear it in place.
+        batch = list(self.pending)
+        self.pending.clear()
         for raw in batch:
             self.on_record(decode(raw, self.layout))
 

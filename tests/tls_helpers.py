@@ -111,46 +111,91 @@ def _route(method: str, target: str, body: bytes) -> tuple[int, list[tuple[str, 
     return 404, [("content-type", "text/plain")], b"not found\n"
 
 
-def _serve_http1(conn: ssl.SSLSocket) -> None:
+class _Transcript:
+    """What the server received and sent on one connection, as plaintext files.
+
+    Tests compare the capture against these: the server's view is the ground truth
+    of what went through the TLS connection in each direction.
+    """
+
+    def __init__(self, directory: str | None, peer_port: int) -> None:
+        self._files = None
+        if directory:
+            base = Path(directory) / f"conn-{peer_port}"
+            self._files = (open(f"{base}.in", "wb", buffering=0),  # noqa: SIM115
+                           open(f"{base}.out", "wb", buffering=0))  # noqa: SIM115
+
+    def received(self, data: bytes) -> None:
+        if self._files:
+            self._files[0].write(data)
+
+    def sent(self, data: bytes) -> None:
+        if self._files:
+            self._files[1].write(data)
+
+    def close(self) -> None:
+        if self._files:
+            for f in self._files:
+                f.close()
+
+
+def _serve_http1(conn: ssl.SSLSocket, log: _Transcript) -> None:
     reader = conn.makefile("rb")
     while True:
         line = reader.readline()
+        log.received(line)
         if not line:
             return
         method, target, _ = line.decode("latin-1").split(" ", 2)
         headers = {}
-        while (h := reader.readline()) not in (b"\r\n", b"\n", b""):
+        while True:
+            h = reader.readline()
+            log.received(h)
+            if h in (b"\r\n", b"\n", b""):
+                break
             k, _, v = h.decode("latin-1").partition(":")
             headers[k.strip().lower()] = v.strip()
         body = reader.read(int(headers.get("content-length", "0") or 0))
+        log.received(body)
         if urlsplit(target).path == "/chunked":
             out = (
                 b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n"
             )
             for part in CHUNKED_PARTS:
                 out += f"{len(part):x}\r\n".encode() + part + b"\r\n"
-            conn.sendall(out + b"0\r\n\r\n")
+            out += b"0\r\n\r\n"
+            log.sent(out)
+            conn.sendall(out)
         else:
             status, hdrs, payload = _route(method, target, body)
             head = f"HTTP/1.1 {status} {'OK' if status == 200 else 'Not Found'}\r\n"
             for k, v in [*hdrs, ("content-length", str(len(payload)))]:
                 head += f"{k}: {v}\r\n"
-            conn.sendall(head.encode() + b"\r\n" + payload)
+            out = head.encode() + b"\r\n" + payload
+            log.sent(out)
+            conn.sendall(out)
         if headers.get("connection", "").lower() == "close":
             return
 
 
-def _serve_h2(conn: ssl.SSLSocket) -> None:
+def _serve_h2(conn: ssl.SSLSocket, log: _Transcript) -> None:
     import h2.config
     import h2.connection
     import h2.events
 
     h2c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
     h2c.initiate_connection()
-    conn.sendall(h2c.data_to_send())
+
+    def flush() -> None:
+        out = h2c.data_to_send()
+        log.sent(out)
+        conn.sendall(out)
+
+    flush()
     requests: dict[int, dict] = {}
     while True:
         data = conn.recv(65536)
+        log.received(data)
         if not data:
             return
         for event in h2c.receive_data(data):
@@ -169,22 +214,30 @@ def _serve_h2(conn: ssl.SSLSocket) -> None:
                 )
                 h2c.send_data(event.stream_id, payload, end_stream=True)
             elif isinstance(event, h2.events.ConnectionTerminated):
-                conn.sendall(h2c.data_to_send())
+                flush()
                 return
-        conn.sendall(h2c.data_to_send())
+        flush()
 
 
-def _handle(raw: socket.socket, ctx: ssl.SSLContext) -> None:
-    with contextlib.suppress(OSError, ValueError, ssl.SSLError, KeyError), \
-            ctx.wrap_socket(raw, server_side=True) as conn:
-        if conn.selected_alpn_protocol() == "h2":
-            _serve_h2(conn)
-        else:
-            _serve_http1(conn)
+def _handle(raw: socket.socket, ctx: ssl.SSLContext, transcripts: str | None) -> None:
+    log = _Transcript(transcripts, raw.getpeername()[1])
+    try:
+        with contextlib.suppress(OSError, ValueError, ssl.SSLError, KeyError), \
+                ctx.wrap_socket(raw, server_side=True) as conn:
+            if conn.selected_alpn_protocol() == "h2":
+                _serve_h2(conn, log)
+            else:
+                _serve_http1(conn, log)
+    finally:
+        log.close()
 
 
-def serve(cert: str, key: str, port_file: str) -> None:
-    """Accept TLS connections on 127.0.0.1 (ephemeral port written to port_file)."""
+def serve(cert: str, key: str, port_file: str, transcripts: str | None = None) -> None:
+    """Accept TLS connections on 127.0.0.1 (ephemeral port written to port_file).
+
+    With ``transcripts``, each connection's plaintext is written to
+    ``conn-CLIENTPORT.in`` (received) and ``.out`` (sent) in that directory.
+    """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
     ctx.set_alpn_protocols(["h2", "http/1.1"])
@@ -195,7 +248,7 @@ def serve(cert: str, key: str, port_file: str) -> None:
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     while True:
         raw, _ = sock.accept()
-        threading.Thread(target=_handle, args=(raw, ctx), daemon=True).start()
+        threading.Thread(target=_handle, args=(raw, ctx, transcripts), daemon=True).start()
 
 
 # ----------------------------------------------------------------------- test side
@@ -208,6 +261,20 @@ class TlsServer:
     proc: subprocess.Popen
     port: int
     cert: Path
+    transcripts: Path
+
+    def transcript(self, client_port: int | None = None) -> tuple[bytes, bytes]:
+        """(bytes the server received, bytes it sent) on one connection.
+
+        Without ``client_port`` there must be exactly one connection.
+        """
+        if client_port is None:
+            names = sorted(self.transcripts.glob("conn-*.in"))
+            assert len(names) == 1, f"expected one connection, got {names}"
+            base = names[0].with_suffix("")
+        else:
+            base = self.transcripts / f"conn-{client_port}"
+        return Path(f"{base}.in").read_bytes(), Path(f"{base}.out").read_bytes()
 
     @property
     def pid(self) -> int:
@@ -224,8 +291,11 @@ def start_server(directory: Path) -> TlsServer:
     """Start the server in its own process and wait until it listens."""
     cert, key = make_cert(directory)
     port_file = directory / "port"
+    transcripts = directory / "transcripts"
+    transcripts.mkdir()
     proc = subprocess.Popen(
-        [sys.executable, __file__, "serve", str(cert), str(key), str(port_file)],
+        [sys.executable, __file__, "serve", str(cert), str(key), str(port_file),
+         str(transcripts)],
         stdin=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 20
@@ -234,7 +304,7 @@ def start_server(directory: Path) -> TlsServer:
             stop_process(proc)
             raise RuntimeError("TLS test server did not start")
         time.sleep(0.02)
-    return TlsServer(proc, int(port_file.read_text()), cert)
+    return TlsServer(proc, int(port_file.read_text()), cert, transcripts)
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 5) -> None:
@@ -255,18 +325,23 @@ def stop_process(proc: subprocess.Popen, timeout: float = 5) -> None:
 
 
 PYTHON_CLIENT = r"""
-import http.client, ssl, sys
+import http.client, ssl, sys, threading
 sys.stdin.readline()
 ctx = ssl.create_default_context()
 ctx.check_hostname = False
 ctx.verify_mode = ssl.CERT_NONE
 method, port, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 body = open(sys.argv[4], "rb").read() if len(sys.argv) > 4 else None
-conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx)
-conn.request(method, path, body=body, headers={"X-Ecap-Test": "python"})
-data = conn.getresponse().read()
-sys.stdout.buffer.write(data)
-conn.close()
+def request():
+    # In a second thread on purpose: capture must cover every thread of a target.
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx)
+    conn.request(method, path, body=body, headers={"X-Ecap-Test": "python"})
+    data = conn.getresponse().read()
+    sys.stdout.buffer.write(data)
+    conn.close()
+worker = threading.Thread(target=request)
+worker.start()
+worker.join()
 """
 
 NODE_CLIENT = r"""
@@ -350,7 +425,7 @@ def wait_for_tls_mapped(pid: int, timeout: float = 20) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 5 and sys.argv[1] == "serve":
-        serve(sys.argv[2], sys.argv[3], sys.argv[4])
+    if len(sys.argv) in (5, 6) and sys.argv[1] == "serve":
+        serve(*sys.argv[2:])
     else:
-        sys.exit("usage: tls_helpers.py serve CERT KEY PORT_FILE")
+        sys.exit("usage: tls_helpers.py serve CERT KEY PORT_FILE [TRANSCRIPT_DIR]")

@@ -1,0 +1,198 @@
+"""``ecap-audit capture tls`` against real clients, a real server and the real kernel.
+
+The server writes down what it received and sent on each connection; a capture is
+correct when the target's write stream equals what the server received and its
+read stream equals what the server sent — byte for byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+
+import pytest
+
+from tests import tls_helpers
+from tests.capture.conftest import read_stream
+
+pytestmark = [pytest.mark.bpf, pytest.mark.slow]
+
+
+def _events(records: list[dict]) -> list[dict]:
+    return [r for r in records if r["type"] == "event"]
+
+
+def _assert_exact(records: list[dict], server: tls_helpers.TlsServer, pid: int) -> None:
+    received, sent = server.transcript()
+    assert read_stream(records, "write", pid) == received
+    assert read_stream(records, "read", pid) == sent
+    events = _events(records)
+    assert events, "no events captured"
+    assert {e["pid"] for e in events} == {pid}
+    assert {e["peer"] for e in events} == {f"127.0.0.1:{server.port}"}
+    assert all(e["truncated"] == 0 and e["lost"] == 0 for e in events)
+
+
+def _finish(run, client) -> list[dict]:
+    client.wait(30)
+    assert run.wait(60) == 0, run.stderr
+    records = run.records()
+    assert records[0]["type"] == "header" and records[-1]["type"] == "summary"
+    assert records[-1]["stop_reason"] == "all targets exited"
+    return records
+
+
+def test_curl_request_and_response_byte_exact(tls_server, clients, start_capture):
+    client = tls_helpers.curl_client(tls_server, "/hello")
+    clients.append(client)
+    run = start_capture([client.pid])
+    tls_helpers.release_curl(client, tls_server.url("/hello"))
+    assert client.stdout.read() == tls_helpers.HELLO
+    records = _finish(run, client)
+    _assert_exact(records, tls_server, client.pid)
+    header = records[0]
+    assert header["targets"][0]["hooked"].endswith("libssl.so.3")
+    assert header["targets"][0]["version"].startswith("OpenSSL 3")
+    assert {e["comm"] for e in _events(records)} == {"curl"}
+    assert any(r["type"] == "handshake" for r in records)
+
+
+def test_python_client_uses_ex_functions_from_a_second_thread(tls_server, clients,
+                                                               start_capture):
+    client = tls_helpers.python_client(tls_server, "/hello")
+    clients.append(client)
+    run = start_capture([client.pid])
+    tls_helpers.release(client)
+    assert client.stdout.read() == tls_helpers.HELLO
+    records = _finish(run, client)
+    _assert_exact(records, tls_server, client.pid)
+    # The request ran in a worker thread: every event's tid differs from the pid.
+    assert all(e["tid"] != client.pid for e in _events(records))
+
+
+def test_node_static_openssl_in_the_executable(tls_server, clients, start_capture):
+    client = tls_helpers.node_client(tls_server, "/hello")
+    clients.append(client)
+    run = start_capture([client.pid])
+    tls_helpers.release(client)
+    assert client.stdout.read() == tls_helpers.HELLO
+    records = _finish(run, client)
+    _assert_exact(records, tls_server, client.pid)
+    target = records[0]["targets"][0]
+    assert target["kind"] == "executable" and target["hooked"] == "/usr/bin/node"
+
+
+def test_one_mib_response_is_captured_whole(tls_server, clients, start_capture):
+    n = 1 << 20
+    client = tls_helpers.python_client(tls_server, f"/bytes?n={n}&seed=7")
+    clients.append(client)
+    run = start_capture([client.pid])
+    tls_helpers.release(client)
+    body = client.stdout.read()
+    assert len(body) == n
+    records = _finish(run, client)
+    _, sent = tls_server.transcript()
+    captured = read_stream(records, "read", client.pid)
+    assert hashlib.sha256(captured).hexdigest() == hashlib.sha256(sent).hexdigest()
+    assert captured.endswith(tls_helpers.deterministic_bytes(n, 7))
+    assert records[-1]["lost_events"] == 0
+
+
+def test_large_write_is_chunked_to_the_limit_and_the_rest_counted(tls_server, clients,
+                                                                  start_capture, tmp_path):
+    size = 300 * 1024  # one SSL_write_ex larger than the 256 KiB per-call limit
+    body = tls_helpers.deterministic_bytes(size, 3)
+    body_file = tmp_path / "body.bin"
+    body_file.write_bytes(body)
+    client = tls_helpers.python_client(tls_server, "/echo", method="POST", body_file=body_file)
+    clients.append(client)
+    run = start_capture([client.pid])
+    tls_helpers.release(client)
+    assert client.stdout.read() == body
+    records = _finish(run, client)
+    big = [e for e in _events(records) if e["total"] == size]
+    assert len(big) == 1, [(e["direction"], e["total"]) for e in _events(records)]
+    limit = records[0]["max_call_bytes"]
+    assert limit == 256 * 1024
+    assert big[0]["len"] == limit and big[0]["truncated"] == size - limit
+    import base64
+
+    assert base64.b64decode(big[0]["payload_b64"]) == body[:limit]
+    assert records[-1]["truncated_bytes"] == size - limit
+    # the echoed response arrives in many reads, all whole
+    assert read_stream(records, "read", client.pid) == tls_server.transcript()[1]
+
+
+def test_other_process_doing_tls_at_the_same_time_yields_nothing(tls_server, clients,
+                                                                  start_capture):
+    target = tls_helpers.python_client(tls_server, "/hello?who=target")
+    other = tls_helpers.python_client(tls_server, "/hello?who=other")
+    clients += [target, other]
+    run = start_capture([target.pid])
+    tls_helpers.release(other)
+    tls_helpers.release(target)
+    assert other.stdout.read() == tls_helpers.HELLO
+    records = _finish(run, target)
+    events = _events(records)
+    assert events and {e["pid"] for e in events} == {target.pid}
+    everything = read_stream(records, "write") + read_stream(records, "read")
+    assert b"who=target" in everything and b"who=other" not in everything
+
+
+def test_http2_request_rendered_with_hpack_decoded_headers(tls_server, clients,
+                                                            start_capture):
+    client = tls_helpers.curl_client(tls_server, "/hello", http2=True)
+    clients.append(client)
+    run = start_capture([client.pid], fmt="text")
+    tls_helpers.release_curl(client, tls_server.url("/hello"))
+    assert client.stdout.read() == tls_helpers.HELLO
+    client.wait(30)
+    assert run.wait(60) == 0, run.stderr
+    text = run.output.read_text()
+    assert "HTTP/2 connection preface" in text
+    assert ":method: GET" in text and ":path: /hello" in text
+    assert "user-agent: curl/" in text and "x-ecap-test: curl" in text
+    assert ":status: 200" in text
+    assert tls_helpers.HELLO.decode().strip() in text
+    assert oct(os.stat(run.output).st_mode & 0o777) == "0o600"
+
+
+def test_http1_text_rendering_decodes_gzip_and_chunked(tls_server, clients, start_capture):
+    client = tls_helpers.python_client(tls_server, "/gzip")
+    clients.append(client)
+    run = start_capture([client.pid], fmt="text")
+    tls_helpers.release(client)
+    client.stdout.read()
+    client.wait(30)
+    assert run.wait(60) == 0, run.stderr
+    text = run.output.read_text()
+    assert "GET /gzip HTTP/1.1" in text and "X-Ecap-Test: python" in text
+    assert "gzip decoded" in text and "compressed body: ecap ecap" in text
+
+
+def test_sigint_stops_with_summary_and_journal_entry(tls_server, clients, start_capture,
+                                                     ecap_env):
+    client = tls_helpers.python_client(tls_server, "/hello")  # waits: never exits by itself
+    clients.append(client)
+    run = start_capture([client.pid])
+    run.proc.send_signal(signal.SIGINT)
+    assert run.wait(30) == 0, run.stderr
+    assert "capture stopped: SIGINT" in run.stderr
+    assert "lost: 0 events" in run.stderr
+    records = run.records()
+    assert records[-1]["type"] == "summary" and records[-1]["stop_reason"] == "SIGINT"
+    from ecap.journal import Journal
+
+    # (the journal's own notices, e.g. journal.audit_unavailable, are not ours)
+    entries = [e for e in Journal(ecap_env.journal).read()
+               if not e["event"].startswith("journal.")]
+    events = [e["event"] for e in entries]
+    assert events[-3:] == ["gate.granted", "capture.start", "capture.stop"]
+    start, stop = entries[-2], entries[-1]
+    assert start["session_id"] == stop["session_id"] == records[0]["session_id"]
+    assert start["pids"] == [client.pid] and start["prog_ids"]
+    assert stop["reason"] == "SIGINT"
+    assert Journal(ecap_env.journal).verify().ok
+    # the session unregistered itself
+    assert not list((ecap_env.run_dir / "sessions").glob("*.json"))
