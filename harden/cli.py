@@ -59,7 +59,10 @@ def build_parser() -> Parser:
     for name in SINGLE:
         s = sub.add_parser(name, help=f"print the {name} policy (or write it with --out)")
         s.add_argument("--profile", choices=PROFILES, default="balanced")
-        s.add_argument("--out", type=Path, metavar="FILE")
+        s.add_argument("--out", metavar="FILE",
+                       help="write here instead of stdout"
+                       + ("; a directory (or a path ending in /) gets every file"
+                          if name in ("apparmor", "docker", "kubernetes") else ""))
         if name == "apparmor":
             s.add_argument("--part", choices=("abstraction", "ecap-audit", "container", "app"),
                            default="abstraction", help="which AppArmor file (default abstraction)")
@@ -90,38 +93,58 @@ def _emit(text: str, out: Path | None) -> None:
         print(f"wrote {printable(str(out))}", file=sys.stderr)
 
 
+def _write_dir(arts: list[Artifact], out: Path) -> None:
+    """Write several files of one kind under DIR, keeping their layout below the kind."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {printable(str(out))} is a file", hint="give a directory")
+    for a in arts:
+        target = out / Path(*Path(a.path).parts[1:])
+        write_private_atomic(target, a.content)
+        print(f"wrote {printable(str(target))}", file=sys.stderr)
+
+
 def _single(args: argparse.Namespace) -> int:
+    """One policy kind on stdout, or in --out FILE (multi-file kinds: also --out DIR/)."""
     ctx = Context(profile=args.profile, posture=posture.live())
     name = args.command
+    out = Path(args.out) if args.out else None
+    # Path() drops a trailing slash, so "a directory" is decided on the raw string.
+    to_dir = bool(args.out) and (args.out.endswith("/") or Path(args.out).is_dir())
+    arts: list[Artifact]
     if name == "sysctl":
-        art: Artifact = sysctl.render(ctx)
+        arts = [sysctl.render(ctx)]
     elif name == "seccomp":
-        art = seccomp.render(ctx)
+        arts = [seccomp.render(ctx)]
     elif name == "auditd":
-        art = auditd.render(ctx)
+        arts = [auditd.render(ctx)]
     elif name == "apparmor":
         syntax = apparmor.syntax_for(apparmor.parser_version())
-        if args.part == "app":
-            if not args.app:
-                raise UsageError("--part app needs --app EXE", hint="e.g. --app /usr/bin/node")
-            text = apparmor.header_comment(syntax) + apparmor.app_profile(args.app, syntax)
-            _emit(text, args.out)
+        if args.part == "app" and not args.app:
+            raise UsageError("--part app needs --app EXE", hint="e.g. --app /usr/bin/node")
+        apps = (args.app,) if args.app else ()
+        every = apparmor.render(Context(args.profile, ctx.posture, apps=apps), syntax)
+        if to_dir and out is not None:
+            _write_dir(every, out)
             return 0
-        index = {"abstraction": 0, "ecap-audit": 1, "container": 2}[args.part]
-        art = apparmor.render(ctx, syntax)[index]
+        index = {"abstraction": 0, "ecap-audit": 1, "container": 2, "app": 3}[args.part]
+        arts = [every[index]]
     elif name == "docker":
-        parts = containers.render(ctx)
+        arts = containers.render(ctx)
+    else:
+        arts = kubernetes.render(ctx)
+    if len(arts) > 1 and to_dir and out is not None:
+        _write_dir(arts, out)
+        return 0
+    if name == "docker":
         text = "\n".join(
-            f"# ---- {a.path}\n{a.content}" if a.kind != "markdown" else a.content for a in parts
+            a.content if a.kind == "markdown" else f"# ---- {a.path}\n{a.content}" for a in arts
         )
-        _emit(text, args.out)
-        return 0
-    else:  # kubernetes: one multi-document YAML stream
-        parts = kubernetes.render(ctx)
-        _emit("---\n".join(a.content for a in parts), args.out)
-        return 0
-    _emit(art.content, args.out)
-    for note in art.notes:
+    elif name == "kubernetes":  # one multi-document YAML stream
+        text = "---\n".join(a.content for a in arts)
+    else:
+        text = arts[0].content
+    _emit(text, out)
+    for note in (n for a in arts for n in a.notes):
         print(f"note: {printable(note)}", file=sys.stderr)
     return 0
 

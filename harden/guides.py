@@ -13,7 +13,7 @@ from .controls import KERNEL_FILE, MOUNTS_FILE, RESPONSE_FILE
 
 
 def lockdown(ctx: Context) -> Artifact:
-    current = ctx.posture.lockdown if ctx.posture.live else "unknown (from scan)"
+    current = ctx.posture.lockdown if ctx.posture.live else "unknown (not read from this host)"
     mode = "confidentiality" if ctx.profile == "strict" else "integrity"
     text = f"""# Kernel lockdown ({ctx.profile}: {mode}) — current mode on this host: {current or "not available"}
 #

@@ -128,3 +128,14 @@ def test_single_artifact_commands(tmp_path, run_harden) -> None:
     assert json.loads(out.read_text())["defaultAction"] == "SCMP_ACT_ERRNO"
     app = run_harden("apparmor", "--part", "app", "--app", "/usr/bin/node").stdout
     assert "profile ecap-app-node /usr/bin/node" in app
+
+
+def test_multi_file_kinds_write_a_directory(tmp_path, run_harden) -> None:
+    proc = run_harden("apparmor", "--out", f"{tmp_path}/aa/")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "aa" / "abstractions" / "ecap-deny-tracing").is_file()
+    assert (tmp_path / "aa" / "ecap-audit").is_file()
+    assert run_harden("kubernetes", "--out", f"{tmp_path}/k8s/").returncode == 0
+    assert (tmp_path / "k8s" / "kyverno-clusterpolicy.yaml").is_file()
+    proc = run_harden("sysctl", "--out", str(tmp_path / "aa"))
+    assert proc.returncode == 2 and "is a directory" in proc.stderr
