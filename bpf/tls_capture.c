@@ -17,7 +17,6 @@
 // every length handed to bpf_probe_read_user() is clamped with an explicit
 // bound the verifier can follow.
 #include <uapi/linux/ptrace.h>
-#include <linux/sched.h>
 
 #define KIND_WRITE 1
 #define KIND_READ 2

@@ -1,0 +1,191 @@
+"""Refusals before anything is loaded, session registration, and ending cleanly.
+
+The refusal tests run the capture under ``strace`` and prove from its system calls
+that no uprobe was created and no capture program was loaded: the only BPF program
+a refused capture may load is the preflight's trivial one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from ecap import host
+from ecap.journal import Journal
+from tests import tls_helpers
+from tests.capture.conftest import read_stream
+from tests.conftest import ecap_cmd
+
+pytestmark = [pytest.mark.bpf, pytest.mark.slow]
+
+
+def _traced_capture(ecap_env, tmp_path: Path, *args: str) -> tuple[int, str, str]:
+    """Run ``ecap-audit capture ARGS`` under strace; (exit code, stderr, bpf/perf calls)."""
+    trace = tmp_path / "strace.txt"
+    proc = subprocess.run(
+        ["strace", "-f", "-qq", "-e", "trace=bpf,perf_event_open", "-o", str(trace),
+         ecap_cmd("ecap-audit"), "capture", *args],
+        env=ecap_env.env, capture_output=True, text=True, timeout=120,
+    )
+    return proc.returncode, proc.stderr, trace.read_text()
+
+
+def _assert_nothing_loaded(calls: str) -> None:
+    assert "perf_event_open" not in calls, "a probe was created"
+    loads = [line for line in calls.splitlines() if "BPF_PROG_LOAD" in line]
+    assert not any("ssl" in line or "tracepoint" in line for line in loads), loads
+
+
+def _gate_events(ecap_env) -> list[str]:
+    return [e["event"] for e in Journal(ecap_env.journal).read()
+            if not e["event"].startswith("journal.")]
+
+
+def test_refused_without_pid(ecap_env, tmp_path, sleeper):
+    token = ecap_env.write_token(ecap_env.authorize([sleeper.pid]))
+    code, err, calls = _traced_capture(ecap_env, tmp_path, "tls", "--token", str(token))
+    assert code == 2
+    assert "--pid" in err and len(err.strip().splitlines()) == 1
+    _assert_nothing_loaded(calls)
+    assert "BPF_PROG_LOAD" not in calls
+
+
+def test_refused_without_token(ecap_env, tmp_path, sleeper):
+    code, err, calls = _traced_capture(ecap_env, tmp_path, "tls", "--pid", str(sleeper.pid))
+    assert code == 2 and "--token" in err
+    assert "BPF_PROG_LOAD" not in calls
+
+
+def test_refused_with_token_for_another_pid(ecap_env, tmp_path, sleeper, clients,
+                                            tls_server):
+    victim = tls_helpers.python_client(tls_server, "/hello")
+    clients.append(victim)
+    token = ecap_env.write_token(ecap_env.authorize([sleeper.pid]))
+    code, err, calls = _traced_capture(ecap_env, tmp_path, "tls", "--pid", str(victim.pid),
+                                       "--token", str(token))
+    assert code == 3, err
+    assert len(err.strip().splitlines()) == 1
+    _assert_nothing_loaded(calls)
+    assert _gate_events(ecap_env) == ["gate.refused"]
+
+
+def test_bad_flags_are_usage_errors(ecap_env, tmp_path, sleeper):
+    token = ecap_env.write_token(ecap_env.authorize([sleeper.pid]))
+    for extra, needle in ((["--ring-size", "3"], "--ring-size"),
+                          (["--max-call-bytes", "1000"], "--max-call-bytes"),
+                          (["--duration", "0"], "--duration"),
+                          (["--output", str(tmp_path / "missing" / "out.txt")], "directory")):
+        proc = ecap_env.run("ecap-audit", "capture", "tls", "--pid", str(sleeper.pid),
+                            "--token", str(token), *extra)
+        assert proc.returncode == 2, (extra, proc.stderr)
+        assert needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    proc = ecap_env.run("ecap-audit", "capture", "gnutls", "--pid", str(sleeper.pid),
+                        "--token", str(token))
+    assert proc.returncode == 2 and "unknown capture module" in proc.stderr
+    assert _gate_events(ecap_env) == []  # all refused before the gate
+
+
+def test_process_without_tls_library_is_named_in_the_error(ecap_env, sleeper):
+    token = ecap_env.write_token(ecap_env.authorize([sleeper.pid]))
+    proc = ecap_env.run("ecap-audit", "capture", "tls", "--pid", str(sleeper.pid),
+                        "--token", str(token))
+    assert proc.returncode == 2
+    assert f"process {sleeper.pid} ('sleep') maps no libssl" in proc.stderr
+    assert "SSL_write/SSL_read" in proc.stderr
+    # granted, but nothing started: no capture.start in the journal
+    assert _gate_events(ecap_env) == ["gate.granted"]
+
+
+def _prog_exists(prog_id: int) -> bool:
+    proc = subprocess.run(["bpftool", "prog", "show", "id", str(prog_id)],
+                          capture_output=True, text=True)
+    return proc.returncode == 0
+
+
+def _session_file(ecap_env) -> dict:
+    files = list((ecap_env.run_dir / "sessions").glob("*.json"))
+    assert len(files) == 1, files
+    assert oct(files[0].stat().st_mode & 0o777) == "0o600"
+    return json.loads(files[0].read_text())
+
+
+def test_session_registered_while_running_and_sigkill_leaves_nothing_attached(
+        ecap_env, tls_server, clients, start_capture):
+    client = tls_helpers.python_client(tls_server, "/hello")
+    clients.append(client)
+    run = start_capture([client.pid])
+    session = _session_file(ecap_env)
+    assert session["schema"] == "ecap.session/1"
+    assert session["capture_pid"] == run.proc.pid
+    assert [t["pid"] for t in session["targets"]] == [client.pid]
+    assert session["token"] and session["operator"] == "test-operator"
+    prog_ids = session["prog_ids"]
+    assert len(prog_ids) >= 10 and all(_prog_exists(p) for p in prog_ids)
+    # the programs are held by the capture process (fdinfo names them)
+    held = set()
+    for fd in os.listdir(f"/proc/{run.proc.pid}/fdinfo"):
+        try:
+            text = Path(f"/proc/{run.proc.pid}/fdinfo/{fd}").read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("prog_id:"):
+                held.add(int(line.split()[1]))
+    assert set(prog_ids) <= held
+
+    run.proc.send_signal(signal.SIGKILL)
+    assert run.wait(30) == -signal.SIGKILL
+    deadline = time.monotonic() + 20
+    while any(_prog_exists(p) for p in prog_ids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [p for p in prog_ids if _prog_exists(p)], "programs still loaded after SIGKILL"
+    tracefs = host.tracefs_root()
+    if tracefs is not None:
+        events = (tracefs / "uprobe_events").read_text()
+        assert f"bcc_{run.proc.pid}" not in events
+    # and the target is unharmed: it completes its request normally
+    tls_helpers.release(client)
+    assert client.stdout.read() == tls_helpers.HELLO
+    assert client.wait(30) == 0
+
+
+def test_duration_and_several_pids(ecap_env, tls_server, clients, start_capture):
+    first = tls_helpers.python_client(tls_server, "/hello?n=1")
+    second = tls_helpers.curl_client(tls_server, "/hello?n=2")
+    clients += [first, second]
+    run = start_capture([first.pid, second.pid], extra=("--duration", "6"))
+    tls_helpers.release(first)
+    tls_helpers.release_curl(second, tls_server.url("/hello?n=2"))
+    first.wait(30)
+    second.wait(30)
+    assert run.wait(60) == 0, run.stderr
+    records = run.records()
+    assert records[-1]["stop_reason"] == "all targets exited"
+    assert b"/hello?n=1" in read_stream(records, "write", first.pid)
+    assert b"/hello?n=2" in read_stream(records, "write", second.pid)
+    conns = [r for r in records if r["type"] == "connection"]
+    assert {c["pid"] for c in conns} == {first.pid, second.pid}
+
+    waiting = tls_helpers.python_client(tls_server, "/hello")
+    clients.append(waiting)
+    run = start_capture([waiting.pid], extra=("--duration", "1"))
+    assert run.wait(60) == 0
+    assert run.records()[-1]["stop_reason"] == "duration reached"
+
+
+def test_token_expiry_stops_the_capture(ecap_env, tls_server, clients, start_capture):
+    waiting = tls_helpers.python_client(tls_server, "/hello")
+    clients.append(waiting)
+    token = ecap_env.write_token(ecap_env.authorize([waiting.pid], ttl="8s"))
+    proc = subprocess.run(
+        [ecap_cmd("ecap-audit"), "capture", "tls", "--pid", str(waiting.pid), "--token",
+         str(token), "--format", "jsonl", "--output", str(ecap_env.root / "exp.jsonl")],
+        env=ecap_env.env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "capture stopped: token expired" in proc.stderr
