@@ -89,11 +89,20 @@ class LoadResult:
     leftover: tuple[str, ...] = field(default=())
     """Rules this run could not remove again (should be empty)."""
     listed: int = 0
-    """How many more rules ``auditctl -l`` showed while ours were loaded."""
+    """How many of the added rules ``auditctl -l`` showed while they were loaded."""
 
     @property
     def ok(self) -> bool:
         return not self.errors and not self.leftover and self.listed == len(self.loaded)
+
+
+def normalize(rule: str) -> str:
+    """A rule as ``auditctl -l`` prints it (``-k K`` on syscall rules → ``-F key=K``)."""
+    text = " ".join(rule.split())
+    if text.startswith(("-a ", "-A ")):
+        text = re.sub(r" -k (\S+)", r" -F key=\1", text)
+        text = "-a " + text[3:]
+    return text
 
 
 def _auditctl(args: list[str]) -> subprocess.CompletedProcess[str]:
@@ -129,8 +138,8 @@ def load_and_remove(text: str) -> LoadResult:
                 pre.append(rule)
             else:
                 errors.append((rule, message.splitlines()[-1] if message else "refused"))
-        during = auditrules.live_rules() or []
-        listed = len(during) - len(before)
+        during = {normalize(r) for r in auditrules.live_rules() or []}
+        listed = sum(normalize(rule) in during for rule, _ in loaded)
     finally:
         leftover = []
         for rule, args in reversed(loaded):

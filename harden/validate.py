@@ -150,7 +150,7 @@ def _auditd(root: Path, path: Path, load: bool) -> Validation:
         problems = [f"{r}: {m}" for r, m in res.errors]
         problems += [f"could not remove {r}" for r in res.leftover]
         if res.listed != len(res.loaded):
-            problems.append(f"auditctl -l showed {res.listed} new rules, not {len(res.loaded)}")
+            problems.append(f"auditctl -l showed {res.listed} of the {len(res.loaded)} added")
         return Validation(rel, "auditctl", False, "; ".join(problems), tuple(details))
     return Validation(rel, "auditctl", True, details[1], tuple(details))
 

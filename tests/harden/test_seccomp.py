@@ -67,3 +67,22 @@ def test_validate_fails_on_a_profile_that_allows_bpf(generated, tmp_path, run_ha
     proc = run_harden("validate", str(d))
     assert proc.returncode == 1
     assert "FAIL" in proc.stdout and "seccomp" in proc.stderr
+
+
+def test_real_tools_under_the_filter() -> None:
+    """bpftool is refused under the filter (and works without it); a shell still works."""
+    import shutil
+    import subprocess
+
+    bpftool = shutil.which("bpftool")
+    assert bpftool, "bpftool is installed by make setup"
+    built = seccomp_filter.build(seccomp.profile("balanced"))
+    free = subprocess.run([bpftool, "prog", "show"], capture_output=True, text=True, timeout=60)
+    assert free.returncode == 0, free.stderr
+    jailed = subprocess.run([bpftool, "prog", "show"], capture_output=True, text=True,
+                            timeout=60, preexec_fn=built.filter.load)  # fmt: skip
+    assert jailed.returncode != 0 and "Operation not permitted" in jailed.stderr
+    shell = subprocess.run(["sh", "-c", "echo ok; ls / >/dev/null && cat /proc/self/comm"],
+                           capture_output=True, text=True, timeout=60,
+                           preexec_fn=built.filter.load)  # fmt: skip
+    assert shell.returncode == 0 and shell.stdout.split() == ["ok", "cat"]
