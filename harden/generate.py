@@ -87,13 +87,43 @@ def write(gen: Generated, out_dir: Path) -> list[Path]:
     """Write the files and plan.json under ``out_dir`` (0600 files, 0700 directory)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out {printable(str(out_dir))} exists and is not a directory")
+    stale = _previous_files(out_dir) - {a.path for a in gen.artifacts}
     out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for rel in sorted(stale):  # files of an earlier plan that this one no longer has
+        (out_dir / rel).unlink(missing_ok=True)
     written = []
     for a in gen.artifacts:
         written.append(write_private_atomic(out_dir / a.path, a.content))
     plan_text = json.dumps(gen.plan, indent=2, ensure_ascii=False) + "\n"
     written.append(write_private_atomic(out_dir / PLAN_FILE, plan_text))
     return written
+
+
+def _previous_files(out_dir: Path) -> set[str]:
+    """Files an earlier ``generate`` wrote into ``out_dir`` (per its plan.json).
+
+    A non-empty directory without a plan is refused: mixing policy files into an
+    unrelated directory would make ``validate`` judge files ecap did not write.
+    """
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return set()
+    plan_path = out_dir / PLAN_FILE
+    try:
+        plan = json.loads(plan_path.read_text())
+    except (OSError, ValueError):
+        plan = None
+    if not isinstance(plan, dict) or plan.get("schema") != PLAN_SCHEMA:
+        raise UsageError(
+            f"--out {printable(str(out_dir))} is not empty and holds no ecap-harden plan",
+            hint="give a new or empty directory, or one an earlier 'generate' wrote",
+        )
+    out = set()
+    for f in plan.get("files") or []:
+        rel = str(f.get("path", "")) if isinstance(f, dict) else ""
+        # only plain relative paths inside the directory, never '..' or absolute ones
+        if rel and not rel.startswith("/") and ".." not in Path(rel).parts:
+            out.add(rel)
+    return out
 
 
 def _plan(

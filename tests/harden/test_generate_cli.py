@@ -139,3 +139,19 @@ def test_multi_file_kinds_write_a_directory(tmp_path, run_harden) -> None:
     assert (tmp_path / "k8s" / "kyverno-clusterpolicy.yaml").is_file()
     proc = run_harden("sysctl", "--out", str(tmp_path / "aa"))
     assert proc.returncode == 2 and "is a directory" in proc.stderr
+
+
+def test_regenerating_replaces_the_previous_set(tmp_path, run_harden) -> None:
+    out = tmp_path / "o"
+    assert run_harden("generate", "--out", str(out), "--app", "/usr/bin/curl").returncode == 0
+    assert (out / "apparmor" / "ecap-app-curl").exists()
+    assert run_harden("generate", "--out", str(out)).returncode == 0
+    assert not (out / "apparmor" / "ecap-app-curl").exists()  # stale profile removed
+    assert run_harden("validate", str(out), "--no-audit-load").returncode == 0
+
+
+def test_refuses_a_foreign_non_empty_directory(tmp_path, run_harden) -> None:
+    (tmp_path / "mine.txt").write_text("keep me")
+    proc = run_harden("generate", "--out", str(tmp_path))
+    assert proc.returncode == 2 and "holds no ecap-harden plan" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]
