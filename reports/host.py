@@ -121,7 +121,7 @@ def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
 def build_view(scan: dict[str, Any], *, snippets: bool = True) -> dict[str, Any]:
     """The host report's view model (also its JSON twin)."""
     _render.check_schema(scan, SCAN_SCHEMA, "scan document", HINT)
-    remedies = Remedies(snippets=snippets)
+    remedies = Remedies(snippets=snippets, scan=scan)
     findings = sorted_findings(
         [finding_view(f, remedies) for f in _list(scan.get("findings")) if isinstance(f, dict)]
     )

@@ -4,12 +4,16 @@ Findings name hardening controls by id (:mod:`ecap.remediation`); ``ecap-harden`
 owns what each control is and the files that implement it. The report shows the
 snippet ecap-harden itself generates — for a sysctl the very block of its sysctl
 file, for anything else the generated file(s) of that control — so what the
-auditor copies is what ``ecap-harden`` would write. Generation runs once per
-report, for a posture that knows nothing about the host (every line is written).
+auditor copies is what ``ecap-harden generate --from SCAN.json`` writes. Generation
+runs once per report, for the posture recorded in the scan (keys the scanned
+kernel lacks are left out, exactly as ecap-harden does).
 """
 
 from __future__ import annotations
 
+import json
+import tempfile
+from pathlib import Path
 from typing import Any
 
 PROFILE = "balanced"
@@ -29,9 +33,12 @@ _COMMANDS = {
 class Remedies:
     """Looks up controls and their generated snippets; caches one generation."""
 
-    def __init__(self, *, profile: str = PROFILE, snippets: bool = True) -> None:
+    def __init__(
+        self, *, profile: str = PROFILE, snippets: bool = True, scan: dict[str, Any] | None = None
+    ) -> None:
         self.profile = profile
         self.snippets = snippets
+        self.scan = scan
         self._artifacts: list[Any] | None = None
         self._catalogue: dict[str, Any] | None = None
 
@@ -47,7 +54,7 @@ class Remedies:
 
     def _generated(self) -> list[Any]:
         if self._artifacts is None:
-            self._artifacts = _generate_all(self.profile)
+            self._artifacts = _generate_all(self.profile, self.scan)
         return self._artifacts
 
     def describe(self, control_id: str) -> dict[str, Any]:
@@ -96,16 +103,30 @@ def _sysctl_block(content: str, control_id: str) -> str | None:
     return None
 
 
-def _generate_all(profile: str) -> list[Any]:
+def _posture(scan: dict[str, Any] | None) -> Any:
+    """ecap-harden's view of the scanned host, read the way ``generate --from`` reads it.
+
+    ``posture.from_scan`` takes a file, so the document is handed to it through a
+    private temporary file rather than re-implementing its parsing here.
+    """
+    from ecap.harden import posture
+
+    if scan is None:
+        return posture.Posture(source="report", hostname="HOST", kernel="KERNEL", sysctl={})
+    with tempfile.TemporaryDirectory(prefix="ecap-report-") as tmp:
+        path = Path(tmp) / "scan.json"
+        path.write_text(json.dumps(scan, ensure_ascii=True))
+        return posture.from_scan(path)
+
+
+def _generate_all(profile: str, scan: dict[str, Any] | None) -> list[Any]:
     """Every artifact ecap-harden generates for ``profile`` (empty if it cannot)."""
     try:
         from ecap.harden import generate
         from ecap.harden.artifact import Context
-        from ecap.harden.posture import Posture
     except ImportError:
         return []
-    posture = Posture(source="report", hostname="HOST", kernel="KERNEL", sysctl={})
     try:
-        return list(generate.artifacts(Context(profile=profile, posture=posture)))
+        return list(generate.artifacts(Context(profile=profile, posture=_posture(scan))))
     except Exception:  # a broken generator shows ids and titles, not a failed report
         return []
