@@ -90,18 +90,29 @@ def link_probes(links: Iterable[Link]) -> list[Probe]:
 
 def merge_probes(fd_probes: list[Probe], from_links: list[Probe],
                  from_tracefs: list[Probe]) -> list[Probe]:
-    """One probe per hook: a link and the perf fd behind it are the same attachment."""
-    merged = list(fd_probes)
-    by_key = {(p.prog_id, p.type, p.target, p.offset): i for i, p in enumerate(merged)}
-    for p in from_links:
-        i = by_key.get((p.prog_id, p.type, p.target, p.offset))
-        if i is not None and p.source == "link":
-            merged[i] = replace(merged[i], link_id=p.link_id)
-        else:
-            merged.append(p)
-    seen = {(p.type, p.target, p.offset) for p in merged}
-    merged.extend(t for t in from_tracefs if (t.type, t.target, t.offset) not in seen)
-    return merged
+    """One probe per hook: a link, its fdinfo and the perf fd behind it are one attachment.
+
+    Probes are keyed by (program, type, target, offset); later sightings only
+    fill in what earlier ones lacked (link id, holder, fd). A tracefs event that a
+    perf/BPF probe already covers is not listed twice.
+    """
+    merged: dict[tuple, Probe] = {}
+    for p in [*fd_probes, *from_links]:
+        key = (p.prog_id, p.type, p.target, p.offset, p.source == "uprobe_multi")
+        old = merged.get(key)
+        if old is None:
+            merged[key] = p
+            continue
+        merged[key] = replace(
+            old,
+            link_id=old.link_id if old.link_id is not None else p.link_id,
+            holder_pid=old.holder_pid or p.holder_pid,
+            fd=old.fd if old.fd is not None else p.fd,
+        )
+    out = list(merged.values())
+    seen = {(p.type, p.target, p.offset) for p in out}
+    out.extend(t for t in from_tracefs if (t.type, t.target, t.offset) not in seen)
+    return out
 
 
 def _actor(inv: Inventory, probe: Probe) -> tuple[str, object]:

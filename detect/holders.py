@@ -106,7 +106,29 @@ def walk(*, query_perf_events: bool = True) -> FdWalk:
             prog_id = int(info.get("prog_id", "0") or 0) if kind == "link" else 0
             result.holders.append(Holder(pid, fd, kind, obj_id, prog_id))
             result.fdinfo.setdefault((kind, obj_id), info)
+            if kind == "link":
+                probe = link_fdinfo_probe(info, pid, fd)
+                if probe is not None:
+                    result.probes.append(probe)
     return result
+
+
+def link_fdinfo_probe(info: dict[str, str], pid: int, fd: int) -> Probe | None:
+    """A perf-event link's uprobe from its fdinfo (``name``/``offset``/``event_type``).
+
+    Recent kernels print the target there, and fdinfo needs no CAP_SYS_ADMIN: this
+    is what keeps libbpf-style uprobes visible in degraded mode.
+    """
+    etype = info.get("event_type")
+    if etype not in ("uprobe", "uretprobe") or not info.get("name"):
+        return None
+    try:
+        offset = int(info.get("offset", "0"), 0)
+        link_id = int(info.get("link_id", "0"))
+        prog_id = int(info.get("prog_id", "0"))
+    except ValueError:
+        return None
+    return Probe("link", etype, info["name"], offset, prog_id or None, link_id, pid, fd)
 
 
 def _query_perf_event(result: FdWalk, pid: int, fd: int) -> None:

@@ -54,10 +54,15 @@ def evidence(exe: str | None, cmdline: list[str], prog_names: list[str],
         if name in EXECUTABLES and name != base:
             out.append(f"command line runs {name} ({EXECUTABLES[name]})")
             break
+    # The kernel keeps 15 characters of a name; BTF (when present) the whole of it.
     for name in prog_names:
-        if name in PROGRAM_HINTS:
-            out.append(f"program name {name} matches {PROGRAM_HINTS[name]}")
-    hits = sorted(set(map_names) & ECAPTURE_MAPS - {"events"})
+        for hint, tool in PROGRAM_HINTS.items():
+            if name in (hint, hint[:15]):
+                out.append(f"program name {name} matches {tool}")
+                break
+    truncated = {n[:15]: n for n in ECAPTURE_MAPS}
+    hits = sorted({truncated.get(n, n) for n in map_names if n in ECAPTURE_MAPS or n in truncated}
+                  - {"events"})
     if hits:
         out.append(f"map names {', '.join(hits)} match eCapture")
     return out

@@ -1,0 +1,166 @@
+"""A tiny, real eBPF hooker for detector tests — no bcc, no clang.
+
+Loads a two-instruction program (``r0 = 0; exit``, optionally referencing a
+ring-buffer map so the program has a data path like a sniffer's), opens a uprobe
+through the perf "uprobe" PMU on ``FILE:FUNCTION`` and attaches it one of three
+ways: ``ioctl`` (PERF_EVENT_IOC_SET_BPF, as bcc does), ``link`` (BPF_LINK_CREATE
+on the perf event, as libbpf/cilium do) or ``multi`` (a uprobe_multi link).
+With ``--pin PATH`` it pins the link in bpffs and exits, leaving the hook alive
+with no process holding it. Otherwise it prints one JSON line and sleeps until
+killed. ``--comm`` renames the process (the hostile-name test).
+
+Usage: hook_helper.py [--mode ioctl|link|multi] [--ret] [--pin PATH] [--comm NAME]
+                      [--map-name NAME] FILE:FUNCTION [FILE:FUNCTION ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import signal
+import struct
+import sys
+import time
+from pathlib import Path
+
+from ecap.detect import bpfsys
+from ecap.elf import open_elf
+
+_NR_PERF_EVENT_OPEN = 298
+PERF_EVENT_IOC_ENABLE = 0x2400
+PERF_EVENT_IOC_SET_BPF = 0x40042408
+PROG_TYPE_KPROBE = 2
+MAP_TYPE_RINGBUF = 27
+ATTACH_PERF_EVENT = 41
+ATTACH_UPROBE_MULTI = 48
+MAP_CREATE, PROG_LOAD, LINK_CREATE = 0, 5, 28
+
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+def create_map(name: str) -> int:
+    attr = ctypes.create_string_buffer(128)
+    struct.pack_into("<IIIII", attr, 0, MAP_TYPE_RINGBUF, 0, 0, 1 << 16, 0)
+    struct.pack_into("16s", attr, 28, name.encode()[:15])
+    return bpfsys.bpf(MAP_CREATE, attr)
+
+
+def load_prog(name: str, map_fd: int | None, attach_type: int = 0) -> int:
+    insns = b""
+    if map_fd is not None:  # r1 = map (ld_imm64, BPF_PSEUDO_MAP_FD)
+        insns += struct.pack("<BBhi", 0x18, 0x10 | 1, 0, map_fd) + struct.pack("<BBhi", 0, 0, 0, 0)
+    insns += struct.pack("<BBhi", 0xB7, 0, 0, 0)  # r0 = 0
+    insns += struct.pack("<BBhi", 0x95, 0, 0, 0)  # exit
+    code = ctypes.create_string_buffer(insns, len(insns))
+    lic = ctypes.create_string_buffer(b"GPL")
+    log = ctypes.create_string_buffer(65536)
+    attr = ctypes.create_string_buffer(128)
+    struct.pack_into("<IIQQIIQ", attr, 0, PROG_TYPE_KPROBE, len(insns) // 8,
+                     ctypes.addressof(code), ctypes.addressof(lic), 1, len(log),
+                     ctypes.addressof(log))
+    struct.pack_into("16s", attr, 48, name.encode()[:15])
+    struct.pack_into("<I", attr, 68, attach_type)
+    try:
+        return bpfsys.bpf(PROG_LOAD, attr)
+    except OSError:
+        sys.stderr.write(log.value.decode(errors="replace"))
+        raise
+
+
+def uprobe_event(path: str, offset: int, ret: bool) -> int:
+    pmu = int(Path("/sys/bus/event_source/devices/uprobe/type").read_text())
+    fmt = Path("/sys/bus/event_source/devices/uprobe/format/retprobe").read_text()
+    bit = int(fmt.strip().split(":")[1])
+    raw_path = ctypes.create_string_buffer(path.encode())
+    attr = ctypes.create_string_buffer(128)
+    struct.pack_into("<IIQ", attr, 0, pmu, 112, (1 << bit) if ret else 0)
+    struct.pack_into("<QQ", attr, 56, ctypes.addressof(raw_path), offset)
+    syscall = libc.syscall
+    syscall.restype = ctypes.c_long
+    fd = syscall(ctypes.c_long(_NR_PERF_EVENT_OPEN), ctypes.c_void_p(ctypes.addressof(attr)),
+                 ctypes.c_int(-1), ctypes.c_int(0), ctypes.c_int(-1), ctypes.c_ulong(8))
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), "perf_event_open uprobe")
+    return fd
+
+
+def ioctl(fd: int, req: int, arg: int) -> None:
+    if libc.ioctl(fd, ctypes.c_ulong(req), ctypes.c_ulong(arg)) < 0:
+        raise OSError(ctypes.get_errno(), "ioctl")
+
+
+def link_perf(prog_fd: int, perf_fd: int) -> int:
+    attr = ctypes.create_string_buffer(64)
+    struct.pack_into("<IIII", attr, 0, prog_fd, perf_fd, ATTACH_PERF_EVENT, 0)
+    fd = bpfsys.bpf(LINK_CREATE, attr)
+    ioctl(perf_fd, PERF_EVENT_IOC_ENABLE, 0)
+    return fd
+
+
+def link_multi(prog_fd: int, path: str, offsets: list[int], ret: bool) -> int:
+    raw_path = ctypes.create_string_buffer(path.encode())
+    offs = (ctypes.c_uint64 * len(offsets))(*offsets)
+    attr = ctypes.create_string_buffer(64)
+    struct.pack_into("<IIII", attr, 0, prog_fd, 0, ATTACH_UPROBE_MULTI, 0)
+    struct.pack_into("<QQQQIII", attr, 16, ctypes.addressof(raw_path), ctypes.addressof(offs),
+                     0, 0, len(offsets), 1 if ret else 0, 0)
+    return bpfsys.bpf(LINK_CREATE, attr)
+
+
+def prog_id(fd: int) -> int:
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        for line in f:
+            if line.startswith("prog_id:"):
+                return int(line.split()[1])
+    raise RuntimeError("no prog_id")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mode", choices=("ioctl", "link", "multi"), default="ioctl")
+    ap.add_argument("--ret", action="store_true")
+    ap.add_argument("--pin")
+    ap.add_argument("--comm")
+    ap.add_argument("--map-name")
+    ap.add_argument("--name", default="hook_helper")
+    ap.add_argument("targets", nargs="+")
+    args = ap.parse_args()
+    if args.comm:
+        libc.prctl(15, ctypes.c_char_p(os.fsencode(args.comm)[:15]), 0, 0, 0)  # PR_SET_NAME
+    map_fd = create_map(args.map_name) if args.map_name else None
+    attach = ATTACH_UPROBE_MULTI if args.mode == "multi" else 0
+    prog = load_prog(args.name, map_fd, attach)
+    keep: list[int] = [prog]
+    by_file: dict[str, list[int]] = {}
+    for target in args.targets:
+        path, func = target.rsplit(":", 1)
+        sym = open_elf(path).find_functions([func])[func]
+        by_file.setdefault(path, []).append(sym.file_offset)
+    links: list[int] = []
+    for path, offsets in by_file.items():
+        if args.mode == "multi":
+            links.append(link_multi(prog, path, offsets, args.ret))
+            continue
+        for off in offsets:
+            pfd = uprobe_event(path, off, args.ret)
+            keep.append(pfd)
+            if args.mode == "link":
+                links.append(link_perf(prog, pfd))
+            else:
+                ioctl(pfd, PERF_EVENT_IOC_SET_BPF, prog)
+                ioctl(pfd, PERF_EVENT_IOC_ENABLE, 0)
+    if args.pin:
+        bpfsys.obj_pin(links[0], args.pin)
+        print(json.dumps({"pid": os.getpid(), "prog_ids": [prog_id(prog)], "pinned": args.pin}),
+              flush=True)
+        return
+    print(json.dumps({"pid": os.getpid(), "prog_ids": [prog_id(prog)]}), flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    while True:
+        time.sleep(3600)
+
+
+if __name__ == "__main__":
+    main()

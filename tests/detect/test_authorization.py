@@ -1,0 +1,109 @@
+"""Authorized or rogue: a session file is a claim, checked against token, journal and kernel.
+
+These tests stand in for a live ``ecap-audit capture`` with hook_helper (a real
+uprobe on SSL_write) plus a session registered the way the capture engine does,
+so each check of the correlation can be broken on purpose. Test (a), with the
+real capture engine, is in test_capture_scan.py.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from ecap import procfs, sessions
+from ecap.authz import keys, request, token
+from ecap.authz.gate import authorize_capture
+from ecap.journal import Journal
+from tests.detect.conftest import LIBSSL, findings_of, functions, scan
+
+pytestmark = [pytest.mark.bpf]
+
+
+def _register(ecap_env, tok: str, *, hook_pid: int, prog_ids: list[int], victim_pid: int,
+              jti: str = "") -> str:
+    session_id = uuid.uuid4().hex
+    sessions.register(sessions.SessionRecord(
+        session_id=session_id,
+        token=tok,
+        operator="test-operator",
+        reason="pytest",
+        module="tls",
+        targets=[sessions.SessionTarget(victim_pid, procfs.start_time(victim_pid))],
+        prog_ids=prog_ids,
+        capture_pid=hook_pid,
+        started_at=time.time(),
+        expires_at=time.time() + 3600,
+        jti=jti,
+    ), ecap_env.run_dir)
+    return session_id
+
+
+def test_verified_session_makes_the_hook_an_info_finding(ecap_env, hook, tls_victim):
+    h = hook(f"{LIBSSL}:SSL_write", f"{LIBSSL}:SSL_read")
+    tok = ecap_env.authorize([tls_victim.pid], operator="alice", reason="incident 42")
+    grant = authorize_capture(tok, pids=[tls_victim.pid], module="tls", mode="text")
+    _register(ecap_env, tok, hook_pid=h.pid, prog_ids=h.prog_ids, victim_pid=tls_victim.pid,
+              jti=grant.jti)
+    (f,) = findings_of(scan(), pid=h.pid)
+    assert f["severity"] == "info"
+    assert f["authorized"] is True
+    assert f["authorization"]["operator"] == "alice"
+    assert f["authorization"]["reason"] == "incident 42"
+    assert f["authorization"]["expires_at"] == pytest.approx(grant.expires_at)
+    assert functions(f) == {("SSL_write", "uprobe"), ("SSL_read", "uprobe")}
+
+
+def test_expired_token_still_attached_is_high(ecap_env, hook, tls_victim):
+    h = hook(f"{LIBSSL}:SSL_write")
+    past = time.time() - 7200
+    tok = ecap_env.authorize([tls_victim.pid], ttl="1h", now=past)
+    claims = __import__("jwt").decode(tok, options={"verify_signature": False})
+    # the gate granted it two hours ago (the gate itself refuses expired tokens today)
+    Journal().append("gate.granted", jti=claims["jti"], operator="test-operator",
+                     reason="pytest", pids=[tls_victim.pid], module="tls", mode="text")
+    _register(ecap_env, tok, hook_pid=h.pid, prog_ids=h.prog_ids, victim_pid=tls_victim.pid,
+              jti=claims["jti"])
+    (f,) = findings_of(scan(), pid=h.pid)
+    assert f["severity"] == "high"
+    assert f["authorized"] is False
+    assert f["authorization"]["jti"] == claims["jti"]
+    assert "expired" in f["title"].lower()
+
+
+def _untrusted_token(ecap_env, pid: int, tmp_path) -> str:
+    prefix = tmp_path / "mallory"
+    keys.generate(prefix)  # a key that is NOT in the trust dir
+    req = request.build([pid], modules=["tls"], modes=["text"], reason="forged")
+    return token.issue(req, keys.load_private(f"{prefix}.key"), operator="mallory",
+                       reason="forged", ttl_seconds=3600, issuer="mallory")
+
+
+@pytest.mark.parametrize("forgery", ["untrusted-key", "no-journal-grant", "wrong-holder",
+                                     "garbage-token"])
+def test_forged_session_is_not_accepted(ecap_env, hook, tls_victim, tmp_path, forgery):
+    h = hook(f"{LIBSSL}:SSL_write")
+    other = hook(f"{LIBSSL}:SSL_CTX_new")
+    jti = ""
+    holder = h.pid
+    if forgery == "untrusted-key":
+        tok = _untrusted_token(ecap_env, tls_victim.pid, tmp_path)
+    elif forgery == "garbage-token":
+        tok = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0."
+    else:
+        tok = ecap_env.authorize([tls_victim.pid])
+        if forgery == "wrong-holder":
+            jti = authorize_capture(tok, pids=[tls_victim.pid], module="tls", mode="text").jti
+            holder = other.pid  # the session says another process holds the rogue programs
+    _register(ecap_env, tok, hook_pid=holder, prog_ids=h.prog_ids, victim_pid=tls_victim.pid,
+              jti=jti)
+    doc = scan()
+    (f,) = findings_of(doc, pid=h.pid)
+    assert f["severity"] == "critical"
+    assert f["authorized"] is False
+    assert f["authorization"] == {}
+    assert any("not accepted" in e for e in f["evidence"])
+    (s,) = doc["inventory"]["sessions"]
+    assert s["status"] == "rejected"
