@@ -60,12 +60,33 @@ def parser_version() -> tuple[int, ...] | None:
     return tuple(int(x) for x in m.group(1).split(".")) if m else None
 
 
+def _installed_abis() -> list[tuple[int, int]]:
+    """ABI versions shipped with the parser (``/etc/apparmor.d/abi/3.0``, ``4.0``...)."""
+    out = []
+    try:
+        for entry in ABI_DIR.iterdir():
+            m = re.fullmatch(r"(\d+)\.(\d+)", entry.name)
+            if m:
+                out.append((int(m.group(1)), int(m.group(2))))
+    except OSError:
+        pass
+    return sorted(out)
+
+
 def syntax_for(version: tuple[int, ...] | None) -> Syntax:
-    """The syntax to write for a parser version (None: not installed → 3.0)."""
+    """The syntax to write for a parser version (None: not installed → 3.0).
+
+    The ABI line pins the policy to the newest ABI the parser ships that is not newer
+    than the parser itself, so a profile means the same on a newer kernel.
+    """
     modern = version is None or version >= (3, 0)
     abi = None
-    if modern and (version is None or (ABI_DIR / "3.0").exists()):
-        abi = "abi/3.0"
+    if modern:
+        usable = [a for a in _installed_abis() if version is None or a <= tuple(version[:2])]
+        if usable:
+            abi = f"abi/{usable[-1][0]}.{usable[-1][1]}"
+        elif version is None:
+            abi = "abi/3.0"
     return Syntax(version, abi, modern, modern)
 
 
@@ -81,7 +102,11 @@ def adapt(text: str, syntax: Syntax) -> str:
                 continue
             line = f"{indent}abi <{syntax.abi}>,"
         elif not syntax.modern_include and stripped.startswith("include if exists "):
-            line = f"{indent}#include {stripped[len('include if exists ') :]}"
+            # 2.x has no optional include, and a missing local file fails the load.
+            target = stripped[len("include if exists ") :]
+            out.append(f"{indent}# {target}: parser {_ver(syntax)} has no 'include if exists';")
+            out.append(f"{indent}# add site-specific rules here instead.")
+            continue
         elif not syntax.modern_include and stripped.startswith("include "):
             line = f"{indent}#{stripped}"
         elif not syntax.bpf_caps and re.match(r"(deny )?capability (bpf|perfmon),", stripped):

@@ -55,7 +55,7 @@ def test_header_follows_the_installed_parser() -> None:
     assert "abi <abi/3.0>," in profile and "include if exists <local/ecap-app-curl>" in profile
     old = apparmor.app_profile("/usr/bin/curl", apparmor.syntax_for((2, 13, 3)))
     assert "abi <" not in old and "#include <tunables/global>" in old
-    assert "#include <local/ecap-app-curl>" in old
+    assert "<local/ecap-app-curl>: parser 2.13.3 has no 'include if exists'" in old
 
 
 def test_broken_profile_is_rejected_with_the_parsers_message(tmp_path, run_harden) -> None:
@@ -90,3 +90,21 @@ def test_cli_refuses_unsafe_app_with_exit_2(run_harden, tmp_path) -> None:
     proc = run_harden("generate", "--out", str(tmp_path / "o"), "--app", "/usr/bin/*")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_old_parser_syntax_still_compiles_with_the_real_parser(tmp_path) -> None:
+    """2.x output (#include, no ABI, bpf/perfmon commented) is still valid policy."""
+    from ecap.harden.artifact import Context
+    from ecap.harden.posture import Posture
+
+    old = apparmor.syntax_for((2, 13, 3))
+    ctx = Context("balanced", Posture("live", "h", "k", {}), apps=("/usr/bin/curl",))
+    arts = apparmor.render(ctx, old)
+    for a in arts:
+        (tmp_path / a.path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / a.path).write_text(a.content)
+    abstraction = arts[0].content
+    assert "# deny capability bpf," in abstraction and "\n  deny capability sys_admin," in abstraction
+    for a in arts[1:]:
+        ok, msg = validate.apparmor_compile(tmp_path / a.path, [tmp_path / "apparmor"])
+        assert ok, (a.path, msg)
