@@ -59,7 +59,7 @@ def _action(sc: Any, name: str, errno_ret: int | None) -> Any:
     if name == "SCMP_ACT_ALLOW":
         return sc.ALLOW
     if name == "SCMP_ACT_ERRNO":
-        return sc.ERRNO(errno.EPERM if errno_ret is None else int(errno_ret))
+        return sc.ERRNO(errno.EPERM if errno_ret is None else errno_ret)
     if name in ("SCMP_ACT_KILL", "SCMP_ACT_KILL_THREAD"):
         return sc.KILL
     if name == "SCMP_ACT_KILL_PROCESS":
@@ -94,23 +94,53 @@ def build(doc: dict[str, Any], *, caps: frozenset[str] = ALL_CAPS) -> Built:
     shows what the profile allows to the most privileged container.
     """
     sc = _seccomp()
-    kernel = kernel_version_tuple()
-    default_key = (str(doc.get("defaultAction")), doc.get("defaultErrnoRet"))
-    flt = sc.SyscallFilter(_action(sc, *default_key))
+    unknown: list[str] = []
+    try:
+        default_key = _key(doc.get("defaultAction"), doc.get("defaultErrnoRet"))
+        flt = sc.SyscallFilter(_action(sc, *default_key))
+        _add_arches(sc, flt, doc)
+        _add_rules(sc, flt, doc, default_key, caps, unknown)
+    except ProfileError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ProfileError(f"malformed profile: {type(exc).__name__}: {exc}") from None
+    return Built(flt, tuple(unknown))
+
+
+def _key(action: Any, errno_ret: Any) -> tuple[str, int | None]:
+    """(action, errno) with the runtime's default errno (EPERM) filled in."""
+    name = str(action)
+    if name == "SCMP_ACT_ERRNO":
+        return name, errno.EPERM if errno_ret is None else int(errno_ret)
+    return name, None
+
+
+def _add_arches(sc: Any, flt: Any, doc: dict[str, Any]) -> None:
+    """The sub-architectures ``archMap`` lists for this machine (x86 and x32 on x86_64)."""
     native = sc.system_arch()
     for entry in doc.get("archMap") or []:
-        if getattr(sc.Arch, str(entry.get("architecture", "")).removeprefix("SCMP_ARCH_"), -1) == (
-            native
-        ):
-            for sub in entry.get("subArchitectures") or []:
-                arch = getattr(sc.Arch, str(sub).removeprefix("SCMP_ARCH_"), None)
-                if arch is not None:
-                    flt.add_arch(arch)
-    unknown: list[str] = []
+        main = getattr(sc.Arch, str(entry.get("architecture", "")).removeprefix("SCMP_ARCH_"), -1)
+        if main != native:
+            continue
+        for sub in entry.get("subArchitectures") or []:
+            arch = getattr(sc.Arch, str(sub).removeprefix("SCMP_ARCH_"), None)
+            if arch is not None:
+                flt.add_arch(arch)
+
+
+def _add_rules(
+    sc: Any,
+    flt: Any,
+    doc: dict[str, Any],
+    default_key: tuple[str, int | None],
+    caps: frozenset[str],
+    unknown: list[str],
+) -> None:
+    kernel = kernel_version_tuple()
     for rule in doc.get("syscalls") or []:
         if not _applies(rule, caps, kernel):
             continue
-        key = (str(rule.get("action")), rule.get("errnoRet"))
+        key = _key(rule.get("action"), rule.get("errnoRet"))
         if key == default_key:
             # Same outcome as the default action: libseccomp refuses such rules and
             # runtimes (runc, crun) skip them, so the syscall gets the default.
@@ -134,7 +164,6 @@ def build(doc: dict[str, Any], *, caps: frozenset[str] = ALL_CAPS) -> Built:
                 flt.add_rule(action, name, *args)
             except RuntimeError as exc:
                 raise ProfileError(f"libseccomp refused the rule for {name!r}: {exc}") from None
-    return Built(flt, tuple(unknown))
 
 
 # ----------------------------------------------------------------- probing

@@ -74,10 +74,12 @@ def _apparmor(root: Path, path: Path) -> Validation:
     incs = [root / "apparmor"]
     if path.parent.name == "abstractions":
         # An abstraction is not a profile: compile it inside a throwaway one.
+        # A copy under a name we chose keeps odd characters of DIR out of the include.
         with tempfile.TemporaryDirectory(prefix="ecap-aa-") as tmp:
+            shutil.copyfile(path, Path(tmp) / "abstraction")
             wrapper = Path(tmp) / "ecap-validate-abstraction"
             wrapper.write_text(
-                f'profile ecap-validate-abstraction {{\n  include "{path.resolve()}"\n}}\n'
+                f'profile ecap-validate-abstraction {{\n  include "{tmp}/abstraction"\n}}\n'
             )
             ok, msg = apparmor_compile(wrapper, incs)
     else:
@@ -95,7 +97,7 @@ def _seccomp(root: Path, path: Path) -> Validation:
     except (OSError, json.JSONDecodeError) as exc:
         return Validation(rel, "libseccomp", False, f"not JSON: {exc}")
     for key in ("defaultAction", "syscalls"):
-        if key not in doc:
+        if not isinstance(doc, dict) or key not in doc:
             return Validation(rel, "libseccomp", False, f"missing {key!r} (not a Docker profile)")
     # bpf and perf_event_open always (the control's point), plus whatever else the
     # profile promises to refuse explicitly (strict: ptrace, process_vm_readv/writev).

@@ -86,3 +86,19 @@ def test_real_tools_under_the_filter() -> None:
                            capture_output=True, text=True, timeout=60,
                            preexec_fn=built.filter.load)  # fmt: skip
     assert shell.returncode == 0 and shell.stdout.split() == ["ok", "cat"]
+
+
+def test_malformed_profiles_are_reported_not_crashed_on(tmp_path, run_harden) -> None:
+    import pytest
+
+    for doc in ({"defaultAction": "SCMP_ACT_BOGUS", "syscalls": []},
+                {"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"action": "SCMP_ACT_ALLOW",
+                 "names": ["personality"], "args": [{"op": "SCMP_CMP_EQ"}]}]},
+                {"defaultAction": "SCMP_ACT_ERRNO", "archMap": ["x"], "syscalls": []}):  # fmt: skip
+        with pytest.raises(seccomp_filter.ProfileError):
+            seccomp_filter.build(doc)
+    d = tmp_path / "o" / "seccomp"
+    d.mkdir(parents=True)
+    (d / "p.json").write_text("[1, 2]")
+    proc = run_harden("validate", str(tmp_path / "o"))
+    assert proc.returncode == 1 and "not a Docker profile" in proc.stdout
