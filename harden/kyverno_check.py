@@ -57,7 +57,7 @@ def problems(doc: Any, *, required_caps: tuple[str, ...] = ()) -> list[str]:
             out.append(f"{where}.match needs any/all resource filters")
         else:
             for f in match.get("any") or match.get("all"):
-                if not ((f.get("resources") or {}).get("kinds")):
+                if not isinstance(f, dict) or not (f.get("resources") or {}).get("kinds"):
                     out.append(f"{where}.match filter without resources.kinds")
         validate = rule.get("validate")
         if not isinstance(validate, dict):

@@ -124,11 +124,12 @@ def from_scan(path: Path) -> Posture:
             value = raw[key]
             sysctl[key] = None if value is None else str(value).strip()
     wanted: set[str] = set()
-    for finding in data.get("findings") or []:
-        if isinstance(finding, dict):
-            for cid in finding.get("remediation") or []:
-                if cid in ALL_CONTROL_IDS:
-                    wanted.add(cid)
+    findings = data.get("findings")
+    for finding in findings if isinstance(findings, list) else []:
+        ids = finding.get("remediation") if isinstance(finding, dict) else None
+        for cid in ids if isinstance(ids, list) else []:
+            if isinstance(cid, str) and cid in ALL_CONTROL_IDS:
+                wanted.add(cid)
     return Posture(
         source=f"scan:{path}",
         hostname=str(hostinfo.get("hostname", "?")),

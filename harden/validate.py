@@ -11,7 +11,6 @@ a pass.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import shutil
@@ -233,7 +232,14 @@ def _yaml(root: Path, path: Path) -> Validation:
                 details.append(f"{doc['kind']}/{doc.get('metadata', {}).get('name')}: valid")
         elif "services" in doc:
             validators.add("compose structure")
-            for name, svc in (doc.get("services") or {}).items():
+            services = doc.get("services")
+            if not isinstance(services, dict) or not services:
+                problems.append("services is not a mapping of services")
+                continue
+            for name, svc in services.items():
+                if not isinstance(svc, dict):
+                    problems.append(f"service {name} is not a mapping")
+                    continue
                 if "ALL" not in (svc.get("cap_drop") or []):
                     problems.append(f"service {name} does not drop ALL capabilities")
                 if svc.get("privileged"):
@@ -301,11 +307,14 @@ def validate_dir(root: Path, *, load_audit: bool = True) -> list[Validation]:
         fn = _route(root, path, load_audit)
         if fn is None:
             continue
+        rel = str(path.relative_to(root))
         try:
             out.append(fn())
         except (OSError, UnicodeDecodeError) as exc:
-            with contextlib.suppress(ValueError):
-                out.append(Validation(str(path.relative_to(root)), "read", False, str(exc)))
+            out.append(Validation(rel, "read", False, f"cannot read: {exc}"))
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            # A file of the right name but the wrong shape fails; it never passes.
+            out.append(Validation(rel, "structure", False, f"unexpected content: {exc!r}"))
     if not out:
         raise UsageError(
             f"nothing to validate in {printable(str(root))}",

@@ -155,3 +155,24 @@ def test_refuses_a_foreign_non_empty_directory(tmp_path, run_harden) -> None:
     proc = run_harden("generate", "--out", str(tmp_path))
     assert proc.returncode == 2 and "holds no ecap-harden plan" in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]
+
+
+def test_odd_but_valid_json_scans_do_not_crash(tmp_path) -> None:
+    scan = tmp_path / "s.json"
+    scan.write_text(json.dumps({"schema": "ecap.scan/1", "host": "x", "posture": [],
+                                "findings": {"a": 1}}))  # fmt: skip
+    p = posture.from_scan(scan)
+    assert p.sysctl == {} and p.finding_controls == frozenset()
+    scan.write_text(json.dumps({"schema": "ecap.scan/1", "findings": [
+        {"remediation": "sysctl-kptr-restrict"}, {"remediation": [1, "seccomp-deny-bpf"]}]}))
+    assert posture.from_scan(scan).finding_controls == {"seccomp-deny-bpf"}
+
+
+def test_wrong_shaped_files_fail_validation(tmp_path, run_harden) -> None:
+    (tmp_path / "docker").mkdir()
+    (tmp_path / "docker" / "compose.yaml").write_text("services: [1, 2]\n")
+    (tmp_path / "plan.json").write_text('{"schema": "ecap.harden-plan/1", "files": [{"x": 1}]}')
+    proc = run_harden("validate", str(tmp_path), "--json")
+    assert proc.returncode == 1
+    results = {r["path"]: r for r in json.loads(proc.stdout)["results"]}
+    assert not results["docker/compose.yaml"]["ok"] and not results["plan.json"]["ok"]
