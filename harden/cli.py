@@ -6,6 +6,7 @@ Commands:
   validate DIR                                           run the real validators on DIR
   check [--json]                                         live host vs profile (exit 1 on fail)
   controls [--json]                                      the controls catalogue
+  report DIR|plan.json --html OUT                        the plan as an HTML report
 """
 
 from __future__ import annotations
@@ -80,6 +81,11 @@ def build_parser() -> Parser:
 
     k = sub.add_parser("controls", help="show the controls catalogue")
     k.add_argument("--json", action="store_true")
+
+    r = sub.add_parser("report", help="render a generated plan as a self-contained HTML report")
+    r.add_argument("plan", type=Path, metavar="DIR|plan.json")
+    r.add_argument("--html", type=Path, required=True, metavar="OUT.html")
+    r.add_argument("--json", type=Path, metavar="FILE", help="also write the report's JSON twin")
     return p  # fmt: skip
 
 
@@ -216,6 +222,16 @@ def _controls(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    """The hardening-plan page is the reports package's; this only hands it the plan."""
+    from ecap.reports import plan as plan_report
+
+    doc = plan_report.load_plan(args.plan)
+    out = plan_report.render_plan_report(doc, args.html, args.json)
+    print(f"wrote {printable(str(out))}")
+    return 0
+
+
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in SINGLE:
@@ -225,6 +241,7 @@ def _main(argv: list[str] | None) -> int:
         "validate": _validate,
         "check": _check,
         "controls": _controls,
+        "report": _report,
     }[args.command](args)
 
 

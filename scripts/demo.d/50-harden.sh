@@ -25,4 +25,5 @@ set +e
 ecap-harden check --profile strict
 echo "exit code: $?"
 set -e
-echo "plan for the HTML report: $DEMO/harden/plan.json"
+step "The plan as an HTML report (threat model, one-way warnings, files inline)"
+show ecap-harden report "$DEMO/harden" --html "$DEMO/harden-plan.html"

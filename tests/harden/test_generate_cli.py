@@ -176,3 +176,23 @@ def test_wrong_shaped_files_fail_validation(tmp_path, run_harden) -> None:
     assert proc.returncode == 1
     results = {r["path"]: r for r in json.loads(proc.stdout)["results"]}
     assert not results["docker/compose.yaml"]["ok"] and not results["plan.json"]["ok"]
+
+
+def test_plan_report_renders_controls_and_escapes_host_strings(tmp_path, run_harden) -> None:
+    scan = tmp_path / "s.json"
+    scan.write_text(json.dumps({"schema": "ecap.scan/1",
+                                "host": {"hostname": "<script>alert(1)</script>", "kernel": "6"},
+                                "posture": {"sysctl": {}}, "findings": []}))  # fmt: skip
+    out = tmp_path / "o"
+    assert run_harden("generate", "--from", str(scan), "--profile", "strict",
+                      "--out", str(out)).returncode == 0  # fmt: skip
+    html = tmp_path / "plan.html"
+    proc = run_harden("report", str(out), "--html", str(html))
+    assert proc.returncode == 0, proc.stderr
+    text = html.read_text()
+    assert "<script>alert(1)</script>" not in text and "&lt;script&gt;" in text
+    for cid in ALL_CONTROL_IDS:
+        assert cid in text
+    assert "ecap-deny-tracing" in text  # generated files inline
+    missing = run_harden("report", str(tmp_path / "none"), "--html", str(tmp_path / "x.html"))
+    assert missing.returncode == 2 and not (tmp_path / "x.html").exists()
