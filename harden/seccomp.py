@@ -153,16 +153,21 @@ def profile(profile_name: str) -> dict[str, Any]:
                 "args": [{"index": 0, "value": value, "op": "SCMP_CMP_EQ"}],
             }
         )
-    rules.append(
-        {
-            "names": ["clone"],
-            "action": "SCMP_ACT_ALLOW",
-            "args": [{"index": 0, "value": CLONE_NS_FLAGS, "valueTwo": 0,
-                      "op": "SCMP_CMP_MASKED_EQ"}],
-            "excludes": {"caps": ["CAP_SYS_ADMIN"]},
-            "comment": "clone without new namespaces",
-        }
-    )  # fmt: skip
+    # clone's flags are the first argument everywhere except s390, where they are the second.
+    clone_flags = {"value": CLONE_NS_FLAGS, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ"}
+    rules.append({
+        "names": ["clone"], "action": "SCMP_ACT_ALLOW",
+        "args": [{"index": 0, **clone_flags}],
+        "excludes": {"caps": ["CAP_SYS_ADMIN"], "arches": ["s390", "s390x"]},
+        "comment": "clone without new namespaces",
+    })  # fmt: skip
+    rules.append({
+        "names": ["clone"], "action": "SCMP_ACT_ALLOW",
+        "args": [{"index": 1, **clone_flags}],
+        "includes": {"arches": ["s390", "s390x"]},
+        "excludes": {"caps": ["CAP_SYS_ADMIN"]},
+        "comment": "clone without new namespaces (s390: flags are the second argument)",
+    })  # fmt: skip
     rules.append(
         {
             "names": ["clone3"],

@@ -71,9 +71,20 @@ def _action(sc: Any, name: str, errno_ret: int | None) -> Any:
     raise ProfileError(f"unsupported seccomp action {name!r}")
 
 
+# uname machine → the architecture names runtimes use in includes/excludes.arches
+_RUNTIME_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "s390x": "s390x", "ppc64le": "ppc64le",
+                 "riscv64": "riscv64", "i686": "386", "armv7l": "arm"}  # fmt: skip
+
+
 def _applies(rule: dict[str, Any], caps: frozenset[str], kernel: tuple[int, int]) -> bool:
+    """Whether a runtime would use this rule for a container with ``caps`` here."""
     inc = rule.get("includes") or {}
     exc = rule.get("excludes") or {}
+    arch = _RUNTIME_ARCH.get(os.uname().machine, os.uname().machine)
+    if inc.get("arches") and arch not in inc["arches"]:
+        return False
+    if exc.get("arches") and arch in exc["arches"]:
+        return False
     if inc.get("caps") and not set(inc["caps"]) <= caps:
         return False
     if exc.get("caps") and set(exc["caps"]) & caps:

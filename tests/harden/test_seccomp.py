@@ -102,3 +102,18 @@ def test_malformed_profiles_are_reported_not_crashed_on(tmp_path, run_harden) ->
     (d / "p.json").write_text("[1, 2]")
     proc = run_harden("validate", str(tmp_path / "o"))
     assert proc.returncode == 1 and "not a Docker profile" in proc.stdout
+
+
+def test_capability_gates_work_like_the_runtime_default() -> None:
+    """Namespaces need CAP_SYS_ADMIN under the profile; bpf never comes back."""
+    import shutil
+    import subprocess
+
+    unshare = shutil.which("unshare")
+    assert unshare
+    doc = seccomp.profile("balanced")
+    for caps, works in ((NO_CAPS, False), (seccomp_filter.ALL_CAPS, True)):
+        flt = seccomp_filter.build(doc, caps=caps).filter
+        proc = subprocess.run([unshare, "-U", "-r", "true"], capture_output=True, text=True,
+                              timeout=60, preexec_fn=flt.load)  # fmt: skip
+        assert (proc.returncode == 0) is works, (caps and "all caps", proc.stderr)
