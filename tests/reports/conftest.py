@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +94,18 @@ class RealScan:
     sniffer_exe: str
 
 
+def scan_seeing(env: dict[str, str], out: Path, pid: int, timeout: float = 30) -> dict:
+    """A scan in which ``pid``'s hook shows (bpftrace says "Attaching" before it attaches)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        doc = run_scan(env, out)
+        if any((f.get("owner") or {}).get("pid") == pid for f in doc["findings"]):
+            return doc
+        if time.monotonic() > deadline:
+            pytest.fail(f"the scan never showed the hook of pid {pid}")
+        time.sleep(0.2)
+
+
 def run_scan(env: dict[str, str], out: Path) -> dict:
     """``ecap-detect scan --json OUT`` (exit 0 or 1: findings are not an error here)."""
     r = subprocess.run([ecap_cmd("ecap-detect"), "scan", "--json", str(out), "--fail-on",
@@ -111,7 +124,7 @@ def rogue_scan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealScan]:
         victim = start_victim(victim_exe)
         sniffer = start_rogue_sniffer(sniffer_exe)
         out = base / "scan.json"
-        doc = run_scan(isolated_env(base / "ecap"), out)
+        doc = scan_seeing(isolated_env(base / "ecap"), out, sniffer.pid)
         yield RealScan(out, doc, sniffer.pid, victim.pid, str(sniffer_exe))
     finally:
         for proc in (sniffer, victim):

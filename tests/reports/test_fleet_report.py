@@ -15,7 +15,13 @@ from ecap.reports.fleet import load_scans, render_fleet_report
 from tests import tls_helpers
 from tests.conftest import ecap_cmd
 from tests.reports import browser
-from tests.reports.conftest import hostile_copy, isolated_env, run_scan, start_rogue_sniffer
+from tests.reports.conftest import (
+    hostile_copy,
+    isolated_env,
+    run_scan,
+    scan_seeing,
+    start_rogue_sniffer,
+)
 
 HOSTILE_HOST = "<img src=x onerror=\"document.documentElement.setAttribute('data-pwned','host')\">"
 
@@ -43,10 +49,9 @@ def fleet_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], i
         files.append(path)
     sniffer = start_rogue_sniffer(hostile_copy(base / "bin", "/usr/bin/bpftrace"))
     try:
-        doc = run_scan(env, base / "tmp.json")
+        doc = scan_seeing(env, base / "tmp.json", sniffer.pid)
     finally:
         tls_helpers.stop_process(sniffer)
-    assert any((f.get("owner") or {}).get("pid") == sniffer.pid for f in doc["findings"])
     doc["host"]["hostname"] = "db-7"
     rogue = base / "rogue.json"
     rogue.write_text(json.dumps(doc))
