@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ecap.cli import Parser, run
-from ecap.detect import render_json, render_term
+from ecap.detect import render_json
 from ecap.detect.findings import RANK, SEVERITIES
 from ecap.detect.scan import ScanOptions, run_scan
 from ecap.errors import Error, FindingsAboveThreshold, UsageError
@@ -73,6 +73,8 @@ def _scan(args) -> int:
     if args.json:
         render_json.write(doc, args.json)
     if args.json != "-":
+        from ecap.detect import render_term  # rich only for terminal output
+
         render_term.render(doc, sys.stdout, inventory=not args.no_inventory)
     if args.html:
         _html([doc], args.html)

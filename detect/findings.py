@@ -18,13 +18,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from ecap import remediation
 from ecap.detect import known_tools, owners
 from ecap.detect.classify import PLAINTEXT_CLASSES
 from ecap.detect.model import Holder, Link, Map, Pin, Probe, Program
-from ecap.detect.resolve import Resolved, resolve
 from ecap.detect.sessions import AUTHORIZED, EXPIRED, Verdict
+
+if TYPE_CHECKING:
+    from ecap.detect.resolve import Resolved
 
 SEVERITIES = ("info", "low", "medium", "high", "critical")
 RANK = {s: i for i, s in enumerate(SEVERITIES)}
@@ -164,6 +167,8 @@ class _Group:
 
 def probe_findings(inv: Inventory) -> list[dict]:
     """One finding per actor that hooks user functions (or kprobes)."""
+    from ecap.detect.resolve import resolve  # ELF parsing only when something is hooked
+
     groups: dict[tuple[str, object], _Group] = {}
     for probe in inv.probes:
         if probe.type in ("tracepoint", "raw_tracepoint"):

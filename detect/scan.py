@@ -217,9 +217,6 @@ def run_scan(options: ScanOptions | None = None) -> dict:
 
 
 def _version() -> str:
-    try:
-        from importlib.metadata import version
+    from ecap import __version__
 
-        return version("ecap")
-    except Exception:
-        return "unknown"
+    return __version__

@@ -13,14 +13,17 @@ probes are judged as if the file did not exist.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-import jwt
+from typing import TYPE_CHECKING
 
 from ecap import procfs
-from ecap.authz.verify import verify_token
 from ecap.errors import AuthorizationRefused
-from ecap.journal import Journal
 from ecap.sessions import SessionRecord, list_sessions
+
+if TYPE_CHECKING:
+    from ecap.journal import Journal
+
+# Token verification (PyJWT, cryptography) is imported only when a session file
+# exists: most scans have none, and those imports dominate start-up time.
 
 AUTHORIZED = "authorized"
 EXPIRED = "expired"
@@ -43,6 +46,10 @@ class Verdict:
 
 def _expired_but_genuine(token: str) -> bool:
     """True when the token verifies at an instant just before its own expiry."""
+    import jwt
+
+    from ecap.authz.verify import verify_token
+
     try:
         claims = jwt.decode(token, options={"verify_signature": False})
         exp = float(claims["exp"])
@@ -80,6 +87,10 @@ def evaluate(
 
     ``held_progs`` maps pid → program ids it holds (prog fds, perf events, links).
     """
+
+    import jwt
+
+    from ecap.authz.verify import verify_token
 
     def rejected(reason: str) -> Verdict:
         return Verdict(record.session_id, REJECTED, reason, record.capture_pid,
@@ -147,6 +158,8 @@ def evaluate_all(
     notes = [f"session file {p}: {why}" for p, why in problems]
     if not records:
         return [], notes
+    from ecap.journal import Journal
+
     granted, journal_problem = _journal_grants(Journal())
     verdicts = [
         evaluate(r, held_progs=held_progs, loaded_progs=loaded_progs,
