@@ -398,6 +398,14 @@ def pinned_program_findings(inv: Inventory, hooked_progs: set[int]) -> list[dict
     return out
 
 
+def _show(value: object) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_show(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return " ".join(map(str, value)) or "none"
+    return "unknown" if value is None else str(value)
+
+
 def posture_findings(issues: Iterable) -> list[dict]:
     return [
         {
@@ -405,13 +413,13 @@ def posture_findings(issues: Iterable) -> list[dict]:
             "severity": i.severity,
             "category": "posture",
             "title": i.title,
-            "summary": f"{i.key} = {i.value!r}" if not isinstance(i.value, dict) else i.key,
+            "summary": f"{i.key}: {_show(i.value)}",
             "hooked": [],
             "owner": None,
             "victims": [],
             "authorized": False,
             "authorization": {},
-            "evidence": [f"{i.key}: {i.value!r}"],
+            "evidence": [f"{i.key}: {_show(i.value)}"],
             "why": i.why,
             "remediation": list(i.remediation),
         }

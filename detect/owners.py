@@ -67,8 +67,9 @@ def victims(files: set[tuple[int, int]], *, limit: int = 500) -> dict[tuple[int,
         return out
     wanted = {(_dev_field(dev), str(ino)): (dev, ino) for dev, ino in files}
     needles = {ino for _dev, ino in wanted}
+    me = str(os.getpid())  # the scanner itself may map libssl; it is no victim
     for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or entry.name == me:
             continue
         try:
             with open(f"/proc/{entry.name}/maps", errors="surrogateescape") as f:

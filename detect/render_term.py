@@ -107,7 +107,7 @@ def render(doc: dict, out: IO[str], *, inventory: bool = True, color: bool | Non
                               for v in victims[:12])
             more = f" (+{len(victims) - 12} more)" if len(victims) > 12 else ""
             console.print(f"  victims: {shown}{more}")
-        for ev in f.get("evidence", [])[:12]:
+        for ev in [e for e in f.get("evidence", []) if e != f.get("summary")][:12]:
             console.print(f"  [dim]· {_e(ev)}[/dim]")
         if f.get("why"):
             console.print(f"  why: {_e(f['why'])}")

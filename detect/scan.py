@@ -154,6 +154,12 @@ def run_scan(options: ScanOptions | None = None) -> dict:
         limitations.append(hnote)
 
     found = findings.probe_findings(inv)
+    if any(p.is_uprobe and p.source == "perf_event" for p in inv.probes):
+        limitations.append(
+            "the target-process filter of a perf-event uprobe is not exposed by the kernel: "
+            "victims are all processes mapping the hooked file (an authorized capture's "
+            "token names its targets)"
+        )
     hooked_progs = {p.prog_id for p in inv.probes if p.prog_id}
     found += findings.pinned_program_findings(inv, hooked_progs)
     found += findings.posture_findings(posture.issues(post))
