@@ -42,15 +42,47 @@ def run_flags(profile: str) -> list[str]:
         "--security-opt no-new-privileges:true",
         f"--security-opt seccomp={SECCOMP_HOST_PATH}",
         f"--security-opt apparmor={APPARMOR_PROFILE}",
-        "--pid private",
-    ]
+    ]  # and no --pid=host, --privileged or --cap-add (see dangerous-settings.md)
     if profile == "strict":
         flags += ["--read-only", "--user 65534:65534"]
     return flags
 
 
+CAPTURE_SERVICE = "ecap-capture"
+CAPTURE_CAPS = ("BPF", "PERFMON", "SYS_PTRACE", "DAC_READ_SEARCH", "SYS_RESOURCE")
+
+
+def capture_service() -> dict:
+    """The one exception: the security team's authorized ecap-audit container.
+
+    It gets exactly what capture needs (BPF, PERFMON, read-only ptrace, host PIDs)
+    under the ``ecap-audit`` AppArmor profile and the runtime's *default* seccomp
+    profile (ecap's refuses bpf); every capture still needs a signed token.
+    """
+    return {
+        "image": "example/ecap-audit:latest",
+        "command": ["ecap-audit", "capture", "tls", "--pid", "PID", "--token",
+                    "/etc/ecap/token.jwt", "--format", "jsonl", "--output",
+                    "/var/lib/ecap/session.jsonl"],
+        "cap_drop": ["ALL"],
+        "cap_add": list(CAPTURE_CAPS),
+        "pid": "host",
+        "security_opt": ["no-new-privileges:true", "apparmor=ecap-audit"],
+        "read_only": True,
+        "privileged": False,
+        "volumes": [
+            "/sys/kernel/tracing:/sys/kernel/tracing:ro",
+            "/lib/modules:/lib/modules:ro",
+            "/usr/src:/usr/src:ro",
+            "/etc/ecap:/etc/ecap:ro",
+            "/var/lib/ecap:/var/lib/ecap",
+            "/run/ecap:/run/ecap",
+        ],
+    }  # fmt: skip
+
+
 def compose(profile: str) -> dict:
-    """A docker compose service fragment applying the same settings."""
+    """Compose services: an ordinary hardened one, and the authorized capture exception."""
     service: dict = {
         "image": "example/app:latest",
         "cap_drop": ["ALL"],
@@ -59,13 +91,39 @@ def compose(profile: str) -> dict:
             f"seccomp={SECCOMP_HOST_PATH}",
             f"apparmor={APPARMOR_PROFILE}",
         ],
-        "pid": "private",
         "privileged": False,
     }
     if profile == "strict":
         service["read_only"] = True
         service["user"] = "65534:65534"
-    return {"services": {"app": service}}
+    return {"services": {"app": service, CAPTURE_SERVICE: capture_service()}}
+
+
+def compose_problems(doc: dict) -> list[str]:
+    """Settings in a compose document that hand out capture powers (exception honoured)."""
+    services = doc.get("services")
+    if not isinstance(services, dict) or not services:
+        return ["services is not a mapping of services"]
+    problems = []
+    for name, svc in services.items():
+        if not isinstance(svc, dict):
+            problems.append(f"service {name} is not a mapping")
+            continue
+        opts = [str(o) for o in svc.get("security_opt") or []]
+        if svc.get("privileged"):
+            problems.append(f"service {name} is privileged")
+        if "ALL" not in (svc.get("cap_drop") or []):
+            problems.append(f"service {name} does not drop ALL capabilities")
+        if any(o.endswith("=unconfined") for o in opts):
+            problems.append(f"service {name} runs unconfined")
+        risky = {str(c).upper().removeprefix("CAP_") for c in svc.get("cap_add") or []}
+        risky &= {"BPF", "PERFMON", "SYS_ADMIN", "SYS_PTRACE", "ALL"}
+        if risky or svc.get("pid") == "host":
+            exempt = name == CAPTURE_SERVICE and "apparmor=ecap-audit" in opts
+            if not exempt or "SYS_ADMIN" in risky or "ALL" in risky:
+                what = ", ".join(sorted(risky)) + (" pid=host" if svc.get("pid") == "host" else "")
+                problems.append(f"service {name} gets capture powers ({what.strip(', ')})")
+    return problems
 
 
 def dangerous_table() -> str:
@@ -85,7 +143,9 @@ def render(ctx: Context) -> list[Artifact]:
         + "\n"
     )
     compose_text = (
-        "# docker compose snippet (ecap-harden): merge into your services.\n"
+        "# docker compose snippet (ecap-harden): 'app' shows an ordinary service;\n"
+        f"# '{CAPTURE_SERVICE}' is the security team's authorized capture, the only\n"
+        "# service allowed BPF/PERFMON/SYS_PTRACE and host PIDs (every capture needs a token).\n"
         + yaml.safe_dump(compose(ctx.profile), sort_keys=False)
     )
     md = (

@@ -101,6 +101,7 @@ DOCKER_FILES = ("docker/run-flags.txt", "docker/compose.yaml", "docker/dangerous
 K8S_FILES = (
     "kubernetes/namespace.yaml",
     "kubernetes/pod.yaml",
+    "kubernetes/capture-pod.yaml",
     "kubernetes/kyverno-clusterpolicy.yaml",
 )
 KERNEL_FILE = "kernel/lockdown.txt"

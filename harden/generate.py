@@ -28,7 +28,9 @@ from .controls import AA_SELF, CATALOGUE, PROFILES
 
 PLAN_SCHEMA = "ecap.harden-plan/1"
 PLAN_FILE = "plan.json"
-KEPT_ALWAYS = frozenset({AA_SELF, "kubernetes/kyverno-clusterpolicy.yaml"})
+KEPT_ALWAYS = frozenset({
+    AA_SELF, "kubernetes/kyverno-clusterpolicy.yaml", "kubernetes/capture-pod.yaml",
+})  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -190,6 +192,16 @@ def _plan(
                 "what": f"Kyverno exclude for ecap-audit pods in namespace "
                 f"{kubernetes.CAPTURE_NAMESPACE}",
                 "file": "kubernetes/kyverno-clusterpolicy.yaml",
+            },
+            {
+                "what": "the authorized capture pod itself (BPF, PERFMON, SYS_PTRACE, hostPID "
+                "under the ecap-audit AppArmor profile)",
+                "file": "kubernetes/capture-pod.yaml",
+            },
+            {
+                "what": f"compose service '{containers.CAPTURE_SERVICE}': the only one allowed "
+                "capture capabilities and host PIDs",
+                "file": "docker/compose.yaml",
             },
         ],
         "warnings": warnings,

@@ -79,6 +79,78 @@ def pod(profile: str) -> dict[str, Any]:
     }
 
 
+def capture_pod() -> dict[str, Any]:
+    """The exception: the security team's authorized ecap-audit capture pod.
+
+    It runs in the privileged-PSS ``ecap-capture`` namespace with the label the
+    Kyverno exclude matches, gets BPF/PERFMON/SYS_PTRACE and host PIDs, is confined by
+    the ``ecap-audit`` AppArmor profile and the runtime's default seccomp profile
+    (ecap's own refuses bpf), and still needs a signed token for every capture.
+    """
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "ecap-capture", "namespace": CAPTURE_NAMESPACE,
+                     "labels": dict(CAPTURE_LABEL)},
+        "spec": {
+            "hostPID": True,
+            "automountServiceAccountToken": False,
+            "restartPolicy": "Never",
+            "securityContext": {
+                "seccompProfile": {"type": "RuntimeDefault"},
+                "appArmorProfile": {"type": "Localhost", "localhostProfile": "ecap-audit"},
+            },
+            "containers": [{
+                "name": "ecap-audit",
+                "image": "example/ecap-audit:latest",
+                "args": ["capture", "tls", "--pid", "PID", "--token", "/etc/ecap/token/token.jwt",
+                         "--format", "jsonl", "--output", "/var/lib/ecap/session.jsonl"],
+                "securityContext": {
+                    "privileged": False,
+                    "allowPrivilegeEscalation": False,
+                    "readOnlyRootFilesystem": True,
+                    "capabilities": {"drop": ["ALL"], "add": [
+                        "BPF", "PERFMON", "SYS_PTRACE", "DAC_READ_SEARCH", "SYS_RESOURCE"]},
+                },
+                "volumeMounts": [
+                    {"name": "token", "mountPath": "/etc/ecap/token", "readOnly": True},
+                    {"name": "tracing", "mountPath": "/sys/kernel/tracing", "readOnly": True},
+                    {"name": "modules", "mountPath": "/lib/modules", "readOnly": True},
+                    {"name": "journal", "mountPath": "/var/lib/ecap"},
+                ],
+            }],
+            "volumes": [
+                {"name": "token", "secret": {"secretName": "ecap-capture-token"}},
+                {"name": "tracing", "hostPath": {"path": "/sys/kernel/tracing"}},
+                {"name": "modules", "hostPath": {"path": "/lib/modules"}},
+                {"name": "journal", "hostPath": {"path": "/var/lib/ecap",
+                                                  "type": "DirectoryOrCreate"}},
+            ],
+        },
+    }  # fmt: skip
+
+
+def excluded(policy: dict[str, Any], pod: dict[str, Any]) -> bool:
+    """Whether every rule of ``policy`` excludes ``pod`` (namespace and labels match).
+
+    A small model of Kyverno's ``exclude.any[].resources`` (namespaces + matchLabels),
+    enough to show that the exception covers the capture pod and nothing else.
+    """
+    meta = pod.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    for rule in policy["spec"]["rules"]:
+        hit = False
+        for f in (rule.get("exclude") or {}).get("any") or []:
+            res = f.get("resources") or {}
+            ns_ok = not res.get("namespaces") or meta.get("namespace") in res["namespaces"]
+            want = (res.get("selector") or {}).get("matchLabels") or {}
+            if ns_ok and all(labels.get(k) == v for k, v in want.items()):
+                hit = True
+        if not hit:
+            return False
+    return True
+
+
 def _exclude() -> dict[str, Any]:
     return {
         "any": [
@@ -181,6 +253,12 @@ def render(ctx: Context) -> list[Artifact]:
         Artifact(
             "kubernetes/pod.yaml",
             _dump([pod(ctx.profile)], "A workload meeting 'restricted' with ecap's profiles"),
+            "kubernetes", ids,
+        ),
+        Artifact(
+            "kubernetes/capture-pod.yaml",
+            _dump([capture_pod()], "The exception: the security team's authorized capture pod "
+                  f"(namespace {CAPTURE_NAMESPACE}, excluded by the Kyverno policy)"),
             "kubernetes", ids,
         ),
         Artifact(

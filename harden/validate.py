@@ -27,7 +27,7 @@ from ecap import host
 from ecap.errors import UsageError
 from ecap.text import printable
 
-from . import auditd_check, kyverno_check, seccomp_filter, sysctl
+from . import auditd_check, containers, kyverno_check, seccomp_filter, sysctl
 from .generate import PLAN_FILE, PLAN_SCHEMA
 from .kubernetes import DENIED_CAPS
 from .seccomp import DENY_ALWAYS, denied_names
@@ -232,18 +232,7 @@ def _yaml(root: Path, path: Path) -> Validation:
                 details.append(f"{doc['kind']}/{doc.get('metadata', {}).get('name')}: valid")
         elif "services" in doc:
             validators.add("compose structure")
-            services = doc.get("services")
-            if not isinstance(services, dict) or not services:
-                problems.append("services is not a mapping of services")
-                continue
-            for name, svc in services.items():
-                if not isinstance(svc, dict):
-                    problems.append(f"service {name} is not a mapping")
-                    continue
-                if "ALL" not in (svc.get("cap_drop") or []):
-                    problems.append(f"service {name} does not drop ALL capabilities")
-                if svc.get("privileged"):
-                    problems.append(f"service {name} is privileged")
+            problems += containers.compose_problems(doc)
         else:
             validators.add("yaml")
     ok = not problems

@@ -38,7 +38,8 @@ def test_files_are_private_and_plan_lists_them(generated) -> None:
     assert c["stops"] == {"unprivileged_user": "yes", "container_root": "no", "host_root": "no"}
     assert c["one_way"] and not c["locks_in_this_profile"]
     assert {e["file"] for e in plan["exceptions"]} == {
-        "apparmor/ecap-audit", "kubernetes/kyverno-clusterpolicy.yaml"}  # fmt: skip
+        "apparmor/ecap-audit", "kubernetes/kyverno-clusterpolicy.yaml",
+        "kubernetes/capture-pod.yaml", "docker/compose.yaml"}  # fmt: skip
 
 
 def test_strict_plan_warns_about_one_way_switches(generated) -> None:

@@ -93,3 +93,38 @@ def test_docker_compose_and_flags(generated) -> None:
         assert setting in table
     for word in ("--privileged", "BPF", "PERFMON", "SYS_ADMIN", "SYS_PTRACE", "--pid=host"):
         assert word in table
+    assert "--pid" not in flags  # docker has no "private" pid mode; the default is private
+
+
+def test_exception_covers_the_capture_pod_and_nothing_else(generated) -> None:
+    policy = kubernetes.kyverno_policy()
+    (capture,) = _docs(generated["balanced"] / "kubernetes" / "capture-pod.yaml")
+    kubernetes_validate.validate(capture, kubernetes_validate.latest_version(), strict=True)
+    assert kubernetes.excluded(policy, capture)
+    caps = capture["spec"]["containers"][0]["securityContext"]["capabilities"]["add"]
+    assert {"BPF", "PERFMON"} <= set(caps) and "SYS_ADMIN" not in caps
+    # the same pod elsewhere, or without the label, is not exempt
+    elsewhere = copy.deepcopy(capture)
+    elsewhere["metadata"]["namespace"] = kubernetes.APP_NAMESPACE
+    unlabelled = copy.deepcopy(capture)
+    unlabelled["metadata"]["labels"] = {}
+    assert not kubernetes.excluded(policy, elsewhere)
+    assert not kubernetes.excluded(policy, unlabelled)
+    assert not kubernetes.excluded(policy, kubernetes.pod("balanced"))
+
+
+def test_compose_check_allows_only_the_capture_exception(generated) -> None:
+    (compose,) = _docs(generated["balanced"] / "docker" / "compose.yaml")
+    assert containers.compose_problems(compose) == []
+    assert compose["services"][containers.CAPTURE_SERVICE]["pid"] == "host"
+    rogue = copy.deepcopy(compose)
+    rogue["services"]["app"]["cap_add"] = ["CAP_BPF"]
+    rogue["services"]["app"]["pid"] = "host"
+    assert any("app gets capture powers" in p for p in containers.compose_problems(rogue))
+    renamed = copy.deepcopy(compose)
+    renamed["services"]["sniffer"] = renamed["services"].pop(containers.CAPTURE_SERVICE)
+    assert any("sniffer gets capture powers" in p for p in containers.compose_problems(renamed))
+    for bad in ({"privileged": True}, {"security_opt": ["seccomp=unconfined"]}, {"cap_drop": []}):
+        broken = copy.deepcopy(compose)
+        broken["services"]["app"].update(bad)
+        assert containers.compose_problems(broken), bad
