@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from ecap.authz import keys, request, token
 from tests import tls_helpers
 from tests.conftest import ecap_cmd
 
@@ -138,3 +139,64 @@ def own_finding(scan: RealScan) -> dict:
              if (f.get("owner") or {}).get("pid") == scan.sniffer_pid]
     assert found, "the scan did not report the rogue sniffer"
     return found[0]
+
+
+READY_MARK = "Ctrl-C to stop"
+
+
+@dataclass
+class Session:
+    jsonl: Path
+    env: dict[str, str]
+    root: Path
+    client_pid: int
+    server: tls_helpers.TlsServer
+    received: bytes
+    sent: bytes
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
+    """One real capture of a hostile-named curl fetching /hello from a local TLS server."""
+    root = tmp_path_factory.mktemp("session")
+    env = isolated_env(root / "ecap")
+    _, pub, _ = keys.generate(root / "ecap" / "signer")
+    keys.install_trusted(pub, Path(env["ECAP_TRUST_DIR"]))
+    (root / "server").mkdir()
+    server = tls_helpers.start_server(root / "server")
+    client = capture = None
+    try:
+        curl = hostile_copy(root / "bin", "/usr/bin/curl")
+        client = subprocess.Popen([str(curl), "-sS", "-k", "--http1.1", "-K", "-"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE)
+        tls_helpers.wait_for_tls_mapped(client.pid)
+        req = request.build([client.pid], modules=["tls"], modes=["jsonl"], reason="report test")
+        jwt_text = token.issue(req, keys.load_private(root / "ecap" / "signer.key"),
+                               operator="<b>alice</b>", reason="INC-6 <i>report</i>",
+                               ttl_seconds=3600, issuer="pytest")
+        token_path = root / "token.jwt"
+        token_path.write_text(jwt_text)
+        jsonl = root / "session.jsonl"
+        capture = subprocess.Popen(
+            [ecap_cmd("ecap-audit"), "capture", "tls", "--pid", str(client.pid), "--token",
+             str(token_path), "--format", "jsonl", "--output", str(jsonl)],
+            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True)
+        assert capture.stderr is not None
+        seen = []
+        for line in capture.stderr:
+            seen.append(line)
+            if READY_MARK in line:
+                break
+        assert capture.poll() is None, "".join(seen)
+        tls_helpers.release_curl(client, server.url("/hello"))
+        assert client.wait(30) == 0
+        assert capture.wait(60) == 0, capture.stderr.read()
+        received, sent = server.transcript()
+        yield Session(jsonl, env, root, client.pid, server, received, sent)
+    finally:
+        for proc in (capture, client):
+            if proc is not None:
+                tls_helpers.stop_process(proc, timeout=15)
+        server.stop()
