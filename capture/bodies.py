@@ -44,7 +44,7 @@ def looks_textual(data: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     bad = sum(1 for ch in text if not (ch.isprintable() or ch in "\r\n\t"))
-    return bad <= len(text) // 50
+    return bad * 10 <= len(text)  # a few control characters: text, shown escaped
 
 
 def hexdump(data: bytes, limit: int | None = None) -> list[str]:

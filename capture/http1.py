@@ -51,9 +51,11 @@ class Http1Stream:
     def _parse_one(self) -> Rendered | None:
         end = self._buf.find(b"\r\n\r\n")
         if end < 0:
-            if len(self._buf) > MAX_HEAD or not looks_like_http1(bytes(self._buf[:64])):
+            first_line = self._buf.find(b"\r\n")
+            if len(self._buf) > MAX_HEAD or (
+                    first_line >= 0 and not looks_like_http1(bytes(self._buf[:first_line]))):
                 return self._raw()
-            return None
+            return None  # the head is still arriving
         head = bytes(self._buf[:end]).decode("latin-1")
         lines = head.split("\r\n")
         start = lines[0]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes as ct
+import functools
 import os
 import struct
 import time
@@ -48,6 +49,24 @@ _HOOKS: tuple[tuple[str, str, str | None], ...] = (
     ("SSL_shutdown", "enter_ssl_end", None),
     ("SSL_free", "enter_ssl_end", None),
 )
+
+
+@functools.cache
+def _attach_uprobe_fn() -> Callable[..., int]:
+    """libbcc's ``bpf_attach_uprobe`` with its real seven-argument prototype.
+
+    Debian's python3-bpfcc 0.26 declares only six arguments, so the C function
+    reads ``ref_ctr_offset`` (the USDT semaphore offset) from whatever is on the
+    stack. The kernel then refuses (EINVAL, dmesg "ref_ctr_offset mismatch") any
+    later probe on the same instruction whose garbage differs. We load our own
+    handle to the library (its prototype is separate from bcc's) and pass 0.
+    """
+    lib = ct.CDLL("libbcc.so.0", use_errno=True)
+    fn = lib.bpf_attach_uprobe
+    fn.restype = ct.c_int
+    fn.argtypes = [ct.c_int, ct.c_int, ct.c_char_p, ct.c_char_p, ct.c_uint64, ct.c_int,
+                   ct.c_uint32]
+    return fn
 
 
 def bpf_source_path() -> Path:
@@ -193,26 +212,23 @@ class Probes:
         # bcc's attach_uprobe(addr=) treats addr as a virtual address and re-reads
         # the ELF to convert it; we already have the file offset the uprobe PMU
         # wants, so go one level down and keep bcc's bookkeeping for cleanup.
-        from bcc import libbcc
-
         fn = self.bpf.load_func(prog.encode(), self._BPF.KPROBE)
         path = str(target.path).encode()
         ev_name = self.bpf._get_uprobe_evname(b"r" if retprobe else b"p", path, offset,
                                               target.pid)
+        attach = _attach_uprobe_fn()
         for attempt in range(ATTACH_ATTEMPTS):
-            fd = libbcc.lib.bpf_attach_uprobe(fn.fd, 1 if retprobe else 0, ev_name, path,
-                                              offset, target.pid)
+            fd = attach(fn.fd, 1 if retprobe else 0, ev_name, path, offset, target.pid, 0)
             if fd >= 0:
                 break
             errno = ct.get_errno()
-            # Seen here, rarely: EINVAL from the uprobe PMU while other tools
-            # create and remove probes on the same kernel; a retry succeeds.
             time.sleep(0.05 * (attempt + 1))
         if fd < 0:
             raise EnvironmentNotReady(
                 f"could not attach {'uretprobe' if retprobe else 'uprobe'} to {function} "
                 f"in {target.display_path} (pid {target.pid}): {os.strerror(errno)}",
-                hint="run 'ecap-audit doctor'")
+                hint="another tool may hold a probe at the same place with a different "
+                "USDT semaphore offset (see dmesg 'ref_ctr_offset mismatch')")
         self.bpf._add_uprobe_fd(ev_name, fd)
         return Attachment(target.pid, target.display_path, function, offset, retprobe)
 

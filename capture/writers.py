@@ -18,9 +18,8 @@ from typing import IO, Any, Protocol
 from ecap.capture.connections import Connection
 from ecap.capture.events import Call
 from ecap.capture.protocols import ConnectionRenderer
+from ecap.capture.schema import SCHEMA
 from ecap.text import json_safe_str, printable
-
-SCHEMA = "ecap.capture/1"
 
 
 class Writer(Protocol):

@@ -13,6 +13,7 @@ import signal
 
 import pytest
 
+from ecap.capture.schema import validate_lines
 from tests import tls_helpers
 from tests.capture.conftest import read_stream
 
@@ -37,9 +38,11 @@ def _assert_exact(records: list[dict], server: tls_helpers.TlsServer, pid: int) 
 def _finish(run, client) -> list[dict]:
     client.wait(30)
     assert run.wait(60) == 0, run.stderr
-    records = run.records()
-    assert records[0]["type"] == "header" and records[-1]["type"] == "summary"
+    # the session file parses and follows ecap.capture/1 line by line
+    records = validate_lines(run.output.read_text().splitlines())
     assert records[-1]["stop_reason"] == "all targets exited"
+    assert records[0]["grant"]["operator"] == "test-operator"
+    assert oct(os.stat(run.output).st_mode & 0o777) == "0o600"
     return records
 
 

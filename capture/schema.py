@@ -1,0 +1,101 @@
+"""The session JSONL schema (``ecap.capture/1``) as data, and a validator.
+
+``capture/SCHEMA.md`` explains each field; this module is what code checks
+against — the report reader, the tests, anyone consuming a session file. Adding a
+field is compatible; removing or retyping one means ``ecap.capture/2``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+SCHEMA = "ecap.capture/1"
+
+_STR, _INT, _FLOAT, _BOOL = str, int, (int, float), bool
+_OPT_STR = (str, type(None))
+_OPT_INT = (int, type(None))
+
+FIELDS: dict[str, dict[str, Any]] = {
+    "header": {
+        "schema": _STR, "session_id": _STR, "started_at": _FLOAT, "module": _STR,
+        "format": _STR, "token": _STR, "grant": dict, "host": dict, "pids": list,
+        "targets": list, "max_call_bytes": _INT, "ring_bytes": _INT,
+    },
+    "event": {
+        "connection_id": _INT, "message_id": _INT, "ts": _STR, "pid": _INT, "tid": _INT,
+        "uid": _INT, "comm": _STR, "fd": _INT, "ssl": _STR, "direction": _STR,
+        "local": _OPT_STR, "peer": _OPT_STR, "len": _INT, "total": _INT, "truncated": _INT,
+        "lost": _INT, "payload_b64": _STR,
+    },
+    "handshake": {
+        "connection_id": _INT, "ts": _STR, "pid": _INT, "fd": _INT, "ssl": _STR,
+        "peer": _OPT_STR,
+    },
+    "connection": {
+        "connection_id": _INT, "pid": _INT, "comm": _STR, "fd": _INT, "fd_source": _STR,
+        "ssl": _STR, "local": _OPT_STR, "peer": _OPT_STR, "handshake_seen": _BOOL,
+        "started_at": _STR, "ended_at": _OPT_STR, "end_reason": _OPT_STR, "messages": _INT,
+        "bytes_written": _INT, "bytes_read": _INT,
+    },
+    "summary": {
+        "session_id": _STR, "events": dict, "bytes": dict, "connections": _INT,
+        "lost_events": _INT, "lost_bytes": _INT, "truncated_bytes": _INT,
+        "failed_calls": _INT, "max_call_bytes": _INT, "stop_reason": _STR,
+        "started_at": _FLOAT, "stopped_at": _FLOAT, "duration": _FLOAT,
+    },
+}
+GRANT_FIELDS = ("jti", "operator", "reason", "issuer", "expires_at", "targets", "modules",
+                "modes")
+
+
+class SchemaError(ValueError):
+    """A record does not follow ``ecap.capture/1``."""
+
+
+def validate_record(record: Any, *, first: bool = False) -> str:
+    """Check one parsed line; returns its type. The first line must be the header."""
+    if not isinstance(record, dict):
+        raise SchemaError("record is not a JSON object")
+    kind = record.get("type")
+    if kind not in FIELDS:
+        raise SchemaError(f"unknown record type {kind!r}")
+    if first != (kind == "header"):
+        raise SchemaError("the header must be the first record, and only the first")
+    for name, types in FIELDS[kind].items():
+        if name not in record:
+            raise SchemaError(f"{kind} record lacks {name!r}")
+        value = record[name]
+        if isinstance(value, bool) and types is not bool and bool not in _as_tuple(types):
+            raise SchemaError(f"{kind}.{name} must not be a boolean")
+        if not isinstance(value, types):
+            raise SchemaError(f"{kind}.{name} has type {type(value).__name__}")
+    if kind == "header":
+        if record["schema"] != SCHEMA:
+            raise SchemaError(f"schema {record['schema']!r} is not {SCHEMA}")
+        missing = [f for f in GRANT_FIELDS if f not in record["grant"]]
+        if missing:
+            raise SchemaError(f"header.grant lacks {', '.join(missing)}")
+    if kind == "event" and record["direction"] not in ("write", "read"):
+        raise SchemaError(f"event.direction {record['direction']!r}")
+    return kind
+
+
+def validate_lines(lines: list[str]) -> list[dict]:
+    """Parse and validate a whole session file's lines; the last must be the summary."""
+    import json
+
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            raise SchemaError(f"line {i + 1} is not JSON: {exc}") from exc
+        validate_record(record, first=(i == 0))
+        records.append(record)
+    if not records or records[-1]["type"] != "summary":
+        raise SchemaError("the last record must be the summary")
+    return records
+
+
+def _as_tuple(types: Any) -> tuple:
+    return types if isinstance(types, tuple) else (types,)

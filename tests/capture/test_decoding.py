@@ -1,0 +1,231 @@
+"""Userspace halves of the capture, on synthetic and library-generated input.
+
+No kernel here: chunk reassembly, HTTP/1 and HTTP/2 rendering (the HTTP/2 bytes
+are produced by the real ``h2`` client and server state machines), address
+decoding, output escaping and the JSONL schema validator.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import random
+import socket
+import struct
+import subprocess
+import zlib
+
+import brotli
+import h2.config
+import h2.connection
+import pytest
+
+from ecap.capture import targets
+from ecap.capture.connections import Connection, _decode_proc_addr, format_sockaddr
+from ecap.capture.events import Call, Clock, Reassembler, Record
+from ecap.capture.http1 import Http1Stream
+from ecap.capture.probes import FLAG_LAST, FLAG_TRUNCATED, KIND_READ, KIND_WRITE
+from ecap.capture.protocols import ConnectionRenderer
+from ecap.capture.schema import SchemaError, validate_lines, validate_record
+from ecap.capture.writers import JsonlWriter, TextWriter
+from ecap.errors import UsageError
+
+
+def _rec(offset: int, data: bytes, total: int, flags: int, ts: int = 1000,
+         kind: int = KIND_READ) -> Record:
+    return Record(ts, 0xABC, 10, 11, 0, 5, total, offset, len(data), kind, flags, 0, "x", data)
+
+
+def test_reassembler_joins_chunks_in_order_and_counts_truncation():
+    r = Reassembler(Clock(), max_call_bytes=8)
+    assert r.add(_rec(0, b"abcd", 10, 0)) is None
+    call = r.add(_rec(4, b"efgh", 10, FLAG_LAST | FLAG_TRUNCATED))
+    assert isinstance(call, Call)
+    assert call.data == b"abcdefgh" and call.total == 10 and call.truncated == 2
+    assert call.lost == 0 and call.direction == "read"
+
+
+def test_reassembler_keeps_place_of_a_lost_chunk_and_counts_it():
+    r = Reassembler(Clock(), max_call_bytes=12)
+    r.add(_rec(0, b"abcd", 12, 0))
+    call = r.add(_rec(8, b"ijkl", 12, FLAG_LAST))  # the middle record was lost
+    assert call.data == b"abcd\0\0\0\0ijkl" and call.lost == 4
+    # a call whose last record was lost is still delivered by flush()
+    r.add(_rec(0, b"abcd", 12, 0, ts=2000, kind=KIND_WRITE))
+    (partial,) = r.flush()
+    assert partial.data == b"abcd" and partial.lost == 8 and partial.direction == "write"
+
+
+def _feed_in_pieces(stream, data: bytes, seed: int = 1):
+    rnd = random.Random(seed)
+    out, pos = [], 0
+    while pos < len(data):
+        step = rnd.randint(1, 40)
+        out += list(stream.feed(data[pos : pos + step]))
+        pos += step
+    return out
+
+
+def test_http1_chunked_and_encoded_bodies_fed_byte_by_byte():
+    body = b"the quick brown fox " * 20
+    chunked = b"".join(f"{len(p):x}\r\n".encode() + p + b"\r\n"
+                       for p in (gzip.compress(body)[:30], gzip.compress(body)[30:])) + b"0\r\n\r\n"
+    stream = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Encoding: gzip\r\n\r\n"
+              + chunked
+              + b"HTTP/1.1 200 OK\r\nContent-Encoding: br\r\nContent-Length: "
+              + str(len(brotli.compress(body))).encode() + b"\r\n\r\n" + brotli.compress(body)
+              + b"HTTP/1.1 200 OK\r\nContent-Encoding: deflate\r\nContent-Length: "
+              + str(len(zlib.compress(body))).encode() + b"\r\n\r\n" + zlib.compress(body))
+    items = _feed_in_pieces(Http1Stream(), stream)
+    assert [i.title for i in items] == ["HTTP/1 response"] * 3
+    for item, enc in zip(items, ("gzip", "br", "deflate"), strict=True):
+        text = "\n".join(item.lines)
+        assert f"{enc} decoded" in text and "the quick brown fox the quick" in text
+
+
+def test_http1_escapes_terminal_controls_in_headers_and_body():
+    evil = b"GET /x HTTP/1.1\r\nX-Evil: \x1b]0;pwned\x07\r\nContent-Length: 6\r\n\r\n\x1b[2Jhi"
+    (item,) = Http1Stream().feed(evil)
+    text = "\n".join(item.lines)
+    assert "\x1b" not in text and "\x07" not in text
+    assert "\\x1b]0;pwned\\x07" in text
+
+
+def _h2_exchange() -> tuple[bytes, bytes]:
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    client.initiate_connection()
+    client.send_headers(1, [(":method", "GET"), (":path", "/secret"), (":scheme", "https"),
+                            (":authority", "example"), ("authorization", "Bearer s3cr3t")],
+                        end_stream=True)
+    to_server = client.data_to_send()
+    server.initiate_connection()
+    server.receive_data(to_server)
+    server.send_headers(1, [(":status", "200"), ("content-encoding", "gzip")])
+    server.send_data(1, gzip.compress(b"top secret body"), end_stream=True)
+    return to_server, server.data_to_send()
+
+
+def test_http2_headers_are_hpack_decoded_per_direction():
+    to_server, to_client = _h2_exchange()
+    r = ConnectionRenderer()
+    items = _feed_in_pieces(_Dir(r, "write"), to_server) + _feed_in_pieces(_Dir(r, "read"),
+                                                                             to_client)
+    text = "\n".join(i.title + "\n" + "\n".join(i.lines) for i in items)
+    assert r.protocol == "http2"
+    assert "HTTP/2 connection preface" in text
+    assert ":path: /secret" in text and "authorization: Bearer s3cr3t" in text
+    assert ":status: 200" in text and "top secret body" in text and "gzip decoded" in text
+
+
+class _Dir:
+    """Feed one direction of a ConnectionRenderer through the Http1Stream-like API."""
+
+    def __init__(self, renderer: ConnectionRenderer, direction: str) -> None:
+        self.r, self.d = renderer, direction
+
+    def feed(self, data: bytes):
+        return self.r.feed(self.d, data)
+
+
+def test_unknown_protocol_is_shown_raw_or_hex():
+    r = ConnectionRenderer()
+    (item,) = r.feed("write", b"\x00\x01\x02\x03bin\xff")
+    assert item.title == "data (8 bytes)" and item.lines[0].startswith("00000000  00 01")
+    r = ConnectionRenderer(hex_mode=True)
+    (item,) = r.feed("read", b"PING plain text")
+    assert item.lines[0].startswith("00000000  50 49 4e 47")
+
+
+def test_sockaddr_and_proc_net_decoding():
+    v4 = struct.pack("<H", socket.AF_INET) + struct.pack(">H", 8443) + socket.inet_aton(
+        "10.1.2.3") + b"\0" * 8
+    assert format_sockaddr(v4) == "10.1.2.3:8443"
+    v6 = (struct.pack("<H", socket.AF_INET6) + struct.pack(">H", 443) + b"\0" * 4
+          + socket.inet_pton(socket.AF_INET6, "2001:db8::1") + b"\0" * 4)
+    assert format_sockaddr(v6) == "[2001:db8::1]:443"
+    assert _decode_proc_addr("0100007F:20FB") == "127.0.0.1:8443"
+    assert _decode_proc_addr("00000000000000000000000001000000:01BB") == "[::1]:443"
+
+
+def _conn() -> Connection:
+    return Connection(1, 10, 0xABC, "cu\x1brl", fd=5, peer="127.0.0.1:1")
+
+
+def _call(data: bytes) -> Call:
+    return Call("write", 1.0, 10, 11, 0, "cu\x1brl", 5, 0xABC, len(data), data, 0, 0)
+
+
+def test_text_writer_escapes_everything_host_derived():
+    out = io.BytesIO()
+    w = TextWriter(out, colour=False, hex_mode=False)
+    w.call(_conn(), 1, _call(b"hello \x1b[31mred\x1b[0m, then a line of ordinary prose\n"))
+    w.connection_end(_conn())
+    text = out.getvalue().decode()
+    assert "\x1b" not in text and "cu\\x1brl" in text and "hello \\x1b[31mred" in text
+
+
+def test_jsonl_writer_output_validates_and_validator_rejects_bad_records():
+    out = io.BytesIO()
+    w = JsonlWriter(out)
+    grant = {k: "x" for k in ("jti", "operator", "reason", "issuer", "expires_at",
+                              "targets", "modules", "modes")}
+    w.header({"session_id": "s", "started_at": 1.0, "module": "tls", "format": "jsonl",
+              "token": "t", "grant": grant, "host": {}, "pids": [10], "targets": [],
+              "max_call_bytes": 262144, "ring_bytes": 1 << 25})
+    w.call(_conn(), 1, _call(b"payload"))
+    w.connection_end(_conn())
+    w.summary({"session_id": "s", "events": {}, "bytes": {}, "connections": 1,
+               "lost_events": 0, "lost_bytes": 0, "truncated_bytes": 0, "failed_calls": 0,
+               "max_call_bytes": 1, "stop_reason": "SIGINT", "started_at": 1.0,
+               "stopped_at": 2.0, "duration": 1.0})
+    lines = out.getvalue().decode().splitlines()
+    records = validate_lines(lines)
+    assert [r["type"] for r in records] == ["header", "event", "connection", "summary"]
+    bad = dict(records[1], pid="10")
+    with pytest.raises(SchemaError, match=r"event\.pid"):
+        validate_record(bad)
+    with pytest.raises(SchemaError, match="first"):
+        validate_lines(lines[1:])
+    with pytest.raises(SchemaError, match="last record"):
+        validate_lines(lines[:-1])
+    assert json.loads(lines[1])["payload_b64"] == "cGF5bG9hZA=="
+
+
+def test_resolution_names_what_it_looked_for_and_checks_overrides(tmp_path):
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        with pytest.raises(targets.NoTlsLibrary, match="maps no libssl"):
+            targets.resolve(proc.pid)
+        with pytest.raises(UsageError, match="no such file"):
+            targets.resolve(proc.pid, libssl=str(tmp_path / "nope.so"))
+        with pytest.raises(UsageError, match="is not mapped by process"):
+            targets.resolve(proc.pid, libssl="/usr/lib/x86_64-linux-gnu/libssl.so.3")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_resolution_finds_libssl_and_static_node():
+    py = subprocess.Popen(["python3", "-c", "import ssl, sys; sys.stdin.read()"],
+                          stdin=subprocess.PIPE)
+    node = subprocess.Popen(["node", "-e", "process.stdin.resume()"], stdin=subprocess.PIPE)
+    try:
+        from tests.tls_helpers import wait_for_tls_mapped
+
+        wait_for_tls_mapped(py.pid)
+        lib = targets.resolve(py.pid)
+        assert lib.kind == "library" and lib.display_path.endswith("libssl.so.3")
+        assert str(lib.path).startswith(f"/proc/{py.pid}/root/")
+        assert lib.version and lib.version.startswith("OpenSSL 3")
+        assert {"SSL_write", "SSL_read", "SSL_write_ex", "SSL_read_ex"} <= set(lib.symbols)
+        over = targets.resolve(py.pid, libssl=lib.display_path)
+        assert over.kind == "override" and over.symbols == lib.symbols
+        exe = targets.resolve(node.pid)
+        assert exe.kind == "executable" and exe.display_path == "/usr/bin/node"
+        assert exe.symbols["SSL_write"].file_offset != exe.symbols["SSL_write"].vaddr
+    finally:
+        for p in (py, node):
+            p.kill()
+            p.wait()
