@@ -153,3 +153,62 @@ def test_bad_scan_input_is_a_usage_error_and_writes_nothing(tmp_path, content, m
                         str(tmp_path / "out.html")], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     assert not (tmp_path / "out.html").exists()
+
+
+SORT_JS = """(() => {
+  const table = document.querySelector('table[aria-label="Processes holding BPF objects"]');
+  const col = [...table.tHead.rows[0].cells].findIndex(c => c.textContent.trim() === "fd");
+  const read = () => [...table.tBodies[0].rows].map(r => Number(r.cells[col].textContent));
+  const button = table.tHead.rows[0].cells[col].querySelector("button.sort");
+  button.click();
+  const asc = read();
+  button.click();
+  return [asc, read(), table.tHead.rows[0].cells[col].getAttribute("aria-sort")];
+})()"""
+
+FILTER_JS = """((query) => {
+  const table = document.querySelector('table[aria-label="Processes holding BPF objects"]');
+  const input = table.previousElementSibling.querySelector("input[type=search]");
+  input.value = query;
+  input.dispatchEvent(new Event("input"));
+  const shown = [...table.tBodies[0].rows].filter(r => !r.hidden).map(r => r.textContent);
+  return [shown, table.tBodies[0].rows.length,
+          table.previousElementSibling.querySelector(".count").textContent];
+})"""
+
+COPY_JS = """(async () => {
+  const button = document.querySelector("button.copy");
+  button.click();
+  await new Promise(r => setTimeout(r, 200));
+  return [button.textContent, await navigator.clipboard.readText(),
+          document.getElementById(button.dataset.copy).textContent];
+})()"""
+
+
+def test_tables_sort_and_filter_copy_buttons_copy_and_print_expands(rogue_scan, host_report):
+    """Interact with the page in Chromium through the DevTools protocol."""
+    from tests.reports.cdp import Browser
+
+    html, _ = host_report
+    with Browser(html) as b:
+        asc, desc, state = b.eval(SORT_JS)
+        assert len(asc) >= 4  # the sniffer alone holds maps, a program and a perf event
+        assert asc == sorted(asc) and desc == sorted(asc, reverse=True)
+        assert state == "descending"
+        shown, total, count = b.eval(FILTER_JS + "('no such row')")
+        assert shown == [] and count == f"0 of {total} rows"
+        shown, total, count = b.eval(FILTER_JS + f"('{rogue_scan.sniffer_pid}')")
+        assert shown and all(str(rogue_scan.sniffer_pid) in row for row in shown)
+        assert count == f"{len(shown)} of {total} rows"
+
+        b.call("Browser.grantPermissions",
+               permissions=["clipboardReadWrite", "clipboardSanitizedWrite"])
+        label, clipboard, snippet = b.eval(COPY_JS)
+        assert label == "Copied" and clipboard == snippet and snippet.strip()
+
+        b.page_call("Emulation.setEmulatedMedia", media="print")
+        assert b.eval("getComputedStyle(document.querySelector('.tools')).display") == "none"
+        closed = "document.querySelectorAll('details:not([open])').length"
+        assert b.eval(closed) > 0
+        assert b.eval(f"window.dispatchEvent(new Event('beforeprint')); {closed}") == 0
+        assert b.eval(f"window.dispatchEvent(new Event('afterprint')); {closed}") > 0
