@@ -21,23 +21,11 @@ from ecap.errors import FindingsAboveThreshold, UsageError
 from ecap.fsutil import write_private_atomic
 from ecap.text import printable
 
-from . import (
-    apparmor,
-    auditd,
-    check,
-    containers,
-    generate,
-    kubernetes,
-    output,
-    posture,
-    seccomp,
-    sysctl,
-    validate,
-)
+from . import check, generate, kinds, output, posture, validate
 from .artifact import Artifact, Context
 from .controls import PROFILES
 
-SINGLE = ("sysctl", "apparmor", "seccomp", "docker", "kubernetes", "auditd")
+SINGLE = kinds.KINDS
 
 
 def build_parser() -> Parser:
@@ -63,9 +51,9 @@ def build_parser() -> Parser:
         s.add_argument("--out", metavar="FILE",
                        help="write here instead of stdout"
                        + ("; a directory (or a path ending in /) gets every file"
-                          if name in ("apparmor", "docker", "kubernetes") else ""))
+                          if name in kinds.MULTI_FILE else ""))
         if name == "apparmor":
-            s.add_argument("--part", choices=("abstraction", "ecap-audit", "container", "app"),
+            s.add_argument("--part", choices=kinds.APPARMOR_PARTS,
                            default="abstraction", help="which AppArmor file (default abstraction)")
             s.add_argument("--app", metavar="EXE", help="executable for --part app")
 
@@ -111,45 +99,17 @@ def _write_dir(arts: list[Artifact], out: Path) -> None:
 
 def _single(args: argparse.Namespace) -> int:
     """One policy kind on stdout, or in --out FILE (multi-file kinds: also --out DIR/)."""
-    ctx = Context(profile=args.profile, posture=posture.live())
     name = args.command
-    out = Path(args.out) if args.out else None
+    apps = (args.app,) if getattr(args, "app", None) else ()
+    ctx = Context(profile=args.profile, posture=posture.live(), apps=apps)
     # Path() drops a trailing slash, so "a directory" is decided on the raw string.
     to_dir = bool(args.out) and (args.out.endswith("/") or Path(args.out).is_dir())
-    arts: list[Artifact]
-    if name == "sysctl":
-        arts = [sysctl.render(ctx)]
-    elif name == "seccomp":
-        arts = [seccomp.render(ctx)]
-    elif name == "auditd":
-        arts = [auditd.render(ctx)]
-    elif name == "apparmor":
-        syntax = apparmor.syntax_for(apparmor.parser_version())
-        if args.part == "app" and not args.app:
-            raise UsageError("--part app needs --app EXE", hint="e.g. --app /usr/bin/node")
-        apps = (args.app,) if args.app else ()
-        every = apparmor.render(Context(args.profile, ctx.posture, apps=apps), syntax)
-        if to_dir and out is not None:
-            _write_dir(every, out)
-            return 0
-        index = {"abstraction": 0, "ecap-audit": 1, "container": 2, "app": 3}[args.part]
-        arts = [every[index]]
-    elif name == "docker":
-        arts = containers.render(ctx)
-    else:
-        arts = kubernetes.render(ctx)
-    if len(arts) > 1 and to_dir and out is not None:
-        _write_dir(arts, out)
+    part = getattr(args, "part", None)
+    if to_dir and name in kinds.MULTI_FILE:
+        _write_dir(kinds.artifacts(name, ctx), Path(args.out))
         return 0
-    if name == "docker":
-        text = "\n".join(
-            a.content if a.kind == "markdown" else f"# ---- {a.path}\n{a.content}" for a in arts
-        )
-    elif name == "kubernetes":  # one multi-document YAML stream
-        text = "---\n".join(a.content for a in arts)
-    else:
-        text = arts[0].content
-    _emit(text, out)
+    arts = kinds.artifacts(name, ctx, part=part)
+    _emit(kinds.as_text(name, arts), Path(args.out) if args.out else None)
     for note in (n for a in arts for n in a.notes):
         print(f"note: {printable(note)}", file=sys.stderr)
     return 0
