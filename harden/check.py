@@ -13,6 +13,7 @@ Statuses:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,11 +21,14 @@ from .auditd import SYSCALLS
 from .auditrules import audits_syscall, watches_path
 from .controls import CATALOGUE, Control
 from .posture import Posture
+from .seccomp import DENY_ALWAYS, denied_names
 
 FAILING = frozenset({"fail"})
 ABSTRACTION_INSTALLED = Path("/etc/apparmor.d/abstractions/ecap-deny-tracing")
+DOCKER_SOCKET = Path("/var/run/docker.sock")
+DOCKER_DAEMON_JSON = Path("/etc/docker/daemon.json")
 CONTAINER_RUNTIME_MARKERS = (
-    Path("/var/run/docker.sock"),
+    DOCKER_SOCKET,
     Path("/run/containerd/containerd.sock"),
     Path("/run/crio/crio.sock"),
 )
@@ -142,6 +146,34 @@ def _runtime(c: Control, p: Posture, profile: str) -> Result:
     )  # fmt: skip
 
 
+def _docker_default_seccomp(c: Control, p: Posture, profile: str) -> Result:
+    """Docker's daemon-wide default seccomp profile must refuse bpf/perf_event_open.
+
+    Per-container ``--security-opt`` cannot be seen from the host files, but the
+    daemon default (``seccomp-profile`` in daemon.json) applies to every container
+    that does not choose another, so it is what a host check can vouch for.
+    """
+    base = _runtime(c, p, profile)
+    if base.status != "manual" or not DOCKER_SOCKET.exists():
+        return base
+    expected = f"{DOCKER_DAEMON_JSON} seccomp-profile refusing bpf and perf_event_open"
+    try:
+        daemon = json.loads(DOCKER_DAEMON_JSON.read_text())
+        path = Path(str(daemon["seccomp-profile"]))
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return Result(c.id, "fail", "runtime default profile (allows bpf with CAP_BPF)",
+                      expected, f"no usable seccomp-profile in {DOCKER_DAEMON_JSON}: {exc!r}")  # fmt: skip
+    allowed = {
+        n for r in doc.get("syscalls") or [] if r.get("action") == "SCMP_ACT_ALLOW"
+        for n in r.get("names") or []
+    }  # fmt: skip
+    leaks = [n for n in DENY_ALWAYS if n not in denied_names(doc) or n in allowed]
+    status = "fail" if leaks else "pass"
+    detail = f"{path} allows {', '.join(leaks)}" if leaks else ""
+    return Result(c.id, status, str(path), expected, detail)
+
+
 def _manual(c: Control, p: Posture, profile: str) -> Result:
     if c.id in p.finding_controls:
         return Result(c.id, "fail", "recommended by a scan finding", "act on the finding")
@@ -153,7 +185,7 @@ _CHECKS = {
     "kernel": _lockdown,
     "mounts": _mounts,
     "apparmor": _apparmor,
-    "seccomp": _runtime,
+    "seccomp": _docker_default_seccomp,
     "container": _runtime,
     "kubernetes": _manual,
     "response": _manual,

@@ -67,3 +67,34 @@ def test_scan_posture_is_never_a_pass_where_unknown(tmp_path) -> None:
     assert results["sysctl-kptr-restrict"] == "unknown"
     assert results["apparmor-deny-tracing"] == "unknown"
     assert results["respond-rogue-sniffer"] == "fail"
+
+
+def test_docker_default_seccomp_profile_is_checked(tmp_path, monkeypatch) -> None:
+    import copy
+
+    from ecap.harden import seccomp
+
+    sock = tmp_path / "docker.sock"
+    sock.write_text("")
+    daemon = tmp_path / "daemon.json"
+    monkeypatch.setattr(check, "DOCKER_SOCKET", sock)
+    monkeypatch.setattr(check, "CONTAINER_RUNTIME_MARKERS", (sock,))
+    monkeypatch.setattr(check, "DOCKER_DAEMON_JSON", daemon)
+    live = posture.live()
+
+    def status() -> check.Result:
+        return {r.control: r for r in check.evaluate(live, "balanced")}["seccomp-deny-bpf"]
+
+    assert status().status == "fail"  # no daemon.json: runtime default allows bpf with caps
+    ours = tmp_path / "ecap-seccomp.json"
+    ours.write_text(json.dumps(seccomp.profile("balanced")))
+    daemon.write_text(json.dumps({"seccomp-profile": str(ours)}))
+    assert status().status == "pass"
+    leaky = copy.deepcopy(seccomp.profile("balanced"))
+    leaky["syscalls"].append({"names": ["bpf"], "action": "SCMP_ACT_ALLOW",
+                              "includes": {"caps": ["CAP_BPF"]}})  # fmt: skip
+    ours.write_text(json.dumps(leaky))
+    r = status()
+    assert r.status == "fail" and "allows bpf" in r.detail
+    monkeypatch.setattr(check, "CONTAINER_RUNTIME_MARKERS", ())
+    assert status().status == "not-applicable"
