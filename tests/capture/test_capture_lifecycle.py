@@ -1,8 +1,10 @@
-"""Refusals before anything is loaded, session registration, and ending cleanly.
+"""Refusals before anything is attached, session registration, and ending cleanly.
 
-The refusal tests run the capture under ``strace`` and prove from its system calls
-that no uprobe was created and no capture program was loaded: the only BPF program
-a refused capture may load is the preflight's trivial one.
+The refusal tests run the capture under a seccomp filter that kills the process
+on its first ``perf_event_open`` — the system call every uprobe and tracepoint
+attachment needs. A refused capture that exits with its one-line error (instead
+of dying by SIGSYS) has provably attached nothing; a granted capture under the
+same filter dies, which shows the tripwire works.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+import seccomp
 
 from ecap import host
 from ecap.journal import Journal
@@ -25,21 +28,19 @@ from tests.conftest import ecap_cmd
 pytestmark = [pytest.mark.bpf, pytest.mark.slow]
 
 
-def _traced_capture(ecap_env, tmp_path: Path, *args: str) -> tuple[int, str, str]:
-    """Run ``ecap-audit capture ARGS`` under strace; (exit code, stderr, bpf/perf calls)."""
-    trace = tmp_path / "strace.txt"
-    proc = subprocess.run(
-        ["strace", "-f", "-qq", "-e", "trace=bpf,perf_event_open", "-o", str(trace),
-         ecap_cmd("ecap-audit"), "capture", *args],
-        env=ecap_env.env, capture_output=True, text=True, timeout=120,
-    )
-    return proc.returncode, proc.stderr, trace.read_text()
+def _no_probes_allowed() -> None:
+    """preexec_fn: any perf_event_open (probe attachment) kills the process."""
+    f = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
+    f.add_rule(seccomp.KILL_PROCESS, "perf_event_open")
+    f.load()
 
 
-def _assert_nothing_loaded(calls: str) -> None:
-    assert "perf_event_open" not in calls, "a probe was created"
-    loads = [line for line in calls.splitlines() if "BPF_PROG_LOAD" in line]
-    assert not any("ssl" in line or "tracepoint" in line for line in loads), loads
+def _tripwired_capture(ecap_env, *args: str) -> tuple[int, str]:
+    """Run ``ecap-audit capture ARGS`` where attaching a probe is fatal."""
+    proc = subprocess.run([ecap_cmd("ecap-audit"), "capture", *args], env=ecap_env.env,
+                          capture_output=True, text=True, timeout=120,
+                          preexec_fn=_no_probes_allowed)
+    return proc.returncode, proc.stderr
 
 
 def _gate_events(ecap_env) -> list[str]:
@@ -47,32 +48,35 @@ def _gate_events(ecap_env) -> list[str]:
             if not e["event"].startswith("journal.")]
 
 
-def test_refused_without_pid(ecap_env, tmp_path, sleeper):
+def test_refused_without_pid(ecap_env, sleeper):
     token = ecap_env.write_token(ecap_env.authorize([sleeper.pid]))
-    code, err, calls = _traced_capture(ecap_env, tmp_path, "tls", "--token", str(token))
+    code, err = _tripwired_capture(ecap_env, "tls", "--token", str(token))
     assert code == 2
     assert "--pid" in err and len(err.strip().splitlines()) == 1
-    _assert_nothing_loaded(calls)
-    assert "BPF_PROG_LOAD" not in calls
 
 
-def test_refused_without_token(ecap_env, tmp_path, sleeper):
-    code, err, calls = _traced_capture(ecap_env, tmp_path, "tls", "--pid", str(sleeper.pid))
+def test_refused_without_token(ecap_env, sleeper):
+    code, err = _tripwired_capture(ecap_env, "tls", "--pid", str(sleeper.pid))
     assert code == 2 and "--token" in err
-    assert "BPF_PROG_LOAD" not in calls
 
 
-def test_refused_with_token_for_another_pid(ecap_env, tmp_path, sleeper, clients,
-                                            tls_server):
+def test_refused_with_token_for_another_pid(ecap_env, sleeper, clients, tls_server):
     victim = tls_helpers.python_client(tls_server, "/hello")
     clients.append(victim)
     token = ecap_env.write_token(ecap_env.authorize([sleeper.pid]))
-    code, err, calls = _traced_capture(ecap_env, tmp_path, "tls", "--pid", str(victim.pid),
-                                       "--token", str(token))
+    code, err = _tripwired_capture(ecap_env, "tls", "--pid", str(victim.pid), "--token",
+                                   str(token))
     assert code == 3, err
     assert len(err.strip().splitlines()) == 1
-    _assert_nothing_loaded(calls)
     assert _gate_events(ecap_env) == ["gate.refused"]
+    assert not (ecap_env.run_dir / "sessions").exists() or not list(
+        (ecap_env.run_dir / "sessions").glob("*.json"))
+    # the tripwire is real: the same capture with a valid token dies attaching
+    token = ecap_env.write_token(ecap_env.authorize([victim.pid]), "good.jwt")
+    code, err = _tripwired_capture(ecap_env, "tls", "--pid", str(victim.pid), "--token",
+                                   str(token), "--format", "jsonl", "--output",
+                                   str(ecap_env.root / "x.jsonl"))
+    assert code == -signal.SIGSYS, (code, err)
 
 
 def test_bad_flags_are_usage_errors(ecap_env, tmp_path, sleeper):
