@@ -15,6 +15,7 @@ from typing import Any
 
 from ecap.errors import UsageError
 from ecap.reports import _render, host, scoring
+from ecap.reports.tables import as_dict, as_list
 
 SCHEMA = "ecap.report.fleet/1"
 
@@ -47,7 +48,7 @@ def host_view(scan: dict[str, Any], index: int) -> dict[str, Any]:
     """One host's row, matrix cells and section."""
     _render.check_schema(scan, host.SCAN_SCHEMA, f"scan document #{index}", host.HINT)
     findings = host.sorted_findings(
-        [host.finding_view(f, None) for f in host._list(scan.get("findings")) if isinstance(f, dict)]
+        [host.finding_view(f, None) for f in as_list(scan.get("findings")) if isinstance(f, dict)]
     )
     counts = scoring.counts(f["severity"] for f in findings)
     types: dict[str, dict[str, Any]] = {}
@@ -56,21 +57,21 @@ def host_view(scan: dict[str, Any], index: int) -> dict[str, Any]:
         cell["count"] += 1
         if scoring.rank(f["severity"]) < scoring.rank(cell["worst"]):
             cell["worst"] = f["severity"]
-    info = host._dict(scan.get("host"))
+    info = as_dict(scan.get("host"))
     return {
         "anchor": f"host-{index}",
         "hostname": str(info.get("hostname") or f"host #{index}"),
         "machine_id": info.get("machine_id"),
         "kernel": info.get("kernel"),
         "scanned_at": scan.get("generated_at"),
-        "degraded": bool(host._dict(scan.get("scanner")).get("degraded")),
+        "degraded": bool(as_dict(scan.get("scanner")).get("degraded")),
         "counts": counts,
         "worst": scoring.worst(counts),
         "score": scoring.score(counts),
         "rogue": sum(1 for f in findings if is_rogue(f)),
         "types": types,
         "findings": findings,
-        "limitations": [str(x) for x in host._list(scan.get("limitations"))],
+        "limitations": [str(x) for x in as_list(scan.get("limitations"))],
     }
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from ecap.reports import _render, scoring, tables
 from ecap.reports.remedy import Remedies
+from ecap.reports.tables import as_dict, as_list
 
 SCAN_SCHEMA = "ecap.scan/1"
 SCHEMA = "ecap.report.host/1"
@@ -46,17 +47,11 @@ def load_scan(path: str | Path) -> dict[str, Any]:
     return _render.load_json(path, schema=SCAN_SCHEMA, what="scan file", hint=HINT)
 
 
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
 
 
 def finding_view(finding: dict[str, Any], remedies: Remedies | None) -> dict[str, Any]:
     """One finding as the report shows it (remediation expanded when ``remedies``)."""
-    ids = [str(c) for c in _list(finding.get("remediation"))]
+    ids = [str(c) for c in as_list(finding.get("remediation"))]
     if remedies is not None:
         remediation = [remedies.describe(c) for c in ids]
     else:
@@ -69,12 +64,12 @@ def finding_view(finding: dict[str, Any], remedies: Remedies | None) -> dict[str
         "title": str(finding.get("title") or "(untitled finding)"),
         "summary": str(finding.get("summary") or ""),
         "authorized": authorized if isinstance(authorized, bool) else None,
-        "authorization": _dict(finding.get("authorization")),
-        "hooked": [h for h in _list(finding.get("hooked")) if isinstance(h, dict)],
-        "owner": _dict(finding.get("owner")) or None,
-        "victims": [v for v in _list(finding.get("victims")) if isinstance(v, dict)],
-        "programs": _list(finding.get("programs")),
-        "evidence": [tables.cell(e) for e in _list(finding.get("evidence"))],
+        "authorization": as_dict(finding.get("authorization")),
+        "hooked": [h for h in as_list(finding.get("hooked")) if isinstance(h, dict)],
+        "owner": as_dict(finding.get("owner")) or None,
+        "victims": [v for v in as_list(finding.get("victims")) if isinstance(v, dict)],
+        "programs": as_list(finding.get("programs")),
+        "evidence": [tables.cell(e) for e in as_list(finding.get("evidence"))],
         "why": str(finding.get("why") or ""),
         "remediation": remediation,
     }
@@ -123,10 +118,10 @@ def build_view(scan: dict[str, Any], *, snippets: bool = True) -> dict[str, Any]
     _render.check_schema(scan, SCAN_SCHEMA, "scan document", HINT)
     remedies = Remedies(snippets=snippets, scan=scan)
     findings = sorted_findings(
-        [finding_view(f, remedies) for f in _list(scan.get("findings")) if isinstance(f, dict)]
+        [finding_view(f, remedies) for f in as_list(scan.get("findings")) if isinstance(f, dict)]
     )
     counts = scoring.counts(f["severity"] for f in findings)
-    inventory = _dict(scan.get("inventory"))
+    inventory = as_dict(scan.get("inventory"))
     return {
         "schema": SCHEMA,
         "generated_at": _render.now_iso(),
@@ -134,10 +129,10 @@ def build_view(scan: dict[str, Any], *, snippets: bool = True) -> dict[str, Any]
         "source": {
             "schema": scan.get("schema"),
             "generated_at": scan.get("generated_at"),
-            "tool": _dict(scan.get("tool")),
+            "tool": as_dict(scan.get("tool")),
         },
-        "host": _dict(scan.get("host")),
-        "scanner": _dict(scan.get("scanner")),
+        "host": as_dict(scan.get("host")),
+        "scanner": as_dict(scan.get("scanner")),
         "counts": counts,
         "worst": scoring.worst(counts),
         "score": scoring.score(counts),
@@ -147,12 +142,12 @@ def build_view(scan: dict[str, Any], *, snippets: bool = True) -> dict[str, Any]
         ),
         "findings": findings,
         "inventory": [
-            {"key": key, **tables.table(title, _list(inventory.get(key)), pref, num)}
+            {"key": key, **tables.table(title, as_list(inventory.get(key)), pref, num)}
             for key, title, pref, num in INVENTORY
             if key in inventory
         ],
-        "posture": posture_rows(_dict(scan.get("posture")), findings),
-        "limitations": [tables.cell(x) for x in _list(scan.get("limitations"))],
+        "posture": posture_rows(as_dict(scan.get("posture")), findings),
+        "limitations": [tables.cell(x) for x in as_list(scan.get("limitations"))],
     }
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ecap.reports import _render, tables
+from ecap.reports.tables import as_dict, as_list
 
 PLAN_SCHEMA = "ecap.harden-plan/1"
 SCHEMA = "ecap.report.plan/1"
@@ -28,24 +29,18 @@ def load_plan(path: str | Path) -> dict[str, Any]:
     return _render.load_json(path, schema=PLAN_SCHEMA, what="plan file", hint=HINT)
 
 
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
 
 
 def build_view(plan: dict[str, Any]) -> dict[str, Any]:
     """The plan report's view model (also its JSON twin)."""
     _render.check_schema(plan, PLAN_SCHEMA, "plan document", HINT)
-    files = [f for f in _list(plan.get("files")) if isinstance(f, dict)]
+    files = [f for f in as_list(plan.get("files")) if isinstance(f, dict)]
     anchors = {str(f.get("path")): f"file-{i}" for i, f in enumerate(files, start=1)}
     controls = []
-    for c in _list(plan.get("controls")):
+    for c in as_list(plan.get("controls")):
         if not isinstance(c, dict):
             continue
-        stops = _dict(c.get("stops"))
+        stops = as_dict(c.get("stops"))
         controls.append({
             "id": str(c.get("id") or ""),
             "title": str(c.get("title") or ""),
@@ -56,13 +51,13 @@ def build_view(plan: dict[str, Any]) -> dict[str, Any]:
             "one_way": bool(c.get("one_way")),
             "one_way_note": c.get("one_way_note") or "",
             "locks": bool(c.get("locks_in_this_profile")),
-            "baselines": [str(b) for b in _list(c.get("baselines"))],
+            "baselines": [str(b) for b in as_list(c.get("baselines"))],
             "status": str(c.get("status") or "unknown"),
             "current": tables.cell(c.get("current")),
             "expected": tables.cell(c.get("expected")),
             "detail": tables.cell(c.get("detail")),
             "recommended": bool(c.get("recommended")),
-            "files": [(str(p), anchors.get(str(p))) for p in _list(c.get("files"))],
+            "files": [(str(p), anchors.get(str(p))) for p in as_list(c.get("files"))],
         })
     return {
         "schema": SCHEMA,
@@ -75,7 +70,7 @@ def build_view(plan: dict[str, Any]) -> dict[str, Any]:
             "source": plan.get("source"),
             "apparmor_parser": plan.get("apparmor_parser"),
         },
-        "host": _dict(plan.get("host")),
+        "host": as_dict(plan.get("host")),
         "summary": {
             "controls": len(controls),
             "recommended": sum(1 for c in controls if c["recommended"]),
@@ -84,21 +79,21 @@ def build_view(plan: dict[str, Any]) -> dict[str, Any]:
             "files": len(files),
         },
         "controls": controls,
-        "warnings": [str(w) for w in _list(plan.get("warnings"))],
-        "notes": [str(n) for n in _list(plan.get("notes"))],
+        "warnings": [str(w) for w in as_list(plan.get("warnings"))],
+        "notes": [str(n) for n in as_list(plan.get("notes"))],
         "exceptions": [
             {"what": str(e.get("what") or ""), "file": str(e.get("file") or ""),
              "anchor": anchors.get(str(e.get("file")))}
-            for e in _list(plan.get("exceptions")) if isinstance(e, dict)
+            for e in as_list(plan.get("exceptions")) if isinstance(e, dict)
         ],
         "files": [
             {
                 "anchor": anchors[str(f.get("path"))],
                 "path": str(f.get("path") or ""),
                 "kind": str(f.get("kind") or ""),
-                "controls": [str(c) for c in _list(f.get("controls"))],
+                "controls": [str(c) for c in as_list(f.get("controls"))],
                 "sha256": str(f.get("sha256") or ""),
-                "notes": [str(n) for n in _list(f.get("notes"))],
+                "notes": [str(n) for n in as_list(f.get("notes"))],
                 "content": str(f.get("content") or ""),
                 "lines": str(f.get("content") or "").count("\n"),
             }

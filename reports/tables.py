@@ -14,6 +14,16 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 
+def as_dict(value: Any) -> dict[str, Any]:
+    """``value`` if it is a dict, else empty: input documents are not trusted to be well formed."""
+    return value if isinstance(value, dict) else {}
+
+
+def as_list(value: Any) -> list[Any]:
+    """``value`` if it is a list, else empty."""
+    return value if isinstance(value, list) else []
+
+
 def cell(value: Any) -> str:
     """One table cell as text: lists joined, dicts as compact JSON, None empty."""
     if value is None:
