@@ -25,7 +25,12 @@ YES, PARTIAL, NO = "yes", "partial", "no"
 
 @dataclass(frozen=True)
 class Stops:
-    """Which attacker a control stops from capturing plaintext with eBPF/ptrace."""
+    """Which attacker a control stops from capturing plaintext with eBPF/ptrace.
+
+    ``partial`` means it removes a step or an information source an attacker of that
+    kind would use, or stops them only in some configurations; defence-in-depth
+    settings that do not prevent a capture at all say ``no`` everywhere.
+    """
 
     unprivileged_user: str
     """``yes``/``partial``/``no`` for a local user without capabilities."""
@@ -157,8 +162,9 @@ CATALOGUE: tuple[Control, ...] = (
         rid.SYSCTL_BPF_JIT_HARDEN,
         "net.core.bpf_jit_harden",
         "Harden the BPF JIT for every user",
-        "JIT spraying and constant blinding bypass by BPF programs, privileged ones included.",
-        Stops(YES, PARTIAL, NO),
+        "JIT spraying: constants of every BPF program are blinded, privileged ones included "
+        "(defence in depth against BPF-based kernel exploits; it does not stop a capture).",
+        Stops(NO, NO, NO),
         "Slightly slower JIT-compiled BPF; bpftool shows blinded constants.",
         {"balanced": Setting("2", ("2",)), "strict": Setting("2", ("2",))},
         ("KSPP: 2", "DISA STIG (RHEL 8/9): 2"),
@@ -177,8 +183,9 @@ CATALOGUE: tuple[Control, ...] = (
         rid.SYSCTL_KPTR_RESTRICT,
         "kernel.kptr_restrict",
         "Hide kernel pointers",
-        "Reading kernel addresses from /proc/kallsyms and friends to aim kernel probes.",
-        Stops(YES, PARTIAL, NO),
+        "Reading kernel addresses from /proc/kallsyms and friends (kernel exploits, aiming "
+        "kernel probes); uprobe capture of user space does not need them.",
+        Stops(PARTIAL, PARTIAL, NO),
         "Kernel addresses show as zeros for everyone (2) or non-CAP_SYSLOG users (1).",
         {"balanced": Setting("2", ("1", "2")), "strict": Setting("2", ("2",))},
         ("KSPP: 2", "DISA STIG (RHEL 8/9): 1"),
@@ -200,8 +207,9 @@ CATALOGUE: tuple[Control, ...] = (
         rid.SYSCTL_DMESG_RESTRICT,
         "kernel.dmesg_restrict",
         "Restrict the kernel log",
-        "Unprivileged reads of the kernel log (addresses, BPF verifier and probe messages).",
-        Stops(YES, NO, NO),
+        "Unprivileged reads of the kernel log (addresses, BPF verifier and probe messages); "
+        "an information leak, not a capture path.",
+        Stops(PARTIAL, NO, NO),
         "Unprivileged users cannot run dmesg.",
         {"balanced": Setting("1", ("1",)), "strict": Setting("1", ("1",))},
         ("KSPP: 1", "DISA STIG (RHEL 8/9): 1"),
