@@ -14,9 +14,10 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -153,12 +154,16 @@ class Session:
     server: tls_helpers.TlsServer
     received: bytes
     sent: bytes
+    during: Any = None
+    """What the ``during`` callback returned (called while the capture was live)."""
 
 
-@pytest.fixture(scope="module")
-def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
-    """One real capture of a hostile-named curl fetching /hello from a local TLS server."""
-    root = tmp_path_factory.mktemp("session")
+def capture_session(root: Path, during: Callable[[dict[str, str]], Any] | None = None) -> Session:
+    """A real capture of a hostile-named curl fetching /hello from a local TLS server.
+
+    ``during(env)`` runs while the capture is attached, before the client is let go.
+    Everything started here is stopped before returning (or on failure).
+    """
     env = isolated_env(root / "ecap")
     _, pub, _ = keys.generate(root / "ecap" / "signer")
     keys.install_trusted(pub, Path(env["ECAP_TRUST_DIR"]))
@@ -190,13 +195,20 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
             if READY_MARK in line:
                 break
         assert capture.poll() is None, "".join(seen)
+        result = during(env) if during is not None else None
         tls_helpers.release_curl(client, server.url("/hello"))
         assert client.wait(30) == 0
         assert capture.wait(60) == 0, capture.stderr.read()
         received, sent = server.transcript()
-        yield Session(jsonl, env, root, client.pid, server, received, sent)
+        return Session(jsonl, env, root, client.pid, server, received, sent, result)
     finally:
         for proc in (capture, client):
             if proc is not None:
                 tls_helpers.stop_process(proc, timeout=15)
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory: pytest.TempPathFactory) -> Session:
+    """One real capture session (finished; its server and processes already stopped)."""
+    return capture_session(tmp_path_factory.mktemp("session"))

@@ -212,3 +212,20 @@ def test_tables_sort_and_filter_copy_buttons_copy_and_print_expands(rogue_scan, 
         assert b.eval(closed) > 0
         assert b.eval(f"window.dispatchEvent(new Event('beforeprint')); {closed}") == 0
         assert b.eval(f"window.dispatchEvent(new Event('afterprint')); {closed}") > 0
+
+
+def test_authorized_capture_is_reported_as_authorized(tmp_path):
+    """A scan taken while a real ecap capture runs: that hook is authorized, info."""
+    from tests.reports.conftest import capture_session, run_scan
+
+    session = capture_session(tmp_path / "cap", during=lambda env: run_scan(env, tmp_path / "s.json"))
+    scan = session.during
+    html = render_host_report(scan, tmp_path / "host.html", tmp_path / "host.json")
+    view = json.loads((tmp_path / "host.json").read_text())
+    ours = [f for f in view["findings"] if f["authorized"] is True
+            and str(session.client_pid) in json.dumps(f["authorization"])]
+    assert ours and ours[0]["severity"] == "info"
+    assert ours[0]["authorization"]["operator"] == "<b>alice</b>"
+    text = unescape(re.sub(r"<[^>]+>", "", html.read_text()))
+    assert "yes: ecap session, operator <b>alice</b>, reason “INC-6 <i>report</i>”" in text
+    browser.assert_valid_html5(html)
