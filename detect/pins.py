@@ -72,12 +72,16 @@ def _identify(path: str) -> tuple[str, int] | None:
         os.close(fd)
 
 
-def list_pins() -> tuple[list[Pin], list[str]]:
-    """Every pinned object, and notes about bpffs mounts that could not be read."""
+def list_pins(mount_namespaces: dict[str, int] | None = None) -> tuple[list[Pin], list[str]]:
+    """Every pinned object, and notes about bpffs mounts that could not be read.
+
+    ``mount_namespaces`` (ns → pid) saves a pass over /proc when the fd walk
+    already collected it.
+    """
     pins: list[Pin] = []
     notes: list[str] = []
     walked: set[int] = set()
-    for ns, pid in namespaces().items():
+    for ns, pid in (mount_namespaces or namespaces()).items():
         try:
             with open(f"/proc/{pid}/mountinfo", errors="surrogateescape") as f:
                 points = bpffs_mountpoints(f.read())

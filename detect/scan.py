@@ -125,7 +125,7 @@ def run_scan(options: ScanOptions | None = None) -> dict:
     tracefs_probes, note = tracefs.list_probes()
     if note:
         limitations.append(note)
-    pin_list, pin_notes = pins.list_pins()
+    pin_list, pin_notes = pins.list_pins(walk.mount_ns or None)
     limitations += pin_notes
 
     inv = findings.Inventory(
