@@ -10,8 +10,15 @@ else
     || [ $? -eq 1 ]
 fi
 
-REPORT_SESSION="${DEMO_SESSION:-$DEMO/session.jsonl}"
-if [ -f "$REPORT_SESSION" ]; then
+# The capture step's JSONL: $DEMO_SESSION, else the newest file under $DEMO whose
+# first record is an ecap.capture/1 header.
+REPORT_SESSION="${DEMO_SESSION:-}"
+if [ -z "$REPORT_SESSION" ]; then
+  while IFS= read -r f; do
+    if grep -q '"ecap.capture/1"' < <(head -c 300 "$f"); then REPORT_SESSION="$f"; break; fi
+  done < <(find "$DEMO" -maxdepth 2 -name '*.jsonl' -printf '%T@ %p\n' | sort -rn | cut -d' ' -f2-)
+fi
+if [ -n "$REPORT_SESSION" ] && [ -f "$REPORT_SESSION" ]; then
   step "The capture session report: who authorized what, scope, traffic, journal chain"
   show ecap-audit report "$REPORT_SESSION" --html "$DEMO/session-report.html" \
     --json "$DEMO/session-report.json"
