@@ -154,11 +154,14 @@ def scope_checks(data: dict[str, Any], grant: Grant | None) -> list[Check]:
         "the header's copy of the claims is what the token says" if not differs
         else "header differs from the verified token in: " + ", ".join(differs)))
     hostinfo = header.get("host") if isinstance(header.get("host"), dict) else {}
-    host_ok = hostinfo.get("hostname") == grant.hostname and (
-        grant.machine_id is None or hostinfo.get("machine_id") == grant.machine_id)
+    host_ok: bool | None = None
+    if hostinfo.get("hostname"):
+        host_ok = hostinfo.get("hostname") == grant.hostname and (
+            grant.machine_id is None or hostinfo.get("machine_id") == grant.machine_id)
     checks.append(Check(
         "captured on the authorized host", host_ok,
-        f"session host {hostinfo.get('hostname')!s} / token host {grant.hostname}"))
+        f"session host {hostinfo.get('hostname') or 'not recorded'} / token host "
+        f"{grant.hostname}"))
     targets = [t for t in header.get("targets") or [] if isinstance(t, dict)]
     bad = []
     for t in targets:

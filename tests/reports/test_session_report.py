@@ -79,14 +79,20 @@ def test_tampered_session_file_is_flagged(session, tmp_path):
     def edit(rec: dict) -> None:
         if rec["type"] == "header":
             rec["grant"]["operator"] = "somebody-else"
+            rec["host"]["hostname"] = "another-host"
         if rec["type"] == "event" and rec["direction"] == "read":
             rec["pid"] = 1
+        if rec["type"] == "summary":
+            rec["stopped_at"] += 2 * 3600  # the token was valid for one hour
     forged = _rewrite(session.jsonl, tmp_path / "forged.jsonl", edit)
     assert _report(session, forged, tmp_path).returncode == 0
     view = json.loads((tmp_path / "s.json").read_text())
     checks = _checks(view)
     assert checks["header claims match the token"] is False
     assert checks["every recorded event comes from an authorized PID"] is False
+    assert checks["captured on the authorized host"] is False
+    assert checks["stopped before the token expired"] is False
+    assert checks["every target process is in scope (PID and start time)"] is True
     assert view["verdict"] == "VIOLATIONS found"
     assert "VIOLATED" in (tmp_path / "s.html").read_text()
 
