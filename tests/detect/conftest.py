@@ -168,7 +168,7 @@ def program_ids(doc: dict) -> set[int]:
 
 
 @pytest.fixture(autouse=True)
-def _no_tls_env_leak(monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated_run_dir(monkeypatch: pytest.MonkeyPatch) -> None:
     """Sessions are read from ECAP_RUN_DIR; keep tests off the host's /run/ecap."""
     if "ECAP_RUN_DIR" not in os.environ:
         monkeypatch.setenv("ECAP_RUN_DIR", "/nonexistent-ecap-test-run")

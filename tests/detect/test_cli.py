@@ -23,7 +23,8 @@ def detect(*args: str, env: dict | None = None, prefix: tuple[str, ...] = ()) ->
 def test_hostile_process_name_is_escaped_everywhere(hook, tmp_path):
     h = hook(f"{LIBSSL}:SSL_write", comm=HOSTILE_COMM)
     out_json = tmp_path / "scan.json"
-    proc = detect("scan", "--json", str(out_json), "--fail-on", "critical")
+    out_html = tmp_path / "host.html"
+    proc = detect("scan", "--json", str(out_json), "--html", str(out_html), "--fail-on", "critical")
     assert proc.returncode == 1
     # terminal: no raw escape/BEL reaches the analyst's terminal; the name is shown escaped
     assert "\x1b]0;" not in proc.stdout and "\x07" not in proc.stdout
@@ -35,6 +36,10 @@ def test_hostile_process_name_is_escaped_everywhere(hook, tmp_path):
     (f,) = findings_of(doc, pid=h.pid)
     assert f["owner"]["comm"] == HOSTILE_COMM
     assert oct(out_json.stat().st_mode & 0o777) == "0o600"
+    # HTML: the report escapes it (no live tag, no raw control character)
+    html = out_html.read_text()
+    assert "\x1b" not in html and "\x07" not in html
+    assert "[b]<i>" not in html and "[b]&lt;i&gt;" in html
     # a single line on stderr says why the exit code is 1
     assert proc.stderr.count("\n") == 1 and "critical" in proc.stderr
 
@@ -98,6 +103,19 @@ def test_degraded_without_cap_sys_admin(hook):
     progs = {p["id"]: p for p in doc["inventory"]["programs"]}
     assert progs[h.prog_ids[0]]["source"] == "fdinfo"
     assert h.pid in progs[h.prog_ids[0]]["holders"]
+
+
+def test_processes_vanishing_mid_scan_are_skipped():
+    """Short-lived processes come and go during the walk; no scan may fail on them."""
+    churn = [subprocess.Popen(["sh", "-c", "while :; do /bin/true; done"]) for _ in range(2)]
+    try:
+        for _ in range(10):
+            doc = scan()
+            assert doc["scanner"]["processes"] > 0
+    finally:
+        for p in churn:
+            p.kill()
+            p.wait()
 
 
 def test_clean_machine_has_no_critical_findings():
