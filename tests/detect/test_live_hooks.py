@@ -271,3 +271,20 @@ def test_uprobe_on_other_function_is_medium(hook):
     assert f["severity"] == "medium"
     assert functions(f) == {("SSL_CTX_new", "uprobe")}
     assert f["hooked"][0]["class"] == "other"
+
+
+@pytest.mark.parametrize("target,function,cls", [
+    ("/bin/bash", "readline", "shell"),
+    ("/usr/lib/postgresql/*/bin/postgres", "pg_parse_query", "database"),
+])
+def test_shell_and_database_hooks_are_plaintext(hook, target, function, cls):
+    import glob
+
+    found = sorted(glob.glob(target))
+    assert found, f"{target} is not installed on this machine"
+    real = os.path.realpath(found[-1])
+    h = hook(f"{real}:{function}", ret=True)
+    (f,) = findings_of(scan(), pid=h.pid)
+    assert functions(f) == {(function, "uretprobe")}
+    assert f["hooked"][0]["class"] == cls
+    assert f["severity"] == "critical"
