@@ -74,3 +74,14 @@ def test_poisoned_session(session, tmp_path):
     poisoned.write_text("".join(json.dumps(poison(r)) + "\n" for r in lines))
     check(render_session_report(poisoned, tmp_path / "s.html", tmp_path / "s.json",
                                 journal=Path(session.env["ECAP_JOURNAL"])))
+
+
+def test_minimal_documents_render_valid_pages(tmp_path):
+    """A scan or plan with nothing in it is a clean host / empty plan, not a crash."""
+    scan = {"schema": "ecap.scan/1"}
+    check_empty = browser.assert_valid_html5
+    check_empty(render_host_report(scan, tmp_path / "host.html"))
+    assert "No findings" in (tmp_path / "host.html").read_text()
+    check_empty(render_fleet_report([scan, scan], tmp_path / "fleet.html"))
+    assert "No host has an unauthorized plaintext hook" in (tmp_path / "fleet.html").read_text()
+    check_empty(render_plan_report({"schema": "ecap.harden-plan/1"}, tmp_path / "plan.html"))
