@@ -58,6 +58,10 @@ def parse_names(raw: bytes) -> dict[int, str]:
 _CACHE: dict[int, dict[int, str]] = {}
 
 
+def clear_cache() -> None:
+    _CACHE.clear()
+
+
 def func_names(btf_id: int) -> dict[int, str]:
     """FUNC names of a loaded BTF object, cached per id for the scan."""
     if btf_id in _CACHE:

@@ -46,11 +46,9 @@ def _check_writable(target: str | None, flag: str) -> None:
 
 
 def _html(docs: list[dict], out: str) -> None:
-    try:
-        from ecap.reports import host_report  # type: ignore[attr-defined]
-    except ImportError as exc:
-        raise UsageError("the HTML host report is not available in this build",
-                         hint="use --json and render it later with 'ecap-detect report'") from exc
+    """Host report for one document, fleet report for several (ecap.reports)."""
+    from ecap.reports import host_report  # jinja2 only when HTML is asked for
+
     host_report.write(docs, Path(out))
 
 

@@ -20,6 +20,7 @@ from ecap import caps, host
 from ecap.detect import (
     audit_history,
     bpfsys,
+    btf,
     findings,
     holders,
     links,
@@ -93,6 +94,7 @@ def run_scan(options: ScanOptions | None = None) -> dict:
     """Scan the host and return the scan document (see detect/SCHEMA.md)."""
     options = options or ScanOptions()
     started = time.monotonic()
+    btf.clear_cache()  # BTF ids are reused eventually; names are cached per scan only
     limitations: list[str] = []
     my_caps = caps.effective()
 
