@@ -79,6 +79,16 @@ def build_view(plan: dict[str, Any]) -> dict[str, Any]:
             "files": len(files),
         },
         "controls": controls,
+        "threats": [
+            {
+                "attacker": label,
+                "stopped_by": [c["title"] for c in controls
+                               if c["recommended"] and dict(c["stops"]).get(label) == "yes"],
+                "partly": [c["title"] for c in controls
+                           if c["recommended"] and dict(c["stops"]).get(label) == "partial"],
+            }
+            for _, label in STOPS
+        ],
         "warnings": [str(w) for w in as_list(plan.get("warnings"))],
         "notes": [str(n) for n in as_list(plan.get("notes"))],
         "exceptions": [
