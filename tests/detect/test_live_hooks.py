@@ -288,3 +288,25 @@ def test_shell_and_database_hooks_are_plaintext(hook, target, function, cls):
     assert functions(f) == {(function, "uretprobe")}
     assert f["hooked"][0]["class"] == cls
     assert f["severity"] == "critical"
+
+
+def test_victim_where_the_probe_fired_shows_uprobes_mapping(hook):
+    """A process that returned through a uretprobe gets the kernel's [uprobes] area
+    (the return trampoline lives there; entry probes are often emulated without it)."""
+    h = hook(f"{LIBSSL}:SSL_do_handshake", ret=True)
+    code = (
+        "import ssl, time\n"
+        "ctx = ssl.create_default_context()\n"
+        "obj = ctx.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname='example.test')\n"
+        "try:\n    obj.do_handshake()\nexcept ssl.SSLWantReadError:\n    pass\n"
+        "print('ok', flush=True)\ntime.sleep(600)\n"
+    )
+    victim = subprocess.Popen([PY, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert victim.stdout is not None and victim.stdout.readline().strip() == "ok"
+        (f,) = findings_of(scan(), pid=h.pid)
+        (v,) = [v for v in f["victims"] if v["pid"] == victim.pid]
+        assert v["uprobes_mapping"] is True
+        assert any("[uprobes]" in e and str(victim.pid) in e for e in f["evidence"])
+    finally:
+        stop(victim)
