@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass
 
 from ecap import procfs
@@ -56,46 +57,46 @@ def candidates(path: str, pid: int | None) -> list[str]:
 
 
 def resolve(path: str, offset: int, pid: int | None = None) -> Resolved:
-    """Resolve one (path, offset), trying the holder's root first, then ours."""
+    """Resolve one (path, offset), trying the holder's root first, then ours.
+
+    The file may live in an attacker's container: only regular files are opened
+    (a FIFO planted at the path would block the scan), and a malformed ELF gives
+    an unnamed hook with a note, never a failed scan.
+    """
     note = None
     for i, cand in enumerate(candidates(path, pid)):
         try:
             st = os.stat(cand)
+            if not stat.S_ISREG(st.st_mode):
+                note = f"{cand}: not a regular file"
+                continue
             image = open_elf(cand)
         except (NotAnElf, OSError) as exc:
             note = str(exc)
             continue
         ident = (st.st_dev, st.st_ino)
-        fallback = "the root it was attached through is gone; named from the same path here" if (
-            _PROC_ROOT.match(path) and not cand.endswith(path)) and i >= 2 else None
-        hit = image.function_at_offset(offset)
-        if hit is not None:
-            sym, delta = hit
-            return Resolved(path, offset, sym.name, delta, classify(sym.name), cand, ident,
-                            fallback)
-        table = go_functions(image)
-        vaddr = image.offset_to_vaddr(offset)
-        if table is not None and vaddr is not None:
-            fn = table.function_at(vaddr)
-            if fn is not None:
-                return Resolved(
-                    path,
-                    offset,
-                    fn.name,
-                    vaddr - fn.entry,
-                    classify(fn.name),
-                    cand,
-                    ident,
-                    "named from .gopclntab",
-                )
-        return Resolved(
-            path,
-            offset,
-            None,
-            0,
-            classify(None),
-            cand,
-            ident,
-            "no symbol covers this offset (stripped?)",
-        )
+        moved = i >= 2 and _PROC_ROOT.match(path) is not None
+        how = "the root it was attached through is gone; named from the same path here" if moved else None
+        try:
+            return _name(image, path, offset, cand, ident, how)
+        except Exception as exc:  # malformed ELF from a hostile file: report, don't crash
+            return Resolved(path, offset, None, 0, classify(None), cand, ident,
+                            f"could not parse {cand}: {type(exc).__name__}")
     return Resolved(path, offset, None, 0, classify(None), None, None, note)
+
+
+def _name(image, path: str, offset: int, cand: str, ident: tuple[int, int],
+          how: str | None) -> Resolved:
+    hit = image.function_at_offset(offset)
+    if hit is not None:
+        sym, delta = hit
+        return Resolved(path, offset, sym.name, delta, classify(sym.name), cand, ident, how)
+    table = go_functions(image)
+    vaddr = image.offset_to_vaddr(offset)
+    if table is not None and vaddr is not None:
+        fn = table.function_at(vaddr)
+        if fn is not None:
+            return Resolved(path, offset, fn.name, vaddr - fn.entry, classify(fn.name), cand,
+                            ident, how or "named from .gopclntab")
+    return Resolved(path, offset, None, 0, classify(None), cand, ident,
+                    how or "no symbol covers this offset (stripped?)")

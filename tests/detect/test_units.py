@@ -170,3 +170,22 @@ def test_gopclntab_rejects_garbage():
         GoFuncTable(b"\x00" * 64)
     with pytest.raises(ValueError):
         GoFuncTable(b"\xf1\xff\xff\xff\x00\x00\x01\x03" + b"\x00" * 64)
+
+
+def test_resolve_survives_hostile_targets(tmp_path):
+    """A FIFO or a malformed ELF at a hooked path must not hang or crash the scan."""
+    from ecap.detect.resolve import resolve
+
+    fifo = tmp_path / "libssl.so.3"
+    os.mkfifo(fifo)
+    r = resolve(str(fifo), 0x1000)
+    assert r.function is None and "not a regular file" in (r.note or "")
+    bad = tmp_path / "bad.so"
+    bad.write_bytes(b"\x7fELF\x02\x01\x01" + b"\xff" * 200)
+    r = resolve(str(bad), 0x10)
+    assert r.function is None and r.cls == "other" and r.note
+    real = resolve(LIBSSL_PATH, open_elf(LIBSSL_PATH).find_functions(["SSL_read"])["SSL_read"].file_offset)
+    assert (real.function, real.delta, real.cls) == ("SSL_read", 0, "tls")
+
+
+LIBSSL_PATH = "/usr/lib/x86_64-linux-gnu/libssl.so.3"
