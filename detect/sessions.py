@@ -161,9 +161,21 @@ def evaluate_all(
     from ecap.journal import Journal
 
     granted, journal_problem = _journal_grants(Journal())
-    verdicts = [
-        evaluate(r, held_progs=held_progs, loaded_progs=loaded_progs,
-                 granted_jtis=granted, journal_problem=journal_problem)
-        for r in records
-    ]
+    verdicts = []
+    for r in records:
+        try:
+            verdicts.append(evaluate(r, held_progs=held_progs, loaded_progs=loaded_progs,
+                                     granted_jtis=granted, journal_problem=journal_problem))
+        except Exception as exc:  # a hand-made file with wrong types is a rejected claim
+            verdicts.append(_malformed(r, exc))
     return verdicts, notes
+
+
+def _malformed(record: SessionRecord, exc: Exception) -> Verdict:
+    try:
+        progs = frozenset(int(p) for p in record.prog_ids)
+        capture_pid = int(record.capture_pid)
+    except (TypeError, ValueError):
+        progs, capture_pid = frozenset(), 0
+    return Verdict(str(record.session_id), REJECTED,
+                   f"session file malformed ({type(exc).__name__})", capture_pid, progs)

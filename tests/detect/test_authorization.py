@@ -107,3 +107,20 @@ def test_forged_session_is_not_accepted(ecap_env, hook, tls_victim, tmp_path, fo
     assert any("not accepted" in e for e in f["evidence"])
     (s,) = doc["inventory"]["sessions"]
     assert s["status"] == "rejected"
+
+
+def test_malformed_session_file_is_rejected_not_fatal(ecap_env, hook):
+    h = hook(f"{LIBSSL}:SSL_write")
+    sessions_dir = ecap_env.run_dir / "sessions"
+    sessions_dir.mkdir(parents=True, exist_ok=True)
+    (sessions_dir / "junk.json").write_text(__import__("json").dumps({
+        "schema": "ecap.session/1", "session_id": "junk", "token": 12345,
+        "operator": "x", "reason": "y", "module": "tls",
+        "targets": [{"pid": "../../etc", "start_time": "x"}],
+        "prog_ids": h.prog_ids, "capture_pid": h.pid, "started_at": 0, "expires_at": 0,
+    }))
+    (sessions_dir / "notjson.json").write_text("{")
+    doc = scan()
+    (f,) = findings_of(doc, pid=h.pid)
+    assert f["severity"] == "critical" and not f["authorized"]
+    assert any("session file" in lim for lim in doc["limitations"])
