@@ -143,7 +143,11 @@ def summarize(events: list[BpfEvent], live_ids: set[int]) -> History:
 def load_history(path: Path | None, live_ids: set[int]) -> tuple[History | None, str | None]:
     """History from ``path`` (default the auditd log); (None, why) when unavailable."""
     path = path or DEFAULT_LOG
-    if not path.exists():
+    try:
+        present = path.is_file()
+    except OSError as exc:  # e.g. /var/log/audit is 0750 and we are not root
+        return None, f"cannot read audit log {path}: {exc.strerror}"
+    if not present:
         return None, f"no audit log at {path}: program load history not available"
     try:
         import auparse  # noqa: F401
@@ -151,5 +155,5 @@ def load_history(path: Path | None, live_ids: set[int]) -> tuple[History | None,
         return None, "python auparse bindings missing: program load history not read"
     try:
         return summarize(read_events(path), live_ids), None
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:
         return None, f"cannot read audit log {path}: {exc}"

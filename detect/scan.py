@@ -118,8 +118,9 @@ def run_scan(options: ScanOptions | None = None) -> dict:
         prog_list, map_list, link_list = _from_fdinfo(walk.fdinfo)
         limitations.append(
             "degraded mode (no CAP_SYS_ADMIN): programs, maps and links not held by any "
-            "process are invisible; perf-event uprobes (BPF_TASK_FD_QUERY) and link "
-            "targets are not readable; program names come only from fdinfo (none)"
+            "process are invisible; uprobes attached without a BPF link (bcc, bpftrace: "
+            "BPF_TASK_FD_QUERY is refused) are not seen, links still show their uprobe "
+            "target in fdinfo; program and map names are not available"
         )
     if walk.denied:
         limitations.append(f"{walk.denied} process(es) whose fd table could not be read")

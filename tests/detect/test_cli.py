@@ -124,3 +124,13 @@ def test_clean_machine_has_no_critical_findings():
     assert all(f["remediation"] for f in doc["findings"])
     proc = detect("scan", "--no-inventory")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_unprivileged_user_gets_a_degraded_scan_not_an_error():
+    drop = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+            "--bounding-set=-all", "--")
+    proc = detect("scan", "--json", "-", "--fail-on", "critical", prefix=drop)
+    assert proc.returncode in (0, 1), proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["scanner"]["degraded"] is True
+    assert any("could not be read" in lim for lim in doc["limitations"])
