@@ -134,11 +134,12 @@ static __always_inline void submit_header(struct tls_event *ev) {
 }
 
 static __always_inline s32 fd_of(u64 ssl, s32 seen) {
+    s32 *known = ssl_fds.lookup(&ssl);
     if (seen >= 0) {
-        ssl_fds.update(&ssl, &seen);
+        if (!known || *known != seen)
+            ssl_fds.update(&ssl, &seen);
         return seen;
     }
-    s32 *known = ssl_fds.lookup(&ssl);
     return known ? *known : -1;
 }
 

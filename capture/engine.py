@@ -9,9 +9,12 @@ always detaches and unregisters on the way out.
 
 from __future__ import annotations
 
+import collections
+import io
 import os
 import signal
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -22,7 +25,7 @@ from ecap import host, procfs, sessions
 from ecap.authz.token import Grant
 from ecap.capture import targets as targets_mod
 from ecap.capture.connections import ConnectionTable
-from ecap.capture.events import Clock, Reassembler, Record, decode
+from ecap.capture.events import Clock, Reassembler, Record, check_layout, decode
 from ecap.capture.probes import (
     DEFAULT_MAX_CALL_BYTES,
     DEFAULT_RING_MB,
@@ -40,6 +43,9 @@ from ecap.fsutil import open_private
 from ecap.text import printable
 
 POLL_MS = 100
+MAX_QUEUED_BYTES = 512 * 1024 * 1024
+"""Userspace backlog limit: beyond it the reader stops draining the ring, so the
+kernel side counts losses instead of this process growing without bound."""
 LIVENESS_EVERY = 0.2
 
 
@@ -83,7 +89,8 @@ def open_output(path: Path | None) -> IO[bytes]:
     if path is None:
         return sys.stdout.buffer
     try:
-        return open_private(path)
+        # Big buffer: the jsonl writer emits up to ~100 MB/s of small lines.
+        return io.BufferedWriter(open_private(path).detach(), buffer_size=1 << 20)
     except OSError as exc:
         raise UsageError(f"cannot write output file {path}: {exc.strerror}",
                          hint="choose a writable path") from exc
@@ -121,7 +128,10 @@ class _Session:
         self.conns = ConnectionTable()
         self.counters = Counters()
         self.message_id = 0
-        self.pending: list[bytes] = []
+        self.pending: collections.deque[bytes] = collections.deque()
+        # Written by one thread each (reader / main), so no lock is needed.
+        self.queued_bytes = 0
+        self.consumed_bytes = 0
         self.live = {h.pid: procfs.start_time(h.pid) for h in hooks}
         self.stop = _Stop()
         self.started_at = time.time()
@@ -130,12 +140,23 @@ class _Session:
         self.last_lost = 0
 
     # -- records -------------------------------------------------------------------
-    def drain(self) -> None:
-        # The ring callback holds this very list: copy and clear it in place.
-        batch = list(self.pending)
-        self.pending.clear()
-        for raw in batch:
+    def on_raw(self, raw: bytes) -> None:
+        """Ring callback (reader thread): queue the record, nothing more."""
+        self.pending.append(raw)
+        self.queued_bytes += len(raw)
+
+    def backlogged(self) -> bool:
+        return self.queued_bytes - self.consumed_bytes > MAX_QUEUED_BYTES
+
+    def drain(self) -> int:
+        """Process what the reader thread queued; returns the number of records."""
+        count = len(self.pending)
+        popleft = self.pending.popleft
+        for _ in range(count):
+            raw = popleft()
+            self.consumed_bytes += len(raw)
             self.on_record(decode(raw, self.layout))
+        return count
 
     def on_record(self, rec: Record) -> None:
         if rec.kind in (KIND_WRITE, KIND_READ):
@@ -239,6 +260,41 @@ class _Session:
         }
 
 
+class RingReader:
+    """Drains the kernel ring into the session's queue on its own thread.
+
+    Decoding and writing run on the main thread and may fall behind during a
+    burst; the reader keeps copying records out so the (bounded, locked) kernel
+    ring does not overflow while userspace catches up.
+    """
+
+    def __init__(self, probes: Probes, backlogged: Any) -> None:
+        self._probes = probes
+        self._backlogged = backlogged
+        self._stop = threading.Event()
+        self._data = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ecap-ring", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self._backlogged():
+                time.sleep(0.01)
+                continue
+            self._probes.poll(POLL_MS)
+            self._data.set()
+
+    def wait(self, timeout: float) -> None:
+        self._data.wait(timeout)
+        self._data.clear()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def _safe_comm(pid: int) -> str:
     try:
         return procfs.comm(pid)
@@ -266,7 +322,8 @@ def run_capture(grant: Grant, pids: list[int], options: CaptureOptions, *,
         probes = session.probes = Probes(ring_mb=options.ring_mb,
                                          max_call_bytes=options.max_call_bytes)
         session.layout = probes.layout()
-        probes.open_ring(session.pending.append)
+        check_layout(session.layout)
+        probes.open_ring(session.on_raw)
         probes.authorize_pids(session.live)
         attachments = []
         for hook in hooks:
@@ -297,17 +354,22 @@ def run_capture(grant: Grant, pids: list[int], options: CaptureOptions, *,
         _status(options, f"session {session.session_id}; Ctrl-C to stop")
         if on_ready is not None:
             on_ready(session.session_id)
+        reader = RingReader(probes, session.backlogged)
+        reader.start()
         next_check = 0.0
-        while stop.reason is None:
-            probes.poll(POLL_MS)
-            session.drain()
-            session.writer.flush()
-            now = time.monotonic()
-            if now >= next_check:
-                next_check = now + LIVENESS_EVERY
-                session.check_targets()
-                stats = probes.stats()
-                session.report_losses(stats)
+        try:
+            while stop.reason is None:
+                if not session.drain():
+                    reader.wait(POLL_MS / 1000)
+                session.writer.flush()
+                now = time.monotonic()
+                if now >= next_check:
+                    next_check = now + LIVENESS_EVERY
+                    session.check_targets()
+                    stats = probes.stats()
+                    session.report_losses(stats)
+        finally:
+            reader.stop()
         # Whatever the probes produced before the stop is still in the ring.
         probes.poll(0)
         session.drain()
