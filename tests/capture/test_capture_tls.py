@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -59,6 +61,12 @@ def test_curl_request_and_response_byte_exact(tls_server, clients, start_capture
     assert header["targets"][0]["version"].startswith("OpenSSL 3")
     assert {e["comm"] for e in _events(records)} == {"curl"}
     assert any(r["type"] == "handshake" for r in records)
+    # the session record renders back into the decoded exchange
+    replay = subprocess.run([sys.executable, "-m", "ecap.capture.replay", str(run.output)],
+                            capture_output=True, text=True, timeout=60)
+    assert replay.returncode == 0, replay.stderr
+    assert "GET /hello HTTP/1.1" in replay.stdout and "X-Ecap-Test: curl" in replay.stdout
+    assert tls_helpers.HELLO.decode().strip() in replay.stdout
 
 
 def test_python_client_uses_ex_functions_from_a_second_thread(tls_server, clients,

@@ -1,0 +1,80 @@
+"""Render a recorded session (``--format jsonl``) as the text view, after the fact.
+
+The JSONL file is the record; this turns it back into what ``--format text`` would
+have shown live (HTTP/1 and HTTP/2 decoded), so one capture serves both the
+auditor's report and a person reading the exchange.
+``python -m ecap.capture.replay SESSION.jsonl [--hex]``
+"""
+
+from __future__ import annotations
+
+import base64
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import IO
+
+from ecap.capture.connections import Connection
+from ecap.capture.events import Call
+from ecap.capture.schema import SchemaError, validate_lines
+from ecap.capture.writers import TextWriter
+from ecap.errors import UsageError
+
+
+def _ts(text: str | None) -> float:
+    return datetime.fromisoformat(text).timestamp() if text else 0.0
+
+
+def render_session(path: Path, out: IO[bytes], *, hex_mode: bool = False,
+                   colour: bool = False) -> None:
+    """Validate the session file and write its text rendering to ``out``."""
+    try:
+        records = validate_lines(path.read_text(encoding="utf-8").splitlines())
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
+    except SchemaError as exc:
+        raise UsageError(f"{path} is not an ecap.capture/1 session: {exc}") from exc
+    writer = TextWriter(out, colour=colour, hex_mode=hex_mode)
+    conns: dict[int, Connection] = {}
+    for rec in records:
+        kind = rec["type"]
+        if kind == "header":
+            writer.header(rec)
+        elif kind == "event":
+            conn = conns.setdefault(rec["connection_id"], Connection(
+                rec["connection_id"], rec["pid"], int(rec["ssl"], 16), rec["comm"]))
+            conn.fd, conn.local, conn.peer = rec["fd"], rec["local"], rec["peer"]
+            data = base64.b64decode(rec["payload_b64"])
+            conn.bytes[rec["direction"]] += len(data)
+            writer.call(conn, rec["message_id"], Call(
+                rec["direction"], _ts(rec["ts"]), rec["pid"], rec["tid"], rec["uid"],
+                rec["comm"], rec["fd"], int(rec["ssl"], 16), rec["total"], data,
+                rec["truncated"], rec["lost"]))
+        elif kind == "connection":
+            conn = conns.pop(rec["connection_id"], None) or Connection(
+                rec["connection_id"], rec["pid"], int(rec["ssl"], 16), rec["comm"])
+            conn.ended_at, conn.end_reason = _ts(rec["ended_at"]), rec["end_reason"]
+            conn.bytes = {"write": rec["bytes_written"], "read": rec["bytes_read"]}
+            writer.connection_end(conn)
+        elif kind == "summary":
+            writer.summary(rec)
+    writer.flush()
+
+
+def main(argv: list[str] | None = None) -> None:
+    from ecap.cli import Parser, run
+
+    def _main(args_list: list[str] | None) -> int:
+        parser = Parser(prog="python -m ecap.capture.replay", description=__doc__)
+        parser.add_argument("session", help="SESSION.jsonl written by capture --format jsonl")
+        parser.add_argument("--hex", action="store_true", help="payloads as hex dumps")
+        args = parser.parse_args(args_list)
+        render_session(Path(args.session), sys.stdout.buffer, hex_mode=args.hex,
+                       colour=sys.stdout.isatty())
+        return 0
+
+    run(_main, argv)
+
+
+if __name__ == "__main__":
+    main()
