@@ -205,6 +205,8 @@ def _probe_finding(inv: Inventory, key: tuple[str, object], rows: list[tuple[Pro
     kind, ident = key
     prog_ids = {p.prog_id for p, _ in rows if p.prog_id}
     owner = owners.describe(ident) if kind == "pid" else None  # type: ignore[arg-type]
+    if owner is not None:
+        owner = {**owner, "kind": "process"}
     hooked, classes = [], set()
     for p, r in rows:
         function = r.function if r else (p.target if not p.is_uprobe else None)
@@ -244,6 +246,10 @@ def _probe_finding(inv: Inventory, key: tuple[str, object], rows: list[tuple[Pro
     verdict = _verdict_for(inv, ident if kind == "pid" else None, prog_ids)  # type: ignore[arg-type]
     authorized = verdict is not None and verdict.status == AUTHORIZED
     expired = verdict is not None and verdict.status == EXPIRED
+    if authorized or expired:
+        # the kernel hides a perf uprobe's pid filter; the verified token names the targets
+        scope = {t["pid"] for t in verdict.authorization.get("targets", [])}  # type: ignore[union-attr]
+        victims = [{**v, "authorized_target": v["pid"] in scope} for v in victims]
     if plaintext and enabled:
         severity = "info" if authorized else "high" if expired else "critical"
     elif plaintext:

@@ -54,6 +54,8 @@ def test_verified_session_makes_the_hook_an_info_finding(ecap_env, hook, tls_vic
     assert f["authorization"]["reason"] == "incident 42"
     assert f["authorization"]["expires_at"] == pytest.approx(grant.expires_at)
     assert functions(f) == {("SSL_write", "uprobe"), ("SSL_read", "uprobe")}
+    targets = [v for v in f["victims"] if v.get("authorized_target")]
+    assert [v["pid"] for v in targets] == [tls_victim.pid]
 
 
 def test_expired_token_still_attached_is_high(ecap_env, hook, tls_victim):
