@@ -232,7 +232,9 @@ def _probe_finding(inv: Inventory, key: tuple[str, object], rows: list[tuple[Pro
         hooked.append(entry)
     plaintext = bool(classes & set(PLAINTEXT_CLASSES))
     uprobe = any(p.is_uprobe for p, _ in rows)
-    enabled = any(p.enabled is not False for p, _ in rows)
+    # live = attached through BPF, or a tracefs event that is enabled
+    enabled = any(p.enabled is not False for p, r in rows
+                  if r is not None and r.cls in PLAINTEXT_CLASSES)
 
     victims: list[dict] = []
     seen_v: set[int] = set()
