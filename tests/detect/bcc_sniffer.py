@@ -8,6 +8,7 @@ check that the detector reads full names from BTF func_info.
 
 from __future__ import annotations
 
+import ctypes as ct
 import json
 import os
 import signal
@@ -15,6 +16,9 @@ import sys
 import time
 
 from bcc import BPF
+from bcc.libbcc import lib
+
+from ecap.elf import open_elf
 
 LIBSSL = sys.argv[1] if len(sys.argv) > 1 else "/usr/lib/x86_64-linux-gnu/libssl.so.3"
 
@@ -33,15 +37,48 @@ int probe_SSL_read_plaintext(struct pt_regs *ctx) {
 }
 """
 
+# bcc 0.26's Python attach_uprobe calls libbcc's seven-argument bpf_attach_uprobe
+# with six, so the kernel reads a garbage ref_ctr_offset ("ref_ctr_offset mismatch"
+# in dmesg) and every other uprobe on the same function fails with EINVAL while
+# ours is attached. Call libbcc with its real prototype instead.
+ATTACH = lib.bpf_attach_uprobe
+ATTACH.restype = ct.c_int
+ATTACH.argtypes = [ct.c_int, ct.c_int, ct.c_char_p, ct.c_char_p, ct.c_uint64, ct.c_int,
+                   ct.c_uint32]
+DETACH = lib.bpf_detach_uprobe
+DETACH.restype = ct.c_int
+DETACH.argtypes = [ct.c_char_p]
+CLOSE = lib.bpf_close_perf_event_fd
+CLOSE.argtypes = [ct.c_int]
+
 b = BPF(text=PROGRAM)
-b.attach_uprobe(name=LIBSSL, sym="SSL_write", fn_name="probe_SSL_write_plaintext")
-b.attach_uretprobe(name=LIBSSL, sym="SSL_read", fn_name="probe_SSL_read_plaintext")
-ids = [b.funcs[n].fd for n in (b"probe_SSL_write_plaintext", b"probe_SSL_read_plaintext")]
+attached: list[tuple[int, bytes]] = []
+
+
+def attach(fn_name: str, func: str, ret: bool) -> None:
+    fn = b.load_func(fn_name.encode(), BPF.KPROBE)
+    offset = open_elf(LIBSSL).find_functions([func])[func].file_offset
+    ev_name = f"{'r' if ret else 'p'}_ecaptest_{func}_{os.getpid()}".encode()
+    fd = ATTACH(fn.fd, 1 if ret else 0, ev_name, LIBSSL.encode(), offset, -1, 0)
+    if fd < 0:
+        raise OSError(ct.get_errno(), f"bpf_attach_uprobe {func}")
+    attached.append((fd, ev_name))
+
+
+def detach(*_: object) -> None:
+    for fd, ev_name in attached:
+        CLOSE(fd)
+        DETACH(ev_name)
+    sys.exit(0)
+
+
+attach("probe_SSL_write_plaintext", "SSL_write", ret=False)
+attach("probe_SSL_read_plaintext", "SSL_read", ret=True)
 prog_ids = []
-for fd in ids:
-    with open(f"/proc/self/fdinfo/{fd}") as f:
+for name in (b"probe_SSL_write_plaintext", b"probe_SSL_read_plaintext"):
+    with open(f"/proc/self/fdinfo/{b.funcs[name].fd}") as f:
         prog_ids += [int(ln.split()[1]) for ln in f if ln.startswith("prog_id:")]
 print(json.dumps({"pid": os.getpid(), "prog_ids": prog_ids}), flush=True)
-signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+signal.signal(signal.SIGTERM, detach)
 while True:
     time.sleep(3600)

@@ -45,7 +45,8 @@ def stop(proc: subprocess.Popen) -> None:
 
 def remove_bcc_tracefs_events(pid: int) -> None:
     """bcc (and bpftrace through it) may fall back to tracefs and name events
-    ``..._bcc_<pid>``; a killed tool leaves them behind, so tests remove their own."""
+    ``..._bcc_<pid>`` (our bcc sniffer: ``..._ecaptest_..._<pid>``); a killed tool
+    leaves them behind, so tests remove their own."""
     from ecap import host
 
     root = host.tracefs_root()
@@ -54,7 +55,7 @@ def remove_bcc_tracefs_events(pid: int) -> None:
     text = (root / "uprobe_events").read_text()
     for line in text.splitlines():
         name = line.split()[0].split(":", 1)[1] if line.strip() else ""
-        if name.endswith(f"_bcc_{pid}"):
+        if name.endswith((f"_bcc_{pid}", f"_{pid}")) and ("_bcc_" in name or "ecaptest" in name):
             fd = os.open(root / "uprobe_events", os.O_WRONLY | os.O_APPEND)
             try:
                 os.write(fd, f"-:{name}\n".encode())
