@@ -114,3 +114,11 @@ def sleeper() -> Iterator[subprocess.Popen[bytes]]:
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.fixture(scope="session")
+def go_tls_binaries(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(with .symtab, stripped) builds of a small Go crypto/tls client."""
+    from tests.go_programs import build_go_tls_client
+
+    return build_go_tls_client(tmp_path_factory.mktemp("go"))

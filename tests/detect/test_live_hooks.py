@@ -175,22 +175,10 @@ def test_d_disabled_tracefs_probe_is_medium(tracefs_uprobe):
     assert functions(f) == {("SSL_read", "uretprobe")}
 
 
-STRIPPED_GO_CANDIDATES = ("/usr/bin/kpt", "/usr/lib/google-cloud-sdk/bin/kubectl",
-                          "/usr/local/bin/terraform", "/usr/bin/local-extract")
-
-
-def _stripped_go_binary() -> str:
-    for path in STRIPPED_GO_CANDIDATES:
-        real = os.path.realpath(path)
-        if Path(real).is_file():
-            image = open_elf(real)
-            if not image.has_section(".symtab") and image.section_data(".gopclntab"):
-                return real
-    raise AssertionError(f"no stripped Go binary among {STRIPPED_GO_CANDIDATES}")
-
-
-def test_stripped_go_binary_hook_is_named_from_gopclntab(tracefs_uprobe):
-    go = _stripped_go_binary()
+def test_stripped_go_binary_hook_is_named_from_gopclntab(tracefs_uprobe, go_tls_binaries):
+    go = str(go_tls_binaries[1])
+    image = open_elf(go)
+    assert not image.has_section(".symtab") and image.section_data(".gopclntab")
     event = tracefs_uprobe(go, "crypto/tls.(*Conn).Read")
     (f,) = findings_of(scan(), event=event)
     assert functions(f) == {("crypto/tls.(*Conn).Read", "uprobe")}

@@ -141,18 +141,9 @@ def test_merge_keeps_one_probe_per_attachment():
 
 
 # -- Go .gopclntab: check against the symbol table of a Go binary that still has one --------
-GO_WITH_SYMTAB = ("/usr/local/bin/docker",)
-
-
-def _go_binary_with_symtab() -> str:
-    for path in GO_WITH_SYMTAB:
-        if os.path.isfile(path) and open_elf(path).has_section(".symtab"):
-            return path
-    raise AssertionError(f"no Go binary with .symtab among {GO_WITH_SYMTAB}")
-
-
-def test_gopclntab_agrees_with_symtab():
-    image = open_elf(_go_binary_with_symtab())
+def test_gopclntab_agrees_with_symtab(go_tls_binaries):
+    image = open_elf(str(go_tls_binaries[0]))
+    assert image.has_section(".symtab")
     table = go_functions(image)
     assert table is not None and len(table) > 1000
     names = ["crypto/tls.(*Conn).Read", "crypto/tls.(*Conn).writeRecordLocked", "main.main",
