@@ -14,8 +14,6 @@ import socket
 import struct
 from dataclasses import dataclass, field
 
-from ecap import procfs
-
 
 @dataclass
 class Connection:
@@ -157,6 +155,3 @@ class ConnectionTable:
     def end_all(self, ts: float, reason: str) -> list[Connection]:
         return [c for c in (self.end_ssl(c.pid, c.ssl, ts, reason)
                             for c in list(self._by_ssl.values())) if c]
-
-    def is_known_process(self, pid: int) -> bool:
-        return procfs.pid_exists(pid)
