@@ -239,16 +239,26 @@ static __always_inline int return_call(struct pt_regs *ctx) {
         ev->offset = off;
         ev->len = len;
         ev->flags = flags;
-        // The mask is a no-op for 1..ECAP_CHUNK-1 and keeps the verifier's
-        // bound; a full chunk is read with the constant size instead.
-        if (len == ECAP_CHUNK)
-            bpf_probe_read_user(&ev->data, ECAP_CHUNK, (void *)(a.buf + off));
-        else
-            bpf_probe_read_user(&ev->data, len & (ECAP_CHUNK - 1), (void *)(a.buf + off));
-        u64 size = EVENT_HDR_SIZE + (len & (ECAP_CHUNK * 2 - 1));
-        if (size > sizeof(struct tls_event))
-            size = sizeof(struct tls_event);
-        if (events.ringbuf_output(ev, size, flags & FLAG_LAST ? wake : BPF_RB_NO_WAKEUP) < 0) {
+        u64 flag_wake = flags & FLAG_LAST ? wake : BPF_RB_NO_WAKEUP;
+        if (len == ECAP_CHUNK) {
+            // A full chunk is read straight into a reserved ring record: one
+            // copy instead of two (scratch, then ring) for large calls.
+            struct tls_event *r = events.ringbuf_reserve(sizeof(struct tls_event));
+            if (!r) {
+                stat_add(STAT_LOST_EVENTS, 1);
+                stat_add(STAT_LOST_BYTES, len);
+                continue;
+            }
+            __builtin_memcpy(r, ev, EVENT_HDR_SIZE);
+            bpf_probe_read_user(&r->data, ECAP_CHUNK, (void *)(a.buf + off));
+            events.ringbuf_submit(r, flag_wake);
+            stat_add(STAT_EVENTS, 1);
+            continue;
+        }
+        // The mask is a no-op for 1..ECAP_CHUNK-1 and keeps the verifier's bound.
+        bpf_probe_read_user(&ev->data, len & (ECAP_CHUNK - 1), (void *)(a.buf + off));
+        u64 size = EVENT_HDR_SIZE + (len & (ECAP_CHUNK - 1));
+        if (events.ringbuf_output(ev, size, flag_wake) < 0) {
             stat_add(STAT_LOST_EVENTS, 1);
             stat_add(STAT_LOST_BYTES, len);
         } else {

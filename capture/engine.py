@@ -133,6 +133,7 @@ class _Session:
         self.queued_bytes = 0
         self.consumed_bytes = 0
         self.live = {h.pid: procfs.start_time(h.pid) for h in hooks}
+        self.exited: dict[int, int] = {}
         self.stop = _Stop()
         self.started_at = time.time()
         self.probes: Probes | None = None
@@ -188,7 +189,8 @@ class _Session:
                 self.writer.connection_end(conn)
 
     # -- liveness --------------------------------------------------------------------
-    def check_targets(self) -> None:
+    def check_targets(self, reader_cycles: int) -> None:
+        """Notice exited targets; their connections end once the ring is drained."""
         for pid, start in list(self.live.items()):
             try:
                 alive = procfs.start_time(pid) == start and \
@@ -198,10 +200,10 @@ class _Session:
             if not alive:
                 del self.live[pid]
                 assert self.probes is not None
-                self.drain()
                 self.probes.revoke_pid(pid)
-                for conn in self.conns.end_pid(pid, time.time(), "process exited"):
-                    self.writer.connection_end(conn)
+                # What it did before exiting may still be in the kernel ring: wait
+                # for two more complete reader cycles before ending its connections.
+                self.exited[pid] = reader_cycles + 2
                 _status(self.options, f"target {pid} exited; its part of the session ended")
         if not self.live:
             self.stop.set("all targets exited")
@@ -210,6 +212,14 @@ class _Session:
         if self.options.duration is not None and \
                 time.time() - self.started_at >= self.options.duration:
             self.stop.set("duration reached")
+
+    def settle_exited(self, reader_cycles: int, *, force: bool = False) -> None:
+        for pid, ready_at in list(self.exited.items()):
+            if force or reader_cycles >= ready_at:
+                self.drain()
+                for conn in self.conns.end_pid(pid, time.time(), "process exited"):
+                    self.writer.connection_end(conn)
+                del self.exited[pid]
 
     def report_losses(self, stats: dict[str, int]) -> None:
         if stats["lost_events"] != self.last_lost:
@@ -273,6 +283,8 @@ class RingReader:
         self._backlogged = backlogged
         self._stop = threading.Event()
         self._data = threading.Event()
+        self.cycles = 0
+        """Completed poll+consume rounds (written by the reader thread only)."""
         self._thread = threading.Thread(target=self._run, name="ecap-ring", daemon=True)
 
     def start(self) -> None:
@@ -284,6 +296,7 @@ class RingReader:
                 time.sleep(0.01)
                 continue
             self._probes.poll(POLL_MS)
+            self.cycles += 1
             self._data.set()
 
     def wait(self, timeout: float) -> None:
@@ -361,11 +374,12 @@ def run_capture(grant: Grant, pids: list[int], options: CaptureOptions, *,
             while stop.reason is None:
                 if not session.drain():
                     reader.wait(POLL_MS / 1000)
+                session.settle_exited(reader.cycles)
                 session.writer.flush()
                 now = time.monotonic()
                 if now >= next_check:
                     next_check = now + LIVENESS_EVERY
-                    session.check_targets()
+                    session.check_targets(reader.cycles)
                     stats = probes.stats()
                     session.report_losses(stats)
         finally:
@@ -373,6 +387,7 @@ def run_capture(grant: Grant, pids: list[int], options: CaptureOptions, *,
         # Whatever the probes produced before the stop is still in the ring.
         probes.poll(0)
         session.drain()
+        session.settle_exited(0, force=True)
         stats = probes.stats()
     except BaseException as exc:
         stop.set(f"error: {exc}")

@@ -35,6 +35,11 @@ def _assert_exact(records: list[dict], server: tls_helpers.TlsServer, pid: int) 
     assert {e["pid"] for e in events} == {pid}
     assert {e["peer"] for e in events} == {f"127.0.0.1:{server.port}"}
     assert all(e["truncated"] == 0 and e["lost"] == 0 for e in events)
+    # one TLS connection, seen as one from its first byte to its end
+    (conn,) = [r for r in records if r["type"] == "connection"]
+    assert records[-1]["connections"] == 1 and {e["connection_id"] for e in events} == {
+        conn["connection_id"]}
+    assert conn["bytes_written"] == len(received) and conn["bytes_read"] == len(sent)
 
 
 def _finish(run, client) -> list[dict]:
@@ -161,6 +166,7 @@ def test_http2_request_rendered_with_hpack_decoded_headers(tls_server, clients,
     client.wait(30)
     assert run.wait(60) == 0, run.stderr
     text = run.output.read_text()
+    assert "connections: 1" in text
     assert "HTTP/2 connection preface" in text
     assert ":method: GET" in text and ":path: /hello" in text
     assert "user-agent: curl/" in text and "x-ecap-test: curl" in text
