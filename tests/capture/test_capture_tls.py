@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -213,3 +215,29 @@ def test_sigint_stops_with_summary_and_journal_entry(tls_server, clients, start_
     assert Journal(ecap_env.journal).verify().ok
     # the session unregistered itself
     assert not list((ecap_env.run_dir / "sessions").glob("*.json"))
+
+
+def test_process_in_its_own_mount_namespace_is_hooked_in_its_own_libssl(
+        tls_server, clients, start_capture, tmp_path):
+    """eCapture's "wrong libssl inside containers": here the process sees, at the
+    host's libssl path, a *different file* (a copy bind-mounted in a private mount
+    namespace). Probes on the host's file would never fire; resolving through
+    /proc/PID/root hooks the file the process really runs."""
+    host_lib = "/usr/lib/x86_64-linux-gnu/libssl.so.3"
+    copy = tmp_path / "libssl.so.3"
+    shutil.copyfile(host_lib, copy)
+    script = (f"mount --bind {copy} {host_lib} && exec {sys.executable} -c "
+              f"{shlex.quote(tls_helpers.PYTHON_CLIENT)} GET {tls_server.port} /hello")
+    client = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    clients.append(client)
+    tls_helpers.wait_for_tls_mapped(client.pid)
+    seen = os.stat(f"/proc/{client.pid}/root{host_lib}")
+    assert seen.st_ino != os.stat(host_lib).st_ino  # really another file
+    run = start_capture([client.pid])
+    tls_helpers.release(client)
+    assert client.stdout.read() == tls_helpers.HELLO
+    records = _finish(run, client)
+    _assert_exact(records, tls_server, client.pid)
+    assert records[0]["targets"][0]["hooked"] == host_lib
