@@ -140,12 +140,14 @@ class Reassembler:
             data = first.data
         else:
             parts.sort(key=lambda r: r.offset)
-            buf = bytearray()
+            pieces: list[bytes] = []
+            pos = 0
             for part in parts:
-                if part.offset > len(buf):  # a lost record leaves a hole: keep order,
-                    buf += b"\0" * (part.offset - len(buf))  # zero-filled, and count it
-                buf += part.data
-            data = bytes(buf)
+                if part.offset > pos:  # a lost record leaves a hole: keep order,
+                    pieces.append(b"\0" * (part.offset - pos))  # zero-filled, counted
+                pieces.append(part.data)
+                pos = part.offset + part.len
+            data = b"".join(pieces)
         expected = min(first.total, self._limit)
         received = sum(p.len for p in parts)
         truncated = first.total - self._limit if any(p.flags & FLAG_TRUNCATED for p in parts) \

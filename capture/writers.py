@@ -86,14 +86,17 @@ class JsonlWriter:
         if comm is None:
             comm = self._comms[call.comm] = json.dumps(json_safe_str(call.comm),
                                                        ensure_ascii=False)
-        self._out.write((
+        write = self._out.write
+        write((
             f'{{"type":"event","connection_id":{conn.id},"message_id":{message_id},'
             f'"ts":"{_iso(call.ts)}","pid":{call.pid},"tid":{call.tid},"uid":{call.uid},'
             f'"comm":{comm},"fd":{conn.fd},"ssl":"0x{call.ssl:x}",'
             f'"direction":"{call.direction}",{self._endpoints(conn)},'
             f'"len":{len(call.data)},"total":{call.total},'
             f'"truncated":{call.truncated},"lost":{call.lost},"payload_b64":"'
-        ).encode("utf-8", "backslashreplace") + base64.b64encode(call.data) + b'"}\n')
+        ).encode("utf-8", "backslashreplace"))
+        write(base64.b64encode(call.data))  # not concatenated: no extra copy of it
+        write(b'"}\n')
 
     def _endpoints(self, conn: Connection) -> str:
         key = (conn.local, conn.peer)
