@@ -9,6 +9,8 @@ throughput is measured:
              floor any uprobe-based tool pays)
   ecap       under ``ecap-audit capture tls --format jsonl`` (full payload copied)
   bpftrace   under a bpftrace one-liner copying 64 bytes per call
+  count-ret  the same with a uretprobe on each as well (what any tool that needs the
+             real byte count, or the data SSL_read returns, pays at minimum)
   kernel     ecap's programs and probes with a 1 GiB ring nobody reads during the
              run: the in-kernel cost alone, without the capture process competing
              for CPU (these machines have two vCPUs, and the target and its reader
@@ -121,7 +123,7 @@ def run_once(binary: Path, env: Env, mode: str, size: int, count: int,
     bpf = None
     probes = None
     try:
-        if mode == "count":
+        if mode in ("count", "count-ret"):
             from bcc import BPF
 
             bpf = BPF(text=COUNT_PROGRAM)
@@ -130,6 +132,10 @@ def run_once(binary: Path, env: Env, mode: str, size: int, count: int,
                 if name in hook.symbols:
                     attach_uprobe_at(bpf, "count_call", str(hook.path),
                                      hook.symbols[name].file_offset, client.pid)
+                    if mode == "count-ret":
+                        attach_uprobe_at(bpf, "count_call", str(hook.path),
+                                         hook.symbols[name].file_offset, client.pid,
+                                         retprobe=True)
         elif mode == "ecap":
             out = OUT / f"capture-{size}.jsonl"
             started = time.monotonic()
@@ -191,7 +197,7 @@ def run_once(binary: Path, env: Env, mode: str, size: int, count: int,
                                                   err + "".join(lost_lines)))
             result["lost_events"] = lost
             result["captured_writes"] = lines[0]
-        elif mode == "count":
+        elif mode in ("count", "count-ret"):
             result["counted"] = int(sum(bpf["calls"][0]))
         elif mode == "kernel":
             stats = probes.stats()
@@ -297,7 +303,7 @@ def main() -> None:
         for size, count in SIZES.items():
             count = count // 10 if args.quick else count
             row = {m: run_once(binary, env, m, size, count, args.ring_size)
-                   for m in ("none", "count", "kernel", "ecap", "bpftrace")}
+                   for m in ("none", "count", "count-ret", "kernel", "ecap", "bpftrace")}
             results.append(row)
             floor = row["count"]["calls_per_s"]
             print(f"\n{size // 1024} KiB x {count} SSL_write:")
