@@ -241,3 +241,30 @@ def test_process_in_its_own_mount_namespace_is_hooked_in_its_own_libssl(
     records = _finish(run, client)
     _assert_exact(records, tls_server, client.pid)
     assert records[0]["targets"][0]["hooked"] == host_lib
+
+
+def test_ring_overflow_is_counted_to_the_byte_never_silent(tls_server, clients,
+                                                           start_capture):
+    """The capture is frozen (SIGSTOP) while its target reads 4 MiB through a 1 MiB
+    ring: records are lost for sure. Every lost byte must be accounted for."""
+    n = 4 << 20
+    client = tls_helpers.python_client(tls_server, f"/bytes?n={n}&seed=5")
+    clients.append(client)
+    run = start_capture([client.pid], extra=("--ring-size", "1"))
+    run.proc.send_signal(signal.SIGSTOP)
+    try:
+        tls_helpers.release(client)
+        assert len(client.stdout.read()) == n
+        client.wait(30)
+    finally:
+        run.proc.send_signal(signal.SIGCONT)
+    assert run.wait(60) == 0, run.stderr
+    records = validate_lines(run.output.read_text().splitlines())
+    summary = records[-1]
+    assert summary["lost_events"] > 0 and summary["lost_bytes"] > 0
+    assert "lost so far: ring buffer full" in run.stderr
+    assert f"lost: {summary['lost_events']} events" in run.stderr
+    received, sent = tls_server.transcript()
+    assert read_stream(records, "write", client.pid) == received  # before the overflow
+    captured = read_stream(records, "read", client.pid)
+    assert len(captured) + summary["lost_bytes"] == len(sent)
