@@ -14,6 +14,7 @@ findings; a test checks the catalogue covers every one of them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from ecap import remediation as rid
 
@@ -95,6 +96,21 @@ class Control:
             return self.one_way
         setting = self.settings.get(profile)
         return setting is not None and setting.recommended in self.locking_values
+
+    def describe(self) -> dict[str, Any]:
+        """The catalogue entry as plain data, shared by ``controls --json`` and plan.json."""
+        return {
+            "id": self.id,
+            "title": self.title,
+            "kind": self.kind,
+            "blocks": self.blocks,
+            "stops": self.stops.as_dict(),
+            "side_effects": self.side_effects,
+            "one_way": self.one_way,
+            "one_way_note": self.one_way_note or None,
+            "sysctl": self.sysctl,
+            "baselines": list(self.baselines),
+        }
 
 
 SYSCTL_FILE = "sysctl/99-ecap-hardening.conf"

@@ -73,7 +73,9 @@ def _recommended(ctx: Context, results: list[Result]) -> frozenset[str]:
 def build(ctx: Context, syntax: apparmor.Syntax | None = None) -> Generated:
     """Decide, render and plan, without touching the file system."""
     if ctx.profile not in PROFILES:
-        raise UsageError(f"unknown profile {printable(ctx.profile)!r}", hint="use balanced or strict")
+        raise UsageError(
+            f"unknown profile {printable(ctx.profile)!r}", hint="use balanced or strict"
+        )
     syntax = syntax or apparmor.syntax_for(apparmor.parser_version())
     results = evaluate(ctx.posture, ctx.profile)
     wanted = _recommended(ctx, results)
@@ -148,17 +150,8 @@ def _plan(
             warnings.append(f"{c.id}: one-way until reboot — {c.one_way_note}")
         controls.append(
             {
-                "id": c.id,
-                "title": c.title,
-                "kind": c.kind,
-                "blocks": c.blocks,
-                "stops": c.stops.as_dict(),
-                "side_effects": c.side_effects,
-                "one_way": c.one_way,
-                "one_way_note": c.one_way_note or None,
+                **c.describe(),
                 "locks_in_this_profile": c.locks(ctx.profile),
-                "baselines": list(c.baselines),
-                "sysctl": c.sysctl,
                 "recommended_value": setting.recommended if setting else None,
                 "accepted_values": list(setting.accepted) if setting else [],
                 "current": _s(r.current),
@@ -222,5 +215,3 @@ def _plan(
 
 def _s(value: str | None) -> str | None:
     return None if value is None else json_safe_str(value)
-
-

@@ -44,20 +44,11 @@ def controls_json() -> dict[str, Any]:
         "schema": "ecap.harden-controls/1",
         "controls": [
             {
-                "id": c.id,
-                "title": c.title,
-                "kind": c.kind,
-                "blocks": c.blocks,
-                "stops": c.stops.as_dict(),
-                "side_effects": c.side_effects,
-                "one_way": c.one_way,
-                "one_way_note": c.one_way_note or None,
-                "sysctl": c.sysctl,
+                **c.describe(),
                 "profiles": {
                     p: {"recommended": s.recommended, "accepted": list(s.accepted)}
                     for p, s in c.settings.items()
                 },
-                "baselines": list(c.baselines),
                 "files": list(c.artifacts),
             }
             for c in CATALOGUE
