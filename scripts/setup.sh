@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   python3-bpfcc bpftool bpftrace linux-headers-amd64 python3-audit auditd
   python3-venv python3-seccomp apparmor libseccomp-dev
-  openssl curl nodejs chromium golang-go postgresql
+  openssl curl nodejs chromium golang-go postgresql gcc libssl-dev
 )
 
 if [ "$(id -u)" -ne 0 ]; then
