@@ -15,9 +15,12 @@ import errno
 import os
 import platform
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 _NR_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280}.get(platform.machine(), 321)
+
+T = TypeVar("T")
 
 # enum bpf_cmd
 OBJ_PIN = 6
@@ -87,6 +90,25 @@ def iter_ids(cmd: int) -> Iterator[int]:
             raise
         start = struct.unpack_from("<I", attr, 4)[0]
         yield start
+
+
+def read_each(next_cmd: int, fd_cmd: int, read: Callable[[int], T]) -> list[T]:
+    """``read(fd)`` for every object of one kind, walking ids with ``next_cmd``.
+
+    Objects freed between GET_NEXT_ID and GET_FD_BY_ID (ENOENT) are skipped: a
+    scan races with loaders by nature. Other errors (EPERM without
+    CAP_SYS_ADMIN) propagate so the caller can degrade to fdinfo.
+    """
+    out: list[T] = []
+    for obj_id in iter_ids(next_cmd):
+        try:
+            with Fd(fd_by_id(fd_cmd, obj_id)) as fd:
+                out.append(read(fd))
+        except BpfError as exc:
+            if exc.errno == errno.ENOENT:
+                continue
+            raise
+    return out
 
 
 def fd_by_id(cmd: int, obj_id: int) -> int:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from ecap.detect import bpfsys
 from ecap.detect.model import Holder, Probe
+from ecap.procfs import parse_fdinfo
 
 _KINDS = {
     "anon_inode:bpf-prog": "prog",
@@ -46,16 +47,6 @@ class FdWalk:
     task_fd_query_denied: bool = False
     mount_ns: dict[str, int] = field(default_factory=dict)
     """One pid per mount namespace (``mnt:[inode]``), for the bpffs walk."""
-
-
-def parse_fdinfo(text: str) -> dict[str, str]:
-    """fdinfo text → dict (same rules as :func:`ecap.procfs.parse_fdinfo`)."""
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if sep:
-            out[key.strip()] = value.strip()
-    return out
 
 
 def _read_fdinfo(pid: int, fd: int) -> dict[str, str] | None:
@@ -85,8 +76,7 @@ def walk(*, query_perf_events: bool = True) -> FdWalk:
         result.probes += part.probes
         for key, info in part.fdinfo.items():
             result.fdinfo.setdefault(key, info)
-        result.mount_ns.update({k: v for k, v in part.mount_ns.items()
-                                if k not in result.mount_ns})
+        result.mount_ns.update({k: v for k, v in part.mount_ns.items() if k not in result.mount_ns})
         result.processes += part.processes
         result.fds += part.fds
         result.denied += part.denied

@@ -9,7 +9,6 @@ the first learns the sub-type and counts, the second passes buffers sized for th
 from __future__ import annotations
 
 import ctypes
-import errno
 import struct
 
 from ecap.detect import bpfsys
@@ -125,13 +124,4 @@ def read_link(fd: int) -> Link:
 
 def list_links() -> list[Link]:
     """All links (EPERM without CAP_SYS_ADMIN)."""
-    out = []
-    for link_id in bpfsys.iter_ids(bpfsys.LINK_GET_NEXT_ID):
-        try:
-            with bpfsys.Fd(bpfsys.fd_by_id(bpfsys.LINK_GET_FD_BY_ID, link_id)) as fd:
-                out.append(read_link(fd))
-        except bpfsys.BpfError as exc:
-            if exc.errno == errno.ENOENT:
-                continue
-            raise
-    return out
+    return bpfsys.read_each(bpfsys.LINK_GET_NEXT_ID, bpfsys.LINK_GET_FD_BY_ID, read_link)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import errno
 import struct
 
 from ecap.detect import bpfsys
@@ -71,13 +70,4 @@ def read_map(fd: int) -> Map:
 
 def list_maps() -> list[Map]:
     """All maps (EPERM without CAP_SYS_ADMIN, like :func:`programs.list_programs`)."""
-    out = []
-    for map_id in bpfsys.iter_ids(bpfsys.MAP_GET_NEXT_ID):
-        try:
-            with bpfsys.Fd(bpfsys.fd_by_id(bpfsys.MAP_GET_FD_BY_ID, map_id)) as fd:
-                out.append(read_map(fd))
-        except bpfsys.BpfError as exc:
-            if exc.errno == errno.ENOENT:
-                continue
-            raise
-    return out
+    return bpfsys.read_each(bpfsys.MAP_GET_NEXT_ID, bpfsys.MAP_GET_FD_BY_ID, read_map)

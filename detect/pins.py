@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 
 from ecap.detect import bpfsys
-from ecap.detect.holders import parse_fdinfo
 from ecap.detect.model import Pin
+from ecap.procfs import parse_fdinfo
 
 _KINDS = {
     "anon_inode:bpf-prog": ("prog", "prog_id"),

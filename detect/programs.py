@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import errno
 import struct
 import time
 
@@ -111,13 +110,6 @@ def list_programs() -> list[Program]:
     degrades to fdinfo.
     """
     boot = boot_epoch()
-    out = []
-    for prog_id in bpfsys.iter_ids(bpfsys.PROG_GET_NEXT_ID):
-        try:
-            with bpfsys.Fd(bpfsys.fd_by_id(bpfsys.PROG_GET_FD_BY_ID, prog_id)) as fd:
-                out.append(read_program(fd, boot))
-        except bpfsys.BpfError as exc:
-            if exc.errno == errno.ENOENT:
-                continue
-            raise
-    return out
+    return bpfsys.read_each(
+        bpfsys.PROG_GET_NEXT_ID, bpfsys.PROG_GET_FD_BY_ID, lambda fd: read_program(fd, boot)
+    )

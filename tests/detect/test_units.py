@@ -12,23 +12,24 @@ from ecap.detect.findings import merge_probes
 from ecap.detect.model import Probe
 from ecap.elf import open_elf
 from ecap.gopclntab import GoFuncTable, go_functions
+from ecap.procfs import parse_fdinfo
 
 FIX = Path(__file__).parent / "fixtures"
 
 
 def test_fdinfo_samples_give_ids_and_types():
-    prog = holders.parse_fdinfo((FIX / "fdinfo-prog.txt").read_text())
+    prog = parse_fdinfo((FIX / "fdinfo-prog.txt").read_text())
     assert prog["prog_type"] == "2" and prog["prog_id"].isdigit() and len(prog["prog_tag"]) == 16
-    m = holders.parse_fdinfo((FIX / "fdinfo-map.txt").read_text())
+    m = parse_fdinfo((FIX / "fdinfo-map.txt").read_text())
     assert m["map_type"] == "27" and m["max_entries"] == "65536"
-    link = holders.parse_fdinfo((FIX / "fdinfo-link.txt").read_text())
+    link = parse_fdinfo((FIX / "fdinfo-link.txt").read_text())
     probe = holders.link_fdinfo_probe(link, pid=4242, fd=7)
     assert probe is not None
     assert probe.type == "uprobe" and probe.target.endswith("libssl.so.3")
     assert probe.offset == 0x35980 and probe.holder_pid == 4242
     assert probe.link_id == int(link["link_id"]) and probe.prog_id == int(link["prog_id"])
     # a perf event fd's fdinfo carries no BPF ids: that is why TASK_FD_QUERY is needed
-    perf = holders.parse_fdinfo((FIX / "fdinfo-perf.txt").read_text())
+    perf = parse_fdinfo((FIX / "fdinfo-perf.txt").read_text())
     assert holders.link_fdinfo_probe(perf, pid=1, fd=5) is None
     assert "prog_id" not in perf
 
