@@ -124,3 +124,32 @@ def test_doctor_without_capabilities_exits_4(ecap_env):
     assert last.startswith("ecap-audit: error: bpf-load:") or last.startswith(
         "ecap-audit: error: capabilities:"
     )
+
+
+def test_capture_runs_the_same_preflight_and_exits_4(ecap_env, sleeper):
+    token = ecap_env.write_token(ecap_env.authorize([sleeper.pid]))
+    drop = "--drop=cap_bpf,cap_perfmon,cap_sys_admin,cap_sys_ptrace"
+    doctor_run = subprocess.run(
+        ["capsh", drop, "--", "-c", "exec ecap-audit doctor"],
+        env=ecap_env.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    capture_run = subprocess.run(
+        [
+            "capsh",
+            drop,
+            "--",
+            "-c",
+            f"exec ecap-audit capture tls --pid {sleeper.pid} --token {token}",
+        ],
+        env=ecap_env.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert capture_run.returncode == 4, capture_run.stderr
+    # the same one-line message as doctor's, and the gate never ran (nothing journalled)
+    assert capture_run.stderr.strip().splitlines()[-1] == doctor_run.stderr.strip().splitlines()[-1]
+    assert not ecap_env.journal.exists()
