@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ecap.capture import cli_capture
 from ecap.cli import Parser, run
 from ecap.errors import UsageError
 
@@ -107,13 +108,12 @@ def build_parser() -> Parser:
     _common(p)
 
     p = sub.add_parser("capture", help="capture plaintext of authorized processes")
-    try:
-        from ecap.capture import cli_capture
-    except ImportError:
-        cli_capture = None
-    if cli_capture is not None:
-        cli_capture.add_arguments(p)
+    cli_capture.add_arguments(p)
     _common(p)
+
+    p = sub.add_parser("replay", help="show a capture session (JSONL) as the decoded text view")
+    p.add_argument("session", help="SESSION.jsonl written by 'capture --format jsonl'")
+    p.add_argument("--hex", action="store_true", help="payloads as hex dumps")
 
     p = sub.add_parser("report", help="render a capture session (JSONL) as an HTML audit report")
     p.add_argument("session", help="SESSION.jsonl written by 'capture --format jsonl'")

@@ -208,6 +208,17 @@ def cmd_capture(args: argparse.Namespace) -> int:
     return cli_capture.handle(args)
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ecap.capture.replay import render_session
+
+    render_session(
+        Path(args.session), sys.stdout.buffer, hex_mode=args.hex, colour=sys.stdout.isatty()
+    )
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from ecap.reports import session as session_report
 

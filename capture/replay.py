@@ -3,13 +3,12 @@
 The JSONL file is the record; this turns it back into what ``--format text`` would
 have shown live (HTTP/1 and HTTP/2 decoded), so one capture serves both the
 auditor's report and a person reading the exchange.
-``python -m ecap.capture.replay SESSION.jsonl [--hex]``
+``ecap-audit replay SESSION.jsonl [--hex]``
 """
 
 from __future__ import annotations
 
 import base64
-import sys
 from datetime import datetime
 from pathlib import Path
 from typing import IO
@@ -59,22 +58,3 @@ def render_session(path: Path, out: IO[bytes], *, hex_mode: bool = False,
         elif kind == "summary":
             writer.summary(rec)
     writer.flush()
-
-
-def main(argv: list[str] | None = None) -> None:
-    from ecap.cli import Parser, run
-
-    def _main(args_list: list[str] | None) -> int:
-        parser = Parser(prog="python -m ecap.capture.replay", description=__doc__)
-        parser.add_argument("session", help="SESSION.jsonl written by capture --format jsonl")
-        parser.add_argument("--hex", action="store_true", help="payloads as hex dumps")
-        args = parser.parse_args(args_list)
-        render_session(Path(args.session), sys.stdout.buffer, hex_mode=args.hex,
-                       colour=sys.stdout.isatty())
-        return 0
-
-    run(_main, argv)
-
-
-if __name__ == "__main__":
-    main()

@@ -42,5 +42,5 @@ tail -n 3 "$DEMO/capture.stderr"
 ls -l "$DEMO_SESSION"
 
 step "The decoded exchange, rendered from the session record"
-show python -m ecap.capture.replay "$DEMO_SESSION"
+show ecap-audit replay "$DEMO_SESSION"
 export DEMO_SESSION

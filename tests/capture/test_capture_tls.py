@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -69,8 +70,8 @@ def test_curl_request_and_response_byte_exact(tls_server, clients, start_capture
     assert {e["comm"] for e in _events(records)} == {"curl"}
     assert any(r["type"] == "handshake" for r in records)
     # the session record renders back into the decoded exchange
-    replay = subprocess.run([sys.executable, "-m", "ecap.capture.replay", str(run.output)],
-                            capture_output=True, text=True, timeout=60)
+    replay = subprocess.run([str(Path(sys.executable).parent / "ecap-audit"), "replay",
+                             str(run.output)], capture_output=True, text=True, timeout=60)
     assert replay.returncode == 0, replay.stderr
     assert "GET /hello HTTP/1.1" in replay.stdout and "X-Ecap-Test: curl" in replay.stdout
     assert tls_helpers.HELLO.decode().strip() in replay.stdout
