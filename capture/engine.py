@@ -342,6 +342,11 @@ def run_capture(grant: Grant, pids: list[int], options: CaptureOptions, *,
         for hook in hooks:
             attachments += probes.attach(hook)
         prog_ids = probes.prog_ids()
+        journal.append("capture.start", session_id=session.session_id, jti=grant.jti,
+                       operator=grant.operator, pids=[h.pid for h in hooks],
+                       module=options.module, format=options.fmt,
+                       output=str(options.output) if options.output else None,
+                       prog_ids=prog_ids)
         sessions.register(sessions.SessionRecord(
             session_id=session.session_id, token=grant.token, operator=grant.operator,
             reason=grant.reason, module=options.module,
@@ -352,11 +357,6 @@ def run_capture(grant: Grant, pids: list[int], options: CaptureOptions, *,
                    "output": str(options.output) if options.output else None},
         ))
         registered = True
-        journal.append("capture.start", session_id=session.session_id, jti=grant.jti,
-                       operator=grant.operator, pids=[h.pid for h in hooks],
-                       module=options.module, format=options.fmt,
-                       output=str(options.output) if options.output else None,
-                       prog_ids=prog_ids)
         started = True
         session.writer.header(session.header(attachments))
         session.writer.flush()

@@ -5,9 +5,11 @@ who can write there can forge such a file, so a session counts only when all of
 these hold: its token verifies against the trust store (signature, host binding,
 revocation, lifetime) — or verified until it expired; the token's jti matches;
 each target PID is in the token's scope with the same start time; the journal
-recorded the gate granting that jti; and the programs the session names are
-loaded and held by the session's own capture process. Anything less, and the
-probes are judged as if the file did not exist.
+recorded the gate granting that jti *to the session's capture process* and that
+process's ``capture.start`` for this session naming the same programs (journal
+entries carry the writer's PID); and the programs the session names are loaded
+and held by that process. Anything less, and the probes are judged as if the
+file did not exist.
 """
 
 from __future__ import annotations
@@ -62,17 +64,54 @@ def _expired_but_genuine(token: str) -> bool:
     return True
 
 
-def _journal_grants(journal: Journal) -> tuple[set[str], str | None]:
-    """jtis the gate granted, per a journal whose hash chain verifies."""
+@dataclass(frozen=True)
+class JournalEvidence:
+    """What a journal whose hash chain verifies says about captures."""
+
+    grants: frozenset[tuple[str, int]] = frozenset()
+    """(jti, pid of the process the gate granted it to)."""
+    starts: dict[str, dict] = field(default_factory=dict)
+    """session_id → its ``capture.start`` entry."""
+    problem: str | None = None
+    """Why the journal proves nothing (unreadable, chain broken)."""
+
+
+def journal_evidence(journal: Journal) -> JournalEvidence:
+    """Grants and capture starts from the journal, if its chain verifies."""
     try:
         status = journal.verify()
     except Exception as exc:  # a missing or unreadable journal proves nothing
-        return set(), f"journal unreadable: {exc}"
+        return JournalEvidence(problem=f"journal unreadable: {exc}")
     if not status.ok:
-        return set(), f"journal chain broken at line {status.bad_line}: {status.problem}"
-    return {
-        str(e.get("jti")) for e in journal.read() if e.get("event") == "gate.granted"
-    }, None
+        return JournalEvidence(
+            problem=f"journal chain broken at line {status.bad_line}: {status.problem}"
+        )
+    grants: set[tuple[str, int]] = set()
+    starts: dict[str, dict] = {}
+    for e in journal.read():
+        if e.get("event") == "gate.granted":
+            grants.add((str(e.get("jti")), e.get("pid")))
+        elif e.get("event") == "capture.start":
+            starts[str(e.get("session_id"))] = e
+    return JournalEvidence(frozenset(grants), starts)
+
+
+def _journal_problem(record: SessionRecord, jti: str, evidence: JournalEvidence) -> str | None:
+    """Why the journal does not back this session, or None when it does."""
+    if evidence.problem:
+        return evidence.problem
+    if (jti, record.capture_pid) not in evidence.grants:
+        return f"the journal has no gate.granted entry for this token to pid {record.capture_pid}"
+    start = evidence.starts.get(record.session_id)
+    if start is None:
+        return "the journal has no capture.start entry for this session"
+    if (
+        start.get("jti") != jti
+        or start.get("pid") != record.capture_pid
+        or sorted(start.get("prog_ids") or []) != sorted(record.prog_ids)
+    ):
+        return "the journal's capture.start for this session names another token, process or programs"
+    return None
 
 
 def evaluate(
@@ -80,8 +119,7 @@ def evaluate(
     *,
     held_progs: dict[int, set[int]],
     loaded_progs: set[int],
-    granted_jtis: set[str],
-    journal_problem: str | None,
+    journal: JournalEvidence,
 ) -> Verdict:
     """Judge one session record against the token, journal and live kernel state.
 
@@ -118,10 +156,9 @@ def evaluate(
             pass  # target exited; the capture may still be attached (judged by programs)
     if record.module and grant.modules and record.module not in grant.modules:
         return rejected(f"module {record.module!r} is not allowed by the token")
-    if journal_problem:
-        return rejected(journal_problem)
-    if grant.jti not in granted_jtis:
-        return rejected("the journal has no gate.granted entry for this token")
+    problem = _journal_problem(record, grant.jti, journal)
+    if problem:
+        return rejected(problem)
     if not record.prog_ids:
         return rejected("the session names no programs")
     missing = set(record.prog_ids) - loaded_progs
@@ -160,12 +197,12 @@ def evaluate_all(
         return [], notes
     from ecap.journal import Journal
 
-    granted, journal_problem = _journal_grants(Journal())
+    evidence = journal_evidence(Journal())
     verdicts = []
     for r in records:
         try:
             verdicts.append(evaluate(r, held_progs=held_progs, loaded_progs=loaded_progs,
-                                     granted_jtis=granted, journal_problem=journal_problem))
+                                     journal=evidence))
         except Exception as exc:  # a hand-made file with wrong types is a rejected claim
             verdicts.append(_malformed(r, exc))
     return verdicts, notes

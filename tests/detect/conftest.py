@@ -80,8 +80,10 @@ def hook() -> Iterator[Callable[..., Hook]]:
     procs: list[subprocess.Popen[str]] = []
 
     def start(*targets: str, mode: str = "ioctl", ret: bool = False, comm: str | None = None,
-              map_name: str | None = None, pin: str | None = None) -> Hook:
-        cmd = [PY, str(HERE / "hook_helper.py"), "--mode", mode]
+              map_name: str | None = None, pin: str | None = None,
+              capture_args: list[str] = ()) -> Hook:
+        """``capture_args``: hook_helper's --gate/--grant-jti/--session-id options."""
+        cmd = [PY, str(HERE / "hook_helper.py"), "--mode", mode, *capture_args]
         if ret:
             cmd.append("--ret")
         if comm:

@@ -9,8 +9,15 @@ With ``--pin PATH`` it pins the link in bpffs and exits, leaving the hook alive
 with no process holding it. Otherwise it prints one JSON line and sleeps until
 killed. ``--comm`` renames the process (the hostile-name test).
 
+To stand in for an ecap capture, it can also do what ``ecap-audit capture`` does
+from its own process: ``--gate TOKEN_FILE --gate-pid PID`` passes the real
+authorization gate (journalling ``gate.granted`` with this PID), ``--grant-jti``
+journals a grant without the gate (a capture granted before its token expired),
+and ``--session-id`` journals ``capture.start`` with the loaded program ids.
+
 Usage: hook_helper.py [--mode ioctl|link|multi] [--ret] [--pin PATH] [--comm NAME]
-                      [--map-name NAME] FILE:FUNCTION [FILE:FUNCTION ...]
+                      [--map-name NAME] [--gate TOKEN_FILE --gate-pid PID]
+                      [--grant-jti JTI] [--session-id SID] FILE:FUNCTION [...]
 """
 
 from __future__ import annotations
@@ -125,8 +132,22 @@ def main() -> None:
     ap.add_argument("--comm")
     ap.add_argument("--map-name")
     ap.add_argument("--name", default="hook_helper")
+    ap.add_argument("--gate")
+    ap.add_argument("--gate-pid", type=int)
+    ap.add_argument("--grant-jti")
+    ap.add_argument("--session-id")
     ap.add_argument("targets", nargs="+")
     args = ap.parse_args()
+    jti = args.grant_jti
+    if args.gate:
+        from ecap.authz.gate import authorize_capture
+
+        token = Path(args.gate).read_text().strip()
+        jti = authorize_capture(token, pids=[args.gate_pid], module="tls", mode="text").jti
+    elif jti:
+        from ecap.journal import Journal
+
+        Journal().append("gate.granted", jti=jti, pids=[args.gate_pid], module="tls", mode="text")
     if args.comm:
         libc.prctl(15, ctypes.c_char_p(os.fsencode(args.comm)[:15]), 0, 0, 0)  # PR_SET_NAME
     map_fd = create_map(args.map_name) if args.map_name else None
@@ -156,7 +177,12 @@ def main() -> None:
         print(json.dumps({"pid": os.getpid(), "prog_ids": [prog_id(prog)], "pinned": args.pin}),
               flush=True)
         return
-    print(json.dumps({"pid": os.getpid(), "prog_ids": [prog_id(prog)]}), flush=True)
+    if args.session_id:
+        from ecap.journal import Journal
+
+        Journal().append("capture.start", session_id=args.session_id, jti=jti,
+                         pids=[args.gate_pid], module="tls", prog_ids=[prog_id(prog)])
+    print(json.dumps({"pid": os.getpid(), "prog_ids": [prog_id(prog)], "jti": jti}), flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     while True:
         time.sleep(3600)

@@ -16,15 +16,15 @@ import pytest
 from ecap import procfs, sessions
 from ecap.authz import keys, request, token
 from ecap.authz.gate import authorize_capture
-from ecap.journal import Journal
+from ecap.authz.verify import verify_token
 from tests.detect.conftest import LIBSSL, findings_of, functions, scan
 
 pytestmark = [pytest.mark.bpf]
 
 
 def _register(ecap_env, tok: str, *, hook_pid: int, prog_ids: list[int], victim_pid: int,
-              jti: str = "") -> str:
-    session_id = uuid.uuid4().hex
+              jti: str = "", session_id: str | None = None) -> str:
+    session_id = session_id or uuid.uuid4().hex
     sessions.register(sessions.SessionRecord(
         session_id=session_id,
         token=tok,
@@ -41,12 +41,20 @@ def _register(ecap_env, tok: str, *, hook_pid: int, prog_ids: list[int], victim_
     return session_id
 
 
+def _as_capture(ecap_env, tok: str, victim_pid: int, session_id: str) -> list[str]:
+    """hook_helper options that make it pass the gate and journal its start, like ecap-audit."""
+    path = ecap_env.write_token(tok, f"token-{session_id}.jwt")
+    return ["--gate", str(path), "--gate-pid", str(victim_pid), "--session-id", session_id]
+
+
 def test_verified_session_makes_the_hook_an_info_finding(ecap_env, hook, tls_victim):
-    h = hook(f"{LIBSSL}:SSL_write", f"{LIBSSL}:SSL_read")
     tok = ecap_env.authorize([tls_victim.pid], operator="alice", reason="incident 42")
-    grant = authorize_capture(tok, pids=[tls_victim.pid], module="tls", mode="text")
+    sid = uuid.uuid4().hex
+    h = hook(f"{LIBSSL}:SSL_write", f"{LIBSSL}:SSL_read",
+             capture_args=_as_capture(ecap_env, tok, tls_victim.pid, sid))
+    grant = verify_token(tok)
     _register(ecap_env, tok, hook_pid=h.pid, prog_ids=h.prog_ids, victim_pid=tls_victim.pid,
-              jti=grant.jti)
+              jti=grant.jti, session_id=sid)
     (f,) = findings_of(scan(), pid=h.pid)
     assert f["severity"] == "info"
     assert f["authorized"] is True
@@ -59,15 +67,16 @@ def test_verified_session_makes_the_hook_an_info_finding(ecap_env, hook, tls_vic
 
 
 def test_expired_token_still_attached_is_high(ecap_env, hook, tls_victim):
-    h = hook(f"{LIBSSL}:SSL_write")
     past = time.time() - 7200
     tok = ecap_env.authorize([tls_victim.pid], ttl="1h", now=past)
     claims = __import__("jwt").decode(tok, options={"verify_signature": False})
-    # the gate granted it two hours ago (the gate itself refuses expired tokens today)
-    Journal().append("gate.granted", jti=claims["jti"], operator="test-operator",
-                     reason="pytest", pids=[tls_victim.pid], module="tls", mode="text")
+    # the gate granted it two hours ago (the gate itself refuses expired tokens today),
+    # to the process that still holds the programs
+    sid = uuid.uuid4().hex
+    h = hook(f"{LIBSSL}:SSL_write", capture_args=[
+        "--grant-jti", claims["jti"], "--gate-pid", str(tls_victim.pid), "--session-id", sid])
     _register(ecap_env, tok, hook_pid=h.pid, prog_ids=h.prog_ids, victim_pid=tls_victim.pid,
-              jti=claims["jti"])
+              jti=claims["jti"], session_id=sid)
     (f,) = findings_of(scan(), pid=h.pid)
     assert f["severity"] == "high"
     assert f["authorized"] is False
@@ -109,6 +118,31 @@ def test_forged_session_is_not_accepted(ecap_env, hook, tls_victim, tmp_path, fo
     assert any("not accepted" in e for e in f["evidence"])
     (s,) = doc["inventory"]["sessions"]
     assert s["status"] == "rejected"
+
+
+def test_genuine_token_copied_into_a_session_for_another_process_is_rejected(
+        ecap_env, hook, tls_victim):
+    """A real, live authorization cannot be borrowed: the journal says which process the
+    gate granted it to and which programs that process started with."""
+    tok = ecap_env.authorize([tls_victim.pid])
+    sid = uuid.uuid4().hex
+    legit = hook(f"{LIBSSL}:SSL_read", capture_args=_as_capture(ecap_env, tok, tls_victim.pid, sid))
+    jti = verify_token(tok).jti
+    _register(ecap_env, tok, hook_pid=legit.pid, prog_ids=legit.prog_ids,
+              victim_pid=tls_victim.pid, jti=jti, session_id=sid)
+    rogue = hook(f"{LIBSSL}:SSL_write")
+    # same token, same jti; even the legitimate session id
+    _register(ecap_env, tok, hook_pid=rogue.pid, prog_ids=rogue.prog_ids,
+              victim_pid=tls_victim.pid, jti=jti, session_id=sid + "0")
+    doc = scan()
+    (f,) = findings_of(doc, pid=rogue.pid)
+    assert f["severity"] == "critical" and f["authorized"] is False
+    (ok,) = findings_of(doc, pid=legit.pid)
+    assert ok["severity"] == "info" and ok["authorized"] is True
+    statuses = {s["session_id"]: s for s in doc["inventory"]["sessions"]}
+    assert statuses[sid]["status"] == "authorized"
+    assert statuses[sid + "0"]["status"] == "rejected"
+    assert "gate.granted" in statuses[sid + "0"]["reason"]
 
 
 def test_malformed_session_file_is_rejected_not_fatal(ecap_env, hook):
