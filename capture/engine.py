@@ -322,8 +322,12 @@ def run_capture(grant: Grant, pids: list[int], options: CaptureOptions, *,
     Call only with a :class:`Grant` from the gate. Resolution and the output file
     come first (input errors exit 2 with nothing loaded), then the kernel side.
     """
-    hooks = resolve_targets(pids, options.libssl)
-    out = open_output(options.output)
+    try:
+        hooks = resolve_targets(pids, options.libssl)
+        out = open_output(options.output)
+    except BaseException as exc:
+        _journal_failure(journal, grant, pids, f"error: {exc}")
+        raise
     session = _Session(grant, hooks, options, out, journal)
     stop = session.stop
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -402,8 +406,20 @@ def run_capture(grant: Grant, pids: list[int], options: CaptureOptions, *,
         summary = _finish(session, stats, out) if started else None
         if out is not sys.stdout.buffer:
             out.close()
+        if not started:
+            # Failed between the grant and the start: no empty output file left
+            # behind, and the journal says what became of the grant.
+            if options.output is not None:
+                options.output.unlink(missing_ok=True)
+            _journal_failure(journal, grant, pids, stop.reason or "error: stopped before start")
     assert summary is not None
     return summary
+
+
+def _journal_failure(journal: Any, grant: Grant, pids: list[int], reason: str) -> None:
+    """Close a granted authorization that never became a capture (no journal gap)."""
+    journal.append("capture.failed", jti=grant.jti, operator=grant.operator, pids=pids,
+                   reason=reason)
 
 
 def _finish(session: _Session, stats: dict[str, int], out: IO[bytes]) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import pytest
 import seccomp
 
 from ecap import host
+from ecap.errors import EnvironmentNotReady
 from ecap.journal import Journal
 from tests import tls_helpers
 from tests.capture.conftest import read_stream
@@ -97,13 +98,43 @@ def test_bad_flags_are_usage_errors(ecap_env, tmp_path, sleeper):
 
 def test_process_without_tls_library_is_named_in_the_error(ecap_env, sleeper):
     token = ecap_env.write_token(ecap_env.authorize([sleeper.pid]))
+    output = ecap_env.root / "never.jsonl"
     proc = ecap_env.run("ecap-audit", "capture", "tls", "--pid", str(sleeper.pid),
-                        "--token", str(token))
+                        "--token", str(token), "--output", str(output))
     assert proc.returncode == 2
     assert f"process {sleeper.pid} ('sleep') maps no libssl" in proc.stderr
     assert "SSL_write/SSL_read" in proc.stderr
-    # granted, but nothing started: no capture.start in the journal
-    assert _gate_events(ecap_env) == ["gate.granted"]
+    # granted, but nothing started: the journal closes the grant, no output file exists
+    assert _gate_events(ecap_env) == ["gate.granted", "capture.failed"]
+    failed = next(e for e in Journal(ecap_env.journal).read() if e["event"] == "capture.failed")
+    assert "maps no libssl" in failed["reason"] and failed["pids"] == [sleeper.pid]
+    assert not output.exists()
+
+
+def test_failure_after_the_output_is_opened_removes_it_and_is_journalled(
+        ecap_env, tls_server, clients, monkeypatch):
+    """A kernel-side failure between grant and start (here: the program cannot be
+    built) leaves no empty output file and a capture.failed entry."""
+    from ecap.authz.gate import authorize_capture
+    from ecap.capture import engine
+
+    client = tls_helpers.python_client(tls_server, "/hello")
+    clients.append(client)
+    grant = authorize_capture(ecap_env.authorize([client.pid]), pids=[client.pid],
+                              module="tls", mode="jsonl")
+
+    class Unbuildable:
+        def __init__(self, **_: object) -> None:
+            raise EnvironmentNotReady("cannot compile the capture program (test)")
+
+    monkeypatch.setattr(engine, "Probes", Unbuildable)
+    output = ecap_env.root / "session.jsonl"
+    with pytest.raises(EnvironmentNotReady):
+        engine.run_capture(grant, [client.pid],
+                           engine.CaptureOptions(fmt="jsonl", output=output, quiet=True),
+                           journal=Journal(ecap_env.journal))
+    assert not output.exists()
+    assert _gate_events(ecap_env) == ["gate.granted", "capture.failed"]
 
 
 def _prog_exists(prog_id: int) -> bool:
