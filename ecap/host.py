@@ -8,7 +8,9 @@ finding for the detector and a failed check for preflight.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
 from pathlib import Path
 
 MACHINE_ID_PATHS = (Path("/etc/machine-id"), Path("/var/lib/dbus/machine-id"))
@@ -113,4 +115,22 @@ def uprobe_pmu_type() -> int | None:
     try:
         return int(Path("/sys/bus/event_source/devices/uprobe/type").read_text())
     except (OSError, ValueError):
+        return None
+
+
+def query_tool(
+    tool: str, *args: str, timeout: float = 10
+) -> subprocess.CompletedProcess[str] | None:
+    """Run a read-only query of an installed tool (``auditctl -s``, ``apparmor_parser
+    --version``); None when the tool is absent or does not answer in time.
+
+    Host checks report "unknown" for a missing answer rather than failing or guessing,
+    so callers only have to handle None.
+    """
+    exe = shutil.which(tool)
+    if exe is None:
+        return None
+    try:
+        return subprocess.run([exe, *args], capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired):
         return None

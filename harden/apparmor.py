@@ -11,12 +11,11 @@ to an unknown workload without breaking it.
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import ecap.policies
+from ecap import host
 from ecap.errors import UsageError
 from ecap.remediation import APPARMOR_DENY_TRACING
 from ecap.text import printable
@@ -49,12 +48,8 @@ class Syntax:
 
 def parser_version() -> tuple[int, ...] | None:
     """Version of the installed ``apparmor_parser``, or None when it is absent."""
-    exe = shutil.which("apparmor_parser")
-    if exe is None:
-        return None
-    try:
-        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
+    out = host.query_tool("apparmor_parser", "--version")
+    if out is None:
         return None
     m = re.search(r"version (\d+(?:\.\d+)*)", out.stdout + out.stderr)
     return tuple(int(x) for x in m.group(1).split(".")) if m else None

@@ -9,10 +9,10 @@ does exactly that, silently blinding the tracing watches).
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+from ecap import host
 
 RULES_DIRS = (Path("/etc/audit/rules.d"),)
 RULES_FILES = (Path("/etc/audit/audit.rules"),)
@@ -35,14 +35,8 @@ def live_rules() -> list[str] | None:
     None when auditctl is missing or the audit subsystem cannot be queried, so that
     callers report "unknown" instead of "no rules".
     """
-    exe = shutil.which("auditctl")
-    if exe is None:
-        return None
-    try:
-        proc = subprocess.run([exe, "-l"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if proc.returncode != 0:
+    proc = host.query_tool("auditctl", "-l")
+    if proc is None or proc.returncode != 0:
         return None
     lines = [ln.strip() for ln in proc.stdout.splitlines() if ln.strip()]
     return [] if lines == ["No rules"] else lines
@@ -54,12 +48,8 @@ def enabled() -> bool | None:
     Loaded rules produce no syscall records while ``enabled`` is 0, so a rule set
     alone does not make the audit controls pass.
     """
-    exe = shutil.which("auditctl")
-    if exe is None:
-        return None
-    try:
-        proc = subprocess.run([exe, "-s"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
+    proc = host.query_tool("auditctl", "-s")
+    if proc is None:
         return None
     m = re.search(r"^enabled\s+(\d+)", proc.stdout, re.M)
     return None if m is None else m.group(1) != "0"
