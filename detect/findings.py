@@ -123,18 +123,14 @@ def _actor(inv: Inventory, probe: Probe) -> tuple[str, object]:
         return ("pid", probe.holder_pid)
     if probe.source == "tracefs":
         return ("tracefs", probe.event)
-    if probe.link_id is not None:
-        pids = inv.holders_of("link", probe.link_id)
+    # A link names its holder more precisely than the program it runs, so it goes first.
+    for kind, obj_id in (("link", probe.link_id), ("prog", probe.prog_id)):
+        if not obj_id:  # ids start at 1; 0/None means the probe has no such object
+            continue
+        pids = inv.holders_of(kind, obj_id)
         if pids:
             return ("pid", pids[0])
-        pins = inv.pins_of("link", probe.link_id)
-        if pins:
-            return ("pin", pins[0].path)
-    if probe.prog_id:
-        pids = inv.holders_of("prog", probe.prog_id)
-        if pids:
-            return ("pid", pids[0])
-        pins = inv.pins_of("prog", probe.prog_id)
+        pins = inv.pins_of(kind, obj_id)
         if pins:
             return ("pin", pins[0].path)
     return ("kernel", probe.link_id or probe.prog_id)
