@@ -9,7 +9,7 @@ from pathlib import Path
 from ecap.cli import Parser, run
 from ecap.detect import render_json
 from ecap.detect.findings import RANK, SEVERITIES
-from ecap.detect.scan import ScanOptions, run_scan
+from ecap.detect.scan import WALKS, ScanOptions, run_scan
 from ecap.errors import Error, FindingsAboveThreshold, UsageError
 
 
@@ -25,6 +25,10 @@ def build_parser() -> Parser:
                       help="audit log to read BPF load history from (default /var/log/audit/audit.log)")
     scan.add_argument("--no-bpf", action="store_true",
                       help="do not call bpf(2): see only what /proc shows (as without CAP_SYS_ADMIN)")
+    scan.add_argument("--walk", choices=WALKS, default="auto",
+                      help="how to find fd holders and victims: 'kernel' (BPF iterators, "
+                           "fast on busy hosts), 'procfs' (/proc reads only), or 'auto' "
+                           "(default: kernel from a few hundred processes on)")
     scan.add_argument("--no-inventory", action="store_true",
                       help="terminal output: findings only, no inventory tables")
     scan.add_argument("--trust-dir", help="trusted public keys (default $ECAP_TRUST_DIR)")
@@ -63,7 +67,8 @@ def _scan(args) -> int:
     if audit_log is not None and not audit_log.is_file():
         raise UsageError(f"--audit-log {audit_log}: no such file", hint="give an auditd log file")
     try:
-        doc = run_scan(ScanOptions(audit_log=audit_log, use_bpf=not args.no_bpf))
+        doc = run_scan(ScanOptions(audit_log=audit_log, use_bpf=not args.no_bpf,
+                                   walk=args.walk))
     except Error:
         raise
     except OSError as exc:

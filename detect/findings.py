@@ -16,7 +16,7 @@ severity rules (issue 4):
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -161,8 +161,14 @@ class _Group:
     probes: list[Probe] = field(default_factory=list)
 
 
-def probe_findings(inv: Inventory) -> list[dict]:
-    """One finding per actor that hooks user functions (or kprobes)."""
+def probe_findings(inv: Inventory,
+                   victims: Callable[[dict], dict] = owners.victims) -> list[dict]:
+    """One finding per actor that hooks user functions (or kprobes).
+
+    ``victims`` finds the processes mapping each hooked file ((st_dev, st_ino) →
+    path); the scan
+    passes the in-kernel search when it has loaded one.
+    """
     from ecap.detect.resolve import resolve  # ELF parsing only when something is hooked
 
     groups: dict[tuple[str, object], _Group] = {}
@@ -187,8 +193,9 @@ def probe_findings(inv: Inventory) -> list[dict]:
             rows.append((p, res))
         hooked_by_group[key] = rows
 
-    files = {r.inode for rows in hooked_by_group.values() for _, r in rows if r and r.inode}
-    victims_by_file = owners.victims(files)
+    files = {r.inode: r.opened for rows in hooked_by_group.values() for _, r in rows
+             if r and r.inode}
+    victims_by_file = victims(files)
 
     out = []
     for key, rows in hooked_by_group.items():

@@ -9,11 +9,13 @@ space shows a uprobe has already fired in them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 from concurrent.futures import ThreadPoolExecutor
 
 from ecap import caps, procfs
+from ecap.detect.kernel_walk import KernelWalker, KernelWalkUnavailable
 
 
 def _user(uid: int) -> str | None:
@@ -57,25 +59,27 @@ def _dev_field(dev: int) -> str:
     return f"{os.major(dev):02x}:{os.minor(dev):02x}"
 
 
-def victims(files: set[tuple[int, int]], *, limit: int = 500) -> dict[tuple[int, int], list[dict]]:
-    """For each (st_dev, st_ino), the processes mapping that file now.
+def victims(files: dict[tuple[int, int], str | None], *, kernel: KernelWalker | None = None,
+            limit: int = 500) -> dict[tuple[int, int], list[dict]]:
+    """For each hooked file ((st_dev, st_ino) → the path it was opened by), the
+    processes mapping it now.
 
-    One pass over every ``/proc/PID/maps``, read as bytes by a few threads (the
-    kernel's text generation dominates and runs outside the GIL); a substring test
-    on the inode number skips most processes before any line is parsed.
+    Every answer comes from the processes' ``/proc/PID/maps`` (which also shows
+    the ``[uprobes]`` area). Without ``kernel`` every process's maps is read; with
+    it, only those the files' reverse maps name (:meth:`KernelWalker.mappers`).
     """
     out: dict[tuple[int, int], list[dict]] = {f: [] for f in files}
     if not files:
         return out
-    wanted = {(_dev_field(dev).encode(), str(ino).encode()): (dev, ino) for dev, ino in files}
-    needles = {ino for _dev, ino in wanted}
     me = str(os.getpid())  # the scanner itself may map libssl; it is no victim
-    pids = [n for n in os.listdir("/proc") if n.isdigit() and n != me]
-    chunks = [pids[i::_WORKERS] for i in range(_WORKERS)]
-    with ThreadPoolExecutor(_WORKERS) as pool:
-        parts = pool.map(lambda c: _scan_maps(c, wanted, needles), chunks)
-        hits = sorted((pid, key, fired) for part in parts for pid, key, fired in part)
-    for pid, key, fired in hits:
+    pids = None
+    if kernel is not None:
+        with contextlib.suppress(KernelWalkUnavailable):  # then: read every maps
+            candidates = kernel.mappers({k: p for k, p in files.items() if p})
+            pids = [str(pid) for pid in sorted(candidates)]
+    if pids is None:
+        pids = [n for n in os.listdir("/proc") if n.isdigit()]
+    for pid, key, fired_in in _maps_hits(set(files), [p for p in pids if p != me]):
         if len(out[key]) >= limit:
             continue
         try:
@@ -83,8 +87,26 @@ def victims(files: set[tuple[int, int]], *, limit: int = 500) -> dict[tuple[int,
             exe = procfs.exe(pid)
         except procfs.ProcessGone:
             continue
-        out[key].append({"pid": pid, "comm": comm, "exe": exe, "uprobes_mapping": fired})
+        out[key].append({"pid": pid, "comm": comm, "exe": exe, "uprobes_mapping": fired_in})
     return out
+
+
+def _maps_hits(files: set[tuple[int, int]],
+               pids: list[str]) -> list[tuple[int, tuple[int, int], bool]]:
+    """(pid, file, [uprobes] present) from one pass over these ``/proc/PID/maps``.
+
+    Read as bytes by a few threads when there are many (the kernel's text
+    generation dominates and runs outside the GIL); a substring test on the inode
+    number skips most processes before any line is parsed.
+    """
+    wanted = {(_dev_field(dev).encode(), str(ino).encode()): (dev, ino) for dev, ino in files}
+    needles = {ino for _dev, ino in wanted}
+    if len(pids) < 64:
+        return sorted(_scan_maps(pids, wanted, needles))
+    chunks = [pids[i::_WORKERS] for i in range(_WORKERS)]
+    with ThreadPoolExecutor(_WORKERS) as pool:
+        parts = pool.map(lambda c: _scan_maps(c, wanted, needles), chunks)
+        return sorted(hit for part in parts for hit in part)
 
 
 _WORKERS = 4

@@ -9,11 +9,13 @@ from what ``/proc/*/fdinfo`` shows.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 from ecap import caps, host
@@ -25,13 +27,16 @@ from ecap.detect import (
     holders,
     links,
     maps,
+    owners,
     pins,
     posture,
     programs,
     sessions,
     tracefs,
 )
+from ecap.detect.kernel_walk import KernelWalker, KernelWalkUnavailable
 from ecap.detect.model import Link, Map, Program, to_dict
+from ecap.errors import Error, UsageError
 from ecap.text import json_safe_str
 
 SCHEMA = "ecap.scan/1"
@@ -45,6 +50,18 @@ class ScanOptions:
     """AUDIT_BPF history source; default ``/var/log/audit/audit.log`` when present."""
     use_bpf: bool = True
     """False forces degraded mode (what an unprivileged scan sees), for comparison."""
+    walk: str = "auto"
+    """How to find fd holders and victims: ``kernel`` (BPF iterators), ``procfs``
+    (``/proc`` reads), or ``auto``: the kernel walk from KERNEL_WALK_MIN_PROCESSES
+    processes on, where it is cheaper than the ``/proc`` reads it replaces."""
+
+
+WALKS = ("auto", "kernel", "procfs")
+KERNEL_WALK_MIN_PROCESSES = 200
+"""Loading the iterators costs a fixed ~5 ms; the ``/proc`` walk costs ~25 µs per
+process (fd table, fdinfo, mount namespace, and a ``maps`` read once something
+is hooked). Below a couple of hundred processes ``/proc`` is the cheaper walk
+(bench/bench_detect.py measures both)."""
 
 
 def _iso(ts: float | None) -> str | None:
@@ -90,28 +107,80 @@ def _clean(value):
     return value
 
 
+@dataclass
+class _Objects:
+    """The id walks' result, taken before anything of ours is loaded."""
+
+    programs: list[Program]
+    maps: list[Map]
+    links: list[Link]
+    degraded: bool
+
+
+def _list_objects(options: ScanOptions) -> _Objects:
+    if not options.use_bpf:
+        return _Objects([], [], [], degraded=True)
+    try:
+        return _Objects(programs.list_programs(), maps.list_maps(), links.list_links(),
+                        degraded=False)
+    except bpfsys.BpfError as exc:
+        if exc.errno not in (errno.EPERM, errno.EACCES):
+            raise
+        return _Objects([], [], [], degraded=True)
+
+
 def run_scan(options: ScanOptions | None = None) -> dict:
     """Scan the host and return the scan document (see detect/SCHEMA.md)."""
     options = options or ScanOptions()
     started = time.monotonic()
     btf.clear_cache()  # BTF ids are reused eventually; names are cached per scan only
-    limitations: list[str] = []
     my_caps = caps.effective()
+    objects = _list_objects(options)
+    # The walker is loaded after the id walks, so its own programs are not inventoried.
+    kernel, walk_note = _open_kernel_walker(options, objects.degraded, my_caps)
+    with kernel or contextlib.nullcontext():
+        doc = _scan(objects, kernel, my_caps, options)
+    doc["scanner"]["walk_note"] = walk_note
+    doc["scanner"]["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
+    return _clean(doc)
 
-    prog_list: list[Program] = []
-    map_list: list[Map] = []
-    link_list: list[Link] = []
-    degraded = not options.use_bpf
-    if options.use_bpf:
+
+def _open_kernel_walker(options: ScanOptions, degraded: bool,
+                        my_caps: set[str]) -> tuple[KernelWalker | None, str | None]:
+    """The in-kernel walker when it is asked for (or pays off) and can load.
+
+    ``walk="kernel"`` that cannot load is an error; ``auto`` falls back to
+    ``/proc`` and says why in ``scanner.walk_note``.
+    """
+    if options.walk not in WALKS:
+        raise UsageError(f"walk {options.walk!r} is not one of {', '.join(WALKS)}")
+    if options.walk == "procfs":
+        return None, None
+    if options.walk == "auto":
+        processes = sum(1 for name in os.listdir("/proc") if name.isdigit())
+        if processes < KERNEL_WALK_MIN_PROCESSES:
+            return None, None
+    reason = None
+    if degraded or "CAP_SYS_ADMIN" not in my_caps:
+        reason = "needs CAP_SYS_ADMIN and bpf(2)"
+    else:
         try:
-            prog_list = programs.list_programs()
-            map_list = maps.list_maps()
-            link_list = links.list_links()
-        except bpfsys.BpfError as exc:
-            if exc.errno not in (errno.EPERM, errno.EACCES):
-                raise
-            degraded = True
-    walk = holders.walk(query_perf_events=not degraded)
+            return KernelWalker(), None
+        except KernelWalkUnavailable as exc:
+            reason = str(exc)
+    if options.walk == "kernel":
+        raise Error(f"kernel walk unavailable: {reason}",
+                    hint="run 'make setup' as root, or use --walk procfs")
+    return None, f"in-kernel walk unavailable ({reason}); walked /proc instead"
+
+
+def _scan(objects: _Objects, kernel: KernelWalker | None, my_caps: set[str],
+          options: ScanOptions) -> dict:
+    """Everything after the id walks; ``kernel`` serves the fd walk and victim search."""
+    limitations: list[str] = []
+    prog_list, map_list, link_list = objects.programs, objects.maps, objects.links
+    degraded = objects.degraded
+    walk = holders.walk(query_perf_events=not degraded, kernel=kernel)
     if walk.task_fd_query_denied:
         degraded = True
     if degraded:
@@ -156,7 +225,7 @@ def run_scan(options: ScanOptions | None = None) -> dict:
     if hnote:
         limitations.append(hnote)
 
-    found = findings.probe_findings(inv)
+    found = findings.probe_findings(inv, victims=partial(owners.victims, kernel=kernel))
     if any(p.is_uprobe and p.source == "perf_event" for p in inv.probes):
         limitations.append(
             "the target-process filter of a perf-event uprobe is not exposed by the kernel: "
@@ -190,6 +259,8 @@ def run_scan(options: ScanOptions | None = None) -> dict:
             "capabilities": sorted(c for c in my_caps if c in caps.SNIFFER_RELEVANT),
             "processes": walk.processes,
             "fds": walk.fds,
+            "walk": walk.method,
+            "walk_note": None,
             "duration_ms": None,
         },
         "posture": post,
@@ -221,8 +292,7 @@ def run_scan(options: ScanOptions | None = None) -> dict:
         "limitations": limitations,
         "summary": {"counts": counts, "findings": len(found)},
     }
-    doc["scanner"]["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
-    return _clean(doc)
+    return doc
 
 
 def _version() -> str:

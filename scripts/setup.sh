@@ -10,6 +10,7 @@ APT_PACKAGES=(
   python3-bpfcc bpftool bpftrace linux-headers-amd64 python3-audit auditd
   python3-venv python3-seccomp apparmor libseccomp-dev
   openssl curl nodejs chromium golang-go postgresql gcc libssl-dev
+  clang-14 libbpf-dev
 )
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -61,4 +62,11 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -c "import ecap, bcc, audit, auparse, seccomp" \
     || { echo "setup: .venv cannot import ecap/bcc/audit/auparse/seccomp" >&2; exit 4; }
   touch "$stamp"
+fi
+
+# ecap-detect's in-kernel walk: compile bpf/scan_iter.bpf.c into a BPF loader
+# (clang and libbpf at build time only; see scripts/build_bpf.py).
+loader=bpf/scan_iter.loader
+if [ ! -f "$loader" ] || [ bpf/scan_iter.bpf.c -nt "$loader" ] || [ scripts/build_bpf.py -nt "$loader" ]; then
+  .venv/bin/python scripts/build_bpf.py bpf/scan_iter.bpf.c "$loader"
 fi

@@ -136,8 +136,29 @@ def private_bpffs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", str(mnt)], check=True)
 
 
+_walk = "auto"
+
+
+@pytest.fixture(params=["procfs", "kernel"])
+def each_walk(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run the test once with each fd walk: both must find the same things.
+
+    ``auto`` would pick ``/proc`` on a test machine's few hundred processes, so
+    without this the in-kernel walk would go untested.
+    """
+    global _walk
+    _walk = request.param
+    try:
+        yield request.param
+    finally:
+        _walk = "auto"
+
+
 def scan(**kwargs) -> dict:
-    return run_scan(ScanOptions(**kwargs))
+    kwargs.setdefault("walk", _walk)
+    doc = run_scan(ScanOptions(**kwargs))
+    assert kwargs["walk"] == "auto" or doc["scanner"]["walk"] == kwargs["walk"]
+    return doc
 
 
 def findings_of(doc: dict, *, pid: int | None = None, pinned: str | None = None,

@@ -19,7 +19,7 @@ from ecap.authz.gate import authorize_capture
 from ecap.authz.verify import verify_token
 from tests.detect.conftest import LIBSSL, findings_of, functions, scan
 
-pytestmark = [pytest.mark.bpf]
+pytestmark = [pytest.mark.bpf, pytest.mark.usefixtures("each_walk")]
 
 
 def _register(ecap_env, tok: str, *, hook_pid: int, prog_ids: list[int], victim_pid: int,

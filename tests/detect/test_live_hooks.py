@@ -30,7 +30,7 @@ from tests.detect.conftest import (
     stop,
 )
 
-pytestmark = [pytest.mark.bpf]
+pytestmark = [pytest.mark.bpf, pytest.mark.usefixtures("each_walk")]
 
 
 def offset_of(path: str, func: str) -> int:

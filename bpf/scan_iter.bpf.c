@@ -1,0 +1,277 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * ecap-detect's in-kernel walk: BPF iterators over every task's files, tasks and
+ * memory maps, so a scan does not pay one readlink per fd (or one maps read per
+ * process) from Python. Each program writes fixed-size records to the iterator's
+ * seq_file; user space (ecap.detect.iterwalk) reads them with one read() loop.
+ *
+ * The file kinds are recognised exactly as `readlink /proc/PID/fd/N` names them:
+ * an anon-inode file whose dentry is "bpf-prog", "bpf-map", "bpf-link"/"bpf_link"
+ * or "[perf_event]". No kernel symbol addresses are needed, so nothing reads
+ * /proc/kallsyms. Kernel structures are declared here with only the fields used;
+ * libbpf relocates them against the running kernel's BTF (CO-RE).
+ *
+ * Built by `make setup` with clang -target bpf; see scripts/build-bpf.sh.
+ */
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+
+#define ANON_INODE_FS_MAGIC 0x09041934
+#define PA __attribute__((preserve_access_index))
+#define MAX_TREE_STEPS (1 << 17) /* memory areas per hooked file; kernel_walk.py checks */
+
+struct seq_file;
+struct bpf_iter_meta { struct seq_file *seq; };
+struct ns_common { unsigned int inum; } PA;
+struct mnt_namespace { struct ns_common ns; } PA;
+struct nsproxy { struct mnt_namespace *mnt_ns; } PA;
+struct mm_struct;
+struct task_struct { int pid; int tgid; struct nsproxy *nsproxy; struct mm_struct *mm; } PA;
+struct super_block { unsigned long s_magic; __u32 s_dev; } PA;
+struct inode { unsigned long i_ino; struct super_block *i_sb; } PA;
+struct qstr { __u32 len; const unsigned char *name; } PA;
+struct dentry { struct qstr d_name; } PA;
+struct path { struct dentry *dentry; } PA;
+struct rb_node { unsigned long __rb_parent_color; struct rb_node *rb_right; struct rb_node *rb_left; } PA;
+struct rb_root { struct rb_node *rb_node; } PA;
+struct rb_root_cached { struct rb_root rb_root; struct rb_node *rb_leftmost; } PA;
+struct address_space { struct rb_root_cached i_mmap; } PA;
+struct file {
+	struct path f_path;
+	struct inode *f_inode;
+	struct address_space *f_mapping;
+	void *private_data;
+} PA;
+struct bpf_prog_aux { __u32 id; } PA;
+struct bpf_prog { struct bpf_prog_aux *aux; } PA;
+struct bpf_map { __u32 id; } PA;
+struct bpf_link { __u32 id; struct bpf_prog *prog; } PA;
+struct perf_event { struct bpf_prog *prog; } PA;
+struct vm_area_struct {
+	struct mm_struct *vm_mm;
+	struct { struct rb_node rb; } shared;
+} PA;
+
+struct bpf_iter__task_file {
+	struct bpf_iter_meta *meta;
+	struct task_struct *task;
+	__u32 fd;
+	struct file *file;
+};
+struct bpf_iter__task { struct bpf_iter_meta *meta; struct task_struct *task; };
+
+/* Record layouts: keep in step with ecap/detect/kernel_walk.py. */
+enum fd_kind { KIND_PROG = 1, KIND_MAP = 2, KIND_LINK = 3, KIND_PERF = 4 };
+struct fd_record { __u32 tgid; __u32 fd; __u32 kind; __u32 id; __u32 prog_id; __u32 pad; };
+struct task_record { __u32 tgid; __u32 mnt_ns; __u64 maps_files; };
+
+/* counters[0]: files visited by task_files; counters[1]: memory areas visited by
+ * hooked_files (to tell a complete walk from one cut short by the bound). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+/* The scanner's own fds on the hooked files: fd -> bit index (0..63). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, __u32);
+	__type(value, __u32);
+} hooked_fds SEC(".maps");
+
+/* Address spaces (mm_struct pointers) that map a hooked file -> bitmask of which. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u64);
+	__type(value, __u64);
+} victim_mms SEC(".maps");
+
+static __always_inline int name_is(const char *have, const char *want, int len)
+{
+	for (int i = 0; i < 12; i++) {
+		if (i >= len)
+			return 1;
+		if (have[i] != want[i])
+			return 0;
+	}
+	return 1;
+}
+
+/* Which BPF-related anon inode this file is, or 0. Pointers handed to an
+ * iterator are BTF-typed, so the chain file->f_path.dentry->... is plain loads
+ * (the verifier makes them fault-safe); only strings go through a helper. */
+static __always_inline int fd_kind(struct file *file)
+{
+	struct dentry *dentry = file->f_path.dentry;
+	__u32 len = dentry->d_name.len;
+	char name[16] = {};
+
+	if (len != 7 && len != 8 && len != 12)
+		return 0;
+	if (file->f_inode->i_sb->s_magic != ANON_INODE_FS_MAGIC)
+		return 0;
+	if (bpf_probe_read_kernel(name, 12, dentry->d_name.name) < 0)
+		return 0;
+	if (len == 8 && (name_is(name, "bpf-prog", 8)))
+		return KIND_PROG;
+	if (len == 7 && name_is(name, "bpf-map", 7))
+		return KIND_MAP;
+	if (len == 8 && (name_is(name, "bpf-link", 8) || name_is(name, "bpf_link", 8)))
+		return KIND_LINK;
+	if (len == 12 && name_is(name, "[perf_event]", 12))
+		return KIND_PERF;
+	return 0;
+}
+
+SEC("iter/task_file")
+int task_files(struct bpf_iter__task_file *ctx)
+{
+	struct task_struct *task = ctx->task;
+	struct file *file = ctx->file;
+	struct fd_record rec = {};
+	__u32 zero = 0;
+	__u64 *seen;
+	void *priv;
+
+	if (!task || !file)
+		return 0;
+	seen = bpf_map_lookup_elem(&counters, &zero);
+	if (seen)
+		*seen += 1;
+	rec.kind = fd_kind(file);
+	if (!rec.kind)
+		return 0;
+	priv = file->private_data;
+	switch (rec.kind) {
+	case KIND_PROG:
+		rec.id = BPF_CORE_READ((struct bpf_prog *)priv, aux, id);
+		break;
+	case KIND_MAP:
+		rec.id = BPF_CORE_READ((struct bpf_map *)priv, id);
+		break;
+	case KIND_LINK:
+		rec.id = BPF_CORE_READ((struct bpf_link *)priv, id);
+		rec.prog_id = BPF_CORE_READ((struct bpf_link *)priv, prog, aux, id);
+		break;
+	case KIND_PERF:
+		/* Only perf events with a program attached answer BPF_TASK_FD_QUERY. */
+		if (!BPF_CORE_READ((struct perf_event *)priv, prog))
+			return 0;
+		rec.prog_id = BPF_CORE_READ((struct perf_event *)priv, prog, aux, id);
+		rec.id = rec.prog_id;
+		break;
+	}
+	rec.tgid = task->tgid;
+	rec.fd = ctx->fd;
+	bpf_seq_write(ctx->meta->seq, &rec, sizeof(rec));
+	return 0;
+}
+
+SEC("iter/task")
+int tasks(struct bpf_iter__task *ctx)
+{
+	struct task_struct *task = ctx->task;
+	struct task_record rec = {};
+	__u64 mm, *mask;
+
+	if (!task || task->pid != task->tgid)
+		return 0;
+	rec.tgid = task->tgid;
+	rec.mnt_ns = task->nsproxy->mnt_ns->ns.inum;
+	mm = (__u64)task->mm;
+	if (mm) {
+		mask = bpf_map_lookup_elem(&victim_mms, &mm);
+		if (mask)
+			rec.maps_files = *mask;
+	}
+	bpf_seq_write(ctx->meta->seq, &rec, sizeof(rec));
+	return 0;
+}
+
+/* One step of an in-order walk over a file's i_mmap interval tree: every memory
+ * area (in any process) that maps the file, which is how uprobes find the
+ * processes to install breakpoints in. The tree is read without its lock, so
+ * each step is a fault-safe read and the walk is bounded; user space confirms
+ * every victim it reports against /proc/PID/maps. */
+struct tree_walk {
+	__u64 node;
+	__u64 bit;
+	__u64 shared_rb_offset;
+};
+
+static __always_inline __u64 rb_read(__u64 node, int right)
+{
+	struct rb_node *n = (struct rb_node *)node;
+
+	return right ? (__u64)BPF_CORE_READ(n, rb_right) : (__u64)BPF_CORE_READ(n, rb_left);
+}
+
+static long tree_step(__u64 index, struct tree_walk *w)
+{
+	struct vm_area_struct *vma;
+	__u64 node = w->node, next, parent, mm, mask, *old;
+	__u32 one = 1;
+	__u64 *seen;
+
+	if (!node)
+		return 1;
+	vma = (struct vm_area_struct *)(node - w->shared_rb_offset);
+	mm = (__u64)BPF_CORE_READ(vma, vm_mm);
+	if (mm) {
+		old = bpf_map_lookup_elem(&victim_mms, &mm);
+		mask = (old ? *old : 0) | w->bit;
+		bpf_map_update_elem(&victim_mms, &mm, &mask, BPF_ANY);
+	}
+	seen = bpf_map_lookup_elem(&counters, &one);
+	if (seen)
+		*seen += 1;
+	/* rb_next() */
+	next = rb_read(node, 1);
+	if (next) {
+		for (int i = 0; i < 64; i++) {
+			__u64 left = rb_read(next, 0);
+
+			if (!left)
+				break;
+			next = left;
+		}
+		w->node = next;
+		return 0;
+	}
+	for (int i = 0; i < 64; i++) {
+		parent = BPF_CORE_READ((struct rb_node *)node, __rb_parent_color) & ~3ULL;
+		if (!parent || rb_read(parent, 1) != node)
+			break;
+		node = parent;
+	}
+	w->node = BPF_CORE_READ((struct rb_node *)node, __rb_parent_color) & ~3ULL;
+	return 0;
+}
+
+SEC("iter/task_file")
+int hooked_files(struct bpf_iter__task_file *ctx)
+{
+	struct file *file = ctx->file;
+	struct tree_walk walk = {};
+	__u32 fd = ctx->fd, *bit;
+
+	if (!ctx->task || !file)
+		return 0;
+	bit = bpf_map_lookup_elem(&hooked_fds, &fd);
+	if (!bit || *bit > 63)
+		return 0;
+	walk.bit = 1ULL << *bit;
+	walk.node = (__u64)file->f_mapping->i_mmap.rb_leftmost;
+	walk.shared_rb_offset = bpf_core_field_offset(struct vm_area_struct, shared.rb);
+	bpf_loop(MAX_TREE_STEPS, tree_step, &walk, 0);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";
