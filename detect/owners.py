@@ -101,7 +101,7 @@ def _maps_hits(files: set[tuple[int, int]],
     """
     wanted = {(_dev_field(dev).encode(), str(ino).encode()): (dev, ino) for dev, ino in files}
     needles = {ino for _dev, ino in wanted}
-    if len(pids) < 64:
+    if len(pids) < 256:  # below this, starting threads costs more than they save
         return sorted(_scan_maps(pids, wanted, needles))
     chunks = [pids[i::_WORKERS] for i in range(_WORKERS)]
     with ThreadPoolExecutor(_WORKERS) as pool:

@@ -7,11 +7,10 @@ reported as unknown (``None``), never guessed.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from dataclasses import dataclass
 
 from ecap import host, remediation
+from ecap.detect import audit_rules
 
 SYSCTLS = (
     "kernel.unprivileged_bpf_disabled",
@@ -37,48 +36,6 @@ class PostureIssue:
     value: object
 
 
-def audit_state() -> dict:
-    """Whether kernel audit is on and whether rules record ``bpf``/``perf_event_open``."""
-    state: dict = {"enabled": None, "auditd_pid": None, "rules_bpf": None,
-                   "rules_perf_event_open": None, "rules_tracefs_watch": None}
-    exe = shutil.which("auditctl")
-    if exe is None:
-        state["error"] = "auditctl not installed"
-        return state
-    try:
-        status = subprocess.run([exe, "-s"], capture_output=True, text=True, timeout=5)
-        rules = subprocess.run([exe, "-l"], capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        state["error"] = str(exc)
-        return state
-    for line in status.stdout.splitlines():
-        key, _, value = line.partition(" ")
-        if key == "enabled" and value.strip().isdigit():
-            state["enabled"] = int(value)
-        elif key == "pid" and value.strip().isdigit():
-            state["auditd_pid"] = int(value) or None
-    if rules.returncode == 0:
-        state.update(parse_rules(rules.stdout))
-    else:
-        state["error"] = (rules.stderr or "auditctl -l failed").strip().splitlines()[0]
-    return state
-
-
-def parse_rules(text: str) -> dict:
-    """Which of the syscalls/paths we care about the loaded audit rules cover."""
-    bpf = perf = watch = False
-    for line in text.splitlines():
-        words = line.replace(",", " ").split()
-        if "-S" in line or "syscall" in line:
-            if "bpf" in words or "all" in words:
-                bpf = True
-            if "perf_event_open" in words or "all" in words:
-                perf = True
-        if ("-w" in words or "dir=" in line or "path=" in line) and "tracing" in line:
-            watch = True
-    return {"rules_bpf": bpf, "rules_perf_event_open": perf, "rules_tracefs_watch": watch}
-
-
 def collect() -> dict:
     """The ``posture`` object of the scan document."""
     mounts = host.mounts()
@@ -97,7 +54,7 @@ def collect() -> dict:
             "bpffs": by_type.get("bpf", []),
             "securityfs": by_type.get("securityfs", []),
         },
-        "audit": audit_state(),
+        "audit": audit_rules.audit_state(),
     }
 
 

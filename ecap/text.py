@@ -53,6 +53,8 @@ def json_safe_str(value: str) -> str:
     File names and comm values read with surrogateescape are not valid UTF-8 and
     would make ``json.dumps(..., ensure_ascii=False)`` fail or emit lone surrogates.
     """
+    if value.isascii():  # the common case, decided in C
+        return value
     if any(0xDC80 <= ord(c) <= 0xDCFF for c in value):
         return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     return value

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 
 import pytest
 
-from ecap.detect import audit_history, classify, holders, pins, posture, tracefs
+from ecap.detect import audit_history, audit_rules, classify, holders, pins, posture, tracefs
 from ecap.detect.findings import merge_probes
 from ecap.detect.model import Probe
 from ecap.elf import open_elf
@@ -123,12 +124,29 @@ def test_posture_issues_carry_remediation_ids():
     assert posture.issues(strong) == []
 
 
+def _recorded_rules() -> list:
+    """Rules as the kernel listed them (AUDIT_LIST_RULES), recorded from auditctl's
+    -S bpf,perf_event_open (b64), -w uprobe_events, -S all (b32), -S openat dir=/etc."""
+    raw = (FIX / "audit_rules.bin").read_bytes()
+    rules, offset = [], 0
+    while offset < len(raw):
+        (size,) = struct.unpack_from("<I", raw, offset)
+        rules.append(audit_rules.parse_rule(raw[offset + 4:offset + 4 + size]))
+        offset += 4 + size
+    return rules
+
+
 def test_audit_rule_parsing():
-    rules = ("-a always,exit -F arch=b64 -S bpf,perf_event_open -F key=ecap-bpf\n"
-             "-w /sys/kernel/tracing/uprobe_events -p wa -k ecap-tracefs\n")
-    assert posture.parse_rules(rules) == {"rules_bpf": True, "rules_perf_event_open": True,
-                                          "rules_tracefs_watch": True}
-    assert posture.parse_rules("No rules\n")["rules_bpf"] is False
+    rules = _recorded_rules()
+    assert [r.paths for r in rules] == [(), ("/sys/kernel/tracing/uprobe_events",), (), ("/etc",)]
+    assert rules[0].syscalls == {321, 298} and rules[0].arch == 0xC000003E
+    x86_64 = {"arch": 0xC000003E, "bpf_nr": 321, "perf_nr": 298}
+    assert audit_rules.rule_coverage(rules, **x86_64) == {
+        "rules_bpf": True, "rules_perf_event_open": True, "rules_tracefs_watch": True}
+    # a watch's own syscall mask and another architecture's "-S all" do not count
+    assert audit_rules.rule_coverage(rules[1:], **x86_64) == {
+        "rules_bpf": False, "rules_perf_event_open": False, "rules_tracefs_watch": True}
+    assert audit_rules.rule_coverage([], **x86_64)["rules_bpf"] is False
 
 
 def test_merge_keeps_one_probe_per_attachment():
