@@ -169,8 +169,6 @@ def probe_findings(inv: Inventory,
     path); the scan
     passes the in-kernel search when it has loaded one.
     """
-    from ecap.detect.resolve import resolve  # ELF parsing only when something is hooked
-
     groups: dict[tuple[str, object], _Group] = {}
     for probe in inv.probes:
         if probe.type in ("tracepoint", "raw_tracepoint"):
@@ -188,6 +186,8 @@ def probe_findings(inv: Inventory,
                 root_pid = key[1] if key[0] == "pid" else None
                 rk = (p.target, p.offset, root_pid)
                 if rk not in resolved:
+                    from ecap.detect.resolve import resolve  # pyelftools: only if hooked
+
                     resolved[rk] = resolve(p.target, p.offset, root_pid)  # type: ignore[arg-type]
                 res = resolved[rk]
             rows.append((p, res))

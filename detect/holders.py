@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ecap.detect import bpfsys
@@ -112,6 +111,8 @@ def walk_procfs(pids: list[str], query_perf_events: bool) -> FdWalk:
     """The ``/proc`` walk over these pids (threads for large hosts)."""
     if len(pids) < 256:
         return _walk_pids(pids, query_perf_events)
+    from concurrent.futures import ThreadPoolExecutor  # (imports logging: only when used)
+
     chunks = [pids[i::WORKERS] for i in range(WORKERS)]
     with ThreadPoolExecutor(WORKERS) as pool:
         parts = list(pool.map(lambda c: _walk_pids(c, query_perf_events), chunks))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
-from concurrent.futures import ThreadPoolExecutor
 
 from ecap import caps, procfs
 from ecap.detect.kernel_walk import KernelWalker, KernelWalkUnavailable
@@ -103,6 +102,8 @@ def _maps_hits(files: set[tuple[int, int]],
     needles = {ino for _dev, ino in wanted}
     if len(pids) < 256:  # below this, starting threads costs more than they save
         return sorted(_scan_maps(pids, wanted, needles))
+    from concurrent.futures import ThreadPoolExecutor  # (imports logging: only when used)
+
     chunks = [pids[i::_WORKERS] for i in range(_WORKERS)]
     with ThreadPoolExecutor(_WORKERS) as pool:
         parts = pool.map(lambda c: _scan_maps(c, wanted, needles), chunks)

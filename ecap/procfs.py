@@ -7,7 +7,6 @@ ones without catching a zoo of OSErrors.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections.abc import Iterator
@@ -183,6 +182,8 @@ def container_id(pid: int) -> str | None:
 
 def sha256_file(path: str | os.PathLike[str], *, chunk: int = 1 << 20) -> str:
     """SHA-256 of a file's contents, hex."""
+    import hashlib  # loads OpenSSL; most procfs users never hash
+
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):

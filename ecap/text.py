@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import os
 
-from rich.markup import escape as _rich_escape
-
 
 def printable(value: str | bytes) -> str:
     """Replace control and non-printable characters with visible ``\\xNN`` escapes.
@@ -44,7 +42,9 @@ def for_rich(value: str | bytes | os.PathLike[str] | None) -> str:
         return ""
     if isinstance(value, os.PathLike):
         value = os.fspath(value)
-    return _rich_escape(printable(value))
+    from rich.markup import escape  # rich only where terminal output is made
+
+    return escape(printable(value))
 
 
 def json_safe_str(value: str) -> str:
