@@ -20,7 +20,7 @@
 
 #define ANON_INODE_FS_MAGIC 0x09041934
 #define PA __attribute__((preserve_access_index))
-#define MAX_TREE_STEPS (1 << 17) /* memory areas per hooked file; kernel_walk.py checks */
+#define MAX_TREE_STEPS (1 << 20) /* moves per hooked file (~3 per memory area) */
 
 struct seq_file;
 struct bpf_iter_meta { struct seq_file *seq; };
@@ -67,8 +67,8 @@ enum fd_kind { KIND_PROG = 1, KIND_MAP = 2, KIND_LINK = 3, KIND_PERF = 4 };
 struct fd_record { __u32 tgid; __u32 fd; __u32 kind; __u32 id; __u32 prog_id; __u32 pad; };
 struct task_record { __u32 tgid; __u32 mnt_ns; __u64 maps_files; };
 
-/* counters[0]: files visited by task_files; counters[1]: memory areas visited by
- * hooked_files (to tell a complete walk from one cut short by the bound). */
+/* counters[0]: files visited by task_files; counters[1]: hooked-file walks that
+ * hit the step bound before finishing (their victims would be incomplete). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 2);
@@ -195,64 +195,69 @@ int tasks(struct bpf_iter__task *ctx)
 	return 0;
 }
 
-/* One step of an in-order walk over a file's i_mmap interval tree: every memory
- * area (in any process) that maps the file, which is how uprobes find the
- * processes to install breakpoints in. The tree is read without its lock, so
- * each step is a fault-safe read and the walk is bounded; user space confirms
- * every victim it reports against /proc/PID/maps. */
+/* An in-order walk over a file's i_mmap interval tree: every memory area (in any
+ * process) that maps the file, which is how uprobes find the processes to put
+ * breakpoints in. Each bpf_loop step makes one move of a loop-free state machine
+ * (cheap to verify); the tree is read without its lock, so every read is
+ * fault-safe, the walk is bounded, and user space confirms each victim against
+ * /proc/PID/maps. */
+enum walk_state { WALK_EMIT, WALK_LEFTMOST, WALK_UP, WALK_DONE };
+
 struct tree_walk {
 	__u64 node;
 	__u64 bit;
 	__u64 shared_rb_offset;
+	__u32 state;
 };
 
-static __always_inline __u64 rb_read(__u64 node, int right)
+static __always_inline __u64 rb_parent(__u64 node)
 {
-	struct rb_node *n = (struct rb_node *)node;
-
-	return right ? (__u64)BPF_CORE_READ(n, rb_right) : (__u64)BPF_CORE_READ(n, rb_left);
+	return BPF_CORE_READ((struct rb_node *)node, __rb_parent_color) & ~3ULL;
 }
 
 static long tree_step(__u64 index, struct tree_walk *w)
 {
+	struct rb_node *node = (struct rb_node *)w->node;
 	struct vm_area_struct *vma;
-	__u64 node = w->node, next, parent, mm, mask, *old;
-	__u32 one = 1;
-	__u64 *seen;
+	__u64 next, parent, mm, mask, *old;
 
-	if (!node)
-		return 1;
-	vma = (struct vm_area_struct *)(node - w->shared_rb_offset);
-	mm = (__u64)BPF_CORE_READ(vma, vm_mm);
-	if (mm) {
-		old = bpf_map_lookup_elem(&victim_mms, &mm);
-		mask = (old ? *old : 0) | w->bit;
-		bpf_map_update_elem(&victim_mms, &mm, &mask, BPF_ANY);
-	}
-	seen = bpf_map_lookup_elem(&counters, &one);
-	if (seen)
-		*seen += 1;
-	/* rb_next() */
-	next = rb_read(node, 1);
-	if (next) {
-		for (int i = 0; i < 64; i++) {
-			__u64 left = rb_read(next, 0);
-
-			if (!left)
-				break;
-			next = left;
+	switch (w->state) {
+	case WALK_EMIT:
+		/* outside BPF_CORE_READ: its access-index builtin would relocate w-> too */
+		vma = (struct vm_area_struct *)(w->node - w->shared_rb_offset);
+		mm = (__u64)BPF_CORE_READ(vma, vm_mm);
+		if (mm) {
+			old = bpf_map_lookup_elem(&victim_mms, &mm);
+			mask = (old ? *old : 0) | w->bit;
+			bpf_map_update_elem(&victim_mms, &mm, &mask, BPF_ANY);
 		}
-		w->node = next;
+		next = (__u64)BPF_CORE_READ(node, rb_right);
+		if (next) {
+			w->node = next;
+			w->state = WALK_LEFTMOST;
+		} else {
+			w->state = WALK_UP;
+		}
+		return 0;
+	case WALK_LEFTMOST:
+		next = (__u64)BPF_CORE_READ(node, rb_left);
+		if (next)
+			w->node = next;
+		else
+			w->state = WALK_EMIT;
+		return 0;
+	case WALK_UP:
+		parent = rb_parent(w->node);
+		if (!parent) {
+			w->state = WALK_DONE;
+			return 1;
+		}
+		if ((__u64)BPF_CORE_READ((struct rb_node *)parent, rb_right) != w->node)
+			w->state = WALK_EMIT;
+		w->node = parent;
 		return 0;
 	}
-	for (int i = 0; i < 64; i++) {
-		parent = BPF_CORE_READ((struct rb_node *)node, __rb_parent_color) & ~3ULL;
-		if (!parent || rb_read(parent, 1) != node)
-			break;
-		node = parent;
-	}
-	w->node = BPF_CORE_READ((struct rb_node *)node, __rb_parent_color) & ~3ULL;
-	return 0;
+	return 1;
 }
 
 SEC("iter/task_file")
@@ -260,7 +265,8 @@ int hooked_files(struct bpf_iter__task_file *ctx)
 {
 	struct file *file = ctx->file;
 	struct tree_walk walk = {};
-	__u32 fd = ctx->fd, *bit;
+	__u32 fd = ctx->fd, one = 1, *bit;
+	__u64 *incomplete;
 
 	if (!ctx->task || !file)
 		return 0;
@@ -270,7 +276,13 @@ int hooked_files(struct bpf_iter__task_file *ctx)
 	walk.bit = 1ULL << *bit;
 	walk.node = (__u64)file->f_mapping->i_mmap.rb_leftmost;
 	walk.shared_rb_offset = bpf_core_field_offset(struct vm_area_struct, shared.rb);
+	walk.state = walk.node ? WALK_EMIT : WALK_DONE;
 	bpf_loop(MAX_TREE_STEPS, tree_step, &walk, 0);
+	if (walk.state != WALK_DONE) {
+		incomplete = bpf_map_lookup_elem(&counters, &one);
+		if (incomplete)
+			*incomplete += 1;
+	}
 	return 0;
 }
 

@@ -42,7 +42,6 @@ _TRACE_ITER = 28
 _FD_RECORD = struct.Struct("<IIIIII")  # tgid, fd, kind, id, prog_id, pad
 _TASK_RECORD = struct.Struct("<IIQ")  # tgid, mount namespace inode, hooked-file bitmask
 FD_KINDS = {1: "prog", 2: "map", 3: "link", 4: "perf_event"}
-MAX_TREE_STEPS = 1 << 17  # as in scan_iter.bpf.c
 MAX_HOOKED_FILES = 64  # one bit each in a u64 mask
 
 
@@ -239,9 +238,9 @@ class KernelWalker:
                                ctypes.create_string_buffer(struct.pack("<I", bit), 4))
             self._counter(1, reset=True)
             self._run("hooked_files", pid=os.getpid())
-            if self._counter(1) >= MAX_TREE_STEPS:
-                raise KernelWalkUnavailable("a hooked file is mapped more than "
-                                            f"{MAX_TREE_STEPS} times")
+            if self._counter(1):
+                raise KernelWalkUnavailable("a hooked file's reverse map was too large, "
+                                            "or changed, to walk to the end")
             raw = self._run("tasks")
         finally:
             _close_all(list(opened))
