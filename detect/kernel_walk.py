@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ecap.detect import bpfsys
+from ecap.fsutil import read_to_end
 
 LOADER_NAME = "scan_iter.loader"
 LOADER_FORMAT = "ecap.bpf-loader/1"
@@ -178,10 +179,7 @@ class KernelWalker:
             struct.pack_into("<I", attr, 0, link_fd)
             iter_fd = _bpf(_ITER_CREATE, attr, f"start the {program} iterator")
             try:
-                chunks = []
-                while chunk := os.read(iter_fd, 1 << 20):
-                    chunks.append(chunk)
-                return b"".join(chunks)
+                return read_to_end(iter_fd, 1 << 20)
             finally:
                 os.close(iter_fd)
         finally:

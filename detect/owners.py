@@ -15,6 +15,7 @@ import pwd
 
 from ecap import caps, procfs
 from ecap.detect.kernel_walk import KernelWalker, KernelWalkUnavailable
+from ecap.fsutil import read_to_end
 
 
 def _user(uid: int) -> str | None:
@@ -116,10 +117,7 @@ _WORKERS = 4
 def _read_all(path: str) -> bytes:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        chunks = []
-        while chunk := os.read(fd, 1 << 17):
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return read_to_end(fd)
     finally:
         os.close(fd)
 

@@ -58,10 +58,10 @@ class ScanOptions:
 
 WALKS = ("auto", "kernel", "procfs")
 KERNEL_WALK_MIN_PROCESSES = 200
-"""Loading the iterators costs a fixed ~5 ms; the ``/proc`` walk costs ~25 µs per
-process (fd table, fdinfo, mount namespace, and a ``maps`` read once something
-is hooked). Below a couple of hundred processes ``/proc`` is the cheaper walk
-(bench/bench_detect.py measures both)."""
+"""Loading the iterators costs a fixed ~10 ms; the ``/proc`` walk costs ~25 µs per
+process with a few fds, ~95 µs with 16 (fd table, fdinfo, mount namespace, and a
+``maps`` read once something is hooked). Below a couple of hundred processes
+``/proc`` is the cheaper walk (bench/bench_detect.py measures both)."""
 
 
 def _iso(ts: float | None) -> str | None:
@@ -139,8 +139,7 @@ def run_scan(options: ScanOptions | None = None) -> dict:
     # The walker is loaded after the id walks, so its own programs are not inventoried.
     kernel, walk_note = _open_kernel_walker(options, objects.degraded, my_caps)
     with kernel or contextlib.nullcontext():
-        doc = _scan(objects, kernel, my_caps, options)
-    doc["scanner"]["walk_note"] = walk_note
+        doc = _scan(objects, kernel, walk_note, my_caps, options)
     doc["scanner"]["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
     return _clean(doc)
 
@@ -174,8 +173,8 @@ def _open_kernel_walker(options: ScanOptions, degraded: bool,
     return None, f"in-kernel walk unavailable ({reason}); walked /proc instead"
 
 
-def _scan(objects: _Objects, kernel: KernelWalker | None, my_caps: set[str],
-          options: ScanOptions) -> dict:
+def _scan(objects: _Objects, kernel: KernelWalker | None, walk_note: str | None,
+          my_caps: set[str], options: ScanOptions) -> dict:
     """Everything after the id walks; ``kernel`` serves the fd walk and victim search."""
     limitations: list[str] = []
     prog_list, map_list, link_list = objects.programs, objects.maps, objects.links
@@ -260,7 +259,7 @@ def _scan(objects: _Objects, kernel: KernelWalker | None, my_caps: set[str],
             "processes": walk.processes,
             "fds": walk.fds,
             "walk": walk.method,
-            "walk_note": None,
+            "walk_note": walk_note,
             "duration_ms": None,
         },
         "posture": post,

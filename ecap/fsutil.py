@@ -45,3 +45,12 @@ def open_private(path: str | os.PathLike[str], flags: int = os.O_WRONLY | os.O_C
     fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
     os.fchmod(fd, 0o600)
     return os.fdopen(fd, "wb" if not flags & os.O_APPEND else "ab")
+
+
+def read_to_end(fd: int, chunk: int = 1 << 17) -> bytes:
+    """Everything an fd yields until EOF (procfs and BPF iterator files are read in
+    pieces: one read() returns at most what the kernel generated so far)."""
+    chunks = []
+    while block := os.read(fd, chunk):
+        chunks.append(block)
+    return b"".join(chunks)
