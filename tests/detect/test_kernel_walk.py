@@ -136,3 +136,15 @@ def test_cli_walk_flag(hook, tmp_path):
                          capture_output=True, text=True)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
     stop(h.proc)
+
+
+def test_victim_search_falls_back_to_every_maps_file(monkeypatch, tls_victim):
+    """A reverse map that cannot be walked to the end must not lose victims."""
+    def refuse(self, files):
+        raise kernel_walk.KernelWalkUnavailable("walk cut short")
+
+    monkeypatch.setattr(kernel_walk.KernelWalker, "mappers", refuse)
+    st = os.stat(LIBSSL)
+    with kernel_walk.KernelWalker() as kernel:
+        found = owners.victims({(st.st_dev, st.st_ino): LIBSSL}, kernel=kernel)
+    assert tls_victim.pid in {v["pid"] for v in found[(st.st_dev, st.st_ino)]}
