@@ -13,11 +13,12 @@ demo: setup
 
 test: setup
 	@$(PY) -m ruff check .
+	@$(PY) -m ruff format --check .
 	@$(PY) -m pytest -q -ra tests
 
 lint: setup
 	@$(PY) -m ruff check .
-	@$(PY) -m ruff format --check . || true
+	@$(PY) -m ruff format --check .
 
 bench: setup
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit $$?; done

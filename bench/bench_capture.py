@@ -65,8 +65,7 @@ def build() -> Path:
     if not binary.exists() or binary.stat().st_mtime < src.stat().st_mtime:
         if shutil.which("gcc") is None or not Path("/usr/include/openssl/ssl.h").exists():
             sys.exit("bench: needs gcc and libssl-dev (apt-get install gcc libssl-dev)")
-        subprocess.run(["gcc", "-O2", "-o", str(binary), str(src), "-lssl", "-lcrypto"],
-                       check=True)
+        subprocess.run(["gcc", "-O2", "-o", str(binary), str(src), "-lssl", "-lcrypto"], check=True)
     return binary
 
 
@@ -79,15 +78,19 @@ class Env:
         _, pub, _ = keys.generate(prefix)
         keys.install_trusted(pub, root / "trust")
         self.key = keys.load_private(Path(f"{prefix}.key"))
-        self.env = {**os.environ, "ECAP_TRUST_DIR": str(root / "trust"),
-                    "ECAP_JOURNAL": str(root / "journal.jsonl"),
-                    "ECAP_RUN_DIR": str(root / "run")}
+        self.env = {
+            **os.environ,
+            "ECAP_TRUST_DIR": str(root / "trust"),
+            "ECAP_JOURNAL": str(root / "journal.jsonl"),
+            "ECAP_RUN_DIR": str(root / "run"),
+        }
         self.cert, self.keyfile = make_cert(root)
 
     def token_file(self, pid: int) -> Path:
         req = request.build([pid], modules=["tls"], modes=["jsonl"], reason="benchmark")
-        text = token.issue(req, self.key, operator="bench", reason="benchmark",
-                           ttl_seconds=3600, issuer="bench")
+        text = token.issue(
+            req, self.key, operator="bench", reason="benchmark", ttl_seconds=3600, issuer="bench"
+        )
         path = self.root / f"token-{pid}.jwt"
         path.write_text(text)
         return path
@@ -96,13 +99,20 @@ class Env:
 def start_pair(binary: Path, env: Env, size: int, count: int):
     portfile = env.root / "port"
     portfile.unlink(missing_ok=True)
-    server = subprocess.Popen([str(binary), "server", str(env.cert), str(env.keyfile),
-                               str(portfile)], stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [str(binary), "server", str(env.cert), str(env.keyfile), str(portfile)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     while not portfile.exists():
         time.sleep(0.01)
     port = portfile.read_text().strip()
-    client = subprocess.Popen([str(binary), "client", port, str(size), str(count)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    client = subprocess.Popen(
+        [str(binary), "client", port, str(size), str(count)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(0.3)  # handshake done; the client now waits for "go"
     return server, client
 
@@ -115,8 +125,7 @@ def go(client) -> float:
     return elapsed_ns / 1e9
 
 
-def run_once(binary: Path, env: Env, mode: str, size: int, count: int,
-             ring_mb: int) -> dict:
+def run_once(binary: Path, env: Env, mode: str, size: int, count: int, ring_mb: int) -> dict:
     server, client = start_pair(binary, env, size, count)
     result: dict = {"mode": mode, "size": size, "count": count}
     tool = None
@@ -130,20 +139,46 @@ def run_once(binary: Path, env: Env, mode: str, size: int, count: int,
             hook = targets.resolve(client.pid)
             for name in DATA_FUNCTIONS:
                 if name in hook.symbols:
-                    attach_uprobe_at(bpf, "count_call", str(hook.path),
-                                     hook.symbols[name].file_offset, client.pid)
+                    attach_uprobe_at(
+                        bpf,
+                        "count_call",
+                        str(hook.path),
+                        hook.symbols[name].file_offset,
+                        client.pid,
+                    )
                     if mode == "count-ret":
-                        attach_uprobe_at(bpf, "count_call", str(hook.path),
-                                         hook.symbols[name].file_offset, client.pid,
-                                         retprobe=True)
+                        attach_uprobe_at(
+                            bpf,
+                            "count_call",
+                            str(hook.path),
+                            hook.symbols[name].file_offset,
+                            client.pid,
+                            retprobe=True,
+                        )
         elif mode == "ecap":
             out = OUT / f"capture-{size}.jsonl"
             started = time.monotonic()
             tool = subprocess.Popen(
-                [ECAP, "capture", "tls", "--pid", str(client.pid), "--token",
-                 str(env.token_file(client.pid)), "--format", "jsonl", "--output", str(out),
-                 "--ring-size", str(ring_mb), "--quiet"],
-                env=env.env, stderr=subprocess.PIPE, text=True)
+                [
+                    ECAP,
+                    "capture",
+                    "tls",
+                    "--pid",
+                    str(client.pid),
+                    "--token",
+                    str(env.token_file(client.pid)),
+                    "--format",
+                    "jsonl",
+                    "--output",
+                    str(out),
+                    "--ring-size",
+                    str(ring_mb),
+                    "--quiet",
+                ],
+                env=env.env,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             rss = PeakRss(tool.pid)
             _wait_for_session(env, started)
         elif mode == "kernel":
@@ -154,10 +189,16 @@ def run_once(binary: Path, env: Env, mode: str, size: int, count: int,
             probes.attach(targets.resolve(client.pid))
         elif mode == "bpftrace":
             lib = targets.resolve(client.pid).display_path
-            prog = (f'uprobe:{lib}:SSL_write {{ printf("%r\\n", buf(arg1, 64)); }} '
-                    f'uprobe:{lib}:SSL_read {{ printf("%r\\n", buf(arg1, 64)); }}')
-            tool = subprocess.Popen(["bpftrace", "-p", str(client.pid), "-e", prog],
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            prog = (
+                f'uprobe:{lib}:SSL_write {{ printf("%r\\n", buf(arg1, 64)); }} '
+                f'uprobe:{lib}:SSL_read {{ printf("%r\\n", buf(arg1, 64)); }}'
+            )
+            tool = subprocess.Popen(
+                ["bpftrace", "-p", str(client.pid), "-e", prog],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             lines: list[int] = [0]
             ready = threading.Event()
 
@@ -193,8 +234,7 @@ def run_once(binary: Path, env: Env, mode: str, size: int, count: int,
             tool.send_signal(2)
             _, err = tool.communicate(timeout=60)
             reader.join(10)
-            lost = sum(int(n) for n in re.findall(r"Lost (\d+) events",
-                                                  err + "".join(lost_lines)))
+            lost = sum(int(n) for n in re.findall(r"Lost (\d+) events", err + "".join(lost_lines)))
             result["lost_events"] = lost
             result["captured_writes"] = lines[0]
         elif mode in ("count", "count-ret"):
@@ -253,8 +293,10 @@ def _wait_for_session(env: Env, started: float, timeout: float = 30) -> float:
 def time_to_first_event(binary: Path, env: Env) -> dict:
     portfile = env.root / "port"
     portfile.unlink(missing_ok=True)
-    server = subprocess.Popen([str(binary), "server", str(env.cert), str(env.keyfile),
-                               str(portfile)], stdout=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [str(binary), "server", str(env.cert), str(env.keyfile), str(portfile)],
+        stdout=subprocess.DEVNULL,
+    )
     while not portfile.exists():
         time.sleep(0.01)
     client = subprocess.Popen([str(binary), "trickle", portfile.read_text().strip()])
@@ -264,9 +306,24 @@ def time_to_first_event(binary: Path, env: Env) -> dict:
     try:
         tok = env.token_file(client.pid)
         started = time.monotonic()
-        tool = subprocess.Popen([ECAP, "capture", "tls", "--pid", str(client.pid), "--token",
-                                 str(tok), "--format", "jsonl", "--output", str(out),
-                                 "--quiet"], env=env.env, stderr=subprocess.DEVNULL)
+        tool = subprocess.Popen(
+            [
+                ECAP,
+                "capture",
+                "tls",
+                "--pid",
+                str(client.pid),
+                "--token",
+                str(tok),
+                "--format",
+                "jsonl",
+                "--output",
+                str(out),
+                "--quiet",
+            ],
+            env=env.env,
+            stderr=subprocess.DEVNULL,
+        )
         rss = PeakRss(tool.pid)
         attached = _wait_for_session(env, started)
         first = None
@@ -278,8 +335,7 @@ def time_to_first_event(binary: Path, env: Env) -> dict:
         time.sleep(1.0)
         tool.send_signal(2)
         tool.wait(30)
-        return {"attached_s": attached, "first_event_s": first,
-                "idle_peak_rss_mb": rss.result()}
+        return {"attached_s": attached, "first_event_s": first, "idle_peak_rss_mb": rss.result()}
     finally:
         for proc in (tool, client, server):
             if proc is not None and proc.poll() is None:
@@ -302,8 +358,10 @@ def main() -> None:
         env = Env(Path(tmp))
         for size, count in SIZES.items():
             count = count // 10 if args.quick else count
-            row = {m: run_once(binary, env, m, size, count, args.ring_size)
-                   for m in ("none", "count", "count-ret", "kernel", "ecap", "bpftrace")}
+            row = {
+                m: run_once(binary, env, m, size, count, args.ring_size)
+                for m in ("none", "count", "count-ret", "kernel", "ecap", "bpftrace")
+            }
             results.append(row)
             floor = row["count"]["calls_per_s"]
             print(f"\n{size // 1024} KiB x {count} SSL_write:")
@@ -313,13 +371,19 @@ def main() -> None:
                     extra = f"  lost {r['lost_events']}, calls captured {r['captured_writes']}"
                 if r.get("capture_peak_rss_mb"):
                     extra += f", capture peak RSS {r['capture_peak_rss_mb']:.0f} MiB"
-                print(f"  {mode:9s} {r['calls_per_s']:>10.0f} calls/s {r['mb_per_s']:>8.1f} MB/s"
-                      f"  x{r['calls_per_s'] / floor:.2f} of count-only{extra}")
-            print(f"  ecap / bpftrace: x{row['ecap']['calls_per_s'] / row['bpftrace']['calls_per_s']:.2f}")
+                print(
+                    f"  {mode:9s} {r['calls_per_s']:>10.0f} calls/s {r['mb_per_s']:>8.1f} MB/s"
+                    f"  x{r['calls_per_s'] / floor:.2f} of count-only{extra}"
+                )
+            print(
+                f"  ecap / bpftrace: x{row['ecap']['calls_per_s'] / row['bpftrace']['calls_per_s']:.2f}"
+            )
         first = time_to_first_event(binary, env)
-        print(f"\nattached {first['attached_s']:.2f} s after launch; first event at "
-              f"{first['first_event_s']:.2f} s; idle capture peak RSS "
-              f"{first['idle_peak_rss_mb']:.0f} MiB")
+        print(
+            f"\nattached {first['attached_s']:.2f} s after launch; first event at "
+            f"{first['first_event_s']:.2f} s; idle capture peak RSS "
+            f"{first['idle_peak_rss_mb']:.0f} MiB"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps({"sizes": results, "startup": first}, indent=2))
 

@@ -63,8 +63,11 @@ def _bpftool_total() -> dict[str, float]:
 
 
 def _cli() -> None:
-    subprocess.run([str(ROOT / ".venv/bin/ecap-detect"), "scan", "--json", "-",
-                    "--fail-on", "critical"], stdout=subprocess.DEVNULL, check=False)
+    subprocess.run(
+        [str(ROOT / ".venv/bin/ecap-detect"), "scan", "--json", "-", "--fail-on", "critical"],
+        stdout=subprocess.DEVNULL,
+        check=False,
+    )
 
 
 def _python_startup() -> None:
@@ -73,8 +76,10 @@ def _python_startup() -> None:
 
 def measure(label: str) -> dict:
     doc = run_scan()
-    scans = {walk: _median(lambda walk=walk: run_scan(ScanOptions(walk=walk)))
-             for walk in ("auto", "procfs", "kernel")}
+    scans = {
+        walk: _median(lambda walk=walk: run_scan(ScanOptions(walk=walk)))
+        for walk in ("auto", "procfs", "kernel")
+    }
     result = {
         "scenario": label,
         "processes": doc["scanner"]["processes"],
@@ -88,12 +93,15 @@ def measure(label: str) -> dict:
         "bpftool_s": _bpftool_total(),
     }
     bt = result["bpftool_s"]["total"]
-    print(f"{label:34} procs={result['processes']:5} fds={result['fds']:6}  run_scan: "
-          f"auto({result['auto_walk']})={scans['auto'] * 1000:6.1f} "
-          f"procfs={scans['procfs'] * 1000:6.1f} kernel={scans['kernel'] * 1000:6.1f} ms  "
-          f"command={result['cli_s'] * 1000:6.1f} ms (python alone "
-          f"{result['python_startup_s'] * 1000:4.1f})  bpftool x4={bt * 1000:6.1f} ms  "
-          f"ratio auto/bpftool={scans['auto'] / bt:4.2f}", flush=True)
+    print(
+        f"{label:34} procs={result['processes']:5} fds={result['fds']:6}  run_scan: "
+        f"auto({result['auto_walk']})={scans['auto'] * 1000:6.1f} "
+        f"procfs={scans['procfs'] * 1000:6.1f} kernel={scans['kernel'] * 1000:6.1f} ms  "
+        f"command={result['cli_s'] * 1000:6.1f} ms (python alone "
+        f"{result['python_startup_s'] * 1000:4.1f})  bpftool x4={bt * 1000:6.1f} ms  "
+        f"ratio auto/bpftool={scans['auto'] / bt:4.2f}",
+        flush=True,
+    )
     return result
 
 
@@ -102,8 +110,14 @@ def _spawn_fd_holders(n: int) -> list[subprocess.Popen]:
     procs = []
     try:
         for _ in range(n):
-            procs.append(subprocess.Popen(["sleep", "3600"], pass_fds=held,
-                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL))
+            procs.append(
+                subprocess.Popen(
+                    ["sleep", "3600"],
+                    pass_fds=held,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                )
+            )
     finally:
         for fd in held:
             os.close(fd)
@@ -126,9 +140,17 @@ def main() -> int:
     _compile_bytecode()
     results = [measure("host as is")]
     sniffer = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests/detect/hook_helper.py"), "--mode", "ioctl",
-         f"{LIBSSL}:SSL_write", f"{LIBSSL}:SSL_read"],
-        stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            str(ROOT / "tests/detect/hook_helper.py"),
+            "--mode",
+            "ioctl",
+            f"{LIBSSL}:SSL_write",
+            f"{LIBSSL}:SSL_read",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert sniffer.stdout is not None
         sniffer.stdout.readline()
@@ -146,8 +168,11 @@ def main() -> int:
         sniffer.wait()
     out = ROOT / "bench" / "out"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "detect.json").write_text(json.dumps({
-        "kernel": os.uname().release, "cpus": os.cpu_count(), "results": results}, indent=2))
+    (out / "detect.json").write_text(
+        json.dumps(
+            {"kernel": os.uname().release, "cpus": os.cpu_count(), "results": results}, indent=2
+        )
+    )
     print(f"wrote {out / 'detect.json'}")
     return 0
 

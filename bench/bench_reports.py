@@ -47,7 +47,10 @@ def _real_scans() -> tuple[dict, dict]:
     """(scan with a bpftrace SSL_write hook attached, scan after it stopped)."""
     proc = subprocess.Popen(
         ["bpftrace", "-e", f"uprobe:{LIBSSL}:SSL_write {{ @n = count(); }}"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
     )
     try:
         assert proc.stdout is not None
@@ -110,24 +113,35 @@ def main() -> int:
         cli_out = tmp / "cli.html"
 
         def cli() -> None:
-            subprocess.run([str(BIN / "ecap-detect"), "report", *files, "--html", str(cli_out)],
-                           check=True, capture_output=True)
+            subprocess.run(
+                [str(BIN / "ecap-detect"), "report", *files, "--html", str(cli_out)],
+                check=True,
+                capture_output=True,
+            )
 
         cli_time = _median(cli)
         host_html = tmp / "host.html"
         host_time = _median(lambda: render_host_report(rogue, host_html))
 
         rogues = sum(1 for i in range(HOSTS) if i % ROGUE_EVERY == 3)
-        print(f"fleet: {HOSTS} hosts ({rogues} with a rogue sniffer), "
-              f"{sum(len(d['findings']) for d in docs)} findings, "
-              f"input {input_bytes / 2**20:.1f} MiB of scan JSON")
-        print(f"  render_fleet_report     {lib:.3f} s  (budget {BUDGET_SECONDS:.1f} s: "
-              f"{BUDGET_SECONDS / lib:.1f}x under)")
-        print(f"  HTML size               {size / 2**20:.2f} MiB  (budget {BUDGET_BYTES / 2**20:.0f} "
-              f"MiB: {BUDGET_BYTES / size:.1f}x under); JSON twin {twin.stat().st_size / 2**20:.2f} MiB")
+        print(
+            f"fleet: {HOSTS} hosts ({rogues} with a rogue sniffer), "
+            f"{sum(len(d['findings']) for d in docs)} findings, "
+            f"input {input_bytes / 2**20:.1f} MiB of scan JSON"
+        )
+        print(
+            f"  render_fleet_report     {lib:.3f} s  (budget {BUDGET_SECONDS:.1f} s: "
+            f"{BUDGET_SECONDS / lib:.1f}x under)"
+        )
+        print(
+            f"  HTML size               {size / 2**20:.2f} MiB  (budget {BUDGET_BYTES / 2**20:.0f} "
+            f"MiB: {BUDGET_BYTES / size:.1f}x under); JSON twin {twin.stat().st_size / 2**20:.2f} MiB"
+        )
         print(f"  ecap-detect report CLI  {cli_time:.3f} s end to end (start-up, 500 files read)")
-        print(f"host report of the rogue scan: {host_time * 1000:.0f} ms, "
-              f"{host_html.stat().st_size / 1e3:.0f} kB")
+        print(
+            f"host report of the rogue scan: {host_time * 1000:.0f} ms, "
+            f"{host_html.stat().st_size / 1e3:.0f} kB"
+        )
         ok = lib < BUDGET_SECONDS and size < BUDGET_BYTES
         print("within budget" if ok else "OVER BUDGET")
         return 0 if ok else 1

@@ -21,33 +21,53 @@ FORMATS = ("text", "jsonl")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("module", metavar="MODULE", help="what to capture: tls (OpenSSL API)")
-    parser.add_argument("--pid", type=int, action="append", required=True,
-                        help="process to capture (repeatable; each must be in the token)")
-    parser.add_argument("--token", required=True,
-                        help="authorization token file ('-' reads stdin)")
-    parser.add_argument("--format", choices=FORMATS, default="text",
-                        help="text (readable) or jsonl (the session record; see SCHEMA.md)")
+    parser.add_argument(
+        "--pid",
+        type=int,
+        action="append",
+        required=True,
+        help="process to capture (repeatable; each must be in the token)",
+    )
+    parser.add_argument("--token", required=True, help="authorization token file ('-' reads stdin)")
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="text",
+        help="text (readable) or jsonl (the session record; see SCHEMA.md)",
+    )
     parser.add_argument("--output", help="write here (created 0600) instead of stdout")
     parser.add_argument("--hex", action="store_true", help="show payloads as hex dumps")
-    parser.add_argument("--duration", type=float,
-                        help="stop after this many seconds (default: until targets exit, "
-                        "the token expires, or Ctrl-C)")
+    parser.add_argument(
+        "--duration",
+        type=float,
+        help="stop after this many seconds (default: until targets exit, "
+        "the token expires, or Ctrl-C)",
+    )
     parser.add_argument("--libssl", help="hook this libssl (path as the process sees it)")
-    parser.add_argument("--ring-size", type=int, default=DEFAULT_RING_MB, metavar="MIB",
-                        help=f"ring buffer size in MiB, a power of two (default "
-                        f"{DEFAULT_RING_MB})")
-    parser.add_argument("--max-call-bytes", type=int, default=DEFAULT_MAX_CALL_BYTES,
-                        metavar="N",
-                        help=f"bytes captured per SSL call, a multiple of {CHUNK} up to "
-                        f"{MAX_MAX_CALL_BYTES}; the rest is counted as truncated "
-                        f"(default {DEFAULT_MAX_CALL_BYTES})")
+    parser.add_argument(
+        "--ring-size",
+        type=int,
+        default=DEFAULT_RING_MB,
+        metavar="MIB",
+        help=f"ring buffer size in MiB, a power of two (default {DEFAULT_RING_MB})",
+    )
+    parser.add_argument(
+        "--max-call-bytes",
+        type=int,
+        default=DEFAULT_MAX_CALL_BYTES,
+        metavar="N",
+        help=f"bytes captured per SSL call, a multiple of {CHUNK} up to "
+        f"{MAX_MAX_CALL_BYTES}; the rest is counted as truncated "
+        f"(default {DEFAULT_MAX_CALL_BYTES})",
+    )
     parser.add_argument("--quiet", action="store_true", help="no status lines on stderr")
 
 
 def _validate(args: argparse.Namespace) -> list[int]:
     if args.module not in MODULES:
-        raise UsageError(f"unknown capture module {args.module!r}",
-                         hint=f"available: {', '.join(MODULES)}")
+        raise UsageError(
+            f"unknown capture module {args.module!r}", hint=f"available: {', '.join(MODULES)}"
+        )
     pids = list(dict.fromkeys(args.pid or []))
     if not pids:
         raise UsageError("--pid is required", hint="name each process to capture")
@@ -58,17 +78,22 @@ def _validate(args: argparse.Namespace) -> list[int]:
         raise UsageError(f"invalid --duration {args.duration}", hint="give seconds > 0")
     ring = args.ring_size
     if ring < 1 or ring > 1024 or ring & (ring - 1):
-        raise UsageError(f"invalid --ring-size {ring}",
-                         hint="a power of two between 1 and 1024 (MiB)")
+        raise UsageError(
+            f"invalid --ring-size {ring}", hint="a power of two between 1 and 1024 (MiB)"
+        )
     mcb = args.max_call_bytes
     if mcb < CHUNK or mcb > MAX_MAX_CALL_BYTES or mcb % CHUNK:
-        raise UsageError(f"invalid --max-call-bytes {mcb}",
-                         hint=f"a multiple of {CHUNK} between {CHUNK} and {MAX_MAX_CALL_BYTES}")
+        raise UsageError(
+            f"invalid --max-call-bytes {mcb}",
+            hint=f"a multiple of {CHUNK} between {CHUNK} and {MAX_MAX_CALL_BYTES}",
+        )
     if args.output:
         parent = Path(args.output).resolve().parent
         if not parent.is_dir():
-            raise UsageError(f"output directory {parent} does not exist",
-                             hint="create it or choose another --output")
+            raise UsageError(
+                f"output directory {parent} does not exist",
+                hint="create it or choose another --output",
+            )
     return pids
 
 
@@ -90,16 +115,22 @@ def handle(args: argparse.Namespace) -> int:
 
     journal = Journal(Path(args.journal) if getattr(args, "journal", None) else None)
     trust = Path(args.trust_dir) if getattr(args, "trust_dir", None) else None
-    grant = authorize_capture(token, pids=pids, module=args.module, mode=args.format,
-                              trust_dir=trust, journal=journal)
+    grant = authorize_capture(
+        token, pids=pids, module=args.module, mode=args.format, trust_dir=trust, journal=journal
+    )
 
     from ecap.capture.engine import CaptureOptions, run_capture
 
     options = CaptureOptions(
-        module=args.module, fmt=args.format,
-        output=Path(args.output) if args.output else None, hex=args.hex,
-        duration=args.duration, libssl=args.libssl, ring_mb=args.ring_size,
-        max_call_bytes=args.max_call_bytes, quiet=args.quiet,
+        module=args.module,
+        fmt=args.format,
+        output=Path(args.output) if args.output else None,
+        hex=args.hex,
+        duration=args.duration,
+        libssl=args.libssl,
+        ring_mb=args.ring_size,
+        max_call_bytes=args.max_call_bytes,
+        quiet=args.quiet,
     )
     run_capture(grant, pids, options, journal=journal)
     return 0

@@ -153,5 +153,8 @@ class ConnectionTable:
         return [c for c in (self.end_ssl(pid, c.ssl, ts, reason) for c in ended) if c]
 
     def end_all(self, ts: float, reason: str) -> list[Connection]:
-        return [c for c in (self.end_ssl(c.pid, c.ssl, ts, reason)
-                            for c in list(self._by_ssl.values())) if c]
+        return [
+            c
+            for c in (self.end_ssl(c.pid, c.ssl, ts, reason) for c in list(self._by_ssl.values()))
+            if c
+        ]

@@ -92,8 +92,9 @@ def open_output(path: Path | None) -> IO[bytes]:
         # Big buffer: the jsonl writer emits up to ~100 MB/s of small lines.
         return io.BufferedWriter(open_private(path).detach(), buffer_size=1 << 20)
     except OSError as exc:
-        raise UsageError(f"cannot write output file {path}: {exc.strerror}",
-                         hint="choose a writable path") from exc
+        raise UsageError(
+            f"cannot write output file {path}: {exc.strerror}", hint="choose a writable path"
+        ) from exc
 
 
 def resolve_targets(pids: list[int], libssl: str | None) -> list[targets_mod.HookTarget]:
@@ -102,8 +103,10 @@ def resolve_targets(pids: list[int], libssl: str | None) -> list[targets_mod.Hoo
         try:
             out.append(targets_mod.resolve(pid, libssl=libssl))
         except procfs.ProcessGone as exc:
-            raise UsageError(f"process {pid} exited before the capture started",
-                             hint="request a new token for the running process") from exc
+            raise UsageError(
+                f"process {pid} exited before the capture started",
+                hint="request a new token for the running process",
+            ) from exc
     return out
 
 
@@ -115,8 +118,14 @@ def _status(options: CaptureOptions, text: str) -> None:
 class _Session:
     """State of one running capture (kept out of run_capture for readability)."""
 
-    def __init__(self, grant: Grant, hooks: list[targets_mod.HookTarget], options: CaptureOptions,
-                 out: IO[bytes], journal: Any) -> None:
+    def __init__(
+        self,
+        grant: Grant,
+        hooks: list[targets_mod.HookTarget],
+        options: CaptureOptions,
+        out: IO[bytes],
+        journal: Any,
+    ) -> None:
         self.grant = grant
         self.hooks = hooks
         self.options = options
@@ -193,8 +202,10 @@ class _Session:
         """Notice exited targets; their connections end once the ring is drained."""
         for pid, start in list(self.live.items()):
             try:
-                alive = procfs.start_time(pid) == start and \
-                    procfs.stat_fields(pid)[0] not in ("Z", "X")
+                alive = procfs.start_time(pid) == start and procfs.stat_fields(pid)[0] not in (
+                    "Z",
+                    "X",
+                )
             except procfs.ProcessGone:
                 alive = False
             if not alive:
@@ -209,8 +220,10 @@ class _Session:
             self.stop.set("all targets exited")
         if time.time() >= self.grant.expires_at:
             self.stop.set("token expired")
-        if self.options.duration is not None and \
-                time.time() - self.started_at >= self.options.duration:
+        if (
+            self.options.duration is not None
+            and time.time() - self.started_at >= self.options.duration
+        ):
             self.stop.set("duration reached")
 
     def settle_exited(self, reader_cycles: int, *, force: bool = False) -> None:
@@ -224,8 +237,11 @@ class _Session:
     def report_losses(self, stats: dict[str, int]) -> None:
         if stats["lost_events"] != self.last_lost:
             self.last_lost = stats["lost_events"]
-            _status(self.options, f"{stats['lost_events']} events ({stats['lost_bytes']} bytes) "
-                    "lost so far: ring buffer full; raise --ring-size")
+            _status(
+                self.options,
+                f"{stats['lost_events']} events ({stats['lost_bytes']} bytes) "
+                "lost so far: ring buffer full; raise --ring-size",
+            )
 
     # -- summary ---------------------------------------------------------------------
     def summary(self, stats: dict[str, int]) -> dict[str, Any]:
@@ -254,14 +270,22 @@ class _Session:
             "format": self.options.fmt,
             "token": self.grant.token,
             "grant": self.grant.summary(),
-            "host": {"hostname": host.hostname(), "machine_id": host.machine_id(),
-                     "kernel": host.kernel_release()},
+            "host": {
+                "hostname": host.hostname(),
+                "machine_id": host.machine_id(),
+                "kernel": host.kernel_release(),
+            },
             "pids": [h.pid for h in self.hooks],
             "targets": [
-                {"pid": h.pid, "start_time": self.live.get(h.pid),
-                 "comm": _safe_comm(h.pid), "hooked": h.display_path, "kind": h.kind,
-                 "version": h.version,
-                 "functions": {n: s.file_offset for n, s in sorted(h.symbols.items())}}
+                {
+                    "pid": h.pid,
+                    "start_time": self.live.get(h.pid),
+                    "comm": _safe_comm(h.pid),
+                    "hooked": h.display_path,
+                    "kind": h.kind,
+                    "version": h.version,
+                    "functions": {n: s.file_offset for n, s in sorted(h.symbols.items())},
+                }
                 for h in self.hooks
             ],
             "max_call_bytes": self.options.max_call_bytes,
@@ -315,8 +339,9 @@ def _safe_comm(pid: int) -> str:
         return "?"
 
 
-def run_capture(grant: Grant, pids: list[int], options: CaptureOptions, *,
-                journal: Any, on_ready: Any = None) -> dict[str, Any]:
+def run_capture(
+    grant: Grant, pids: list[int], options: CaptureOptions, *, journal: Any, on_ready: Any = None
+) -> dict[str, Any]:
     """Run one capture to its end and return the summary.
 
     Call only with a :class:`Grant` from the gate. Resolution and the output file
@@ -336,8 +361,9 @@ def run_capture(grant: Grant, pids: list[int], options: CaptureOptions, *,
     registered = started = False
     stats = {"lost_events": 0, "lost_bytes": 0, "truncated_bytes": 0, "failed_calls": 0}
     try:
-        probes = session.probes = Probes(ring_mb=options.ring_mb,
-                                         max_call_bytes=options.max_call_bytes)
+        probes = session.probes = Probes(
+            ring_mb=options.ring_mb, max_call_bytes=options.max_call_bytes
+        )
         session.layout = probes.layout()
         check_layout(session.layout)
         probes.open_ring(session.on_raw)
@@ -346,28 +372,47 @@ def run_capture(grant: Grant, pids: list[int], options: CaptureOptions, *,
         for hook in hooks:
             attachments += probes.attach(hook)
         prog_ids = probes.prog_ids()
-        journal.append("capture.start", session_id=session.session_id, jti=grant.jti,
-                       operator=grant.operator, pids=[h.pid for h in hooks],
-                       module=options.module, format=options.fmt,
-                       output=str(options.output) if options.output else None,
-                       prog_ids=prog_ids)
-        sessions.register(sessions.SessionRecord(
-            session_id=session.session_id, token=grant.token, operator=grant.operator,
-            reason=grant.reason, module=options.module,
-            targets=[sessions.SessionTarget(pid, start) for pid, start in session.live.items()],
-            prog_ids=prog_ids, capture_pid=os.getpid(), started_at=session.started_at,
-            expires_at=grant.expires_at, jti=grant.jti,
-            extra={"hooked": sorted({h.display_path for h in hooks}),
-                   "output": str(options.output) if options.output else None},
-        ))
+        journal.append(
+            "capture.start",
+            session_id=session.session_id,
+            jti=grant.jti,
+            operator=grant.operator,
+            pids=[h.pid for h in hooks],
+            module=options.module,
+            format=options.fmt,
+            output=str(options.output) if options.output else None,
+            prog_ids=prog_ids,
+        )
+        sessions.register(
+            sessions.SessionRecord(
+                session_id=session.session_id,
+                token=grant.token,
+                operator=grant.operator,
+                reason=grant.reason,
+                module=options.module,
+                targets=[sessions.SessionTarget(pid, start) for pid, start in session.live.items()],
+                prog_ids=prog_ids,
+                capture_pid=os.getpid(),
+                started_at=session.started_at,
+                expires_at=grant.expires_at,
+                jti=grant.jti,
+                extra={
+                    "hooked": sorted({h.display_path for h in hooks}),
+                    "output": str(options.output) if options.output else None,
+                },
+            )
+        )
         registered = True
         started = True
         session.writer.header(session.header(attachments))
         session.writer.flush()
         for hook in hooks:
-            _status(options, f"capturing {options.module} from pid {hook.pid} "
-                    f"({printable(_safe_comm(hook.pid))}) via {printable(hook.display_path)} "
-                    f"[{printable(hook.version or 'version unknown')}]")
+            _status(
+                options,
+                f"capturing {options.module} from pid {hook.pid} "
+                f"({printable(_safe_comm(hook.pid))}) via {printable(hook.display_path)} "
+                f"[{printable(hook.version or 'version unknown')}]",
+            )
         _status(options, f"session {session.session_id}; Ctrl-C to stop")
         if on_ready is not None:
             on_ready(session.session_id)
@@ -418,8 +463,9 @@ def run_capture(grant: Grant, pids: list[int], options: CaptureOptions, *,
 
 def _journal_failure(journal: Any, grant: Grant, pids: list[int], reason: str) -> None:
     """Close a granted authorization that never became a capture (no journal gap)."""
-    journal.append("capture.failed", jti=grant.jti, operator=grant.operator, pids=pids,
-                   reason=reason)
+    journal.append(
+        "capture.failed", jti=grant.jti, operator=grant.operator, pids=pids, reason=reason
+    )
 
 
 def _finish(session: _Session, stats: dict[str, int], out: IO[bytes]) -> dict[str, Any]:
@@ -433,9 +479,12 @@ def _finish(session: _Session, stats: dict[str, int], out: IO[bytes]) -> dict[st
     summary = session.summary(stats)
     session.writer.summary(summary)
     session.writer.flush()
-    session.journal.append("capture.stop", session_id=session.session_id,
-                           reason=summary["stop_reason"],
-                           summary={k: v for k, v in summary.items() if k != "session_id"})
+    session.journal.append(
+        "capture.stop",
+        session_id=session.session_id,
+        reason=summary["stop_reason"],
+        summary={k: v for k, v in summary.items() if k != "session_id"},
+    )
     for line in summary_lines(summary):
         print(line, file=sys.stderr, flush=True)
     return summary

@@ -43,8 +43,21 @@ class Record:
 
 
 _COMMS: dict[bytes, str] = {}
-_HEADER_FIELDS = ("ts_ns", "ssl", "pid", "tid", "uid", "fd", "total", "offset", "len", "kind",
-                  "flags", "family", "comm")
+_HEADER_FIELDS = (
+    "ts_ns",
+    "ssl",
+    "pid",
+    "tid",
+    "uid",
+    "fd",
+    "total",
+    "offset",
+    "len",
+    "kind",
+    "flags",
+    "family",
+    "comm",
+)
 
 
 def check_layout(layout: HeaderLayout) -> None:
@@ -150,8 +163,11 @@ class Reassembler:
             data = b"".join(pieces)
         expected = min(first.total, self._limit)
         received = sum(p.len for p in parts)
-        truncated = first.total - self._limit if any(p.flags & FLAG_TRUNCATED for p in parts) \
+        truncated = (
+            first.total - self._limit
+            if any(p.flags & FLAG_TRUNCATED for p in parts)
             else max(0, first.total - expected)
+        )
         return Call(
             direction="write" if first.kind == KIND_WRITE else "read",
             ts=self._clock.wall(first.ts_ns),

@@ -45,15 +45,17 @@ class Http1Stream:
         if self._buf:
             data = bytes(self._buf)
             self._buf.clear()
-            yield Rendered(f"incomplete data ({len(data)} bytes)",
-                           show_payload(data, hex_mode=self._hex))
+            yield Rendered(
+                f"incomplete data ({len(data)} bytes)", show_payload(data, hex_mode=self._hex)
+            )
 
     def _parse_one(self) -> Rendered | None:
         end = self._buf.find(b"\r\n\r\n")
         if end < 0:
             first_line = self._buf.find(b"\r\n")
             if len(self._buf) > MAX_HEAD or (
-                    first_line >= 0 and not looks_like_http1(bytes(self._buf[:first_line]))):
+                first_line >= 0 and not looks_like_http1(bytes(self._buf[:first_line]))
+            ):
                 return self._raw()
             return None  # the head is still arriving
         head = bytes(self._buf[:end]).decode("latin-1")
@@ -83,8 +85,7 @@ class Http1Stream:
                 length = 0
             if len(self._buf) - body_start < length:
                 return None
-            body, consumed = bytes(self._buf[body_start : body_start + length]), \
-                body_start + length
+            body, consumed = bytes(self._buf[body_start : body_start + length]), body_start + length
         elif is_response and not _no_body(start):
             return None  # body runs until the connection closes: wait for finish()
         else:
@@ -98,8 +99,9 @@ class Http1Stream:
         self.broken = True
         return Rendered(f"data ({len(data)} bytes)", show_payload(data, hex_mode=self._hex))
 
-    def _render(self, start: str, headers: list[tuple[str, str]], body: bytes,
-                encoding: str | None) -> Rendered:
+    def _render(
+        self, start: str, headers: list[tuple[str, str]], body: bytes, encoding: str | None
+    ) -> Rendered:
         lines = [printable(start)]
         lines += [f"{printable(k)}: {printable(v)}" for k, v in headers]
         if body:

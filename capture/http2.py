@@ -102,8 +102,9 @@ class Http2Stream:
         elif isinstance(frame, RstStreamFrame):
             yield Rendered(f"HTTP/2 RST_STREAM stream {sid} error {frame.error_code}")
         elif isinstance(frame, GoAwayFrame):
-            yield Rendered(f"HTTP/2 GOAWAY last stream {frame.last_stream_id} "
-                           f"error {frame.error_code}")
+            yield Rendered(
+                f"HTTP/2 GOAWAY last stream {frame.last_stream_id} error {frame.error_code}"
+            )
         else:
             name = type(frame).__name__.removesuffix("Frame").upper()
             flags = ",".join(sorted(frame.flags))
@@ -123,8 +124,7 @@ class Http2Stream:
             if name.lower() == b"content-encoding":
                 self._encodings[sid] = value.decode("latin-1")
         end = self._header_end_stream.pop(sid, False)
-        yield Rendered(f"HTTP/2 stream {sid} headers" + (" (end of stream)" if end else ""),
-                       lines)
+        yield Rendered(f"HTTP/2 stream {sid} headers" + (" (end of stream)" if end else ""), lines)
 
     def _body(self, sid: int, body: bytes, *, complete: bool) -> Rendered:
         decoded, note = decode_content(body, self._encodings.pop(sid, None))

@@ -66,13 +66,13 @@ def _attach_uprobe_fn() -> Callable[..., int]:
     lib = ct.CDLL("libbcc.so.0", use_errno=True)
     fn = lib.bpf_attach_uprobe
     fn.restype = ct.c_int
-    fn.argtypes = [ct.c_int, ct.c_int, ct.c_char_p, ct.c_char_p, ct.c_uint64, ct.c_int,
-                   ct.c_uint32]
+    fn.argtypes = [ct.c_int, ct.c_int, ct.c_char_p, ct.c_char_p, ct.c_uint64, ct.c_int, ct.c_uint32]
     return fn
 
 
-def attach_uprobe_at(bpf: Any, prog: str, path: str, offset: int, pid: int, *,
-                     retprobe: bool = False, what: str = "") -> None:
+def attach_uprobe_at(
+    bpf: Any, prog: str, path: str, offset: int, pid: int, *, retprobe: bool = False, what: str = ""
+) -> None:
     """Attach program ``prog`` of a bcc ``BPF`` at a file offset, for one PID.
 
     bcc's own ``attach_uprobe(addr=)`` treats addr as a virtual address and parses
@@ -98,7 +98,8 @@ def attach_uprobe_at(bpf: Any, prog: str, path: str, offset: int, pid: int, *,
         f"could not attach {'uretprobe' if retprobe else 'uprobe'} to {what or path} "
         f"(pid {pid}): {os.strerror(errno)}",
         hint="another tool may hold a probe at the same place with a different "
-        "USDT semaphore offset (see dmesg 'ref_ctr_offset mismatch')")
+        "USDT semaphore offset (see dmesg 'ref_ctr_offset mismatch')",
+    )
 
 
 def bpf_source_path() -> Path:
@@ -134,9 +135,19 @@ def _layout_from_ctypes(cls: type[ct.Structure]) -> HeaderLayout:
     bcc derives that class from the C source, so the C struct is the only place
     the layout is written down.
     """
-    codes = {ct.c_ulonglong: "Q", ct.c_ulong: "Q", ct.c_uint: "I", ct.c_int: "i",
-             ct.c_ushort: "H", ct.c_ubyte: "B", ct.c_longlong: "q", ct.c_long: "q",
-             ct.c_short: "h", ct.c_byte: "b", ct.c_char: "c"}
+    codes = {
+        ct.c_ulonglong: "Q",
+        ct.c_ulong: "Q",
+        ct.c_uint: "I",
+        ct.c_int: "i",
+        ct.c_ushort: "H",
+        ct.c_ubyte: "B",
+        ct.c_longlong: "q",
+        ct.c_long: "q",
+        ct.c_short: "h",
+        ct.c_byte: "b",
+        ct.c_char: "c",
+    }
     fmt, pos, names = "<", 0, []
     data_offset = None
     for name, ctype in cls._fields_:
@@ -162,24 +173,28 @@ def _layout_from_ctypes(cls: type[ct.Structure]) -> HeaderLayout:
 class Probes:
     """The loaded program and its attachments for one capture session."""
 
-    def __init__(self, *, ring_mb: int = DEFAULT_RING_MB,
-                 max_call_bytes: int = DEFAULT_MAX_CALL_BYTES) -> None:
+    def __init__(
+        self, *, ring_mb: int = DEFAULT_RING_MB, max_call_bytes: int = DEFAULT_MAX_CALL_BYTES
+    ) -> None:
         if ring_mb < 1 or ring_mb & (ring_mb - 1) or ring_mb > 1024:
-            raise UsageError(f"ring size {ring_mb} MiB is not a power of two in 1..1024",
-                             hint="use e.g. --ring-size 32")
-        if (max_call_bytes < CHUNK or max_call_bytes % CHUNK
-                or max_call_bytes > MAX_MAX_CALL_BYTES):
+            raise UsageError(
+                f"ring size {ring_mb} MiB is not a power of two in 1..1024",
+                hint="use e.g. --ring-size 32",
+            )
+        if max_call_bytes < CHUNK or max_call_bytes % CHUNK or max_call_bytes > MAX_MAX_CALL_BYTES:
             raise UsageError(
                 f"per-call limit {max_call_bytes} must be a multiple of {CHUNK} "
                 f"between {CHUNK} and {MAX_MAX_CALL_BYTES}",
-                hint="use e.g. --max-call-bytes 262144")
+                hint="use e.g. --max-call-bytes 262144",
+            )
         self.max_call_bytes = max_call_bytes
         self.attachments: list[Attachment] = []
         try:
             from bcc import BPF
         except ImportError as exc:  # pragma: no cover - checked by preflight too
-            raise EnvironmentNotReady("bcc is not importable",
-                                      hint="run 'make setup' (python3-bpfcc)") from exc
+            raise EnvironmentNotReady(
+                "bcc is not importable", hint="run 'make setup' (python3-bpfcc)"
+            ) from exc
         self._BPF = BPF
         page = os.sysconf("SC_PAGE_SIZE")
         cflags = [
@@ -239,10 +254,18 @@ class Probes:
         self.attachments.extend(made)
         return made
 
-    def _attach_one(self, target: HookTarget, function: str, offset: int, prog: str,
-                    retprobe: bool) -> Attachment:
-        attach_uprobe_at(self.bpf, prog, str(target.path), offset, target.pid,
-                         retprobe=retprobe, what=f"{function} in {target.display_path}")
+    def _attach_one(
+        self, target: HookTarget, function: str, offset: int, prog: str, retprobe: bool
+    ) -> Attachment:
+        attach_uprobe_at(
+            self.bpf,
+            prog,
+            str(target.path),
+            offset,
+            target.pid,
+            retprobe=retprobe,
+            what=f"{function} in {target.display_path}",
+        )
         return Attachment(target.pid, target.display_path, function, offset, retprobe)
 
     # -- introspection ---------------------------------------------------------------

@@ -24,8 +24,9 @@ def _ts(text: str | None) -> float:
     return datetime.fromisoformat(text).timestamp() if text else 0.0
 
 
-def render_session(path: Path, out: IO[bytes], *, hex_mode: bool = False,
-                   colour: bool = False) -> None:
+def render_session(
+    path: Path, out: IO[bytes], *, hex_mode: bool = False, colour: bool = False
+) -> None:
     """Validate the session file and write its text rendering to ``out``."""
     try:
         records = validate_lines(path.read_text(encoding="utf-8").splitlines())
@@ -40,18 +41,35 @@ def render_session(path: Path, out: IO[bytes], *, hex_mode: bool = False,
         if kind == "header":
             writer.header(rec)
         elif kind == "event":
-            conn = conns.setdefault(rec["connection_id"], Connection(
-                rec["connection_id"], rec["pid"], int(rec["ssl"], 16), rec["comm"]))
+            conn = conns.setdefault(
+                rec["connection_id"],
+                Connection(rec["connection_id"], rec["pid"], int(rec["ssl"], 16), rec["comm"]),
+            )
             conn.fd, conn.local, conn.peer = rec["fd"], rec["local"], rec["peer"]
             data = base64.b64decode(rec["payload_b64"])
             conn.bytes[rec["direction"]] += len(data)
-            writer.call(conn, rec["message_id"], Call(
-                rec["direction"], _ts(rec["ts"]), rec["pid"], rec["tid"], rec["uid"],
-                rec["comm"], rec["fd"], int(rec["ssl"], 16), rec["total"], data,
-                rec["truncated"], rec["lost"]))
+            writer.call(
+                conn,
+                rec["message_id"],
+                Call(
+                    rec["direction"],
+                    _ts(rec["ts"]),
+                    rec["pid"],
+                    rec["tid"],
+                    rec["uid"],
+                    rec["comm"],
+                    rec["fd"],
+                    int(rec["ssl"], 16),
+                    rec["total"],
+                    data,
+                    rec["truncated"],
+                    rec["lost"],
+                ),
+            )
         elif kind == "connection":
             conn = conns.pop(rec["connection_id"], None) or Connection(
-                rec["connection_id"], rec["pid"], int(rec["ssl"], 16), rec["comm"])
+                rec["connection_id"], rec["pid"], int(rec["ssl"], 16), rec["comm"]
+            )
             conn.ended_at, conn.end_reason = _ts(rec["ended_at"]), rec["end_reason"]
             conn.bytes = {"write": rec["bytes_written"], "read": rec["bytes_read"]}
             writer.connection_end(conn)

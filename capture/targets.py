@@ -53,8 +53,12 @@ def _find_version(pid: int, ssl_path: str, maps_paths: list[str]) -> str | None:
     """OpenSSL keeps its version string in libcrypto, not libssl: look in both."""
     candidates = [ssl_path]
     directory = os.path.dirname(ssl_path)
-    candidates += [p for p in maps_paths if os.path.dirname(p) == directory
-                   and any(n in os.path.basename(p) for n in _LIBCRYPTO_NAMES)]
+    candidates += [
+        p
+        for p in maps_paths
+        if os.path.dirname(p) == directory
+        and any(n in os.path.basename(p) for n in _LIBCRYPTO_NAMES)
+    ]
     candidates += [p for p in maps_paths if "libcrypto" in os.path.basename(p)]
     for candidate in candidates:
         try:
@@ -89,16 +93,16 @@ def resolve(pid: int, *, libssl: str | None = None) -> HookTarget:
             host_path = procfs.in_root(pid, mapped)
             symbols = _symbols_in(host_path)
             if all(name in symbols for name in REQUIRED):
-                return HookTarget(pid, host_path, mapped, "library",
-                                  _find_version(pid, mapped, paths), symbols)
+                return HookTarget(
+                    pid, host_path, mapped, "library", _find_version(pid, mapped, paths), symbols
+                )
     exe = procfs.exe(pid)
     if exe:
         host_path = procfs.PROC / str(pid) / "exe"
         symbols = _symbols_in(host_path)
         if all(name in symbols for name in REQUIRED):
             version = open_elf(host_path).ssl_version()
-            return HookTarget(pid, _stable_exe_path(pid, exe), exe, "executable", version,
-                              symbols)
+            return HookTarget(pid, _stable_exe_path(pid, exe), exe, "executable", version, symbols)
     raise NoTlsLibrary(
         f"process {pid} ({procfs.comm(pid)!r}) maps no libssl and its executable "
         f"exports no {'/'.join(REQUIRED)}",
@@ -127,18 +131,24 @@ def _resolve_override(pid: int, libssl: str, paths: list[str]) -> HookTarget:
     mapped_here = libssl in paths
     host_path = procfs.in_root(pid, libssl) if mapped_here else Path(libssl)
     if not host_path.exists():
-        raise UsageError(f"--libssl {libssl}: no such file (in process {pid} or on the host)",
-                         hint="give the path shown in /proc/PID/maps")
+        raise UsageError(
+            f"--libssl {libssl}: no such file (in process {pid} or on the host)",
+            hint="give the path shown in /proc/PID/maps",
+        )
     symbols = _symbols_in(host_path)
     missing = [name for name in REQUIRED if name not in symbols]
     if missing:
-        raise NoTlsLibrary(f"--libssl {libssl} does not define {', '.join(missing)}",
-                           hint="point it at the libssl (or static binary) the process uses")
+        raise NoTlsLibrary(
+            f"--libssl {libssl} does not define {', '.join(missing)}",
+            hint="point it at the libssl (or static binary) the process uses",
+        )
     if not mapped_here:
         mapped_same = _mapped_same_inode(pid, host_path, paths)
         if mapped_same is None:
-            raise UsageError(f"--libssl {libssl} is not mapped by process {pid}",
-                             hint="a probe on a file the process does not run never fires")
+            raise UsageError(
+                f"--libssl {libssl} is not mapped by process {pid}",
+                hint="a probe on a file the process does not run never fires",
+            )
     try:
         version = open_elf(host_path).ssl_version() or _find_version(pid, libssl, paths)
     except NotAnElf:

@@ -72,8 +72,12 @@ class JsonlWriter:
         self._addr_cache: dict[tuple[str | None, str | None], str] = {}
 
     def _emit(self, record: dict[str, Any]) -> None:
-        self._out.write(json.dumps(record, ensure_ascii=False, separators=(",", ":"))
-                        .encode("utf-8", "backslashreplace") + b"\n")
+        self._out.write(
+            json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode(
+                "utf-8", "backslashreplace"
+            )
+            + b"\n"
+        )
 
     def header(self, info: dict[str, Any]) -> None:
         self._emit({"type": "header", "schema": SCHEMA, **info})
@@ -84,17 +88,18 @@ class JsonlWriter:
         # timestamp, or a string passed through json.dumps — same JSON either way.
         comm = self._comms.get(call.comm)
         if comm is None:
-            comm = self._comms[call.comm] = json.dumps(json_safe_str(call.comm),
-                                                       ensure_ascii=False)
+            comm = self._comms[call.comm] = json.dumps(json_safe_str(call.comm), ensure_ascii=False)
         write = self._out.write
-        write((
-            f'{{"type":"event","connection_id":{conn.id},"message_id":{message_id},'
-            f'"ts":"{_iso(call.ts)}","pid":{call.pid},"tid":{call.tid},"uid":{call.uid},'
-            f'"comm":{comm},"fd":{conn.fd},"ssl":"0x{call.ssl:x}",'
-            f'"direction":"{call.direction}",{self._endpoints(conn)},'
-            f'"len":{len(call.data)},"total":{call.total},'
-            f'"truncated":{call.truncated},"lost":{call.lost},"payload_b64":"'
-        ).encode("utf-8", "backslashreplace"))
+        write(
+            (
+                f'{{"type":"event","connection_id":{conn.id},"message_id":{message_id},'
+                f'"ts":"{_iso(call.ts)}","pid":{call.pid},"tid":{call.tid},"uid":{call.uid},'
+                f'"comm":{comm},"fd":{conn.fd},"ssl":"0x{call.ssl:x}",'
+                f'"direction":"{call.direction}",{self._endpoints(conn)},'
+                f'"len":{len(call.data)},"total":{call.total},'
+                f'"truncated":{call.truncated},"lost":{call.lost},"payload_b64":"'
+            ).encode("utf-8", "backslashreplace")
+        )
         write(base64.b64encode(call.data))  # not concatenated: no extra copy of it
         write(b'"}\n')
 
@@ -108,9 +113,17 @@ class JsonlWriter:
         return text
 
     def handshake(self, conn: Connection, ts: float) -> None:
-        self._emit({"type": "handshake", "connection_id": conn.id, "ts": _iso(ts),
-                    "pid": conn.pid, "fd": conn.fd, "ssl": f"0x{conn.ssl:x}",
-                    "peer": conn.peer})
+        self._emit(
+            {
+                "type": "handshake",
+                "connection_id": conn.id,
+                "ts": _iso(ts),
+                "pid": conn.pid,
+                "fd": conn.fd,
+                "ssl": f"0x{conn.ssl:x}",
+                "peer": conn.peer,
+            }
+        )
 
     def connection_end(self, conn: Connection) -> None:
         self._emit(connection_record(conn))
@@ -144,23 +157,33 @@ class TextWriter:
 
     def header(self, info: dict[str, Any]) -> None:
         grant = info.get("grant", {})
-        self._line(self._paint("bold", f"ecap capture {printable(info['session_id'])} "
-                               f"module {printable(info['module'])}"))
-        self._line(f"  operator {printable(str(grant.get('operator')))}, "
-                   f"reason {printable(str(grant.get('reason')))}, "
-                   f"token {printable(str(grant.get('jti')))} "
-                   f"expires {printable(str(_iso(grant.get('expires_at'))))}")
+        self._line(
+            self._paint(
+                "bold",
+                f"ecap capture {printable(info['session_id'])} module {printable(info['module'])}",
+            )
+        )
+        self._line(
+            f"  operator {printable(str(grant.get('operator')))}, "
+            f"reason {printable(str(grant.get('reason')))}, "
+            f"token {printable(str(grant.get('jti')))} "
+            f"expires {printable(str(_iso(grant.get('expires_at'))))}"
+        )
         for t in info.get("targets", []):
-            self._line(f"  pid {t['pid']} {printable(t['comm'])}: {printable(t['hooked'])} "
-                       f"({printable(t['kind'])}, {printable(str(t['version']))})")
+            self._line(
+                f"  pid {t['pid']} {printable(t['comm'])}: {printable(t['hooked'])} "
+                f"({printable(t['kind'])}, {printable(str(t['version']))})"
+            )
         self._line()
 
     def _heading(self, conn: Connection, direction: str, ts: float, title: str) -> str:
         when = time.strftime("%H:%M:%S", time.localtime(ts)) + f".{int(ts * 1e6) % 1000000:06d}"
         peer = printable(conn.peer or "?")
         arrow = _ARROWS.get(direction, "·")
-        text = (f"{when} conn#{conn.id} pid {conn.pid} {printable(conn.comm)} fd {conn.fd} "
-                f"{arrow} {peer}  {title}")
+        text = (
+            f"{when} conn#{conn.id} pid {conn.pid} {printable(conn.comm)} fd {conn.fd} "
+            f"{arrow} {peer}  {title}"
+        )
         return self._paint(direction if direction in _COLOURS else "dim", text)
 
     def call(self, conn: Connection, message_id: int, call: Call) -> None:
@@ -171,8 +194,11 @@ class TextWriter:
         if call.lost:
             note += f" [{call.lost} bytes lost: ring buffer full]"
         if note:
-            self._line(self._heading(conn, call.direction, call.ts,
-                                     f"#{message_id} {call.total} bytes{note}"))
+            self._line(
+                self._heading(
+                    conn, call.direction, call.ts, f"#{message_id} {call.total} bytes{note}"
+                )
+            )
         for item in renderer.feed(call.direction, call.data):
             self._line(self._heading(conn, call.direction, call.ts, item.title))
             for line in item.lines:
@@ -188,10 +214,15 @@ class TextWriter:
                 self._line(self._heading(conn, "dim", conn.ended_at or time.time(), item.title))
                 for line in item.lines:
                     self._line("    " + line)
-        self._line(self._heading(
-            conn, "dim", conn.ended_at or time.time(),
-            f"connection ended ({printable(conn.end_reason or '?')}): "
-            f"{conn.bytes['write']} bytes written, {conn.bytes['read']} read"))
+        self._line(
+            self._heading(
+                conn,
+                "dim",
+                conn.ended_at or time.time(),
+                f"connection ended ({printable(conn.end_reason or '?')}): "
+                f"{conn.bytes['write']} bytes written, {conn.bytes['read']} read",
+            )
+        )
 
     def summary(self, summary: dict[str, Any]) -> None:
         self._line()
@@ -206,8 +237,7 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     """The end-of-capture summary as text (stderr and text output)."""
     ev, by = summary["events"], summary["bytes"]
     return [
-        f"capture stopped: {printable(summary['stop_reason'])} after "
-        f"{summary['duration']:.1f}s",
+        f"capture stopped: {printable(summary['stop_reason'])} after {summary['duration']:.1f}s",
         f"  written: {ev['write']} events, {by['write']} bytes; "
         f"read: {ev['read']} events, {by['read']} bytes; "
         f"connections: {summary['connections']}",

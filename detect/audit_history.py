@@ -128,15 +128,17 @@ def summarize(events: list[BpfEvent], live_ids: set[int]) -> History:
             loads[ev.prog_id] = ev
         elif ev.op == "UNLOAD" and ev.prog_id not in live_ids:
             load = loads.pop(ev.prog_id, None)
-            transient.append({
-                "prog_id": ev.prog_id,
-                "loaded_at": load.time if load else None,
-                "unloaded_at": ev.time,
-                "pid": load.pid if load else None,
-                "exe": load.exe if load else None,
-                "comm": load.comm if load else None,
-                "auid": load.auid if load else None,
-            })
+            transient.append(
+                {
+                    "prog_id": ev.prog_id,
+                    "loaded_at": load.time if load else None,
+                    "unloaded_at": ev.time,
+                    "pid": load.pid if load else None,
+                    "exe": load.exe if load else None,
+                    "comm": load.comm if load else None,
+                    "auid": load.auid if load else None,
+                }
+            )
     return History(events, transient)
 
 

@@ -24,8 +24,22 @@ _RULE_HEADER = struct.Struct(f"<III{_BITMASK_WORDS}I{_MAX_FIELDS}I{_MAX_FIELDS}I
 _AUDIT_ARCH = 11
 _AUDIT_WATCH, _AUDIT_DIR, _AUDIT_EXE, _AUDIT_FILTERKEY = 105, 107, 112, 210
 # Fields whose value is a string in the rule's buffer (its length in ``values``).
-_STRING_FIELDS = {13, 14, 15, 16, 17, 19, 20, 21, 22, 23,
-                  _AUDIT_WATCH, _AUDIT_DIR, _AUDIT_EXE, _AUDIT_FILTERKEY}
+_STRING_FIELDS = {
+    13,
+    14,
+    15,
+    16,
+    17,
+    19,
+    20,
+    21,
+    22,
+    23,
+    _AUDIT_WATCH,
+    _AUDIT_DIR,
+    _AUDIT_EXE,
+    _AUDIT_FILTERKEY,
+}
 
 
 @dataclass(frozen=True)
@@ -42,22 +56,23 @@ def parse_rule(raw: bytes) -> Rule:
     """Decode one ``struct audit_rule_data`` (header and string buffer)."""
     words = _RULE_HEADER.unpack_from(raw)
     field_count = words[2]
-    mask = words[3:3 + _BITMASK_WORDS]
+    mask = words[3 : 3 + _BITMASK_WORDS]
     base = 3 + _BITMASK_WORDS
-    fields = words[base:base + _MAX_FIELDS]
-    values = words[base + _MAX_FIELDS:base + 2 * _MAX_FIELDS]
-    buf = raw[_RULE_HEADER.size:]
+    fields = words[base : base + _MAX_FIELDS]
+    values = words[base + _MAX_FIELDS : base + 2 * _MAX_FIELDS]
+    buf = raw[_RULE_HEADER.size :]
     arch, paths, offset = None, [], 0
     for i in range(min(field_count, _MAX_FIELDS)):
         if fields[i] == _AUDIT_ARCH:
             arch = values[i]
         elif fields[i] in _STRING_FIELDS:
-            text = buf[offset:offset + values[i]].decode("utf-8", "replace")
+            text = buf[offset : offset + values[i]].decode("utf-8", "replace")
             offset += values[i]
             if fields[i] in (_AUDIT_WATCH, _AUDIT_DIR):
                 paths.append(text)
-    syscalls = frozenset(w * 32 + b for w, word in enumerate(mask) if word
-                         for b in range(32) if word >> b & 1)
+    syscalls = frozenset(
+        w * 32 + b for w, word in enumerate(mask) if word for b in range(32) if word >> b & 1
+    )
     return Rule(arch, syscalls, tuple(paths))
 
 
@@ -79,8 +94,13 @@ def rule_coverage(rules: list[Rule], *, arch: int, bpf_nr: int, perf_nr: int) ->
 
 def audit_state() -> dict:
     """``enabled``, ``auditd_pid`` and the rule coverage; ``error`` when it cannot tell."""
-    state: dict = {"enabled": None, "auditd_pid": None, "rules_bpf": None,
-                   "rules_perf_event_open": None, "rules_tracefs_watch": None}
+    state: dict = {
+        "enabled": None,
+        "auditd_pid": None,
+        "rules_bpf": None,
+        "rules_perf_event_open": None,
+        "rules_tracefs_watch": None,
+    }
     try:
         import audit
     except ImportError:
@@ -95,8 +115,10 @@ def audit_state() -> dict:
             state["error"] = "audit status request refused (needs CAP_AUDIT_CONTROL)"
             return state
         reply = audit.audit_reply()
-        if audit.audit_get_reply(fd, reply, audit.GET_REPLY_BLOCKING, 0) > 0 \
-                and reply.type == audit.AUDIT_GET:
+        if (
+            audit.audit_get_reply(fd, reply, audit.GET_REPLY_BLOCKING, 0) > 0
+            and reply.type == audit.AUDIT_GET
+        ):
             state["enabled"] = int(reply.status.enabled)
             state["auditd_pid"] = int(reply.status.pid) or None
         rules = _list_rules(audit, fd)
@@ -106,10 +128,14 @@ def audit_state() -> dict:
         state["error"] = "audit rule list refused (needs CAP_AUDIT_CONTROL)"
         return state
     machine = audit.audit_detect_machine()
-    state.update(rule_coverage(
-        rules, arch=_native_arch(),
-        bpf_nr=audit.audit_name_to_syscall("bpf", machine),
-        perf_nr=audit.audit_name_to_syscall("perf_event_open", machine)))
+    state.update(
+        rule_coverage(
+            rules,
+            arch=_native_arch(),
+            bpf_nr=audit.audit_name_to_syscall("bpf", machine),
+            perf_nr=audit.audit_name_to_syscall("perf_event_open", machine),
+        )
+    )
     return state
 
 
@@ -131,5 +157,6 @@ def _list_rules(audit, fd: int) -> list[Rule] | None:
 
 def _native_arch() -> int:
     """AUDIT_ARCH_* of this machine (what ``-F arch=b64`` means here)."""
-    return {"x86_64": 0xC000003E, "aarch64": 0xC00000B7,
-            "riscv64": 0xC00000F3}.get(os.uname().machine, 0)
+    return {"x86_64": 0xC000003E, "aarch64": 0xC00000B7, "riscv64": 0xC00000F3}.get(
+        os.uname().machine, 0
+    )

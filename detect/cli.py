@@ -17,20 +17,39 @@ def build_parser() -> Parser:
     parser = Parser(prog="ecap-detect", description="Find eBPF programs that hook plaintext.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     scan = sub.add_parser("scan", help="scan this host for eBPF sniffers and weak posture")
-    scan.add_argument("--json", metavar="FILE|-", help="write the ecap.scan/1 document ('-': stdout)")
+    scan.add_argument(
+        "--json", metavar="FILE|-", help="write the ecap.scan/1 document ('-': stdout)"
+    )
     scan.add_argument("--html", metavar="FILE", help="write the HTML host report")
-    scan.add_argument("--fail-on", choices=SEVERITIES, default="high",
-                      help="exit 1 when a finding is at least this severe (default: high)")
-    scan.add_argument("--audit-log", metavar="PATH",
-                      help="audit log to read BPF load history from (default /var/log/audit/audit.log)")
-    scan.add_argument("--no-bpf", action="store_true",
-                      help="do not call bpf(2): see only what /proc shows (as without CAP_SYS_ADMIN)")
-    scan.add_argument("--walk", choices=WALKS, default="auto",
-                      help="how to find fd holders and victims: 'kernel' (BPF iterators, "
-                           "fast on busy hosts), 'procfs' (/proc reads only), or 'auto' "
-                           "(default: kernel from a few hundred processes on)")
-    scan.add_argument("--no-inventory", action="store_true",
-                      help="terminal output: findings only, no inventory tables")
+    scan.add_argument(
+        "--fail-on",
+        choices=SEVERITIES,
+        default="high",
+        help="exit 1 when a finding is at least this severe (default: high)",
+    )
+    scan.add_argument(
+        "--audit-log",
+        metavar="PATH",
+        help="audit log to read BPF load history from (default /var/log/audit/audit.log)",
+    )
+    scan.add_argument(
+        "--no-bpf",
+        action="store_true",
+        help="do not call bpf(2): see only what /proc shows (as without CAP_SYS_ADMIN)",
+    )
+    scan.add_argument(
+        "--walk",
+        choices=WALKS,
+        default="auto",
+        help="how to find fd holders and victims: 'kernel' (BPF iterators, "
+        "fast on busy hosts), 'procfs' (/proc reads only), or 'auto' "
+        "(default: kernel from a few hundred processes on)",
+    )
+    scan.add_argument(
+        "--no-inventory",
+        action="store_true",
+        help="terminal output: findings only, no inventory tables",
+    )
     scan.add_argument("--trust-dir", help="trusted public keys (default $ECAP_TRUST_DIR)")
     scan.add_argument("--journal", help="capture journal (default $ECAP_JOURNAL)")
     scan.add_argument("--run-dir", help="live session registry root (default $ECAP_RUN_DIR)")
@@ -45,8 +64,10 @@ def _check_writable(target: str | None, flag: str) -> None:
         return
     parent = Path(target).resolve().parent
     if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise UsageError(f"{flag} {target}: directory {parent} does not exist or is not writable",
-                         hint="choose a writable path")
+        raise UsageError(
+            f"{flag} {target}: directory {parent} does not exist or is not writable",
+            hint="choose a writable path",
+        )
 
 
 def _html(docs: list[dict], out: str) -> None:
@@ -59,16 +80,18 @@ def _html(docs: list[dict], out: str) -> None:
 def _scan(args) -> int:
     _check_writable(args.json, "--json")
     _check_writable(args.html, "--html")
-    for flag, var in (("trust_dir", "ECAP_TRUST_DIR"), ("journal", "ECAP_JOURNAL"),
-                      ("run_dir", "ECAP_RUN_DIR")):
+    for flag, var in (
+        ("trust_dir", "ECAP_TRUST_DIR"),
+        ("journal", "ECAP_JOURNAL"),
+        ("run_dir", "ECAP_RUN_DIR"),
+    ):
         if getattr(args, flag):
             os.environ[var] = getattr(args, flag)
     audit_log = Path(args.audit_log) if args.audit_log else None
     if audit_log is not None and not audit_log.is_file():
         raise UsageError(f"--audit-log {audit_log}: no such file", hint="give an auditd log file")
     try:
-        doc = run_scan(ScanOptions(audit_log=audit_log, use_bpf=not args.no_bpf,
-                                   walk=args.walk))
+        doc = run_scan(ScanOptions(audit_log=audit_log, use_bpf=not args.no_bpf, walk=args.walk))
     except Error:
         raise
     except OSError as exc:
@@ -100,11 +123,15 @@ def _report(args) -> int:
         try:
             doc = json.loads(Path(path).read_text())
         except (OSError, ValueError) as exc:
-            raise UsageError(f"{path}: not a readable scan document ({exc})",
-                             hint="pass files written by 'ecap-detect scan --json'") from exc
+            raise UsageError(
+                f"{path}: not a readable scan document ({exc})",
+                hint="pass files written by 'ecap-detect scan --json'",
+            ) from exc
         if not isinstance(doc, dict) or doc.get("schema") != "ecap.scan/1":
-            raise UsageError(f"{path}: schema is not ecap.scan/1",
-                             hint="pass files written by 'ecap-detect scan --json'")
+            raise UsageError(
+                f"{path}: schema is not ecap.scan/1",
+                hint="pass files written by 'ecap-detect scan --json'",
+            )
         docs.append(doc)
     _check_writable(args.html, "--html")
     _html(docs, args.html)

@@ -75,24 +75,51 @@ def link_probes(links: Iterable[Link]) -> list[Probe]:
     for link in links:
         info = link.info
         if link.type == "perf_event" and info.get("perf_event_type") in ("uprobe", "uretprobe"):
-            out.append(Probe("link", info["perf_event_type"], info.get("file", ""),
-                             info.get("offset", 0), link.prog_id, link.id))
+            out.append(
+                Probe(
+                    "link",
+                    info["perf_event_type"],
+                    info.get("file", ""),
+                    info.get("offset", 0),
+                    link.prog_id,
+                    link.id,
+                )
+            )
         elif link.type == "perf_event" and info.get("perf_event_type") in ("kprobe", "kretprobe"):
-            out.append(Probe("link", info["perf_event_type"], info.get("func", ""),
-                             info.get("offset", 0), link.prog_id, link.id))
+            out.append(
+                Probe(
+                    "link",
+                    info["perf_event_type"],
+                    info.get("func", ""),
+                    info.get("offset", 0),
+                    link.prog_id,
+                    link.id,
+                )
+            )
         elif link.type == "perf_event" and info.get("perf_event_type") == "tracepoint":
-            out.append(Probe("link", "tracepoint", info.get("tracepoint", ""), 0,
-                             link.prog_id, link.id))
+            out.append(
+                Probe("link", "tracepoint", info.get("tracepoint", ""), 0, link.prog_id, link.id)
+            )
         elif link.type == "uprobe_multi":
             kind = "uretprobe" if info.get("retprobe") else "uprobe"
             for off in info.get("offsets", []):
-                out.append(Probe("uprobe_multi", kind, info.get("path", ""), off, link.prog_id,
-                                 link.id, pid_filter=info.get("pid") or None))
+                out.append(
+                    Probe(
+                        "uprobe_multi",
+                        kind,
+                        info.get("path", ""),
+                        off,
+                        link.prog_id,
+                        link.id,
+                        pid_filter=info.get("pid") or None,
+                    )
+                )
     return out
 
 
-def merge_probes(fd_probes: list[Probe], from_links: list[Probe],
-                 from_tracefs: list[Probe]) -> list[Probe]:
+def merge_probes(
+    fd_probes: list[Probe], from_links: list[Probe], from_tracefs: list[Probe]
+) -> list[Probe]:
     """One probe per hook: a link, its fdinfo and the perf fd behind it are one attachment.
 
     Probes are keyed by (program, type, target, offset); later sightings only
@@ -161,8 +188,7 @@ class _Group:
     probes: list[Probe] = field(default_factory=list)
 
 
-def probe_findings(inv: Inventory,
-                   victims: Callable[[dict], dict] = owners.victims) -> list[dict]:
+def probe_findings(inv: Inventory, victims: Callable[[dict], dict] = owners.victims) -> list[dict]:
     """One finding per actor that hooks user functions (or kprobes).
 
     ``victims`` finds the processes mapping each hooked file ((st_dev, st_ino) →
@@ -193,8 +219,9 @@ def probe_findings(inv: Inventory,
             rows.append((p, res))
         hooked_by_group[key] = rows
 
-    files = {r.inode: r.opened for rows in hooked_by_group.values() for _, r in rows
-             if r and r.inode}
+    files = {
+        r.inode: r.opened for rows in hooked_by_group.values() for _, r in rows if r and r.inode
+    }
     victims_by_file = victims(files)
 
     out = []
@@ -203,8 +230,12 @@ def probe_findings(inv: Inventory,
     return out
 
 
-def _probe_finding(inv: Inventory, key: tuple[str, object], rows: list[tuple[Probe, Resolved | None]],
-                   victims_by_file: dict) -> dict:
+def _probe_finding(
+    inv: Inventory,
+    key: tuple[str, object],
+    rows: list[tuple[Probe, Resolved | None]],
+    victims_by_file: dict,
+) -> dict:
     kind, ident = key
     prog_ids = {p.prog_id for p, _ in rows if p.prog_id}
     owner = owners.describe(ident) if kind == "pid" else None  # type: ignore[arg-type]
@@ -236,8 +267,9 @@ def _probe_finding(inv: Inventory, key: tuple[str, object], rows: list[tuple[Pro
     plaintext = bool(classes & set(PLAINTEXT_CLASSES))
     uprobe = any(p.is_uprobe for p, _ in rows)
     # live = attached through BPF, or a tracefs event that is enabled
-    enabled = any(p.enabled is not False for p, r in rows
-                  if r is not None and r.cls in PLAINTEXT_CLASSES)
+    enabled = any(
+        p.enabled is not False for p, r in rows if r is not None and r.cls in PLAINTEXT_CLASSES
+    )
 
     victims: list[dict] = []
     seen_v: set[int] = set()
@@ -266,7 +298,9 @@ def _probe_finding(inv: Inventory, key: tuple[str, object], rows: list[tuple[Pro
 
     evidence = _evidence(inv, kind, ident, rows, owner, prog_ids, victims, verdict)
     functions = sorted({h["function"] or f"{h['path']}+{h['offset']:#x}" for h in hooked})
-    shown = ", ".join(functions[:4]) + (f" (+{len(functions) - 4} more)" if len(functions) > 4 else "")
+    shown = ", ".join(functions[:4]) + (
+        f" (+{len(functions) - 4} more)" if len(functions) > 4 else ""
+    )
     who = _who(kind, ident, owner)
     if plaintext:
         what = "/".join(sorted(classes & set(PLAINTEXT_CLASSES)))
@@ -276,8 +310,10 @@ def _probe_finding(inv: Inventory, key: tuple[str, object], rows: list[tuple[Pro
         elif expired:
             title = f"Expired ecap authorization still attached: {who} hooks {shown}"
         category = "plaintext-hook"
-        why = ("a probe on this function sees data before encryption or as typed/queried: "
-               "passwords, tokens, session cookies, query text")
+        why = (
+            "a probe on this function sees data before encryption or as typed/queried: "
+            "passwords, tokens, session cookies, query text"
+        )
         remedy = [remediation.RESPOND_ROGUE_SNIFFER] if authorized else list(ROGUE_REMEDIATION)
     else:
         title = f"{who} hooks {shown}"
@@ -286,8 +322,10 @@ def _probe_finding(inv: Inventory, key: tuple[str, object], rows: list[tuple[Pro
         remedy = [remediation.AUDITD_BPF_SYSCALLS, remediation.SECCOMP_DENY_BPF]
     if any(p.source == "tracefs" for p, _ in rows):
         remedy += [remediation.MOUNTS_TRACEFS_DEBUGFS, remediation.AUDITD_TRACING_WATCHES]
-    summary = (f"{len(hooked)} probe(s) on {len({h['path'] or h['function'] for h in hooked})} "
-               f"target(s); {len(victims)} process(es) currently map a hooked file")
+    summary = (
+        f"{len(hooked)} probe(s) on {len({h['path'] or h['function'] for h in hooked})} "
+        f"target(s); {len(victims)} process(es) currently map a hooked file"
+    )
     finding = {
         "id": _finding_id(category, kind, ident, sorted(functions)),
         "severity": severity,
@@ -298,7 +336,9 @@ def _probe_finding(inv: Inventory, key: tuple[str, object], rows: list[tuple[Pro
         "owner": owner or _static_owner(inv, kind, ident, prog_ids),
         "victims": victims,
         "authorized": authorized,
-        "authorization": verdict.authorization if verdict and verdict.status in (AUTHORIZED, EXPIRED) else {},
+        "authorization": verdict.authorization
+        if verdict and verdict.status in (AUTHORIZED, EXPIRED)
+        else {},
         "programs": sorted(prog_ids),
         "evidence": evidence,
         "why": why,
@@ -327,16 +367,28 @@ def _static_owner(inv: Inventory, kind: str, ident: object, prog_ids: set[int]) 
             out["mount_ns"] = pins[0].mount_ns
     elif kind == "tracefs":
         out["tracefs_event"] = ident
-    uids = sorted({inv.programs[i].created_by_uid for i in prog_ids
-                   if i in inv.programs and inv.programs[i].created_by_uid is not None})
+    uids = sorted(
+        {
+            inv.programs[i].created_by_uid
+            for i in prog_ids
+            if i in inv.programs and inv.programs[i].created_by_uid is not None
+        }
+    )
     if uids:
         out["created_by_uid"] = uids
     return out
 
 
-def _evidence(inv: Inventory, kind: str, ident: object, rows: list[tuple[Probe, Resolved | None]],
-              owner: dict | None, prog_ids: set[int], victims: list[dict],
-              verdict: Verdict | None) -> list[str]:
+def _evidence(
+    inv: Inventory,
+    kind: str,
+    ident: object,
+    rows: list[tuple[Probe, Resolved | None]],
+    owner: dict | None,
+    prog_ids: set[int],
+    victims: list[dict],
+    verdict: Verdict | None,
+) -> list[str]:
     ev: list[str] = []
     for p, r in rows:
         where = f"{p.target}:{p.offset:#x}" if p.is_uprobe else p.target
@@ -358,22 +410,32 @@ def _evidence(inv: Inventory, kind: str, ident: object, rows: list[tuple[Probe, 
         ev.append(f"program names: {', '.join(names)}")
     outputs = [inv.maps[m] for m in sorted(map_ids) if m in inv.maps and inv.maps[m].event_output]
     if outputs:
-        ev.append("ships data to user space through " + ", ".join(
-            f"{m.type} map {m.name or m.id}" for m in outputs))
-    ev += known_tools.evidence(owner.get("exe") if owner else None,
-                               owner.get("cmdline", []) if owner else [], names, map_names)
+        ev.append(
+            "ships data to user space through "
+            + ", ".join(f"{m.type} map {m.name or m.id}" for m in outputs)
+        )
+    ev += known_tools.evidence(
+        owner.get("exe") if owner else None,
+        owner.get("cmdline", []) if owner else [],
+        names,
+        map_names,
+    )
     fired = [v["pid"] for v in victims if v.get("uprobes_mapping")]
     if fired:
-        ev.append(f"[uprobes] mapping present in pid(s) {', '.join(map(str, fired[:20]))}: "
-                  "a uprobe has fired there")
+        ev.append(
+            f"[uprobes] mapping present in pid(s) {', '.join(map(str, fired[:20]))}: "
+            "a uprobe has fired there"
+        )
     if kind == "pid":
         for pin in inv.pins:
-            if (pin.kind == "prog" and pin.obj_id in prog_ids):
+            if pin.kind == "prog" and pin.obj_id in prog_ids:
                 ev.append(f"program {pin.obj_id} also pinned at {pin.path}")
     for claim in _claims(inv, prog_ids):
         if claim is not verdict or claim.status not in (AUTHORIZED, EXPIRED):
-            ev.append(f"session {claim.session_id} claims these programs but was not accepted: "
-                      f"{claim.reason}")
+            ev.append(
+                f"session {claim.session_id} claims these programs but was not accepted: "
+                f"{claim.reason}"
+            )
     if verdict is not None and verdict.status in (AUTHORIZED, EXPIRED):
         ev.append(f"session {verdict.session_id}: {verdict.reason}")
     return ev
@@ -388,24 +450,31 @@ def pinned_program_findings(inv: Inventory, hooked_progs: set[int]) -> list[dict
         if inv.holders_of("prog", pin.obj_id):
             continue
         prog = inv.programs.get(pin.obj_id)
-        out.append({
-            "id": _finding_id("pinned-program", pin.path, pin.obj_id),
-            "severity": "low",
-            "category": "pinned-program",
-            "title": f"Program {prog.name if prog else pin.obj_id} is pinned at {pin.path} "
-                     "and held by no process",
-            "summary": "a pinned program survives its loader; check what attaches it",
-            "hooked": [],
-            "owner": {"pid": None, "kind": "pin", "pinned_at": pin.path, "mount_ns": pin.mount_ns,
-                      "created_by_uid": [prog.created_by_uid] if prog else []},
-            "victims": [],
-            "authorized": False,
-            "authorization": {},
-            "programs": [pin.obj_id],
-            "evidence": [f"{pin.kind} {pin.obj_id} pinned at {pin.path} ({pin.mount_ns})"],
-            "why": "pins are how a loader leaves probes behind after it exits",
-            "remediation": [remediation.AUDITD_BPF_SYSCALLS, remediation.SECCOMP_DENY_BPF],
-        })
+        out.append(
+            {
+                "id": _finding_id("pinned-program", pin.path, pin.obj_id),
+                "severity": "low",
+                "category": "pinned-program",
+                "title": f"Program {prog.name if prog else pin.obj_id} is pinned at {pin.path} "
+                "and held by no process",
+                "summary": "a pinned program survives its loader; check what attaches it",
+                "hooked": [],
+                "owner": {
+                    "pid": None,
+                    "kind": "pin",
+                    "pinned_at": pin.path,
+                    "mount_ns": pin.mount_ns,
+                    "created_by_uid": [prog.created_by_uid] if prog else [],
+                },
+                "victims": [],
+                "authorized": False,
+                "authorization": {},
+                "programs": [pin.obj_id],
+                "evidence": [f"{pin.kind} {pin.obj_id} pinned at {pin.path} ({pin.mount_ns})"],
+                "why": "pins are how a loader leaves probes behind after it exits",
+                "remediation": [remediation.AUDITD_BPF_SYSCALLS, remediation.SECCOMP_DENY_BPF],
+            }
+        )
     return out
 
 
@@ -442,24 +511,27 @@ def history_findings(transient: list[dict]) -> list[dict]:
     if not transient:
         return []
     loaders = sorted({t.get("exe") or "?" for t in transient})
-    return [{
-        "id": _finding_id("history", tuple(t["prog_id"] for t in transient)),
-        "severity": "info",
-        "category": "load-history",
-        "title": f"{len(transient)} BPF program(s) were loaded and unloaded since the audit log began",
-        "summary": "loaded by " + ", ".join(loaders[:10]),
-        "hooked": [],
-        "owner": None,
-        "victims": [],
-        "authorized": False,
-        "authorization": {},
-        "evidence": [
-            f"prog {t['prog_id']} loaded by {t.get('exe')} (pid {t.get('pid')}, auid "
-            f"{t.get('auid')}) and unloaded" for t in transient[:50]
-        ],
-        "why": "a sniffer that ran between scans is visible only in the audit trail",
-        "remediation": [remediation.AUDITD_BPF_SYSCALLS],
-    }]
+    return [
+        {
+            "id": _finding_id("history", tuple(t["prog_id"] for t in transient)),
+            "severity": "info",
+            "category": "load-history",
+            "title": f"{len(transient)} BPF program(s) were loaded and unloaded since the audit log began",
+            "summary": "loaded by " + ", ".join(loaders[:10]),
+            "hooked": [],
+            "owner": None,
+            "victims": [],
+            "authorized": False,
+            "authorization": {},
+            "evidence": [
+                f"prog {t['prog_id']} loaded by {t.get('exe')} (pid {t.get('pid')}, auid "
+                f"{t.get('auid')}) and unloaded"
+                for t in transient[:50]
+            ],
+            "why": "a sniffer that ran between scans is visible only in the audit trail",
+            "remediation": [remediation.AUDITD_BPF_SYSCALLS],
+        }
+    ]
 
 
 def sort_findings(findings: list[dict]) -> list[dict]:

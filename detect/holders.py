@@ -76,8 +76,7 @@ def walk(*, query_perf_events: bool = True, kernel: KernelWalker | None = None) 
     """
     if kernel is not None:
         return _walk_kernel(kernel, query_perf_events)
-    return walk_procfs([name for name in os.listdir("/proc") if name.isdigit()],
-                       query_perf_events)
+    return walk_procfs([name for name in os.listdir("/proc") if name.isdigit()], query_perf_events)
 
 
 def _walk_kernel(kernel: KernelWalker, query_perf_events: bool) -> FdWalk:

@@ -69,7 +69,8 @@ def _loader_bytes() -> bytes:
         return (Path(ecap.bpf.__file__).parent / LOADER_NAME).read_bytes()
     except OSError:
         raise KernelWalkUnavailable(
-            f"{LOADER_NAME} not built (make setup builds it with clang)") from None
+            f"{LOADER_NAME} not built (make setup builds it with clang)"
+        ) from None
 
 
 def _read_loader() -> tuple[dict, bytes, bytes]:
@@ -125,16 +126,24 @@ class KernelWalker:
             key = ctypes.c_uint32(0)
             blob = ctypes.create_string_buffer(data, len(data))
             attr = ctypes.create_string_buffer(32)
-            struct.pack_into("<IIQQQ", attr, 0, map_fd, 0, ctypes.addressof(key),
-                             ctypes.addressof(blob), 0)
+            struct.pack_into(
+                "<IIQQQ", attr, 0, map_fd, 0, ctypes.addressof(key), ctypes.addressof(blob), 0
+            )
             _bpf(_MAP_UPDATE_ELEM, attr, "fill the loader map")
 
             code = ctypes.create_string_buffer(insns, len(insns))
             license_ = ctypes.create_string_buffer(b"Dual BSD/GPL")
             fd_array = ctypes.c_int32(map_fd)
             attr = ctypes.create_string_buffer(128)
-            struct.pack_into("<IIQQ", attr, 0, _PROG_TYPE_SYSCALL, len(insns) // 8,
-                             ctypes.addressof(code), ctypes.addressof(license_))
+            struct.pack_into(
+                "<IIQQ",
+                attr,
+                0,
+                _PROG_TYPE_SYSCALL,
+                len(insns) // 8,
+                ctypes.addressof(code),
+                ctypes.addressof(license_),
+            )
             struct.pack_into("<I", attr, 44, _F_SLEEPABLE)
             attr[48:61] = b"__loader.prog"
             struct.pack_into("<Q", attr, 120, ctypes.addressof(fd_array))
@@ -149,7 +158,8 @@ class KernelWalker:
             retval = struct.unpack_from("<i", attr, 4)[0]
             if retval < 0:
                 raise KernelWalkUnavailable(
-                    f"the kernel refused the iterator programs: {os.strerror(-retval)}")
+                    f"the kernel refused the iterator programs: {os.strerror(-retval)}"
+                )
             return ctx
         finally:
             _close_all(own)
@@ -171,8 +181,17 @@ class KernelWalker:
         link_info = ctypes.create_string_buffer(16)
         struct.pack_into("<II", link_info, 0, 0, pid)  # bpf_iter_link_info.task: tid, pid
         attr = ctypes.create_string_buffer(32)
-        struct.pack_into("<IIIIQI", attr, 0, self._prog_fds[program], 0, _TRACE_ITER, 0,
-                         ctypes.addressof(link_info) if pid else 0, len(link_info) if pid else 0)
+        struct.pack_into(
+            "<IIIIQI",
+            attr,
+            0,
+            self._prog_fds[program],
+            0,
+            _TRACE_ITER,
+            0,
+            ctypes.addressof(link_info) if pid else 0,
+            len(link_info) if pid else 0,
+        )
         link_fd = _bpf(_LINK_CREATE, attr, f"attach the {program} iterator")
         try:
             attr = ctypes.create_string_buffer(8)
@@ -188,8 +207,16 @@ class KernelWalker:
     def _map_elem(self, cmd: int, name: str, key: bytes, value: ctypes.Array) -> None:
         kbuf = ctypes.create_string_buffer(key, len(key))
         attr = ctypes.create_string_buffer(32)
-        struct.pack_into("<IIQQQ", attr, 0, self._map_fds[name], 0, ctypes.addressof(kbuf),
-                         ctypes.addressof(value), 0)
+        struct.pack_into(
+            "<IIQQQ",
+            attr,
+            0,
+            self._map_fds[name],
+            0,
+            ctypes.addressof(kbuf),
+            ctypes.addressof(value),
+            0,
+        )
         _bpf(cmd, attr, f"access map {name}")
 
     def _counter(self, index: int, reset: bool = False) -> int:
@@ -202,9 +229,11 @@ class KernelWalker:
         """Every BPF-object fd and program-carrying perf-event fd, and the fds visited."""
         self._counter(0, reset=True)
         raw = self._run("task_files")
-        records = [FdRecord(tgid, fd, FD_KINDS[kind], obj_id, prog_id)
-                   for tgid, fd, kind, obj_id, prog_id, _ in _FD_RECORD.iter_unpack(raw)
-                   if kind in FD_KINDS]
+        records = [
+            FdRecord(tgid, fd, FD_KINDS[kind], obj_id, prog_id)
+            for tgid, fd, kind, obj_id, prog_id, _ in _FD_RECORD.iter_unpack(raw)
+            if kind in FD_KINDS
+        ]
         return records, self._counter(0)
 
     def processes(self) -> list[tuple[int, int]]:
@@ -232,13 +261,18 @@ class KernelWalker:
                 st = os.fstat(fd)
                 if (st.st_dev, st.st_ino) != ident:
                     continue
-                self._map_elem(_MAP_UPDATE_ELEM, "hooked_fds", struct.pack("<I", fd),
-                               ctypes.create_string_buffer(struct.pack("<I", bit), 4))
+                self._map_elem(
+                    _MAP_UPDATE_ELEM,
+                    "hooked_fds",
+                    struct.pack("<I", fd),
+                    ctypes.create_string_buffer(struct.pack("<I", bit), 4),
+                )
             self._counter(1, reset=True)
             self._run("hooked_files", pid=os.getpid())
             if self._counter(1):
-                raise KernelWalkUnavailable("a hooked file's reverse map was too large, "
-                                            "or changed, to walk to the end")
+                raise KernelWalkUnavailable(
+                    "a hooked file's reverse map was too large, or changed, to walk to the end"
+                )
             raw = self._run("tasks")
         finally:
             _close_all(list(opened))

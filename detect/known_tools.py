@@ -10,12 +10,27 @@ from __future__ import annotations
 import os
 
 # Map names eCapture's modules create (pkg/event_processor and the kern/*.h sources).
-ECAPTURE_MAPS = frozenset({
-    "events", "mastersecret_events", "mastersecret_go_events", "skb_events",
-    "connect_events", "bash_events", "zsh_events", "mysqld_events", "postgres_events",
-    "gnutls_events", "nspr_events", "tls_events", "ssl_st_fd", "network_map",
-    "active_ssl_read_args_map", "active_ssl_write_args_map", "data_buffer_heap",
-})
+ECAPTURE_MAPS = frozenset(
+    {
+        "events",
+        "mastersecret_events",
+        "mastersecret_go_events",
+        "skb_events",
+        "connect_events",
+        "bash_events",
+        "zsh_events",
+        "mysqld_events",
+        "postgres_events",
+        "gnutls_events",
+        "nspr_events",
+        "tls_events",
+        "ssl_st_fd",
+        "network_map",
+        "active_ssl_read_args_map",
+        "active_ssl_write_args_map",
+        "data_buffer_heap",
+    }
+)
 # Program names of bcc's sslsniff and of eCapture's probes (as in their sources).
 PROGRAM_HINTS = {
     "probe_SSL_rw_enter": "bcc sslsniff",
@@ -42,8 +57,9 @@ EXECUTABLES = {
 }
 
 
-def evidence(exe: str | None, cmdline: list[str], prog_names: list[str],
-             map_names: list[str]) -> list[str]:
+def evidence(
+    exe: str | None, cmdline: list[str], prog_names: list[str], map_names: list[str]
+) -> list[str]:
     """Lines of evidence naming known tools (possibly empty)."""
     out: list[str] = []
     base = os.path.basename(exe or "")
@@ -61,8 +77,10 @@ def evidence(exe: str | None, cmdline: list[str], prog_names: list[str],
                 out.append(f"program name {name} matches {tool}")
                 break
     truncated = {n[:15]: n for n in ECAPTURE_MAPS}
-    hits = sorted({truncated.get(n, n) for n in map_names if n in ECAPTURE_MAPS or n in truncated}
-                  - {"events"})
+    hits = sorted(
+        {truncated.get(n, n) for n in map_names if n in ECAPTURE_MAPS or n in truncated}
+        - {"events"}
+    )
     if hits:
         out.append(f"map names {', '.join(hits)} match eCapture")
     return out

@@ -59,8 +59,12 @@ def _dev_field(dev: int) -> str:
     return f"{os.major(dev):02x}:{os.minor(dev):02x}"
 
 
-def victims(files: dict[tuple[int, int], str | None], *, kernel: KernelWalker | None = None,
-            limit: int = 500) -> dict[tuple[int, int], list[dict]]:
+def victims(
+    files: dict[tuple[int, int], str | None],
+    *,
+    kernel: KernelWalker | None = None,
+    limit: int = 500,
+) -> dict[tuple[int, int], list[dict]]:
     """For each hooked file ((st_dev, st_ino) → the path it was opened by), the
     processes mapping it now.
 
@@ -91,8 +95,9 @@ def victims(files: dict[tuple[int, int], str | None], *, kernel: KernelWalker | 
     return out
 
 
-def _maps_hits(files: set[tuple[int, int]],
-               pids: list[str]) -> list[tuple[int, tuple[int, int], bool]]:
+def _maps_hits(
+    files: set[tuple[int, int]], pids: list[str]
+) -> list[tuple[int, tuple[int, int], bool]]:
     """(pid, file, [uprobes] present) from one pass over these ``/proc/PID/maps``.
 
     Read as bytes by a few threads when there are many (the kernel's text

@@ -71,65 +71,123 @@ def issues(posture: dict) -> list[PostureIssue]:
     out: list[PostureIssue] = []
     v = _int(s.get("kernel.unprivileged_bpf_disabled"))
     if v == 0:
-        out.append(PostureIssue(
-            "kernel.unprivileged_bpf_disabled", "high", "Unprivileged users may load BPF programs",
-            "any local user can load socket filters and probe the BPF verifier for bugs",
-            (remediation.SYSCTL_UNPRIVILEGED_BPF,), v))
+        out.append(
+            PostureIssue(
+                "kernel.unprivileged_bpf_disabled",
+                "high",
+                "Unprivileged users may load BPF programs",
+                "any local user can load socket filters and probe the BPF verifier for bugs",
+                (remediation.SYSCTL_UNPRIVILEGED_BPF,),
+                v,
+            )
+        )
     v = _int(s.get("kernel.perf_event_paranoid"))
     if v is not None and v < 2:
-        out.append(PostureIssue(
-            "kernel.perf_event_paranoid", "medium", f"perf_event_paranoid is {v}",
-            "unprivileged perf events expose kernel profiling to every user",
-            (remediation.SYSCTL_PERF_EVENT_PARANOID,), v))
+        out.append(
+            PostureIssue(
+                "kernel.perf_event_paranoid",
+                "medium",
+                f"perf_event_paranoid is {v}",
+                "unprivileged perf events expose kernel profiling to every user",
+                (remediation.SYSCTL_PERF_EVENT_PARANOID,),
+                v,
+            )
+        )
     v = _int(s.get("kernel.kptr_restrict"))
     if v == 0:
-        out.append(PostureIssue(
-            "kernel.kptr_restrict", "low", "Kernel pointers are visible",
-            "kernel addresses help exploit BPF and perf bugs",
-            (remediation.SYSCTL_KPTR_RESTRICT,), v))
+        out.append(
+            PostureIssue(
+                "kernel.kptr_restrict",
+                "low",
+                "Kernel pointers are visible",
+                "kernel addresses help exploit BPF and perf bugs",
+                (remediation.SYSCTL_KPTR_RESTRICT,),
+                v,
+            )
+        )
     raw = s.get("kernel.yama.ptrace_scope")
     v = _int(raw)
     if raw is None or v == 0:
-        out.append(PostureIssue(
-            "kernel.yama.ptrace_scope", "low",
-            "ptrace is unrestricted" if v == 0 else "Yama ptrace restrictions are absent",
-            "any process may read the memory of same-user processes (keys, plaintext)",
-            (remediation.SYSCTL_PTRACE_SCOPE,), raw))
+        out.append(
+            PostureIssue(
+                "kernel.yama.ptrace_scope",
+                "low",
+                "ptrace is unrestricted" if v == 0 else "Yama ptrace restrictions are absent",
+                "any process may read the memory of same-user processes (keys, plaintext)",
+                (remediation.SYSCTL_PTRACE_SCOPE,),
+                raw,
+            )
+        )
     v = _int(s.get("net.core.bpf_jit_harden"))
     if v == 0:
-        out.append(PostureIssue(
-            "net.core.bpf_jit_harden", "low", "BPF JIT hardening is off",
-            "constant blinding makes JIT-spraying attacks with BPF programs harder",
-            (remediation.SYSCTL_BPF_JIT_HARDEN,), v))
+        out.append(
+            PostureIssue(
+                "net.core.bpf_jit_harden",
+                "low",
+                "BPF JIT hardening is off",
+                "constant blinding makes JIT-spraying attacks with BPF programs harder",
+                (remediation.SYSCTL_BPF_JIT_HARDEN,),
+                v,
+            )
+        )
     v = _int(s.get("kernel.dmesg_restrict"))
     if v == 0:
-        out.append(PostureIssue(
-            "kernel.dmesg_restrict", "low", "Kernel log readable by all users",
-            "the kernel log leaks addresses and BPF verifier output",
-            (remediation.SYSCTL_DMESG_RESTRICT,), v))
+        out.append(
+            PostureIssue(
+                "kernel.dmesg_restrict",
+                "low",
+                "Kernel log readable by all users",
+                "the kernel log leaks addresses and BPF verifier output",
+                (remediation.SYSCTL_DMESG_RESTRICT,),
+                v,
+            )
+        )
     lock = posture.get("lockdown")
     if lock in (None, "none"):
-        out.append(PostureIssue(
-            "lockdown", "low", "Kernel lockdown is not active" if lock else "Kernel lockdown unknown",
-            "with lockdown=confidentiality, bpf_probe_read of kernel memory and kprobe "
-            "writes are refused even to root",
-            (remediation.KERNEL_LOCKDOWN,), lock))
+        out.append(
+            PostureIssue(
+                "lockdown",
+                "low",
+                "Kernel lockdown is not active" if lock else "Kernel lockdown unknown",
+                "with lockdown=confidentiality, bpf_probe_read of kernel memory and kprobe "
+                "writes are refused even to root",
+                (remediation.KERNEL_LOCKDOWN,),
+                lock,
+            )
+        )
     mounts = posture.get("mounts", {})
     if mounts.get("debugfs") or mounts.get("tracefs"):
-        out.append(PostureIssue(
-            "mounts", "low", "tracefs/debugfs are mounted",
-            "uprobe_events on tracefs lets root hook any function without a BPF loader",
-            (remediation.MOUNTS_TRACEFS_DEBUGFS,),
-            {"debugfs": mounts.get("debugfs"), "tracefs": mounts.get("tracefs")}))
+        out.append(
+            PostureIssue(
+                "mounts",
+                "low",
+                "tracefs/debugfs are mounted",
+                "uprobe_events on tracefs lets root hook any function without a BPF loader",
+                (remediation.MOUNTS_TRACEFS_DEBUGFS,),
+                {"debugfs": mounts.get("debugfs"), "tracefs": mounts.get("tracefs")},
+            )
+        )
     audit = posture.get("audit", {})
     if not (audit.get("enabled") and audit.get("rules_bpf") and audit.get("rules_perf_event_open")):
-        out.append(PostureIssue(
-            "audit", "medium", "bpf() and perf_event_open() are not audited",
-            "without audit records a sniffer that ran and exited leaves no trace",
-            (remediation.AUDITD_BPF_SYSCALLS,), audit))
+        out.append(
+            PostureIssue(
+                "audit",
+                "medium",
+                "bpf() and perf_event_open() are not audited",
+                "without audit records a sniffer that ran and exited leaves no trace",
+                (remediation.AUDITD_BPF_SYSCALLS,),
+                audit,
+            )
+        )
     if not audit.get("rules_tracefs_watch"):
-        out.append(PostureIssue(
-            "audit.tracefs", "low", "Writes to uprobe_events are not watched",
-            "legacy uprobes created through tracefs leave no audit record",
-            (remediation.AUDITD_TRACING_WATCHES,), audit.get("rules_tracefs_watch")))
+        out.append(
+            PostureIssue(
+                "audit.tracefs",
+                "low",
+                "Writes to uprobe_events are not watched",
+                "legacy uprobes created through tracefs leave no audit record",
+                (remediation.AUDITD_TRACING_WATCHES,),
+                audit.get("rules_tracefs_watch"),
+            )
+        )
     return out

@@ -66,8 +66,14 @@ def _hook_lines(hooked: list[dict]) -> dict[tuple, list[str]]:
 
 
 def render(doc: dict, out: IO[str], *, inventory: bool = True, color: bool | None = None) -> None:
-    console = Console(file=out, highlight=False, soft_wrap=False, width=120,
-                      force_terminal=color, no_color=color is False)
+    console = Console(
+        file=out,
+        highlight=False,
+        soft_wrap=False,
+        width=120,
+        force_terminal=color,
+        no_color=color is False,
+    )
     h = doc["host"]
     console.print(
         f"[bold]ecap-detect scan[/bold] of {_e(h.get('hostname'))} (kernel {_e(h.get('kernel'))}) "
@@ -83,28 +89,36 @@ def render(doc: dict, out: IO[str], *, inventory: bool = True, color: bool | Non
     for f in doc["findings"]:
         sev = f["severity"]
         console.print()
-        console.print(f"[{STYLE[sev]}]{sev.upper():8}[/] [bold]{_e(f['title'])}[/bold]  "
-                      f"[dim]{_e(f['id'])} · {_e(f['category'])}[/dim]")
+        console.print(
+            f"[{STYLE[sev]}]{sev.upper():8}[/] [bold]{_e(f['title'])}[/bold]  "
+            f"[dim]{_e(f['id'])} · {_e(f['category'])}[/dim]"
+        )
         if f.get("summary"):
             console.print(f"  {_e(f['summary'])}")
         for (fn, cls, path, off, src), types in _hook_lines(f.get("hooked", [])).items():
             kinds = "+".join(sorted(set(types)))
             times = f" ×{len(types)}" if len(types) > len(set(types)) else ""
-            console.print(f"  hooks [bold]{_e(fn)}[/bold] ({_e(cls)}; {_e(kinds)}{times}) "
-                          f"in {_e(path)} @ {off:#x} via {_e(src)}")
+            console.print(
+                f"  hooks [bold]{_e(fn)}[/bold] ({_e(cls)}; {_e(kinds)}{times}) "
+                f"in {_e(path)} @ {off:#x} via {_e(src)}"
+            )
         if f.get("owner"):
             console.print(f"  owner: {_owner_line(f['owner'])}")
         if f.get("authorized") or f.get("authorization"):
             a = f.get("authorization") or {}
             exp = a.get("expires_at")
             exp_s = datetime.fromtimestamp(exp, UTC).isoformat() if exp else "?"
-            console.print(f"  authorization: operator {_e(a.get('operator'))}, reason "
-                          f"{_e(a.get('reason'))!r}, expires {exp_s}, jti {_e(a.get('jti'))}")
+            console.print(
+                f"  authorization: operator {_e(a.get('operator'))}, reason "
+                f"{_e(a.get('reason'))!r}, expires {exp_s}, jti {_e(a.get('jti'))}"
+            )
         victims = f.get("victims") or []
         if victims:
-            shown = ", ".join(f"{v['pid']} {_e(v.get('comm'))}"
-                              + (" [uprobes]" if v.get("uprobes_mapping") else "")
-                              for v in victims[:12])
+            shown = ", ".join(
+                f"{v['pid']} {_e(v.get('comm'))}"
+                + (" [uprobes]" if v.get("uprobes_mapping") else "")
+                for v in victims[:12]
+            )
             more = f" (+{len(victims) - 12} more)" if len(victims) > 12 else ""
             console.print(f"  victims: {shown}{more}")
         for ev in [e for e in f.get("evidence", []) if e != f.get("summary")][:12]:
@@ -112,8 +126,10 @@ def render(doc: dict, out: IO[str], *, inventory: bool = True, color: bool | Non
         if f.get("why"):
             console.print(f"  why: {_e(f['why'])}")
         if f.get("remediation"):
-            console.print(f"  fix: {', '.join(_e(r) for r in f['remediation'])} "
-                          "[dim](ecap-harden generate --from SCAN.json)[/dim]")
+            console.print(
+                f"  fix: {', '.join(_e(r) for r in f['remediation'])} "
+                "[dim](ecap-harden generate --from SCAN.json)[/dim]"
+            )
 
     if inventory:
         _inventory(console, doc["inventory"])
@@ -130,17 +146,29 @@ def _inventory(console: Console, inv: dict) -> None:
     for col in ("id", "type", "name", "tag", "uid", "maps", "holders"):
         t.add_column(col)
     for p in inv["programs"]:
-        t.add_row(str(p["id"]), _e(p["type"]), _e(p["name"]), _e(p["tag"]),
-                  _e(p.get("created_by_uid")), ",".join(map(str, p.get("map_ids", []))),
-                  ",".join(map(str, p.get("holders", []))))
+        t.add_row(
+            str(p["id"]),
+            _e(p["type"]),
+            _e(p["name"]),
+            _e(p["tag"]),
+            _e(p.get("created_by_uid")),
+            ",".join(map(str, p.get("map_ids", []))),
+            ",".join(map(str, p.get("holders", []))),
+        )
     console.print(t)
     t = Table(title="BPF maps", title_justify="left")
     for col in ("id", "type", "name", "key", "value", "entries", "holders"):
         t.add_column(col)
     for m in inv["maps"]:
-        t.add_row(str(m["id"]), _e(m["type"]) + (" ⇢ user" if m.get("event_output") else ""),
-                  _e(m["name"]), str(m.get("key_size")), str(m.get("value_size")),
-                  str(m.get("max_entries")), ",".join(map(str, m.get("holders", []))))
+        t.add_row(
+            str(m["id"]),
+            _e(m["type"]) + (" ⇢ user" if m.get("event_output") else ""),
+            _e(m["name"]),
+            str(m.get("key_size")),
+            str(m.get("value_size")),
+            str(m.get("max_entries")),
+            ",".join(map(str, m.get("holders", []))),
+        )
     console.print(t)
     if inv["links"]:
         t = Table(title="BPF links", title_justify="left")
@@ -148,16 +176,27 @@ def _inventory(console: Console, inv: dict) -> None:
             t.add_column(col)
         for lk in inv["links"]:
             info = " ".join(f"{k}={v}" for k, v in lk.get("info", {}).items())
-            t.add_row(str(lk["id"]), _e(lk["type"]), str(lk["prog_id"]), _e(info)[:80],
-                      ",".join(map(str, lk.get("holders", []))))
+            t.add_row(
+                str(lk["id"]),
+                _e(lk["type"]),
+                str(lk["prog_id"]),
+                _e(info)[:80],
+                ",".join(map(str, lk.get("holders", []))),
+            )
         console.print(t)
     if inv["probes"]:
         t = Table(title="Probes (uprobe / kprobe / tracepoint attachments)", title_justify="left")
         for col in ("source", "type", "target", "offset", "prog", "holder"):
             t.add_column(col)
         for p in inv["probes"]:
-            t.add_row(_e(p["source"]), _e(p["type"]), _e(p["target"]), f"{p.get('offset') or 0:#x}",
-                      _e(p.get("prog_id")), _e(p.get("holder_pid") or p.get("event")))
+            t.add_row(
+                _e(p["source"]),
+                _e(p["type"]),
+                _e(p["target"]),
+                f"{p.get('offset') or 0:#x}",
+                _e(p.get("prog_id")),
+                _e(p.get("holder_pid") or p.get("event")),
+            )
         console.print(t)
     if inv["pins"]:
         t = Table(title="bpffs pins", title_justify="left")

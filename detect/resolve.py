@@ -76,17 +76,30 @@ def resolve(path: str, offset: int, pid: int | None = None) -> Resolved:
             continue
         ident = (st.st_dev, st.st_ino)
         moved = i >= 2 and _PROC_ROOT.match(path) is not None
-        how = "the root it was attached through is gone; named from the same path here" if moved else None
+        how = (
+            "the root it was attached through is gone; named from the same path here"
+            if moved
+            else None
+        )
         try:
             return _name(image, path, offset, cand, ident, how)
         except Exception as exc:  # malformed ELF from a hostile file: report, don't crash
-            return Resolved(path, offset, None, 0, classify(None), cand, ident,
-                            f"could not parse {cand}: {type(exc).__name__}")
+            return Resolved(
+                path,
+                offset,
+                None,
+                0,
+                classify(None),
+                cand,
+                ident,
+                f"could not parse {cand}: {type(exc).__name__}",
+            )
     return Resolved(path, offset, None, 0, classify(None), None, None, note)
 
 
-def _name(image, path: str, offset: int, cand: str, ident: tuple[int, int],
-          how: str | None) -> Resolved:
+def _name(
+    image, path: str, offset: int, cand: str, ident: tuple[int, int], how: str | None
+) -> Resolved:
     hit = image.function_at_offset(offset)
     if hit is not None:
         sym, delta = hit
@@ -96,7 +109,23 @@ def _name(image, path: str, offset: int, cand: str, ident: tuple[int, int],
     if table is not None and vaddr is not None:
         fn = table.function_at(vaddr)
         if fn is not None:
-            return Resolved(path, offset, fn.name, vaddr - fn.entry, classify(fn.name), cand,
-                            ident, how or "named from .gopclntab")
-    return Resolved(path, offset, None, 0, classify(None), cand, ident,
-                    how or "no symbol covers this offset (stripped?)")
+            return Resolved(
+                path,
+                offset,
+                fn.name,
+                vaddr - fn.entry,
+                classify(fn.name),
+                cand,
+                ident,
+                how or "named from .gopclntab",
+            )
+    return Resolved(
+        path,
+        offset,
+        None,
+        0,
+        classify(None),
+        cand,
+        ident,
+        how or "no symbol covers this offset (stripped?)",
+    )

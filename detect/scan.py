@@ -74,25 +74,39 @@ def _from_fdinfo(fdinfo: dict) -> tuple[list[Program], list[Map], list[Link]]:
     for (kind, obj_id), info in fdinfo.items():
         if kind == "prog":
             ptype = info.get("prog_type", "0")
-            progs.append(Program(
-                id=obj_id,
-                type=programs.type_name(int(ptype)) if ptype.isdigit() else ptype,
-                name="", tag=info.get("prog_tag", ""), source="fdinfo",
-                run_cnt=int(info["run_cnt"]) if info.get("run_cnt", "").isdigit() else None,
-            ))
+            progs.append(
+                Program(
+                    id=obj_id,
+                    type=programs.type_name(int(ptype)) if ptype.isdigit() else ptype,
+                    name="",
+                    tag=info.get("prog_tag", ""),
+                    source="fdinfo",
+                    run_cnt=int(info["run_cnt"]) if info.get("run_cnt", "").isdigit() else None,
+                )
+            )
         elif kind == "map":
             mtype = info.get("map_type", "0")
             tname = maps.type_name(int(mtype)) if mtype.isdigit() else mtype
-            mps.append(Map(
-                id=obj_id, type=tname, name="",
-                key_size=int(info.get("key_size", "0") or 0),
-                value_size=int(info.get("value_size", "0") or 0),
-                max_entries=int(info.get("max_entries", "0") or 0),
-                event_output=tname in maps.EVENT_OUTPUT_TYPES, source="fdinfo",
-            ))
+            mps.append(
+                Map(
+                    id=obj_id,
+                    type=tname,
+                    name="",
+                    key_size=int(info.get("key_size", "0") or 0),
+                    value_size=int(info.get("value_size", "0") or 0),
+                    max_entries=int(info.get("max_entries", "0") or 0),
+                    event_output=tname in maps.EVENT_OUTPUT_TYPES,
+                    source="fdinfo",
+                )
+            )
         elif kind == "link":
-            lks.append(Link(id=obj_id, type=info.get("link_type", "?"),
-                            prog_id=int(info.get("prog_id", "0") or 0)))
+            lks.append(
+                Link(
+                    id=obj_id,
+                    type=info.get("link_type", "?"),
+                    prog_id=int(info.get("prog_id", "0") or 0),
+                )
+            )
     return progs, mps, lks
 
 
@@ -121,8 +135,9 @@ def _list_objects(options: ScanOptions) -> _Objects:
     if not options.use_bpf:
         return _Objects([], [], [], degraded=True)
     try:
-        return _Objects(programs.list_programs(), maps.list_maps(), links.list_links(),
-                        degraded=False)
+        return _Objects(
+            programs.list_programs(), maps.list_maps(), links.list_links(), degraded=False
+        )
     except bpfsys.BpfError as exc:
         if exc.errno not in (errno.EPERM, errno.EACCES):
             raise
@@ -144,8 +159,9 @@ def run_scan(options: ScanOptions | None = None) -> dict:
     return _clean(doc)
 
 
-def _open_kernel_walker(options: ScanOptions, degraded: bool,
-                        my_caps: set[str]) -> tuple[KernelWalker | None, str | None]:
+def _open_kernel_walker(
+    options: ScanOptions, degraded: bool, my_caps: set[str]
+) -> tuple[KernelWalker | None, str | None]:
     """The in-kernel walker when it is asked for (or pays off) and can load.
 
     ``walk="kernel"`` that cannot load is an error; ``auto`` falls back to
@@ -168,13 +184,20 @@ def _open_kernel_walker(options: ScanOptions, degraded: bool,
         except KernelWalkUnavailable as exc:
             reason = str(exc)
     if options.walk == "kernel":
-        raise Error(f"kernel walk unavailable: {reason}",
-                    hint="run 'make setup' as root, or use --walk procfs")
+        raise Error(
+            f"kernel walk unavailable: {reason}",
+            hint="run 'make setup' as root, or use --walk procfs",
+        )
     return None, f"in-kernel walk unavailable ({reason}); walked /proc instead"
 
 
-def _scan(objects: _Objects, kernel: KernelWalker | None, walk_note: str | None,
-          my_caps: set[str], options: ScanOptions) -> dict:
+def _scan(
+    objects: _Objects,
+    kernel: KernelWalker | None,
+    walk_note: str | None,
+    my_caps: set[str],
+    options: ScanOptions,
+) -> dict:
     """Everything after the id walks; ``kernel`` serves the fd walk and victim search."""
     limitations: list[str] = []
     prog_list, map_list, link_list = objects.programs, objects.maps, objects.links
@@ -207,9 +230,7 @@ def _scan(objects: _Objects, kernel: KernelWalker | None, walk_note: str | None,
         probes=[],
         pins=pin_list,
     )
-    inv.probes = findings.merge_probes(
-        walk.probes, findings.link_probes(link_list), tracefs_probes
-    )
+    inv.probes = findings.merge_probes(walk.probes, findings.link_probes(link_list), tracefs_probes)
     verdicts, session_notes = sessions.evaluate_all(
         held_progs=inv.held_progs(), loaded_progs=set(inv.programs)
     )
@@ -265,8 +286,11 @@ def _scan(objects: _Objects, kernel: KernelWalker | None, walk_note: str | None,
         "posture": post,
         "inventory": {
             "programs": [
-                {**to_dict(p), "load_time": _iso(p.load_time),
-                 "holders": inv.holders_of("prog", p.id)}
+                {
+                    **to_dict(p),
+                    "load_time": _iso(p.load_time),
+                    "holders": inv.holders_of("prog", p.id),
+                }
                 for p in sorted(inv.programs.values(), key=lambda p: p.id)
             ],
             "maps": [
@@ -281,8 +305,13 @@ def _scan(objects: _Objects, kernel: KernelWalker | None, walk_note: str | None,
             "pins": [to_dict(p) for p in inv.pins],
             "holders": [to_dict(h) for h in inv.holders],
             "sessions": [
-                {"session_id": v.session_id, "status": v.status, "reason": v.reason,
-                 "capture_pid": v.capture_pid, "prog_ids": sorted(v.prog_ids)}
+                {
+                    "session_id": v.session_id,
+                    "status": v.status,
+                    "reason": v.reason,
+                    "capture_pid": v.capture_pid,
+                    "prog_ids": sorted(v.prog_ids),
+                }
                 for v in verdicts
             ],
             "history": history.transient if history is not None else None,

@@ -110,7 +110,9 @@ def _journal_problem(record: SessionRecord, jti: str, evidence: JournalEvidence)
         or start.get("pid") != record.capture_pid
         or sorted(start.get("prog_ids") or []) != sorted(record.prog_ids)
     ):
-        return "the journal's capture.start for this session names another token, process or programs"
+        return (
+            "the journal's capture.start for this session names another token, process or programs"
+        )
     return None
 
 
@@ -131,8 +133,9 @@ def evaluate(
     from ecap.authz.verify import verify_token
 
     def rejected(reason: str) -> Verdict:
-        return Verdict(record.session_id, REJECTED, reason, record.capture_pid,
-                       frozenset(record.prog_ids))
+        return Verdict(
+            record.session_id, REJECTED, reason, record.capture_pid, frozenset(record.prog_ids)
+        )
 
     status = AUTHORIZED
     try:
@@ -183,8 +186,14 @@ def evaluate(
     reason = "token verified, journal grant found, programs held by the capture process"
     if status == EXPIRED:
         reason = "token genuine but expired while its programs are still attached"
-    return Verdict(record.session_id, status, reason, record.capture_pid,
-                   frozenset(record.prog_ids), authorization)
+    return Verdict(
+        record.session_id,
+        status,
+        reason,
+        record.capture_pid,
+        frozenset(record.prog_ids),
+        authorization,
+    )
 
 
 def evaluate_all(
@@ -201,8 +210,9 @@ def evaluate_all(
     verdicts = []
     for r in records:
         try:
-            verdicts.append(evaluate(r, held_progs=held_progs, loaded_progs=loaded_progs,
-                                     journal=evidence))
+            verdicts.append(
+                evaluate(r, held_progs=held_progs, loaded_progs=loaded_progs, journal=evidence)
+            )
         except Exception as exc:  # a hand-made file with wrong types is a rejected claim
             verdicts.append(_malformed(r, exc))
     return verdicts, notes
@@ -214,5 +224,10 @@ def _malformed(record: SessionRecord, exc: Exception) -> Verdict:
         capture_pid = int(record.capture_pid)
     except (TypeError, ValueError):
         progs, capture_pid = frozenset(), 0
-    return Verdict(str(record.session_id), REJECTED,
-                   f"session file malformed ({type(exc).__name__})", capture_pid, progs)
+    return Verdict(
+        str(record.session_id),
+        REJECTED,
+        f"session file malformed ({type(exc).__name__})",
+        capture_pid,
+        progs,
+    )

@@ -32,7 +32,9 @@ _AUSYSCALL_ARCH = {
 
 def rules(text: str) -> list[str]:
     """The active rule lines of a rules file (comments and blanks dropped)."""
-    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    return [
+        ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")
+    ]
 
 
 def syscall_names(rule: str) -> tuple[str | None, list[str]]:

@@ -97,7 +97,10 @@ def _audit_syscalls(c: Control, p: Posture, profile: str) -> Result:
         why = "not reported by the scan" if not p.live else "auditctl missing or refused"
         return Result(c.id, "unknown" if not p.live else "fail", None, expected, why)
     missing = [
-        f"{n}/{a}" for n in SYSCALLS for a in ("b64", "b32") if not audits_syscall(list(p.audit_rules), n, a)
+        f"{n}/{a}"
+        for n in SYSCALLS
+        for a in ("b64", "b32")
+        if not audits_syscall(list(p.audit_rules), n, a)
     ]
     problems = [f"no rule for {', '.join(missing)}"] if missing else []
     if p.audit_enabled is False:

@@ -38,30 +38,53 @@ def build_parser() -> Parser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     g = sub.add_parser("generate", help="write the policy set and plan.json into DIR")
-    g.add_argument("--from", dest="scan", type=Path, metavar="SCAN.json",
-                   help="tailor to the host of an 'ecap-detect scan --json' file")
+    g.add_argument(
+        "--from",
+        dest="scan",
+        type=Path,
+        metavar="SCAN.json",
+        help="tailor to the host of an 'ecap-detect scan --json' file",
+    )
     g.add_argument("--profile", choices=PROFILES, default="balanced")
     g.add_argument("--out", type=Path, required=True, metavar="DIR")
-    g.add_argument("--app", action="append", default=[], metavar="EXE",
-                   help="also write a per-application AppArmor profile for EXE (repeatable)")
+    g.add_argument(
+        "--app",
+        action="append",
+        default=[],
+        metavar="EXE",
+        help="also write a per-application AppArmor profile for EXE (repeatable)",
+    )
 
     for name in SINGLE:
         s = sub.add_parser(name, help=f"print the {name} policy (or write it with --out)")
         s.add_argument("--profile", choices=PROFILES, default="balanced")
-        s.add_argument("--out", metavar="FILE",
-                       help="write here instead of stdout"
-                       + ("; a directory (or a path ending in /) gets every file"
-                          if name in kinds.MULTI_FILE else ""))
+        s.add_argument(
+            "--out",
+            metavar="FILE",
+            help="write here instead of stdout"
+            + (
+                "; a directory (or a path ending in /) gets every file"
+                if name in kinds.MULTI_FILE
+                else ""
+            ),
+        )
         if name == "apparmor":
-            s.add_argument("--part", choices=kinds.APPARMOR_PARTS,
-                           default="abstraction", help="which AppArmor file (default abstraction)")
+            s.add_argument(
+                "--part",
+                choices=kinds.APPARMOR_PARTS,
+                default="abstraction",
+                help="which AppArmor file (default abstraction)",
+            )
             s.add_argument("--app", metavar="EXE", help="executable for --part app")
 
     v = sub.add_parser("validate", help="validate a generated directory with the real tools")
     v.add_argument("dir", type=Path, metavar="DIR")
     v.add_argument("--json", action="store_true")
-    v.add_argument("--no-audit-load", action="store_true",
-                   help="do not load the audit rules into the kernel (ausyscall only)")
+    v.add_argument(
+        "--no-audit-load",
+        action="store_true",
+        help="do not load the audit rules into the kernel (ausyscall only)",
+    )
 
     c = sub.add_parser("check", help="compare this host to a profile (exit 1 on failures)")
     c.add_argument("--profile", choices=PROFILES, default="balanced")

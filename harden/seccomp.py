@@ -180,7 +180,9 @@ def profile(profile_name: str) -> dict[str, Any]:
     for cap, names in CAP_GATED:
         if strict and cap == "CAP_SYS_PTRACE":
             names = tuple(n for n in names if n not in DENY_STRICT)
-        rules.append({"names": list(names), "action": "SCMP_ACT_ALLOW", "includes": {"caps": [cap]}})
+        rules.append(
+            {"names": list(names), "action": "SCMP_ACT_ALLOW", "includes": {"caps": [cap]}}
+        )
     return {
         "defaultAction": "SCMP_ACT_ERRNO",
         "defaultErrnoRet": EPERM,
@@ -193,8 +195,10 @@ def denied_names(doc: dict[str, Any]) -> set[str]:
     """Syscalls a profile refuses with an explicit, unconditional ERRNO rule."""
     out: set[str] = set()
     for rule in doc.get("syscalls", []):
-        if rule.get("action") == "SCMP_ACT_ERRNO" and not rule.get("includes") and not rule.get(
-            "excludes"
+        if (
+            rule.get("action") == "SCMP_ACT_ERRNO"
+            and not rule.get("includes")
+            and not rule.get("excludes")
         ):
             out.update(rule.get("names", []))
     return out

@@ -193,7 +193,9 @@ def _kubernetes_validate(doc: dict[str, Any]) -> str | None:
         name = f"{doc.get('kind')}/{(doc.get('metadata') or {}).get('name')}"
         return f"{name} at {where}: {exc.message} (Kubernetes {version} schema)"
     except kubernetes_validate.SchemaNotFoundError:
-        return f"{doc.get('apiVersion')} {doc.get('kind')} is not in the Kubernetes {version} schema"
+        return (
+            f"{doc.get('apiVersion')} {doc.get('kind')} is not in the Kubernetes {version} schema"
+        )
     return None
 
 
@@ -250,7 +252,9 @@ def _plan(root: Path, path: Path) -> Validation:
     except (OSError, json.JSONDecodeError) as exc:
         return Validation(rel, "plan", False, f"not JSON: {exc}")
     if plan.get("schema") != PLAN_SCHEMA:
-        return Validation(rel, "plan", False, f"schema is {plan.get('schema')!r}, not {PLAN_SCHEMA}")
+        return Validation(
+            rel, "plan", False, f"schema is {plan.get('schema')!r}, not {PLAN_SCHEMA}"
+        )
     problems = []
     for f in plan.get("files", []):
         target = root / f["path"]

@@ -126,8 +126,10 @@ def _assets() -> dict[str, Markup]:
 
 def render_html(template: str, view: dict[str, Any]) -> str:
     """Render ``template`` with the view model and a fresh CSP nonce."""
-    return environment().get_template(template).render(
-        view=view, nonce=secrets.token_urlsafe(18), assets=_assets()
+    return (
+        environment()
+        .get_template(template)
+        .render(view=view, nonce=secrets.token_urlsafe(18), assets=_assets())
     )
 
 

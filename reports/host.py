@@ -20,24 +20,67 @@ SCHEMA = "ecap.report.host/1"
 HINT = "pass the JSON written by 'ecap-detect scan --json FILE'"
 
 INVENTORY: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...]], ...] = (
-    ("programs", "BPF programs",
-     ("id", "type", "name", "tag", "load_time", "created_by_uid", "holders", "map_ids",
-      "run_cnt", "verified_insns", "source"),
-     ("id", "created_by_uid", "run_cnt", "verified_insns", "btf_id", "run_time_ns")),
-    ("maps", "BPF maps",
-     ("id", "type", "name", "event_output", "key_size", "value_size", "max_entries", "holders"),
-     ("id", "key_size", "value_size", "max_entries", "flags")),
+    (
+        "programs",
+        "BPF programs",
+        (
+            "id",
+            "type",
+            "name",
+            "tag",
+            "load_time",
+            "created_by_uid",
+            "holders",
+            "map_ids",
+            "run_cnt",
+            "verified_insns",
+            "source",
+        ),
+        ("id", "created_by_uid", "run_cnt", "verified_insns", "btf_id", "run_time_ns"),
+    ),
+    (
+        "maps",
+        "BPF maps",
+        ("id", "type", "name", "event_output", "key_size", "value_size", "max_entries", "holders"),
+        ("id", "key_size", "value_size", "max_entries", "flags"),
+    ),
     ("links", "BPF links", ("id", "type", "prog_id", "info", "holders"), ("id", "prog_id")),
-    ("probes", "Probes (uprobes, kprobes, tracepoints)",
-     ("type", "target", "offset", "prog_id", "link_id", "holder_pid", "fd", "source", "event",
-      "enabled", "pid_filter"),
-     ("offset", "prog_id", "link_id", "holder_pid", "fd", "pid_filter")),
-    ("pins", "Pinned objects (bpffs, all mount namespaces)",
-     ("path", "kind", "obj_id", "mount_ns", "via_pid"), ("obj_id", "via_pid")),
-    ("holders", "Processes holding BPF objects", ("pid", "fd", "kind", "obj_id", "prog_id"),
-     ("pid", "fd", "obj_id", "prog_id")),
-    ("sessions", "Registered ecap capture sessions",
-     ("session_id", "status", "reason", "capture_pid", "prog_ids"), ("capture_pid",)),
+    (
+        "probes",
+        "Probes (uprobes, kprobes, tracepoints)",
+        (
+            "type",
+            "target",
+            "offset",
+            "prog_id",
+            "link_id",
+            "holder_pid",
+            "fd",
+            "source",
+            "event",
+            "enabled",
+            "pid_filter",
+        ),
+        ("offset", "prog_id", "link_id", "holder_pid", "fd", "pid_filter"),
+    ),
+    (
+        "pins",
+        "Pinned objects (bpffs, all mount namespaces)",
+        ("path", "kind", "obj_id", "mount_ns", "via_pid"),
+        ("obj_id", "via_pid"),
+    ),
+    (
+        "holders",
+        "Processes holding BPF objects",
+        ("pid", "fd", "kind", "obj_id", "prog_id"),
+        ("pid", "fd", "obj_id", "prog_id"),
+    ),
+    (
+        "sessions",
+        "Registered ecap capture sessions",
+        ("session_id", "status", "reason", "capture_pid", "prog_ids"),
+        ("capture_pid",),
+    ),
     ("history", "BPF programs loaded and unloaded (audit log)", (), ("prog_id", "pid")),
 )
 
@@ -45,8 +88,6 @@ INVENTORY: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...]], ...] = (
 def load_scan(path: str | Path) -> dict[str, Any]:
     """A scan document from a file, or UsageError (exit 2)."""
     return _render.load_json(path, schema=SCAN_SCHEMA, what="scan file", hint=HINT)
-
-
 
 
 def finding_view(finding: dict[str, Any], remedies: Remedies | None) -> dict[str, Any]:
@@ -137,7 +178,8 @@ def build_view(scan: dict[str, Any], *, snippets: bool = True) -> dict[str, Any]
         "worst": scoring.worst(counts),
         "score": scoring.score(counts),
         "rogue": sum(
-            1 for f in findings
+            1
+            for f in findings
             if f["severity"] == "critical" and f["authorized"] is not True and f["hooked"]
         ),
         "findings": findings,

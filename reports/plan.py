@@ -17,8 +17,11 @@ from ecap.reports.tables import as_dict, as_list
 PLAN_SCHEMA = "ecap.harden-plan/1"
 SCHEMA = "ecap.report.plan/1"
 HINT = "pass the plan.json written by 'ecap-harden generate --out DIR' (or DIR itself)"
-STOPS = (("unprivileged_user", "unprivileged user"), ("container_root", "root in a container"),
-         ("host_root", "root on the host"))
+STOPS = (
+    ("unprivileged_user", "unprivileged user"),
+    ("container_root", "root in a container"),
+    ("host_root", "root on the host"),
+)
 
 
 def load_plan(path: str | Path) -> dict[str, Any]:
@@ -27,8 +30,6 @@ def load_plan(path: str | Path) -> dict[str, Any]:
     if path.is_dir():
         path = path / "plan.json"
     return _render.load_json(path, schema=PLAN_SCHEMA, what="plan file", hint=HINT)
-
-
 
 
 def build_view(plan: dict[str, Any]) -> dict[str, Any]:
@@ -41,24 +42,26 @@ def build_view(plan: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(c, dict):
             continue
         stops = as_dict(c.get("stops"))
-        controls.append({
-            "id": str(c.get("id") or ""),
-            "title": str(c.get("title") or ""),
-            "kind": str(c.get("kind") or ""),
-            "blocks": str(c.get("blocks") or ""),
-            "stops": [(label, str(stops.get(key) or "?")) for key, label in STOPS],
-            "side_effects": str(c.get("side_effects") or ""),
-            "one_way": bool(c.get("one_way")),
-            "one_way_note": c.get("one_way_note") or "",
-            "locks": bool(c.get("locks_in_this_profile")),
-            "baselines": [str(b) for b in as_list(c.get("baselines"))],
-            "status": str(c.get("status") or "unknown"),
-            "current": tables.cell(c.get("current")),
-            "expected": tables.cell(c.get("expected")),
-            "detail": tables.cell(c.get("detail")),
-            "recommended": bool(c.get("recommended")),
-            "files": [(str(p), anchors.get(str(p))) for p in as_list(c.get("files"))],
-        })
+        controls.append(
+            {
+                "id": str(c.get("id") or ""),
+                "title": str(c.get("title") or ""),
+                "kind": str(c.get("kind") or ""),
+                "blocks": str(c.get("blocks") or ""),
+                "stops": [(label, str(stops.get(key) or "?")) for key, label in STOPS],
+                "side_effects": str(c.get("side_effects") or ""),
+                "one_way": bool(c.get("one_way")),
+                "one_way_note": c.get("one_way_note") or "",
+                "locks": bool(c.get("locks_in_this_profile")),
+                "baselines": [str(b) for b in as_list(c.get("baselines"))],
+                "status": str(c.get("status") or "unknown"),
+                "current": tables.cell(c.get("current")),
+                "expected": tables.cell(c.get("expected")),
+                "detail": tables.cell(c.get("detail")),
+                "recommended": bool(c.get("recommended")),
+                "files": [(str(p), anchors.get(str(p))) for p in as_list(c.get("files"))],
+            }
+        )
     return {
         "schema": SCHEMA,
         "generated_at": _render.now_iso(),
@@ -82,19 +85,29 @@ def build_view(plan: dict[str, Any]) -> dict[str, Any]:
         "threats": [
             {
                 "attacker": label,
-                "stopped_by": [c["title"] for c in controls
-                               if c["recommended"] and dict(c["stops"]).get(label) == "yes"],
-                "partly": [c["title"] for c in controls
-                           if c["recommended"] and dict(c["stops"]).get(label) == "partial"],
+                "stopped_by": [
+                    c["title"]
+                    for c in controls
+                    if c["recommended"] and dict(c["stops"]).get(label) == "yes"
+                ],
+                "partly": [
+                    c["title"]
+                    for c in controls
+                    if c["recommended"] and dict(c["stops"]).get(label) == "partial"
+                ],
             }
             for _, label in STOPS
         ],
         "warnings": [str(w) for w in as_list(plan.get("warnings"))],
         "notes": [str(n) for n in as_list(plan.get("notes"))],
         "exceptions": [
-            {"what": str(e.get("what") or ""), "file": str(e.get("file") or ""),
-             "anchor": anchors.get(str(e.get("file")))}
-            for e in as_list(plan.get("exceptions")) if isinstance(e, dict)
+            {
+                "what": str(e.get("what") or ""),
+                "file": str(e.get("file") or ""),
+                "anchor": anchors.get(str(e.get("file"))),
+            }
+            for e in as_list(plan.get("exceptions"))
+            if isinstance(e, dict)
         ],
         "files": [
             {

@@ -61,8 +61,13 @@ class Remedies:
         """What the report shows for one control id (unknown ids are kept, flagged)."""
         control = self._controls().get(control_id)
         if control is None:
-            return {"id": control_id, "title": "unknown control", "known": False,
-                    "snippets": [], "command": None}
+            return {
+                "id": control_id,
+                "title": "unknown control",
+                "known": False,
+                "snippets": [],
+                "command": None,
+            }
         out: dict[str, Any] = {
             "id": control.id,
             "title": control.title,
@@ -90,7 +95,10 @@ class Remedies:
             if control.kind == "sysctl":
                 text = _sysctl_block(text, control.id) or text
             if len(text) > MAX_SNIPPET_CHARS:
-                text = text[:MAX_SNIPPET_CHARS] + "\n… (cut; generate the full file with ecap-harden)\n"
+                text = (
+                    text[:MAX_SNIPPET_CHARS]
+                    + "\n… (cut; generate the full file with ecap-harden)\n"
+                )
             found.append({"path": art.path, "text": text})
         return found
 

@@ -82,9 +82,20 @@ def read_session(path: str | Path) -> dict[str, Any]:
             continue
         if kind == "event":
             cid = rec.get("connection_id")
-            t = tallies.setdefault(cid, {"events": 0, "write": 0, "read": 0, "captured": 0,
-                                         "truncated": 0, "lost": 0, "first": None, "last": None,
-                                         "pids": set()})
+            t = tallies.setdefault(
+                cid,
+                {
+                    "events": 0,
+                    "write": 0,
+                    "read": 0,
+                    "captured": 0,
+                    "truncated": 0,
+                    "lost": 0,
+                    "first": None,
+                    "last": None,
+                    "pids": set(),
+                },
+            )
             t["events"] += 1
             direction = rec.get("direction")
             total = _int(rec.get("total"))
@@ -100,9 +111,14 @@ def read_session(path: str | Path) -> dict[str, Any]:
                 t["pids"].add(rec["pid"])
                 event_pids.add(rec["pid"])
             if cid not in connections:
-                connections[cid] = {"connection_id": cid, "pid": rec.get("pid"),
-                                    "comm": rec.get("comm"), "peer": rec.get("peer"),
-                                    "local": rec.get("local"), "ended": False}
+                connections[cid] = {
+                    "connection_id": cid,
+                    "pid": rec.get("pid"),
+                    "comm": rec.get("comm"),
+                    "peer": rec.get("peer"),
+                    "local": rec.get("local"),
+                    "ended": False,
+                }
         elif kind == "connection":
             cid = rec.get("connection_id")
             connections[cid] = {**connections.get(cid, {}), **rec, "ended": True}
@@ -114,16 +130,23 @@ def read_session(path: str | Path) -> dict[str, Any]:
             others[str(kind)] = others.get(str(kind), 0) + 1
     if header is None:
         raise UsageError(f"session file {shown} is empty", hint=HINT)
-    return {"header": header, "summary": summary, "connections": connections,
-            "tallies": tallies, "event_pids": event_pids, "other_records": others}
+    return {
+        "header": header,
+        "summary": summary,
+        "connections": connections,
+        "tallies": tallies,
+        "event_pids": event_pids,
+        "other_records": others,
+    }
 
 
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-def verify_grant(token: Any, started_at: float | None,
-                 trust_dir: Path | None) -> tuple[Grant | None, str, str]:
+def verify_grant(
+    token: Any, started_at: float | None, trust_dir: Path | None
+) -> tuple[Grant | None, str, str]:
     """(grant, status at capture start, status now) — the token checked twice."""
     if not isinstance(token, str) or not token:
         return None, "no token in the session header", "-"
@@ -145,65 +168,112 @@ def scope_checks(data: dict[str, Any], grant: Grant | None) -> list[Check]:
     header, summary = data["header"], data["summary"] or {}
     checks: list[Check] = []
     if grant is None:
-        return [Check("token verifies", False, "the scope cannot be checked without a verified token")]
+        return [
+            Check("token verifies", False, "the scope cannot be checked without a verified token")
+        ]
     checks.append(Check("token verifies", True, f"EdDSA signature by trusted key {grant.kid}"))
     claimed = header.get("grant") if isinstance(header.get("grant"), dict) else {}
     differs = sorted(k for k, v in grant.summary().items() if k in claimed and claimed[k] != v)
-    checks.append(Check(
-        "header claims match the token", not differs,
-        "the header's copy of the claims is what the token says" if not differs
-        else "header differs from the verified token in: " + ", ".join(differs)))
+    checks.append(
+        Check(
+            "header claims match the token",
+            not differs,
+            "the header's copy of the claims is what the token says"
+            if not differs
+            else "header differs from the verified token in: " + ", ".join(differs),
+        )
+    )
     hostinfo = header.get("host") if isinstance(header.get("host"), dict) else {}
     host_ok: bool | None = None
     if hostinfo.get("hostname"):
         host_ok = hostinfo.get("hostname") == grant.hostname and (
-            grant.machine_id is None or hostinfo.get("machine_id") == grant.machine_id)
-    checks.append(Check(
-        "captured on the authorized host", host_ok,
-        f"session host {hostinfo.get('hostname') or 'not recorded'} / token host "
-        f"{grant.hostname}"))
+            grant.machine_id is None or hostinfo.get("machine_id") == grant.machine_id
+        )
+    checks.append(
+        Check(
+            "captured on the authorized host",
+            host_ok,
+            f"session host {hostinfo.get('hostname') or 'not recorded'} / token host "
+            f"{grant.hostname}",
+        )
+    )
     targets = [t for t in header.get("targets") or [] if isinstance(t, dict)]
     bad = []
     for t in targets:
         scoped = grant.target_for(t.get("pid")) if isinstance(t.get("pid"), int) else None
-        if scoped is None or (t.get("start_time") is not None
-                              and t.get("start_time") != scoped.start_time):
+        if scoped is None or (
+            t.get("start_time") is not None and t.get("start_time") != scoped.start_time
+        ):
             bad.append(str(t.get("pid")))
-    checks.append(Check(
-        "every target process is in scope (PID and start time)", bool(targets) and not bad,
-        f"targets {', '.join(str(t.get('pid')) for t in targets) or 'none recorded'}"
-        + (f"; out of scope: {', '.join(bad)}" if bad else "")))
+    checks.append(
+        Check(
+            "every target process is in scope (PID and start time)",
+            bool(targets) and not bad,
+            f"targets {', '.join(str(t.get('pid')) for t in targets) or 'none recorded'}"
+            + (f"; out of scope: {', '.join(bad)}" if bad else ""),
+        )
+    )
     strays = sorted(p for p in data["event_pids"] if p not in grant.pids)
-    checks.append(Check(
-        "every recorded event comes from an authorized PID", not strays,
-        f"PIDs seen in records: {', '.join(map(str, sorted(data['event_pids']))) or 'none'}"
-        + (f"; NOT authorized: {', '.join(map(str, strays))}" if strays else "")))
+    checks.append(
+        Check(
+            "every recorded event comes from an authorized PID",
+            not strays,
+            f"PIDs seen in records: {', '.join(map(str, sorted(data['event_pids']))) or 'none'}"
+            + (f"; NOT authorized: {', '.join(map(str, strays))}" if strays else ""),
+        )
+    )
     module = header.get("module")
-    checks.append(Check("module allowed", module in grant.modules,
-                        f"{module!s} (token allows {', '.join(grant.modules)})"))
+    checks.append(
+        Check(
+            "module allowed",
+            module in grant.modules,
+            f"{module!s} (token allows {', '.join(grant.modules)})",
+        )
+    )
     fmt = header.get("format")
-    checks.append(Check("output mode allowed", fmt in grant.modes,
-                        f"{fmt!s} (token allows {', '.join(grant.modes)})"))
+    checks.append(
+        Check(
+            "output mode allowed",
+            fmt in grant.modes,
+            f"{fmt!s} (token allows {', '.join(grant.modes)})",
+        )
+    )
     started = _epoch(header.get("started_at"))
     stopped = _epoch(summary.get("stopped_at"))
-    checks.append(Check(
-        "started inside the validity window",
-        None if started is None else
-        grant.not_before - CLOCK_SKEW_SECONDS <= started < grant.expires_at + CLOCK_SKEW_SECONDS,
-        f"started {_render.when(started)}, window {_render.when(grant.not_before)} → "
-        f"{_render.when(grant.expires_at)}"))
-    checks.append(Check(
-        "stopped before the token expired",
-        None if stopped is None else stopped <= grant.expires_at + CLOCK_SKEW_SECONDS,
-        f"stopped {_render.when(stopped)}" if stopped is not None
-        else "no summary record: the capture did not finish cleanly (or is still running)"))
+    checks.append(
+        Check(
+            "started inside the validity window",
+            None
+            if started is None
+            else grant.not_before - CLOCK_SKEW_SECONDS
+            <= started
+            < grant.expires_at + CLOCK_SKEW_SECONDS,
+            f"started {_render.when(started)}, window {_render.when(grant.not_before)} → "
+            f"{_render.when(grant.expires_at)}",
+        )
+    )
+    checks.append(
+        Check(
+            "stopped before the token expired",
+            None if stopped is None else stopped <= grant.expires_at + CLOCK_SKEW_SECONDS,
+            f"stopped {_render.when(stopped)}"
+            if stopped is not None
+            else "no summary record: the capture did not finish cleanly (or is still running)",
+        )
+    )
     return checks
 
 
 def journal_view(path: Path, session_id: str, jti: str | None) -> dict[str, Any]:
     """Chain status of the journal and the session's own entries in it."""
-    view: dict[str, Any] = {"path": str(path), "available": False, "ok": None,
-                            "entries": [], "problem": None, "total": 0}
+    view: dict[str, Any] = {
+        "path": str(path),
+        "available": False,
+        "ok": None,
+        "entries": [],
+        "problem": None,
+        "total": 0,
+    }
     try:
         status = verify_file(path)
     except UsageError as exc:
@@ -212,24 +282,33 @@ def journal_view(path: Path, session_id: str, jti: str | None) -> dict[str, Any]
     except OSError as exc:
         view["problem"] = f"cannot read the journal: {exc.strerror}"
         return view
-    view.update(available=True, ok=status.ok, total=status.entries,
-                bad_line=status.bad_line, problem=status.problem, head=status.head)
+    view.update(
+        available=True,
+        ok=status.ok,
+        total=status.entries,
+        bad_line=status.bad_line,
+        problem=status.problem,
+        head=status.head,
+    )
     for index, entry in enumerate(Journal(path).read()):
         mine = entry.get("session_id") == session_id or (
-            jti and entry.get("jti") == jti and str(entry.get("event", "")).startswith("gate."))
+            jti and entry.get("jti") == jti and str(entry.get("event", "")).startswith("gate.")
+        )
         if not mine:
             continue
-        view["entries"].append({
-            "seq": entry.get("seq"),
-            "ts": entry.get("ts"),
-            "event": entry.get("event"),
-            "operator": entry.get("operator"),
-            "pids": entry.get("pids"),
-            "detail": entry.get("reason") or entry.get("stop_reason") or "",
-            "hash": entry.get("hash"),
-            "in_verified_chain": status.ok or index < status.entries,
-            "hash_ok": entry.get("hash") == entry_hash(entry),
-        })
+        view["entries"].append(
+            {
+                "seq": entry.get("seq"),
+                "ts": entry.get("ts"),
+                "event": entry.get("event"),
+                "operator": entry.get("operator"),
+                "pids": entry.get("pids"),
+                "detail": entry.get("reason") or entry.get("stop_reason") or "",
+                "hash": entry.get("hash"),
+                "in_verified_chain": status.ok or index < status.entries,
+                "hash_ok": entry.get("hash") == entry_hash(entry),
+            }
+        )
     return view
 
 
@@ -237,17 +316,32 @@ def journal_checks(j: dict[str, Any]) -> list[Check]:
     events = [e["event"] for e in j["entries"]]
     if not j["available"]:
         return [Check("journal available", None, j["problem"] or "not found")]
-    out = [Check("journal hash chain intact", j["ok"],
-                 f"{j['total']} entries verify" if j["ok"] else
-                 f"broken at line {j.get('bad_line')}: {j['problem']}")]
+    out = [
+        Check(
+            "journal hash chain intact",
+            j["ok"],
+            f"{j['total']} entries verify"
+            if j["ok"]
+            else f"broken at line {j.get('bad_line')}: {j['problem']}",
+        )
+    ]
     for needed in ("gate.granted", "capture.start", "capture.stop"):
-        out.append(Check(f"journal has {needed} for this session", needed in events,
-                         "present" if needed in events else "missing"))
+        out.append(
+            Check(
+                f"journal has {needed} for this session",
+                needed in events,
+                "present" if needed in events else "missing",
+            )
+        )
     unverified = [e for e in j["entries"] if not (e["in_verified_chain"] and e["hash_ok"])]
-    out.append(Check("the session's entries are inside the verified chain", not unverified
-                     if j["entries"] else None,
-                     f"{len(j['entries'])} entries" + (
-                         f"; {len(unverified)} not verified" if unverified else "")))
+    out.append(
+        Check(
+            "the session's entries are inside the verified chain",
+            not unverified if j["entries"] else None,
+            f"{len(j['entries'])} entries"
+            + (f"; {len(unverified)} not verified" if unverified else ""),
+        )
+    )
     return out
 
 
@@ -257,22 +351,30 @@ def _connections(data: dict[str, Any]) -> list[dict[str, Any]]:
         t = data["tallies"].get(cid, {})
         written = conn.get("bytes_written", t.get("write", 0))
         read = conn.get("bytes_read", t.get("read", 0))
-        out.append({
-            "id": cid, "pid": conn.get("pid"), "comm": conn.get("comm"),
-            "peer": conn.get("peer") or "?", "local": conn.get("local"),
-            "protocol": conn.get("protocol"),
-            "started": conn.get("started_at") or t.get("first"),
-            "ended": conn.get("ended_at") or (None if conn.get("ended") else "(open at stop)"),
-            "end_reason": conn.get("end_reason"),
-            "messages": conn.get("messages", t.get("events", 0)),
-            "bytes_written": written, "bytes_read": read,
-            "truncated": t.get("truncated", 0), "lost": t.get("lost", 0),
-        })
+        out.append(
+            {
+                "id": cid,
+                "pid": conn.get("pid"),
+                "comm": conn.get("comm"),
+                "peer": conn.get("peer") or "?",
+                "local": conn.get("local"),
+                "protocol": conn.get("protocol"),
+                "started": conn.get("started_at") or t.get("first"),
+                "ended": conn.get("ended_at") or (None if conn.get("ended") else "(open at stop)"),
+                "end_reason": conn.get("end_reason"),
+                "messages": conn.get("messages", t.get("events", 0)),
+                "bytes_written": written,
+                "bytes_read": read,
+                "truncated": t.get("truncated", 0),
+                "lost": t.get("lost", 0),
+            }
+        )
     return sorted(out, key=lambda c: (str(c["started"] or ""), str(c["id"])))
 
 
-def build_view(data: dict[str, Any], *, trust_dir: Path | None = None,
-               journal: Path | None = None) -> dict[str, Any]:
+def build_view(
+    data: dict[str, Any], *, trust_dir: Path | None = None, journal: Path | None = None
+) -> dict[str, Any]:
     """The session report's view model (also its JSON twin)."""
     header, summary = data["header"], data["summary"]
     started = _epoch(header.get("started_at"))
@@ -317,8 +419,11 @@ def build_view(data: dict[str, Any], *, trust_dir: Path | None = None,
             "claims": _claims(grant) if grant else None,
             "unverified_claims": None if grant else header.get("grant"),
         },
-        "verdict": "inside its authorization" if not violated and not unknown
-        else "VIOLATIONS found" if violated else "not fully established",
+        "verdict": "inside its authorization"
+        if not violated and not unknown
+        else "VIOLATIONS found"
+        if violated
+        else "not fully established",
         "verdict_ok": not violated and not unknown,
         "checks": [c.as_dict() for c in checks],
         "totals": totals,
@@ -358,12 +463,13 @@ def render_session_report(
 def cli_render(args: argparse.Namespace) -> int:
     """``ecap-audit report SESSION.jsonl --html OUT [--json OUT]``."""
     path = render_session_report(
-        args.session, args.html, getattr(args, "json", None),
-        trust_dir=getattr(args, "trust_dir", None), journal=getattr(args, "journal", None),
+        args.session,
+        args.html,
+        getattr(args, "json", None),
+        trust_dir=getattr(args, "trust_dir", None),
+        journal=getattr(args, "journal", None),
     )
     print(f"session report written to {printable(str(path))}")
     if getattr(args, "json", None):
         print(f"JSON twin written to {printable(str(args.json))}")
     return 0
-
-

@@ -68,8 +68,23 @@ def compile_object(source: Path, out: Path) -> None:
         raise SystemExit("build_bpf: no clang found (make setup installs clang-14)")
     arch = {"x86_64": "x86", "aarch64": "arm64"}.get(os.uname().machine, "x86")
     multiarch = f"/usr/include/{os.uname().machine}-linux-gnu"
-    subprocess.run([clang, "-g", "-O2", "-target", "bpf", f"-D__TARGET_ARCH_{arch}",
-                    "-I", multiarch, "-c", str(source), "-o", str(out)], check=True)
+    subprocess.run(
+        [
+            clang,
+            "-g",
+            "-O2",
+            "-target",
+            "bpf",
+            f"-D__TARGET_ARCH_{arch}",
+            "-I",
+            multiarch,
+            "-c",
+            str(source),
+            "-o",
+            str(out),
+        ],
+        check=True,
+    )
 
 
 def generate_loader(obj_path: Path) -> bytes:
@@ -101,8 +116,13 @@ def generate_loader(obj_path: Path) -> bytes:
         insns = ctypes.string_at(opts.insns, opts.insns_sz)
     finally:
         lib.bpf_object__close(obj)
-    header = {"format": "ecap.bpf-loader/1", "maps": maps, "programs": progs,
-              "data_size": len(data), "insns_size": len(insns)}
+    header = {
+        "format": "ecap.bpf-loader/1",
+        "maps": maps,
+        "programs": progs,
+        "data_size": len(data),
+        "insns_size": len(insns),
+    }
     return json.dumps(header).encode() + b"\n" + data + insns
 
 

@@ -52,6 +52,10 @@ def build_go_tls_client(workdir: Path) -> tuple[Path, Path]:
     for out, flags in ((with_symtab, []), (stripped, ["-ldflags=-s -w"])):
         subprocess.run(
             [go, "build", *flags, "-o", str(out), "main.go"],
-            cwd=workdir, env=env, check=True, capture_output=True, timeout=300,
+            cwd=workdir,
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=300,
         )
     return with_symtab, stripped

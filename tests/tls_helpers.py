@@ -122,8 +122,10 @@ class _Transcript:
         self._files = None
         if directory:
             base = Path(directory) / f"conn-{peer_port}"
-            self._files = (open(f"{base}.in", "wb", buffering=0),  # noqa: SIM115
-                           open(f"{base}.out", "wb", buffering=0))  # noqa: SIM115
+            self._files = (
+                open(f"{base}.in", "wb", buffering=0),  # noqa: SIM115
+                open(f"{base}.out", "wb", buffering=0),
+            )  # noqa: SIM115
 
     def received(self, data: bytes) -> None:
         if self._files:
@@ -222,8 +224,10 @@ def _serve_h2(conn: ssl.SSLSocket, log: _Transcript) -> None:
 def _handle(raw: socket.socket, ctx: ssl.SSLContext, transcripts: str | None) -> None:
     log = _Transcript(transcripts, raw.getpeername()[1])
     try:
-        with contextlib.suppress(OSError, ValueError, ssl.SSLError, KeyError), \
-                ctx.wrap_socket(raw, server_side=True) as conn:
+        with (
+            contextlib.suppress(OSError, ValueError, ssl.SSLError, KeyError),
+            ctx.wrap_socket(raw, server_side=True) as conn,
+        ):
             if conn.selected_alpn_protocol() == "h2":
                 _serve_h2(conn, log)
             else:
@@ -294,8 +298,7 @@ def start_server(directory: Path) -> TlsServer:
     transcripts = directory / "transcripts"
     transcripts.mkdir()
     proc = subprocess.Popen(
-        [sys.executable, __file__, "serve", str(cert), str(key), str(port_file),
-         str(transcripts)],
+        [sys.executable, __file__, "serve", str(cert), str(key), str(port_file), str(transcripts)],
         stdin=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 20

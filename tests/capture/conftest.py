@@ -71,8 +71,11 @@ class CaptureRun:
 
 def read_stream(records: list[dict], direction: str, pid: int | None = None) -> bytes:
     """All captured payload of one direction, in message order."""
-    events = [r for r in records if r["type"] == "event" and r["direction"] == direction
-              and (pid is None or r["pid"] == pid)]
+    events = [
+        r
+        for r in records
+        if r["type"] == "event" and r["direction"] == direction and (pid is None or r["pid"] == pid)
+    ]
     events.sort(key=lambda r: r["message_id"])
     return b"".join(base64.b64decode(r["payload_b64"]) for r in events)
 
@@ -82,17 +85,40 @@ def start_capture(ecap_env: EcapEnv, tmp_path: Path) -> Iterator:
     """Start a capture of ``pids`` with a token for them; waits until it is attached."""
     runs: list[CaptureRun] = []
 
-    def start(pids: list[int], *, fmt: str = "jsonl", extra: tuple[str, ...] = (),
-              token_pids: list[int] | None = None, wait_ready: bool = True) -> CaptureRun:
-        token = ecap_env.write_token(ecap_env.authorize(token_pids or pids),
-                                     f"token-{len(runs)}.jwt")
+    def start(
+        pids: list[int],
+        *,
+        fmt: str = "jsonl",
+        extra: tuple[str, ...] = (),
+        token_pids: list[int] | None = None,
+        wait_ready: bool = True,
+    ) -> CaptureRun:
+        token = ecap_env.write_token(
+            ecap_env.authorize(token_pids or pids), f"token-{len(runs)}.jwt"
+        )
         output = tmp_path / f"capture-{len(runs)}.{fmt}"
-        args = [ecap_cmd("ecap-audit"), "capture", "tls", "--token", str(token),
-                "--format", fmt, "--output", str(output), *extra]
+        args = [
+            ecap_cmd("ecap-audit"),
+            "capture",
+            "tls",
+            "--token",
+            str(token),
+            "--format",
+            fmt,
+            "--output",
+            str(output),
+            *extra,
+        ]
         for pid in pids:
             args += ["--pid", str(pid)]
-        proc = subprocess.Popen(args, env=ecap_env.env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            args,
+            env=ecap_env.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         run = CaptureRun(proc, output)
         runs.append(run)
         ready = threading.Event()

@@ -38,15 +38,23 @@ def _no_probes_allowed() -> None:
 
 def _tripwired_capture(ecap_env, *args: str) -> tuple[int, str]:
     """Run ``ecap-audit capture ARGS`` where attaching a probe is fatal."""
-    proc = subprocess.run([ecap_cmd("ecap-audit"), "capture", *args], env=ecap_env.env,
-                          capture_output=True, text=True, timeout=120,
-                          preexec_fn=_no_probes_allowed)
+    proc = subprocess.run(
+        [ecap_cmd("ecap-audit"), "capture", *args],
+        env=ecap_env.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=_no_probes_allowed,
+    )
     return proc.returncode, proc.stderr
 
 
 def _gate_events(ecap_env) -> list[str]:
-    return [e["event"] for e in Journal(ecap_env.journal).read()
-            if not e["event"].startswith("journal.")]
+    return [
+        e["event"]
+        for e in Journal(ecap_env.journal).read()
+        if not e["event"].startswith("journal.")
+    ]
 
 
 def test_refused_without_pid(ecap_env, sleeper):
@@ -65,33 +73,46 @@ def test_refused_with_token_for_another_pid(ecap_env, sleeper, clients, tls_serv
     victim = tls_helpers.python_client(tls_server, "/hello")
     clients.append(victim)
     token = ecap_env.write_token(ecap_env.authorize([sleeper.pid]))
-    code, err = _tripwired_capture(ecap_env, "tls", "--pid", str(victim.pid), "--token",
-                                   str(token))
+    code, err = _tripwired_capture(ecap_env, "tls", "--pid", str(victim.pid), "--token", str(token))
     assert code == 3, err
     assert len(err.strip().splitlines()) == 1
     assert _gate_events(ecap_env) == ["gate.refused"]
     assert not (ecap_env.run_dir / "sessions").exists() or not list(
-        (ecap_env.run_dir / "sessions").glob("*.json"))
+        (ecap_env.run_dir / "sessions").glob("*.json")
+    )
     # the tripwire is real: the same capture with a valid token dies attaching
     token = ecap_env.write_token(ecap_env.authorize([victim.pid]), "good.jwt")
-    code, err = _tripwired_capture(ecap_env, "tls", "--pid", str(victim.pid), "--token",
-                                   str(token), "--format", "jsonl", "--output",
-                                   str(ecap_env.root / "x.jsonl"))
+    code, err = _tripwired_capture(
+        ecap_env,
+        "tls",
+        "--pid",
+        str(victim.pid),
+        "--token",
+        str(token),
+        "--format",
+        "jsonl",
+        "--output",
+        str(ecap_env.root / "x.jsonl"),
+    )
     assert code == -signal.SIGSYS, (code, err)
 
 
 def test_bad_flags_are_usage_errors(ecap_env, tmp_path, sleeper):
     token = ecap_env.write_token(ecap_env.authorize([sleeper.pid]))
-    for extra, needle in ((["--ring-size", "3"], "--ring-size"),
-                          (["--max-call-bytes", "1000"], "--max-call-bytes"),
-                          (["--duration", "0"], "--duration"),
-                          (["--output", str(tmp_path / "missing" / "out.txt")], "directory")):
-        proc = ecap_env.run("ecap-audit", "capture", "tls", "--pid", str(sleeper.pid),
-                            "--token", str(token), *extra)
+    for extra, needle in (
+        (["--ring-size", "3"], "--ring-size"),
+        (["--max-call-bytes", "1000"], "--max-call-bytes"),
+        (["--duration", "0"], "--duration"),
+        (["--output", str(tmp_path / "missing" / "out.txt")], "directory"),
+    ):
+        proc = ecap_env.run(
+            "ecap-audit", "capture", "tls", "--pid", str(sleeper.pid), "--token", str(token), *extra
+        )
         assert proc.returncode == 2, (extra, proc.stderr)
         assert needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
-    proc = ecap_env.run("ecap-audit", "capture", "gnutls", "--pid", str(sleeper.pid),
-                        "--token", str(token))
+    proc = ecap_env.run(
+        "ecap-audit", "capture", "gnutls", "--pid", str(sleeper.pid), "--token", str(token)
+    )
     assert proc.returncode == 2 and "unknown capture module" in proc.stderr
     assert _gate_events(ecap_env) == []  # all refused before the gate
 
@@ -99,8 +120,17 @@ def test_bad_flags_are_usage_errors(ecap_env, tmp_path, sleeper):
 def test_process_without_tls_library_is_named_in_the_error(ecap_env, sleeper):
     token = ecap_env.write_token(ecap_env.authorize([sleeper.pid]))
     output = ecap_env.root / "never.jsonl"
-    proc = ecap_env.run("ecap-audit", "capture", "tls", "--pid", str(sleeper.pid),
-                        "--token", str(token), "--output", str(output))
+    proc = ecap_env.run(
+        "ecap-audit",
+        "capture",
+        "tls",
+        "--pid",
+        str(sleeper.pid),
+        "--token",
+        str(token),
+        "--output",
+        str(output),
+    )
     assert proc.returncode == 2
     assert f"process {sleeper.pid} ('sleep') maps no libssl" in proc.stderr
     assert "SSL_write/SSL_read" in proc.stderr
@@ -112,7 +142,8 @@ def test_process_without_tls_library_is_named_in_the_error(ecap_env, sleeper):
 
 
 def test_failure_after_the_output_is_opened_removes_it_and_is_journalled(
-        ecap_env, tls_server, clients, monkeypatch):
+    ecap_env, tls_server, clients, monkeypatch
+):
     """A kernel-side failure between grant and start (here: the program cannot be
     built) leaves no empty output file and a capture.failed entry."""
     from ecap.authz.gate import authorize_capture
@@ -120,8 +151,9 @@ def test_failure_after_the_output_is_opened_removes_it_and_is_journalled(
 
     client = tls_helpers.python_client(tls_server, "/hello")
     clients.append(client)
-    grant = authorize_capture(ecap_env.authorize([client.pid]), pids=[client.pid],
-                              module="tls", mode="jsonl")
+    grant = authorize_capture(
+        ecap_env.authorize([client.pid]), pids=[client.pid], module="tls", mode="jsonl"
+    )
 
     class Unbuildable:
         def __init__(self, **_: object) -> None:
@@ -130,16 +162,20 @@ def test_failure_after_the_output_is_opened_removes_it_and_is_journalled(
     monkeypatch.setattr(engine, "Probes", Unbuildable)
     output = ecap_env.root / "session.jsonl"
     with pytest.raises(EnvironmentNotReady):
-        engine.run_capture(grant, [client.pid],
-                           engine.CaptureOptions(fmt="jsonl", output=output, quiet=True),
-                           journal=Journal(ecap_env.journal))
+        engine.run_capture(
+            grant,
+            [client.pid],
+            engine.CaptureOptions(fmt="jsonl", output=output, quiet=True),
+            journal=Journal(ecap_env.journal),
+        )
     assert not output.exists()
     assert _gate_events(ecap_env) == ["gate.granted", "capture.failed"]
 
 
 def _prog_exists(prog_id: int) -> bool:
-    proc = subprocess.run(["bpftool", "prog", "show", "id", str(prog_id)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["bpftool", "prog", "show", "id", str(prog_id)], capture_output=True, text=True
+    )
     return proc.returncode == 0
 
 
@@ -151,7 +187,8 @@ def _session_file(ecap_env) -> dict:
 
 
 def test_session_registered_while_running_and_sigkill_leaves_nothing_attached(
-        ecap_env, tls_server, clients, start_capture):
+    ecap_env, tls_server, clients, start_capture
+):
     client = tls_helpers.python_client(tls_server, "/hello")
     clients.append(client)
     run = start_capture([client.pid])
@@ -219,8 +256,23 @@ def test_token_expiry_stops_the_capture(ecap_env, tls_server, clients, start_cap
     clients.append(waiting)
     token = ecap_env.write_token(ecap_env.authorize([waiting.pid], ttl="8s"))
     proc = subprocess.run(
-        [ecap_cmd("ecap-audit"), "capture", "tls", "--pid", str(waiting.pid), "--token",
-         str(token), "--format", "jsonl", "--output", str(ecap_env.root / "exp.jsonl")],
-        env=ecap_env.env, capture_output=True, text=True, timeout=60)
+        [
+            ecap_cmd("ecap-audit"),
+            "capture",
+            "tls",
+            "--pid",
+            str(waiting.pid),
+            "--token",
+            str(token),
+            "--format",
+            "jsonl",
+            "--output",
+            str(ecap_env.root / "exp.jsonl"),
+        ],
+        env=ecap_env.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "capture stopped: token expired" in proc.stderr

@@ -41,7 +41,8 @@ def _assert_exact(records: list[dict], server: tls_helpers.TlsServer, pid: int) 
     # one TLS connection, seen as one from its first byte to its end
     (conn,) = [r for r in records if r["type"] == "connection"]
     assert records[-1]["connections"] == 1 and {e["connection_id"] for e in events} == {
-        conn["connection_id"]}
+        conn["connection_id"]
+    }
     assert conn["bytes_written"] == len(received) and conn["bytes_read"] == len(sent)
 
 
@@ -70,15 +71,18 @@ def test_curl_request_and_response_byte_exact(tls_server, clients, start_capture
     assert {e["comm"] for e in _events(records)} == {"curl"}
     assert any(r["type"] == "handshake" for r in records)
     # the session record renders back into the decoded exchange
-    replay = subprocess.run([str(Path(sys.executable).parent / "ecap-audit"), "replay",
-                             str(run.output)], capture_output=True, text=True, timeout=60)
+    replay = subprocess.run(
+        [str(Path(sys.executable).parent / "ecap-audit"), "replay", str(run.output)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert replay.returncode == 0, replay.stderr
     assert "GET /hello HTTP/1.1" in replay.stdout and "X-Ecap-Test: curl" in replay.stdout
     assert tls_helpers.HELLO.decode().strip() in replay.stdout
 
 
-def test_python_client_uses_ex_functions_from_a_second_thread(tls_server, clients,
-                                                               start_capture):
+def test_python_client_uses_ex_functions_from_a_second_thread(tls_server, clients, start_capture):
     client = tls_helpers.python_client(tls_server, "/hello")
     clients.append(client)
     run = start_capture([client.pid])
@@ -118,8 +122,9 @@ def test_one_mib_response_is_captured_whole(tls_server, clients, start_capture):
     assert records[-1]["lost_events"] == 0
 
 
-def test_large_write_is_chunked_to_the_limit_and_the_rest_counted(tls_server, clients,
-                                                                  start_capture, tmp_path):
+def test_large_write_is_chunked_to_the_limit_and_the_rest_counted(
+    tls_server, clients, start_capture, tmp_path
+):
     size = 300 * 1024  # one SSL_write_ex larger than the 256 KiB per-call limit
     body = tls_helpers.deterministic_bytes(size, 3)
     body_file = tmp_path / "body.bin"
@@ -143,8 +148,9 @@ def test_large_write_is_chunked_to_the_limit_and_the_rest_counted(tls_server, cl
     assert read_stream(records, "read", client.pid) == tls_server.transcript()[1]
 
 
-def test_other_process_doing_tls_at_the_same_time_yields_nothing(tls_server, clients,
-                                                                  start_capture):
+def test_other_process_doing_tls_at_the_same_time_yields_nothing(
+    tls_server, clients, start_capture
+):
     target = tls_helpers.python_client(tls_server, "/hello?who=target")
     other = tls_helpers.python_client(tls_server, "/hello?who=other")
     clients += [target, other]
@@ -159,8 +165,7 @@ def test_other_process_doing_tls_at_the_same_time_yields_nothing(tls_server, cli
     assert b"who=target" in everything and b"who=other" not in everything
 
 
-def test_http2_request_rendered_with_hpack_decoded_headers(tls_server, clients,
-                                                            start_capture):
+def test_http2_request_rendered_with_hpack_decoded_headers(tls_server, clients, start_capture):
     client = tls_helpers.curl_client(tls_server, "/hello", http2=True)
     clients.append(client)
     run = start_capture([client.pid], fmt="text")
@@ -191,8 +196,7 @@ def test_http1_text_rendering_decodes_gzip_and_chunked(tls_server, clients, star
     assert "gzip decoded" in text and "compressed body: ecap ecap" in text
 
 
-def test_sigint_stops_with_summary_and_journal_entry(tls_server, clients, start_capture,
-                                                     ecap_env):
+def test_sigint_stops_with_summary_and_journal_entry(tls_server, clients, start_capture, ecap_env):
     client = tls_helpers.python_client(tls_server, "/hello")  # waits: never exits by itself
     clients.append(client)
     run = start_capture([client.pid])
@@ -205,8 +209,7 @@ def test_sigint_stops_with_summary_and_journal_entry(tls_server, clients, start_
     from ecap.journal import Journal
 
     # (the journal's own notices, e.g. journal.audit_unavailable, are not ours)
-    entries = [e for e in Journal(ecap_env.journal).read()
-               if not e["event"].startswith("journal.")]
+    entries = [e for e in Journal(ecap_env.journal).read() if not e["event"].startswith("journal.")]
     events = [e["event"] for e in entries]
     assert events[-3:] == ["gate.granted", "capture.start", "capture.stop"]
     start, stop = entries[-2], entries[-1]
@@ -219,7 +222,8 @@ def test_sigint_stops_with_summary_and_journal_entry(tls_server, clients, start_
 
 
 def test_process_in_its_own_mount_namespace_is_hooked_in_its_own_libssl(
-        tls_server, clients, start_capture, tmp_path):
+    tls_server, clients, start_capture, tmp_path
+):
     """eCapture's "wrong libssl inside containers": here the process sees, at the
     host's libssl path, a *different file* (a copy bind-mounted in a private mount
     namespace). Probes on the host's file would never fire; resolving through
@@ -227,11 +231,16 @@ def test_process_in_its_own_mount_namespace_is_hooked_in_its_own_libssl(
     host_lib = "/usr/lib/x86_64-linux-gnu/libssl.so.3"
     copy = tmp_path / "libssl.so.3"
     shutil.copyfile(host_lib, copy)
-    script = (f"mount --bind {copy} {host_lib} && exec {sys.executable} -c "
-              f"{shlex.quote(tls_helpers.PYTHON_CLIENT)} GET {tls_server.port} /hello")
-    client = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE)
+    script = (
+        f"mount --bind {copy} {host_lib} && exec {sys.executable} -c "
+        f"{shlex.quote(tls_helpers.PYTHON_CLIENT)} GET {tls_server.port} /hello"
+    )
+    client = subprocess.Popen(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     clients.append(client)
     tls_helpers.wait_for_tls_mapped(client.pid)
     seen = os.stat(f"/proc/{client.pid}/root{host_lib}")
@@ -244,8 +253,7 @@ def test_process_in_its_own_mount_namespace_is_hooked_in_its_own_libssl(
     assert records[0]["targets"][0]["hooked"] == host_lib
 
 
-def test_ring_overflow_is_counted_to_the_byte_never_silent(tls_server, clients,
-                                                           start_capture):
+def test_ring_overflow_is_counted_to_the_byte_never_silent(tls_server, clients, start_capture):
     """The capture is frozen (SIGSTOP) while its target reads 4 MiB through a 1 MiB
     ring: records are lost for sure. Every lost byte must be accounted for."""
     n = 4 << 20

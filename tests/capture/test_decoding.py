@@ -32,8 +32,9 @@ from ecap.capture.writers import JsonlWriter, TextWriter
 from ecap.errors import UsageError
 
 
-def _rec(offset: int, data: bytes, total: int, flags: int, ts: int = 1000,
-         kind: int = KIND_READ) -> Record:
+def _rec(
+    offset: int, data: bytes, total: int, flags: int, ts: int = 1000, kind: int = KIND_READ
+) -> Record:
     return Record(ts, 0xABC, 10, 11, 0, 5, total, offset, len(data), kind, flags, 0, "x", data)
 
 
@@ -69,14 +70,25 @@ def _feed_in_pieces(stream, data: bytes, seed: int = 1):
 
 def test_http1_chunked_and_encoded_bodies_fed_byte_by_byte():
     body = b"the quick brown fox " * 20
-    chunked = b"".join(f"{len(p):x}\r\n".encode() + p + b"\r\n"
-                       for p in (gzip.compress(body)[:30], gzip.compress(body)[30:])) + b"0\r\n\r\n"
-    stream = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Encoding: gzip\r\n\r\n"
-              + chunked
-              + b"HTTP/1.1 200 OK\r\nContent-Encoding: br\r\nContent-Length: "
-              + str(len(brotli.compress(body))).encode() + b"\r\n\r\n" + brotli.compress(body)
-              + b"HTTP/1.1 200 OK\r\nContent-Encoding: deflate\r\nContent-Length: "
-              + str(len(zlib.compress(body))).encode() + b"\r\n\r\n" + zlib.compress(body))
+    chunked = (
+        b"".join(
+            f"{len(p):x}\r\n".encode() + p + b"\r\n"
+            for p in (gzip.compress(body)[:30], gzip.compress(body)[30:])
+        )
+        + b"0\r\n\r\n"
+    )
+    stream = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Encoding: gzip\r\n\r\n"
+        + chunked
+        + b"HTTP/1.1 200 OK\r\nContent-Encoding: br\r\nContent-Length: "
+        + str(len(brotli.compress(body))).encode()
+        + b"\r\n\r\n"
+        + brotli.compress(body)
+        + b"HTTP/1.1 200 OK\r\nContent-Encoding: deflate\r\nContent-Length: "
+        + str(len(zlib.compress(body))).encode()
+        + b"\r\n\r\n"
+        + zlib.compress(body)
+    )
     items = _feed_in_pieces(Http1Stream(), stream)
     assert [i.title for i in items] == ["HTTP/1 response"] * 3
     for item, enc in zip(items, ("gzip", "br", "deflate"), strict=True):
@@ -96,9 +108,17 @@ def _h2_exchange() -> tuple[bytes, bytes]:
     client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
     server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
     client.initiate_connection()
-    client.send_headers(1, [(":method", "GET"), (":path", "/secret"), (":scheme", "https"),
-                            (":authority", "example"), ("authorization", "Bearer s3cr3t")],
-                        end_stream=True)
+    client.send_headers(
+        1,
+        [
+            (":method", "GET"),
+            (":path", "/secret"),
+            (":scheme", "https"),
+            (":authority", "example"),
+            ("authorization", "Bearer s3cr3t"),
+        ],
+        end_stream=True,
+    )
     to_server = client.data_to_send()
     server.initiate_connection()
     server.receive_data(to_server)
@@ -110,8 +130,9 @@ def _h2_exchange() -> tuple[bytes, bytes]:
 def test_http2_headers_are_hpack_decoded_per_direction():
     to_server, to_client = _h2_exchange()
     r = ConnectionRenderer()
-    items = _feed_in_pieces(_Dir(r, "write"), to_server) + _feed_in_pieces(_Dir(r, "read"),
-                                                                             to_client)
+    items = _feed_in_pieces(_Dir(r, "write"), to_server) + _feed_in_pieces(
+        _Dir(r, "read"), to_client
+    )
     text = "\n".join(i.title + "\n" + "\n".join(i.lines) for i in items)
     assert r.protocol == "http2"
     assert "HTTP/2 connection preface" in text
@@ -139,11 +160,20 @@ def test_unknown_protocol_is_shown_raw_or_hex():
 
 
 def test_sockaddr_and_proc_net_decoding():
-    v4 = struct.pack("<H", socket.AF_INET) + struct.pack(">H", 8443) + socket.inet_aton(
-        "10.1.2.3") + b"\0" * 8
+    v4 = (
+        struct.pack("<H", socket.AF_INET)
+        + struct.pack(">H", 8443)
+        + socket.inet_aton("10.1.2.3")
+        + b"\0" * 8
+    )
     assert format_sockaddr(v4) == "10.1.2.3:8443"
-    v6 = (struct.pack("<H", socket.AF_INET6) + struct.pack(">H", 443) + b"\0" * 4
-          + socket.inet_pton(socket.AF_INET6, "2001:db8::1") + b"\0" * 4)
+    v6 = (
+        struct.pack("<H", socket.AF_INET6)
+        + struct.pack(">H", 443)
+        + b"\0" * 4
+        + socket.inet_pton(socket.AF_INET6, "2001:db8::1")
+        + b"\0" * 4
+    )
     assert format_sockaddr(v6) == "[2001:db8::1]:443"
     assert _decode_proc_addr("0100007F:20FB") == "127.0.0.1:8443"
     assert _decode_proc_addr("00000000000000000000000001000000:01BB") == "[::1]:443"
@@ -169,17 +199,53 @@ def test_text_writer_escapes_everything_host_derived():
 def test_jsonl_writer_output_validates_and_validator_rejects_bad_records():
     out = io.BytesIO()
     w = JsonlWriter(out)
-    grant = {k: "x" for k in ("jti", "operator", "reason", "issuer", "expires_at",
-                              "targets", "modules", "modes")}
-    w.header({"session_id": "s", "started_at": 1.0, "module": "tls", "format": "jsonl",
-              "token": "t", "grant": grant, "host": {}, "pids": [10], "targets": [],
-              "max_call_bytes": 262144, "ring_bytes": 1 << 25})
+    grant = {
+        k: "x"
+        for k in (
+            "jti",
+            "operator",
+            "reason",
+            "issuer",
+            "expires_at",
+            "targets",
+            "modules",
+            "modes",
+        )
+    }
+    w.header(
+        {
+            "session_id": "s",
+            "started_at": 1.0,
+            "module": "tls",
+            "format": "jsonl",
+            "token": "t",
+            "grant": grant,
+            "host": {},
+            "pids": [10],
+            "targets": [],
+            "max_call_bytes": 262144,
+            "ring_bytes": 1 << 25,
+        }
+    )
     w.call(_conn(), 1, _call(b"payload"))
     w.connection_end(_conn())
-    w.summary({"session_id": "s", "events": {}, "bytes": {}, "connections": 1,
-               "lost_events": 0, "lost_bytes": 0, "truncated_bytes": 0, "failed_calls": 0,
-               "max_call_bytes": 1, "stop_reason": "SIGINT", "started_at": 1.0,
-               "stopped_at": 2.0, "duration": 1.0})
+    w.summary(
+        {
+            "session_id": "s",
+            "events": {},
+            "bytes": {},
+            "connections": 1,
+            "lost_events": 0,
+            "lost_bytes": 0,
+            "truncated_bytes": 0,
+            "failed_calls": 0,
+            "max_call_bytes": 1,
+            "stop_reason": "SIGINT",
+            "started_at": 1.0,
+            "stopped_at": 2.0,
+            "duration": 1.0,
+        }
+    )
     lines = out.getvalue().decode().splitlines()
     records = validate_lines(lines)
     assert [r["type"] for r in records] == ["header", "event", "connection", "summary"]
@@ -208,8 +274,9 @@ def test_resolution_names_what_it_looked_for_and_checks_overrides(tmp_path):
 
 
 def test_resolution_finds_libssl_and_static_node():
-    py = subprocess.Popen(["python3", "-c", "import ssl, sys; sys.stdin.read()"],
-                          stdin=subprocess.PIPE)
+    py = subprocess.Popen(
+        ["python3", "-c", "import ssl, sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
     node = subprocess.Popen(["node", "-e", "process.stdin.resume()"], stdin=subprocess.PIPE)
     try:
         from tests.tls_helpers import wait_for_tls_mapped

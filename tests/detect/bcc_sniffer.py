@@ -43,8 +43,7 @@ int probe_SSL_read_plaintext(struct pt_regs *ctx) {
 # ours is attached. Call libbcc with its real prototype instead.
 ATTACH = lib.bpf_attach_uprobe
 ATTACH.restype = ct.c_int
-ATTACH.argtypes = [ct.c_int, ct.c_int, ct.c_char_p, ct.c_char_p, ct.c_uint64, ct.c_int,
-                   ct.c_uint32]
+ATTACH.argtypes = [ct.c_int, ct.c_int, ct.c_char_p, ct.c_char_p, ct.c_uint64, ct.c_int, ct.c_uint32]
 DETACH = lib.bpf_detach_uprobe
 DETACH.restype = ct.c_int
 DETACH.argtypes = [ct.c_char_p]

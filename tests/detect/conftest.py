@@ -79,9 +79,15 @@ def hook() -> Iterator[Callable[..., Hook]]:
     """Start tests/detect/hook_helper.py; every helper is stopped at teardown."""
     procs: list[subprocess.Popen[str]] = []
 
-    def start(*targets: str, mode: str = "ioctl", ret: bool = False, comm: str | None = None,
-              map_name: str | None = None, pin: str | None = None,
-              capture_args: list[str] = ()) -> Hook:
+    def start(
+        *targets: str,
+        mode: str = "ioctl",
+        ret: bool = False,
+        comm: str | None = None,
+        map_name: str | None = None,
+        pin: str | None = None,
+        capture_args: list[str] = (),
+    ) -> Hook:
         """``capture_args``: hook_helper's --gate/--grant-jti/--session-id options."""
         cmd = [PY, str(HERE / "hook_helper.py"), "--mode", mode, *capture_args]
         if ret:
@@ -92,8 +98,9 @@ def hook() -> Iterator[Callable[..., Hook]]:
             cmd += ["--map-name", map_name]
         if pin:
             cmd += ["--pin", pin]
-        proc = subprocess.Popen([*cmd, *targets], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [*cmd, *targets], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         procs.append(proc)
         info = read_ready(proc)
         if pin:
@@ -112,7 +119,8 @@ def tls_victim() -> Iterator[subprocess.Popen[str]]:
     """A process that maps libssl.so.3 (Python with ssl imported), killed after."""
     proc = subprocess.Popen(
         [PY, "-c", "import ssl, sys, time; print('ok', flush=True); time.sleep(600)"],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stdout and proc.stdout.readline().strip() == "ok"
@@ -161,13 +169,18 @@ def scan(**kwargs) -> dict:
     return doc
 
 
-def findings_of(doc: dict, *, pid: int | None = None, pinned: str | None = None,
-                event: str | None = None) -> list[dict]:
+def findings_of(
+    doc: dict, *, pid: int | None = None, pinned: str | None = None, event: str | None = None
+) -> list[dict]:
     """Findings whose owner is this pid / pin / tracefs event."""
     out = []
     for f in doc["findings"]:
         owner = f.get("owner") or {}
-        if (pid is not None and owner.get("pid") == pid) or (pinned is not None and owner.get("pinned_at") == pinned) or (event is not None and owner.get("tracefs_event") == event):
+        if (
+            (pid is not None and owner.get("pid") == pid)
+            or (pinned is not None and owner.get("pinned_at") == pinned)
+            or (event is not None and owner.get("tracefs_event") == event)
+        ):
             out.append(f)
     return out
 

@@ -64,9 +64,18 @@ def load_prog(name: str, map_fd: int | None, attach_type: int = 0) -> int:
     lic = ctypes.create_string_buffer(b"GPL")
     log = ctypes.create_string_buffer(65536)
     attr = ctypes.create_string_buffer(128)
-    struct.pack_into("<IIQQIIQ", attr, 0, PROG_TYPE_KPROBE, len(insns) // 8,
-                     ctypes.addressof(code), ctypes.addressof(lic), 1, len(log),
-                     ctypes.addressof(log))
+    struct.pack_into(
+        "<IIQQIIQ",
+        attr,
+        0,
+        PROG_TYPE_KPROBE,
+        len(insns) // 8,
+        ctypes.addressof(code),
+        ctypes.addressof(lic),
+        1,
+        len(log),
+        ctypes.addressof(log),
+    )
     struct.pack_into("16s", attr, 48, name.encode()[:15])
     struct.pack_into("<I", attr, 68, attach_type)
     try:
@@ -86,8 +95,14 @@ def uprobe_event(path: str, offset: int, ret: bool) -> int:
     struct.pack_into("<QQ", attr, 56, ctypes.addressof(raw_path), offset)
     syscall = libc.syscall
     syscall.restype = ctypes.c_long
-    fd = syscall(ctypes.c_long(_NR_PERF_EVENT_OPEN), ctypes.c_void_p(ctypes.addressof(attr)),
-                 ctypes.c_int(-1), ctypes.c_int(0), ctypes.c_int(-1), ctypes.c_ulong(8))
+    fd = syscall(
+        ctypes.c_long(_NR_PERF_EVENT_OPEN),
+        ctypes.c_void_p(ctypes.addressof(attr)),
+        ctypes.c_int(-1),
+        ctypes.c_int(0),
+        ctypes.c_int(-1),
+        ctypes.c_ulong(8),
+    )
     if fd < 0:
         raise OSError(ctypes.get_errno(), "perf_event_open uprobe")
     return fd
@@ -111,8 +126,18 @@ def link_multi(prog_fd: int, path: str, offsets: list[int], ret: bool) -> int:
     offs = (ctypes.c_uint64 * len(offsets))(*offsets)
     attr = ctypes.create_string_buffer(64)
     struct.pack_into("<IIII", attr, 0, prog_fd, 0, ATTACH_UPROBE_MULTI, 0)
-    struct.pack_into("<QQQQIII", attr, 16, ctypes.addressof(raw_path), ctypes.addressof(offs),
-                     0, 0, len(offsets), 1 if ret else 0, 0)
+    struct.pack_into(
+        "<QQQQIII",
+        attr,
+        16,
+        ctypes.addressof(raw_path),
+        ctypes.addressof(offs),
+        0,
+        0,
+        len(offsets),
+        1 if ret else 0,
+        0,
+    )
     return bpfsys.bpf(LINK_CREATE, attr)
 
 
@@ -174,14 +199,22 @@ def main() -> None:
                 ioctl(pfd, PERF_EVENT_IOC_ENABLE, 0)
     if args.pin:
         bpfsys.obj_pin(links[0], args.pin)
-        print(json.dumps({"pid": os.getpid(), "prog_ids": [prog_id(prog)], "pinned": args.pin}),
-              flush=True)
+        print(
+            json.dumps({"pid": os.getpid(), "prog_ids": [prog_id(prog)], "pinned": args.pin}),
+            flush=True,
+        )
         return
     if args.session_id:
         from ecap.journal import Journal
 
-        Journal().append("capture.start", session_id=args.session_id, jti=jti,
-                         pids=[args.gate_pid], module="tls", prog_ids=[prog_id(prog)])
+        Journal().append(
+            "capture.start",
+            session_id=args.session_id,
+            jti=jti,
+            pids=[args.gate_pid],
+            module="tls",
+            prog_ids=[prog_id(prog)],
+        )
     print(json.dumps({"pid": os.getpid(), "prog_ids": [prog_id(prog)], "jti": jti}), flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     while True:

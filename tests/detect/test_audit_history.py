@@ -51,8 +51,12 @@ def private_auditd(tmp_path: Path) -> Iterator[Path]:
     conf = conf_dir / "auditd.conf"
     conf.write_text(text)
     conf.chmod(0o640)
-    daemon = subprocess.Popen(["auditd", "-n", "-c", str(conf_dir)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+    daemon = subprocess.Popen(
+        ["auditd", "-n", "-c", str(conf_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     added = False
     try:
         deadline = time.monotonic() + 20
@@ -90,8 +94,20 @@ def test_program_that_came_and_went_is_in_the_history(private_auditd, hook):
     # while auditd records bpf(2), the posture no longer reports it as unaudited
     assert doc["posture"]["audit"]["rules_bpf"] is True
     # the CLI reads the same file
-    proc = subprocess.run([ecap_cmd("ecap-detect"), "scan", "--audit-log", str(private_auditd),
-                           "--json", "-", "--fail-on", "critical"], capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            ecap_cmd("ecap-detect"),
+            "scan",
+            "--audit-log",
+            str(private_auditd),
+            "--json",
+            "-",
+            "--fail-on",
+            "critical",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode in (0, 1)
     assert f'"prog_id": {prog_id}' in proc.stdout

@@ -22,22 +22,33 @@ from tests.detect.conftest import LIBSSL, findings_of, functions, scan
 pytestmark = [pytest.mark.bpf, pytest.mark.usefixtures("each_walk")]
 
 
-def _register(ecap_env, tok: str, *, hook_pid: int, prog_ids: list[int], victim_pid: int,
-              jti: str = "", session_id: str | None = None) -> str:
+def _register(
+    ecap_env,
+    tok: str,
+    *,
+    hook_pid: int,
+    prog_ids: list[int],
+    victim_pid: int,
+    jti: str = "",
+    session_id: str | None = None,
+) -> str:
     session_id = session_id or uuid.uuid4().hex
-    sessions.register(sessions.SessionRecord(
-        session_id=session_id,
-        token=tok,
-        operator="test-operator",
-        reason="pytest",
-        module="tls",
-        targets=[sessions.SessionTarget(victim_pid, procfs.start_time(victim_pid))],
-        prog_ids=prog_ids,
-        capture_pid=hook_pid,
-        started_at=time.time(),
-        expires_at=time.time() + 3600,
-        jti=jti,
-    ), ecap_env.run_dir)
+    sessions.register(
+        sessions.SessionRecord(
+            session_id=session_id,
+            token=tok,
+            operator="test-operator",
+            reason="pytest",
+            module="tls",
+            targets=[sessions.SessionTarget(victim_pid, procfs.start_time(victim_pid))],
+            prog_ids=prog_ids,
+            capture_pid=hook_pid,
+            started_at=time.time(),
+            expires_at=time.time() + 3600,
+            jti=jti,
+        ),
+        ecap_env.run_dir,
+    )
     return session_id
 
 
@@ -50,11 +61,21 @@ def _as_capture(ecap_env, tok: str, victim_pid: int, session_id: str) -> list[st
 def test_verified_session_makes_the_hook_an_info_finding(ecap_env, hook, tls_victim):
     tok = ecap_env.authorize([tls_victim.pid], operator="alice", reason="incident 42")
     sid = uuid.uuid4().hex
-    h = hook(f"{LIBSSL}:SSL_write", f"{LIBSSL}:SSL_read",
-             capture_args=_as_capture(ecap_env, tok, tls_victim.pid, sid))
+    h = hook(
+        f"{LIBSSL}:SSL_write",
+        f"{LIBSSL}:SSL_read",
+        capture_args=_as_capture(ecap_env, tok, tls_victim.pid, sid),
+    )
     grant = verify_token(tok)
-    _register(ecap_env, tok, hook_pid=h.pid, prog_ids=h.prog_ids, victim_pid=tls_victim.pid,
-              jti=grant.jti, session_id=sid)
+    _register(
+        ecap_env,
+        tok,
+        hook_pid=h.pid,
+        prog_ids=h.prog_ids,
+        victim_pid=tls_victim.pid,
+        jti=grant.jti,
+        session_id=sid,
+    )
     (f,) = findings_of(scan(), pid=h.pid)
     assert f["severity"] == "info"
     assert f["authorized"] is True
@@ -73,10 +94,26 @@ def test_expired_token_still_attached_is_high(ecap_env, hook, tls_victim):
     # the gate granted it two hours ago (the gate itself refuses expired tokens today),
     # to the process that still holds the programs
     sid = uuid.uuid4().hex
-    h = hook(f"{LIBSSL}:SSL_write", capture_args=[
-        "--grant-jti", claims["jti"], "--gate-pid", str(tls_victim.pid), "--session-id", sid])
-    _register(ecap_env, tok, hook_pid=h.pid, prog_ids=h.prog_ids, victim_pid=tls_victim.pid,
-              jti=claims["jti"], session_id=sid)
+    h = hook(
+        f"{LIBSSL}:SSL_write",
+        capture_args=[
+            "--grant-jti",
+            claims["jti"],
+            "--gate-pid",
+            str(tls_victim.pid),
+            "--session-id",
+            sid,
+        ],
+    )
+    _register(
+        ecap_env,
+        tok,
+        hook_pid=h.pid,
+        prog_ids=h.prog_ids,
+        victim_pid=tls_victim.pid,
+        jti=claims["jti"],
+        session_id=sid,
+    )
     (f,) = findings_of(scan(), pid=h.pid)
     assert f["severity"] == "high"
     assert f["authorized"] is False
@@ -88,12 +125,19 @@ def _untrusted_token(ecap_env, pid: int, tmp_path) -> str:
     prefix = tmp_path / "mallory"
     keys.generate(prefix)  # a key that is NOT in the trust dir
     req = request.build([pid], modules=["tls"], modes=["text"], reason="forged")
-    return token.issue(req, keys.load_private(f"{prefix}.key"), operator="mallory",
-                       reason="forged", ttl_seconds=3600, issuer="mallory")
+    return token.issue(
+        req,
+        keys.load_private(f"{prefix}.key"),
+        operator="mallory",
+        reason="forged",
+        ttl_seconds=3600,
+        issuer="mallory",
+    )
 
 
-@pytest.mark.parametrize("forgery", ["untrusted-key", "no-journal-grant", "wrong-holder",
-                                     "garbage-token"])
+@pytest.mark.parametrize(
+    "forgery", ["untrusted-key", "no-journal-grant", "wrong-holder", "garbage-token"]
+)
 def test_forged_session_is_not_accepted(ecap_env, hook, tls_victim, tmp_path, forgery):
     h = hook(f"{LIBSSL}:SSL_write")
     other = hook(f"{LIBSSL}:SSL_CTX_new")
@@ -108,8 +152,9 @@ def test_forged_session_is_not_accepted(ecap_env, hook, tls_victim, tmp_path, fo
         if forgery == "wrong-holder":
             jti = authorize_capture(tok, pids=[tls_victim.pid], module="tls", mode="text").jti
             holder = other.pid  # the session says another process holds the rogue programs
-    _register(ecap_env, tok, hook_pid=holder, prog_ids=h.prog_ids, victim_pid=tls_victim.pid,
-              jti=jti)
+    _register(
+        ecap_env, tok, hook_pid=holder, prog_ids=h.prog_ids, victim_pid=tls_victim.pid, jti=jti
+    )
     doc = scan()
     (f,) = findings_of(doc, pid=h.pid)
     assert f["severity"] == "critical"
@@ -121,19 +166,34 @@ def test_forged_session_is_not_accepted(ecap_env, hook, tls_victim, tmp_path, fo
 
 
 def test_genuine_token_copied_into_a_session_for_another_process_is_rejected(
-        ecap_env, hook, tls_victim):
+    ecap_env, hook, tls_victim
+):
     """A real, live authorization cannot be borrowed: the journal says which process the
     gate granted it to and which programs that process started with."""
     tok = ecap_env.authorize([tls_victim.pid])
     sid = uuid.uuid4().hex
     legit = hook(f"{LIBSSL}:SSL_read", capture_args=_as_capture(ecap_env, tok, tls_victim.pid, sid))
     jti = verify_token(tok).jti
-    _register(ecap_env, tok, hook_pid=legit.pid, prog_ids=legit.prog_ids,
-              victim_pid=tls_victim.pid, jti=jti, session_id=sid)
+    _register(
+        ecap_env,
+        tok,
+        hook_pid=legit.pid,
+        prog_ids=legit.prog_ids,
+        victim_pid=tls_victim.pid,
+        jti=jti,
+        session_id=sid,
+    )
     rogue = hook(f"{LIBSSL}:SSL_write")
     # same token, same jti; even the legitimate session id
-    _register(ecap_env, tok, hook_pid=rogue.pid, prog_ids=rogue.prog_ids,
-              victim_pid=tls_victim.pid, jti=jti, session_id=sid + "0")
+    _register(
+        ecap_env,
+        tok,
+        hook_pid=rogue.pid,
+        prog_ids=rogue.prog_ids,
+        victim_pid=tls_victim.pid,
+        jti=jti,
+        session_id=sid + "0",
+    )
     doc = scan()
     (f,) = findings_of(doc, pid=rogue.pid)
     assert f["severity"] == "critical" and f["authorized"] is False
@@ -149,12 +209,23 @@ def test_malformed_session_file_is_rejected_not_fatal(ecap_env, hook):
     h = hook(f"{LIBSSL}:SSL_write")
     sessions_dir = ecap_env.run_dir / "sessions"
     sessions_dir.mkdir(parents=True, exist_ok=True)
-    (sessions_dir / "junk.json").write_text(__import__("json").dumps({
-        "schema": "ecap.session/1", "session_id": "junk", "token": 12345,
-        "operator": "x", "reason": "y", "module": "tls",
-        "targets": [{"pid": "../../etc", "start_time": "x"}],
-        "prog_ids": h.prog_ids, "capture_pid": h.pid, "started_at": 0, "expires_at": 0,
-    }))
+    (sessions_dir / "junk.json").write_text(
+        __import__("json").dumps(
+            {
+                "schema": "ecap.session/1",
+                "session_id": "junk",
+                "token": 12345,
+                "operator": "x",
+                "reason": "y",
+                "module": "tls",
+                "targets": [{"pid": "../../etc", "start_time": "x"}],
+                "prog_ids": h.prog_ids,
+                "capture_pid": h.pid,
+                "started_at": 0,
+                "expires_at": 0,
+            }
+        )
+    )
     (sessions_dir / "notjson.json").write_text("{")
     doc = scan()
     (f,) = findings_of(doc, pid=h.pid)

@@ -19,16 +19,35 @@ def test_a_authorized_capture_is_info(ecap_env, tls_victim, tmp_path):
     token_file = ecap_env.write_token(tok)
     out = tmp_path / "capture.txt"
     proc = subprocess.Popen(
-        [ecap_cmd("ecap-audit"), "capture", "tls", "--pid", str(tls_victim.pid),
-         "--token", str(token_file), "--output", str(out)],
-        env=ecap_env.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            ecap_cmd("ecap-audit"),
+            "capture",
+            "tls",
+            "--pid",
+            str(tls_victim.pid),
+            "--token",
+            str(token_file),
+            "--output",
+            str(out),
+        ],
+        env=ecap_env.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
-        doc = scan_until(lambda d: bool(findings_of(d, pid=proc.pid))
-                         and any(s["status"] != "rejected" for s in d["inventory"]["sessions"]))
+        doc = scan_until(
+            lambda d: (
+                bool(findings_of(d, pid=proc.pid))
+                and any(s["status"] != "rejected" for s in d["inventory"]["sessions"])
+            )
+        )
         found = findings_of(doc, pid=proc.pid)
-        assert len(found) == 1, (proc.poll(), doc["inventory"]["sessions"],
-                                 proc.stderr.read() if proc.poll() is not None else "")
+        assert len(found) == 1, (
+            proc.poll(),
+            doc["inventory"]["sessions"],
+            proc.stderr.read() if proc.poll() is not None else "",
+        )
         f = found[0]
         assert f["severity"] == "info", f["evidence"]
         assert f["authorized"] is True

@@ -15,9 +15,16 @@ pytestmark = [pytest.mark.bpf]
 HOSTILE_COMM = "\x1b]0;pwn\x07[b]<i>"  # OSC retitle + BEL + rich markup + HTML, 15 bytes
 
 
-def detect(*args: str, env: dict | None = None, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    return subprocess.run([*prefix, ecap_cmd("ecap-detect"), *args], capture_output=True,
-                          text=True, timeout=120, env=env)
+def detect(
+    *args: str, env: dict | None = None, prefix: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*prefix, ecap_cmd("ecap-detect"), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
 
 
 def test_hostile_process_name_is_escaped_everywhere(hook, tmp_path):
@@ -50,15 +57,35 @@ def test_json_to_stdout_is_only_json(hook):
     assert proc.returncode == 1  # a critical finding, default --fail-on high
     doc = json.loads(proc.stdout)
     assert doc["schema"] == "ecap.scan/1"
-    for key in ("generated_at", "host", "posture", "inventory", "findings", "limitations",
-                "summary"):
+    for key in (
+        "generated_at",
+        "host",
+        "posture",
+        "inventory",
+        "findings",
+        "limitations",
+        "summary",
+    ):
         assert key in doc
     assert {"hostname", "machine_id", "kernel"} <= doc["host"].keys()
     assert {"programs", "maps", "links", "probes", "pins"} <= doc["inventory"].keys()
     assert {"sysctl", "lockdown", "btf", "mounts", "audit"} <= doc["posture"].keys()
     (f,) = findings_of(doc, pid=h.pid)
-    for key in ("id", "severity", "category", "title", "summary", "hooked", "owner", "victims",
-                "authorized", "authorization", "evidence", "why", "remediation"):
+    for key in (
+        "id",
+        "severity",
+        "category",
+        "title",
+        "summary",
+        "hooked",
+        "owner",
+        "victims",
+        "authorized",
+        "authorization",
+        "evidence",
+        "why",
+        "remediation",
+    ):
         assert key in f
     assert doc["summary"]["counts"]["critical"] >= 1
 
@@ -72,13 +99,16 @@ def test_fail_on_threshold_decides_exit_code(hook):
     assert (high.returncode == 1) == (doc["summary"]["counts"]["critical"] > 0)
 
 
-@pytest.mark.parametrize("args", [
-    ("scan", "--fail-on", "severe"),
-    ("scan", "--json", "/nonexistent-dir/x.json"),
-    ("scan", "--audit-log", "/nonexistent/audit.log"),
-    ("report", "/nonexistent.json", "--html", "/tmp/x.html"),
-    ("bogus",),
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("scan", "--fail-on", "severe"),
+        ("scan", "--json", "/nonexistent-dir/x.json"),
+        ("scan", "--audit-log", "/nonexistent/audit.log"),
+        ("report", "/nonexistent.json", "--html", "/tmp/x.html"),
+        ("bogus",),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(args):
     proc = detect(*args)
     assert proc.returncode == 2
@@ -127,8 +157,15 @@ def test_clean_machine_has_no_critical_findings():
 
 
 def test_unprivileged_user_gets_a_degraded_scan_not_an_error():
-    drop = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
-            "--bounding-set=-all", "--")
+    drop = (
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+        "--",
+    )
     proc = detect("scan", "--json", "-", "--fail-on", "critical", prefix=drop)
     assert proc.returncode in (0, 1), proc.stderr
     doc = json.loads(proc.stdout)

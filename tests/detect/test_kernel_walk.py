@@ -28,14 +28,18 @@ def _holders(walk: holders.FdWalk, pids: set[int]) -> set[tuple]:
 
 
 def _probes(walk: holders.FdWalk, pids: set[int]) -> set[tuple]:
-    return {(p.source, p.type, p.target, p.offset, p.prog_id, p.holder_pid, p.fd)
-            for p in walk.probes if p.holder_pid in pids}
+    return {
+        (p.source, p.type, p.target, p.offset, p.prog_id, p.holder_pid, p.fd)
+        for p in walk.probes
+        if p.holder_pid in pids
+    }
 
 
 @pytest.mark.parametrize("mode", ["ioctl", "link"])
 def test_both_walks_find_the_same_holders_and_probes(hook, mode):
-    h = hook(f"{LIBSSL}:SSL_write", f"{LIBSSL}:SSL_read", mode=mode, ret=True,
-             map_name="walk_test_map")
+    h = hook(
+        f"{LIBSSL}:SSL_write", f"{LIBSSL}:SSL_read", mode=mode, ret=True, map_name="walk_test_map"
+    )
     by_proc = holders.walk()
     with kernel_walk.KernelWalker() as kernel:
         by_kernel = holders.walk(kernel=kernel)
@@ -74,8 +78,9 @@ def test_victim_search_through_the_reverse_map_matches_every_maps_file(tls_victi
     via_proc = owners.victims(files)
     assert tls_victim.pid in candidates
     assert candidates[tls_victim.pid] == {(st.st_dev, st.st_ino)}
-    assert {v["pid"] for v in via_kernel[(st.st_dev, st.st_ino)]} == \
-        {v["pid"] for v in via_proc[(st.st_dev, st.st_ino)]}
+    assert {v["pid"] for v in via_kernel[(st.st_dev, st.st_ino)]} == {
+        v["pid"] for v in via_proc[(st.st_dev, st.st_ino)]
+    }
 
 
 def test_a_file_replaced_after_resolution_is_not_matched(tmp_path, tls_victim):
@@ -126,20 +131,34 @@ def test_damaged_loader_is_refused_not_run(monkeypatch, tmp_path):
 def test_cli_walk_flag(hook, tmp_path):
     h = hook(f"{LIBSSL}:SSL_write")
     out = tmp_path / "scan.json"
-    proc = subprocess.run([ecap_cmd("ecap-detect"), "scan", "--walk", "kernel", "--json",
-                           str(out), "--fail-on", "critical"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            ecap_cmd("ecap-detect"),
+            "scan",
+            "--walk",
+            "kernel",
+            "--json",
+            str(out),
+            "--fail-on",
+            "critical",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1, proc.stderr
     doc = json.loads(out.read_text())
     assert doc["scanner"]["walk"] == "kernel"
     assert findings_of(doc, pid=h.pid)
-    bad = subprocess.run([ecap_cmd("ecap-detect"), "scan", "--walk", "fast"],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [ecap_cmd("ecap-detect"), "scan", "--walk", "fast"], capture_output=True, text=True
+    )
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
     stop(h.proc)
 
 
 def test_victim_search_falls_back_to_every_maps_file(monkeypatch, tls_victim):
     """A reverse map that cannot be walked to the end must not lose victims."""
+
     def refuse(self, files):
         raise kernel_walk.KernelWalkUnavailable("walk cut short")
 

@@ -38,8 +38,12 @@ def offset_of(path: str, func: str) -> int:
 
 
 def test_b_bcc_uprobe_and_uretprobe_on_libssl_is_critical(tls_victim):
-    proc = subprocess.Popen([PY, str(HERE / "bcc_sniffer.py"), LIBSSL],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [PY, str(HERE / "bcc_sniffer.py"), LIBSSL],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         info = read_ready(proc)
         doc = scan()
@@ -52,7 +56,9 @@ def test_b_bcc_uprobe_and_uretprobe_on_libssl_is_critical(tls_victim):
         assert functions(f) == {("SSL_write", "uprobe"), ("SSL_read", "uretprobe")}
         assert all(h["class"] == "tls" and h["delta"] == 0 for h in f["hooked"])
         assert f["owner"]["exe"] and f["owner"]["exe_sha256"]
-        assert "CAP_BPF" in f["owner"]["capabilities"] or "CAP_SYS_ADMIN" in f["owner"]["capabilities"]
+        assert (
+            "CAP_BPF" in f["owner"]["capabilities"] or "CAP_SYS_ADMIN" in f["owner"]["capabilities"]
+        )
         assert tls_victim.pid in {v["pid"] for v in f["victims"]}
         assert set(f["programs"]) == set(info["prog_ids"])
         # full names from BTF func_info, beyond the kernel's 15 characters
@@ -70,7 +76,9 @@ def test_b_bcc_uprobe_and_uretprobe_on_libssl_is_critical(tls_victim):
 def test_c_bpftrace_uprobe_on_ssl_write_is_critical():
     proc = subprocess.Popen(
         ["bpftrace", "-e", f"uprobe:{LIBSSL}:SSL_write {{ @c = count(); }}"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stdout is not None
@@ -117,7 +125,9 @@ def tracefs_uprobe():
         group = f"ecaptest{os.getpid()}"
         event = f"ev{len(made)}"
         kind = "r" if ret else "p"
-        append_line(root / "uprobe_events", f"{kind}:{group}/{event} {path}:{offset_of_any(path, func):#x}")
+        append_line(
+            root / "uprobe_events", f"{kind}:{group}/{event} {path}:{offset_of_any(path, func):#x}"
+        )
         made.append(f"{group}/{event}")
         if enable:
             (root / "events" / group / event / "enable").write_text("1")
@@ -213,15 +223,22 @@ def test_pinned_program_in_another_mount_namespace(hook, tmp_path):
         f"{PY} {HERE / 'hook_helper.py'} --mode link --pin $d/hidden {LIBSSL}:SSL_read_ex; "
         "echo ready; exec sleep 600"
     )
-    proc = subprocess.Popen(["unshare", "-m", "sh", "-c", script], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        ["unshare", "-m", "sh", "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         proc.stdout.readline()  # helper's JSON
         assert proc.stdout.readline().strip() == "ready"
         doc = scan()
-        hidden = [f for f in doc["findings"]
-                  if (f.get("owner") or {}).get("pinned_at", "").endswith("/hidden")]
+        hidden = [
+            f
+            for f in doc["findings"]
+            if (f.get("owner") or {}).get("pinned_at", "").endswith("/hidden")
+        ]
         assert len(hidden) == 1
         assert functions(hidden[0]) == {("SSL_read_ex", "uprobe")}
         assert hidden[0]["owner"]["mount_ns"] != os.readlink("/proc/self/ns/mnt")
@@ -230,8 +247,9 @@ def test_pinned_program_in_another_mount_namespace(hook, tmp_path):
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         doc = scan()
-        if not any((f.get("owner") or {}).get("pinned_at", "").endswith("/hidden")
-                   for f in doc["findings"]):
+        if not any(
+            (f.get("owner") or {}).get("pinned_at", "").endswith("/hidden") for f in doc["findings"]
+        ):
             break
         time.sleep(0.5)
     else:
@@ -261,10 +279,13 @@ def test_uprobe_on_other_function_is_medium(hook):
     assert f["hooked"][0]["class"] == "other"
 
 
-@pytest.mark.parametrize("target,function,cls", [
-    ("/bin/bash", "readline", "shell"),
-    ("/usr/lib/postgresql/*/bin/postgres", "pg_parse_query", "database"),
-])
+@pytest.mark.parametrize(
+    "target,function,cls",
+    [
+        ("/bin/bash", "readline", "shell"),
+        ("/usr/lib/postgresql/*/bin/postgres", "pg_parse_query", "database"),
+    ],
+)
 def test_shell_and_database_hooks_are_plaintext(hook, target, function, cls):
     import glob
 

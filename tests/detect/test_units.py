@@ -57,17 +57,24 @@ def test_kprobe_events_sample():
 def test_uprobe_target_with_ref_ctr_offset():
     text = "p:g/e /opt/app/libssl.so:0x0000000000001234(0x10) a=%di b=+0(%si):string\n"
     (e,) = tracefs.parse_events(text, uprobe=True)
-    assert (e.target, e.offset, e.args) == ("/opt/app/libssl.so", 0x1234,
-                                            "a=%di b=+0(%si):string")
+    assert (e.target, e.offset, e.args) == ("/opt/app/libssl.so", 0x1234, "a=%di b=+0(%si):string")
 
 
 def test_audit_log_sample_joins_bpf_to_syscall():
     events = audit_history.read_events(FIX / "audit.log")
     assert [(e.prog_id, e.op) for e in events] == [
-        (901, "LOAD"), (902, "LOAD"), (901, "UNLOAD"), (903, "LOAD")]
+        (901, "LOAD"),
+        (902, "LOAD"),
+        (901, "UNLOAD"),
+        (903, "LOAD"),
+    ]
     first = events[0]
-    assert (first.exe, first.comm, first.pid, first.auid) == ("/usr/bin/bpftrace", "bpftrace",
-                                                              4242, 1000)
+    assert (first.exe, first.comm, first.pid, first.auid) == (
+        "/usr/bin/bpftrace",
+        "bpftrace",
+        4242,
+        1000,
+    )
     assert events[1].auid is None  # unset login uid (4294967295)
     assert "evil" in (events[1].comm or "") and "\x1b" not in (events[1].comm or "")
     hist = audit_history.summarize(events, live_ids={902, 903})
@@ -91,15 +98,26 @@ def test_bpffs_mountpoints_from_mountinfo():
     assert pins.bpffs_mountpoints(extra) == ["/var/run/my bpf"]
 
 
-@pytest.mark.parametrize("name,cls", [
-    ("SSL_write", "tls"), ("SSL_read_ex", "tls"), ("SSL_do_handshake", "tls"),
-    ("gnutls_record_recv", "tls"), ("PR_Write", "tls"),
-    ("crypto/tls.(*Conn).writeRecordLocked", "tls"), ("crypto/tls.(*Config).writeKeyLog", "tls"),
-    ("readline", "shell"), ("zleread", "shell"),
-    ("_Z16dispatch_commandP3THDPK8COM_DATA19enum_server_command", "database"),
-    ("pg_parse_query", "database"), ("exec_simple_query", "database"),
-    ("SSL_CTX_new", "other"), (None, "other"), ("malloc", "other"),
-])
+@pytest.mark.parametrize(
+    "name,cls",
+    [
+        ("SSL_write", "tls"),
+        ("SSL_read_ex", "tls"),
+        ("SSL_do_handshake", "tls"),
+        ("gnutls_record_recv", "tls"),
+        ("PR_Write", "tls"),
+        ("crypto/tls.(*Conn).writeRecordLocked", "tls"),
+        ("crypto/tls.(*Config).writeKeyLog", "tls"),
+        ("readline", "shell"),
+        ("zleread", "shell"),
+        ("_Z16dispatch_commandP3THDPK8COM_DATA19enum_server_command", "database"),
+        ("pg_parse_query", "database"),
+        ("exec_simple_query", "database"),
+        ("SSL_CTX_new", "other"),
+        (None, "other"),
+        ("malloc", "other"),
+    ],
+)
 def test_classification(name, cls):
     assert classify.classify(name) == cls
 
@@ -107,20 +125,40 @@ def test_classification(name, cls):
 def test_posture_issues_carry_remediation_ids():
     from ecap.remediation import ALL_CONTROL_IDS
 
-    weak = {"sysctl": {"kernel.unprivileged_bpf_disabled": "0", "kernel.perf_event_paranoid": "-1",
-                       "kernel.kptr_restrict": "0", "kernel.yama.ptrace_scope": "0",
-                       "net.core.bpf_jit_harden": "0", "kernel.dmesg_restrict": "0"},
-            "lockdown": "none", "mounts": {"debugfs": ["/sys/kernel/debug"], "tracefs": []},
-            "audit": {"enabled": 0}}
+    weak = {
+        "sysctl": {
+            "kernel.unprivileged_bpf_disabled": "0",
+            "kernel.perf_event_paranoid": "-1",
+            "kernel.kptr_restrict": "0",
+            "kernel.yama.ptrace_scope": "0",
+            "net.core.bpf_jit_harden": "0",
+            "kernel.dmesg_restrict": "0",
+        },
+        "lockdown": "none",
+        "mounts": {"debugfs": ["/sys/kernel/debug"], "tracefs": []},
+        "audit": {"enabled": 0},
+    }
     found = {i.key: i for i in posture.issues(weak)}
     assert found["kernel.unprivileged_bpf_disabled"].severity == "high"
     assert all(set(i.remediation) <= set(ALL_CONTROL_IDS) for i in found.values())
-    strong = {"sysctl": {"kernel.unprivileged_bpf_disabled": "1", "kernel.perf_event_paranoid": "3",
-                         "kernel.kptr_restrict": "2", "kernel.yama.ptrace_scope": "2",
-                         "net.core.bpf_jit_harden": "2", "kernel.dmesg_restrict": "1"},
-              "lockdown": "confidentiality", "mounts": {},
-              "audit": {"enabled": 1, "rules_bpf": True, "rules_perf_event_open": True,
-                        "rules_tracefs_watch": True}}
+    strong = {
+        "sysctl": {
+            "kernel.unprivileged_bpf_disabled": "1",
+            "kernel.perf_event_paranoid": "3",
+            "kernel.kptr_restrict": "2",
+            "kernel.yama.ptrace_scope": "2",
+            "net.core.bpf_jit_harden": "2",
+            "kernel.dmesg_restrict": "1",
+        },
+        "lockdown": "confidentiality",
+        "mounts": {},
+        "audit": {
+            "enabled": 1,
+            "rules_bpf": True,
+            "rules_perf_event_open": True,
+            "rules_tracefs_watch": True,
+        },
+    }
     assert posture.issues(strong) == []
 
 
@@ -131,7 +169,7 @@ def _recorded_rules() -> list:
     rules, offset = [], 0
     while offset < len(raw):
         (size,) = struct.unpack_from("<I", raw, offset)
-        rules.append(audit_rules.parse_rule(raw[offset + 4:offset + 4 + size]))
+        rules.append(audit_rules.parse_rule(raw[offset + 4 : offset + 4 + size]))
         offset += 4 + size
     return rules
 
@@ -142,10 +180,16 @@ def test_audit_rule_parsing():
     assert rules[0].syscalls == {321, 298} and rules[0].arch == 0xC000003E
     x86_64 = {"arch": 0xC000003E, "bpf_nr": 321, "perf_nr": 298}
     assert audit_rules.rule_coverage(rules, **x86_64) == {
-        "rules_bpf": True, "rules_perf_event_open": True, "rules_tracefs_watch": True}
+        "rules_bpf": True,
+        "rules_perf_event_open": True,
+        "rules_tracefs_watch": True,
+    }
     # a watch's own syscall mask and another architecture's "-S all" do not count
     assert audit_rules.rule_coverage(rules[1:], **x86_64) == {
-        "rules_bpf": False, "rules_perf_event_open": False, "rules_tracefs_watch": True}
+        "rules_bpf": False,
+        "rules_perf_event_open": False,
+        "rules_tracefs_watch": True,
+    }
     assert audit_rules.rule_coverage([], **x86_64)["rules_bpf"] is False
 
 
@@ -165,8 +209,12 @@ def test_gopclntab_agrees_with_symtab(go_tls_binaries):
     assert image.has_section(".symtab")
     table = go_functions(image)
     assert table is not None and len(table) > 1000
-    names = ["crypto/tls.(*Conn).Read", "crypto/tls.(*Conn).writeRecordLocked", "main.main",
-             "runtime.main"]
+    names = [
+        "crypto/tls.(*Conn).Read",
+        "crypto/tls.(*Conn).writeRecordLocked",
+        "main.main",
+        "runtime.main",
+    ]
     syms = image.find_functions(names)
     for name in names:
         fn = table.find(name)
@@ -194,7 +242,9 @@ def test_resolve_survives_hostile_targets(tmp_path):
     bad.write_bytes(b"\x7fELF\x02\x01\x01" + b"\xff" * 200)
     r = resolve(str(bad), 0x10)
     assert r.function is None and r.cls == "other" and r.note
-    real = resolve(LIBSSL_PATH, open_elf(LIBSSL_PATH).find_functions(["SSL_read"])["SSL_read"].file_offset)
+    real = resolve(
+        LIBSSL_PATH, open_elf(LIBSSL_PATH).find_functions(["SSL_read"])["SSL_read"].file_offset
+    )
     assert (real.function, real.delta, real.cls) == ("SSL_read", 0, "tls")
 
 

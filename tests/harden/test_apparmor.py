@@ -104,7 +104,9 @@ def test_old_parser_syntax_still_compiles_with_the_real_parser(tmp_path) -> None
         (tmp_path / a.path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / a.path).write_text(a.content)
     abstraction = arts[0].content
-    assert "# deny capability bpf," in abstraction and "\n  deny capability sys_admin," in abstraction
+    assert (
+        "# deny capability bpf," in abstraction and "\n  deny capability sys_admin," in abstraction
+    )
     for a in arts[1:]:
         ok, msg = validate.apparmor_compile(tmp_path / a.path, [tmp_path / "apparmor"])
         assert ok, (a.path, msg)

@@ -164,8 +164,17 @@ def test_odd_but_valid_json_scans_do_not_crash(tmp_path) -> None:
                                 "findings": {"a": 1}}))  # fmt: skip
     p = posture.from_scan(scan)
     assert p.sysctl == {} and p.finding_controls == frozenset()
-    scan.write_text(json.dumps({"schema": "ecap.scan/1", "findings": [
-        {"remediation": "sysctl-kptr-restrict"}, {"remediation": [1, "seccomp-deny-bpf"]}]}))
+    scan.write_text(
+        json.dumps(
+            {
+                "schema": "ecap.scan/1",
+                "findings": [
+                    {"remediation": "sysctl-kptr-restrict"},
+                    {"remediation": [1, "seccomp-deny-bpf"]},
+                ],
+            }
+        )
+    )
     assert posture.from_scan(scan).finding_controls == {"seccomp-deny-bpf"}
 
 

@@ -49,7 +49,10 @@ def test_validate_reports_a_broken_manifest(tmp_path, run_harden) -> None:
     (d / "pod.yaml").write_text(yaml.safe_dump(bad))
     (d / "unparsable.yaml").write_text("a: [1, 2\n")
     results = {v.path: v for v in validate.validate_dir(tmp_path / "out", load_audit=False)}
-    assert not results["kubernetes/pod.yaml"].ok and "hostPID" in results["kubernetes/pod.yaml"].message
+    assert (
+        not results["kubernetes/pod.yaml"].ok
+        and "hostPID" in results["kubernetes/pod.yaml"].message
+    )
     assert not results["kubernetes/unparsable.yaml"].ok
     assert "does not parse" in results["kubernetes/unparsable.yaml"].message
     assert run_harden("validate", str(tmp_path / "out")).returncode == 1

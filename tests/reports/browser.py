@@ -31,7 +31,9 @@ BASE_FLAGS = (
 )
 
 
-def chromium(url_or_path: Path | str, *flags: str, timeout: float = 90) -> subprocess.CompletedProcess:
+def chromium(
+    url_or_path: Path | str, *flags: str, timeout: float = 90
+) -> subprocess.CompletedProcess:
     """Run Chromium once on a file and return the finished process (stdout as text)."""
     assert Path(CHROMIUM).exists(), "chromium is not installed; run make setup"
     url = url_or_path if isinstance(url_or_path, str) else Path(url_or_path).resolve().as_uri()
@@ -39,7 +41,10 @@ def chromium(url_or_path: Path | str, *flags: str, timeout: float = 90) -> subpr
     try:
         return subprocess.run(
             [CHROMIUM, *BASE_FLAGS, f"--user-data-dir={profile}", *flags, url],
-            capture_output=True, text=True, timeout=timeout, check=False,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
             stdin=subprocess.DEVNULL,
         )
     finally:
@@ -89,8 +94,8 @@ def first_pixel(png: bytes) -> tuple[int, int, int]:
     assert png[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
     pos, idat, ctype, depth = 8, b"", None, None
     while pos < len(png):
-        length, kind = struct.unpack(">I4s", png[pos:pos + 8])
-        body = png[pos + 8:pos + 8 + length]
+        length, kind = struct.unpack(">I4s", png[pos : pos + 8])
+        body = png[pos + 8 : pos + 8 + length]
         if kind == b"IHDR":
             depth, ctype = body[8], body[9]
         elif kind == b"IDAT":

@@ -32,9 +32,16 @@ class Browser:
         self._from_browser, from_browser_w = os.pipe()
         # the child must see the pipes as fds 3 and 4
         self._proc = subprocess.Popen(
-            [CHROMIUM, *BASE_FLAGS, f"--user-data-dir={self._profile}",
-             "--remote-debugging-pipe", "about:blank"],
-            pass_fds=(3, 4), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            [
+                CHROMIUM,
+                *BASE_FLAGS,
+                f"--user-data-dir={self._profile}",
+                "--remote-debugging-pipe",
+                "about:blank",
+            ],
+            pass_fds=(3, 4),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             preexec_fn=lambda: (os.dup2(to_browser_r, 3), os.dup2(from_browser_w, 4)),
         )
@@ -44,8 +51,9 @@ class Browser:
         self._next = 0
         url = page.resolve().as_uri()
         target = self.call("Target.createTarget", url=url)["targetId"]
-        self._session = self.call("Target.attachToTarget", targetId=target,
-                                  flatten=True)["sessionId"]
+        self._session = self.call("Target.attachToTarget", targetId=target, flatten=True)[
+            "sessionId"
+        ]
         deadline = time.monotonic() + 30
         while self.eval("location.href + ' ' + document.readyState") != f"{url} complete":
             assert time.monotonic() < deadline, "page did not load"
@@ -70,8 +78,13 @@ class Browser:
 
     def eval(self, expression: str) -> Any:
         """Evaluate in the page and return the (JSON-serialisable) value."""
-        result = self.call("Runtime.evaluate", self._session, expression=expression,
-                           returnByValue=True, awaitPromise=True)
+        result = self.call(
+            "Runtime.evaluate",
+            self._session,
+            expression=expression,
+            returnByValue=True,
+            awaitPromise=True,
+        )
         assert "exceptionDetails" not in result, result["exceptionDetails"]
         return result["result"].get("value")
 

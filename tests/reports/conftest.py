@@ -30,7 +30,9 @@ LIBSSL = "/usr/lib/x86_64-linux-gnu/libssl.so.3"
 # "<script>...</script>" (a file name cannot contain "/").
 INJECT_DIR = "<script>document.documentElement.setAttribute('data-pwned','exe')<"
 INJECT_FILE = "script>\x1b[31m\x1b]0;t\x07"
-INJECT_ARGV0 = "<script>document.documentElement.setAttribute('data-pwned','argv')</script>\x1b]0;owned\x07"
+INJECT_ARGV0 = (
+    "<script>document.documentElement.setAttribute('data-pwned','argv')</script>\x1b]0;owned\x07"
+)
 PWNED = "data-pwned"
 
 
@@ -68,8 +70,12 @@ def start_rogue_sniffer(exe: Path) -> subprocess.Popen:
 
 def start_victim(exe: Path) -> subprocess.Popen:
     """A libssl user (curl waiting for its config on stdin) at a hostile path."""
-    proc = subprocess.Popen([str(exe), "-sS", "-k", "-K", "-"], stdin=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(exe), "-sS", "-k", "-K", "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     tls_helpers.wait_for_tls_mapped(proc.pid)
     return proc
 
@@ -110,8 +116,13 @@ def scan_seeing(env: dict[str, str], out: Path, pid: int, timeout: float = 30) -
 
 def run_scan(env: dict[str, str], out: Path) -> dict:
     """``ecap-detect scan --json OUT`` (exit 0 or 1: findings are not an error here)."""
-    r = subprocess.run([ecap_cmd("ecap-detect"), "scan", "--json", str(out), "--fail-on",
-                        "critical"], env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [ecap_cmd("ecap-detect"), "scan", "--json", str(out), "--fail-on", "critical"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode in (0, 1), r.stderr
     return json.loads(out.read_text())
 
@@ -136,8 +147,9 @@ def rogue_scan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealScan]:
 
 def own_finding(scan: RealScan) -> dict:
     """The finding about our rogue sniffer in a real scan."""
-    found = [f for f in scan.doc["findings"]
-             if (f.get("owner") or {}).get("pid") == scan.sniffer_pid]
+    found = [
+        f for f in scan.doc["findings"] if (f.get("owner") or {}).get("pid") == scan.sniffer_pid
+    ]
     assert found, "the scan did not report the rogue sniffer"
     return found[0]
 
@@ -172,22 +184,45 @@ def capture_session(root: Path, during: Callable[[dict[str, str]], Any] | None =
     client = capture = None
     try:
         curl = hostile_copy(root / "bin", "/usr/bin/curl")
-        client = subprocess.Popen([str(curl), "-sS", "-k", "--http1.1", "-K", "-"],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE)
+        client = subprocess.Popen(
+            [str(curl), "-sS", "-k", "--http1.1", "-K", "-"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         tls_helpers.wait_for_tls_mapped(client.pid)
         req = request.build([client.pid], modules=["tls"], modes=["jsonl"], reason="report test")
-        jwt_text = token.issue(req, keys.load_private(root / "ecap" / "signer.key"),
-                               operator="<b>alice</b>", reason="INC-6 <i>report</i>",
-                               ttl_seconds=3600, issuer="pytest")
+        jwt_text = token.issue(
+            req,
+            keys.load_private(root / "ecap" / "signer.key"),
+            operator="<b>alice</b>",
+            reason="INC-6 <i>report</i>",
+            ttl_seconds=3600,
+            issuer="pytest",
+        )
         token_path = root / "token.jwt"
         token_path.write_text(jwt_text)
         jsonl = root / "session.jsonl"
         capture = subprocess.Popen(
-            [ecap_cmd("ecap-audit"), "capture", "tls", "--pid", str(client.pid), "--token",
-             str(token_path), "--format", "jsonl", "--output", str(jsonl)],
-            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, text=True)
+            [
+                ecap_cmd("ecap-audit"),
+                "capture",
+                "tls",
+                "--pid",
+                str(client.pid),
+                "--token",
+                str(token_path),
+                "--format",
+                "jsonl",
+                "--output",
+                str(jsonl),
+            ],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         assert capture.stderr is not None
         seen = []
         for line in capture.stderr:

@@ -62,19 +62,27 @@ def fleet_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], i
 def test_cli_fleet_report_lists_rogue_host_first_with_matrix_and_anchors(fleet_files, tmp_path):
     files, _ = fleet_files
     out = tmp_path / "fleet.html"
-    r = subprocess.run([ecap_cmd("ecap-detect"), "report", *map(str, files), "--html", str(out)],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [ecap_cmd("ecap-detect"), "report", *map(str, files), "--html", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     browser.assert_valid_html5(out)
     dom = browser.dump_dom(out)
     hosts = re.search(r'<table class="data" aria-label="hosts">.*?<tbody>(.*?)</tbody>', dom, re.S)
-    rows = re.findall(r"<tr( class=\"rogue\")?><td><a href=\"#(host-\d+)\">(.*?)</a>", hosts.group(1))
+    rows = re.findall(
+        r"<tr( class=\"rogue\")?><td><a href=\"#(host-\d+)\">(.*?)</a>", hosts.group(1)
+    )
     assert unescape(rows[0][2]) == "db-7"
     assert rows[0][0] and not any(rogue for rogue, _, _ in rows[1:])
     for _, anchor, _ in rows:  # every row links to a per-host section that exists
         assert f'<section class="hostsec" id="{anchor}">' in dom
     matrix = re.search(r'aria-label="host by finding type">.*?<thead>(.*?)</thead>', dom, re.S)
-    columns = [unescape(re.sub(r"<[^>]+>", "", c)) for c in re.findall(r"<th>(.*?)</th>", matrix.group(1))]
+    columns = [
+        unescape(re.sub(r"<[^>]+>", "", c)) for c in re.findall(r"<th>(.*?)</th>", matrix.group(1))
+    ]
     assert columns[1] == "rogue plaintext hook"  # most severe type first
     # hostile host name: shown as text, never run
     assert "data-pwned=" not in dom and dom.count("<script") == 1

@@ -19,7 +19,9 @@ from tests.reports.conftest import INJECT_ARGV0, INJECT_DIR, PWNED, RealScan, ow
 
 
 @pytest.fixture(scope="module")
-def host_report(rogue_scan: RealScan, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def host_report(
+    rogue_scan: RealScan, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path]:
     out = tmp_path_factory.mktemp("host-report")
     html, twin = out / "host.html", out / "host.json"
     render_host_report(rogue_scan.doc, html, twin)
@@ -33,7 +35,9 @@ def test_rogue_sniffer_is_the_first_finding_with_owner_victims_and_remediation(
     dom = browser.dump_dom(html)
     finding = own_finding(rogue_scan)
     assert finding["severity"] == "critical" and finding["authorized"] is False
-    articles = re.findall(r'<article class="finding sev-(\w+)" id="f(\d+)">(.*?)</article>', dom, re.S)
+    articles = re.findall(
+        r'<article class="finding sev-(\w+)" id="f(\d+)">(.*?)</article>', dom, re.S
+    )
     assert articles and articles[0][0] == "critical"
     ours = next(body for _, _, body in articles if f"pid {rogue_scan.sniffer_pid} " in body)
     text = unescape(re.sub(r"<[^>]+>", "", ours))
@@ -70,11 +74,26 @@ def test_remediation_snippet_is_what_ecap_harden_generates(rogue_scan, host_repo
     html, twin = host_report
     doc = json.loads(twin.read_text())
     generated = tmp_path / "gen"
-    r = subprocess.run([ecap_cmd("ecap-harden"), "generate", "--from", str(rogue_scan.path),
-                        "--out", str(generated)], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            ecap_cmd("ecap-harden"),
+            "generate",
+            "--from",
+            str(rogue_scan.path),
+            "--out",
+            str(generated),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
-    snippets = [(s["path"], s["text"]) for f in doc["findings"] for rem in f["remediation"]
-                for s in rem.get("snippets", [])]
+    snippets = [
+        (s["path"], s["text"])
+        for f in doc["findings"]
+        for rem in f["remediation"]
+        for s in rem.get("snippets", [])
+    ]
     compared = set()
     for path, text in snippets:
         target = generated / path
@@ -127,20 +146,27 @@ def test_cli_scan_html_writes_private_report(rogue_scan, tmp_path):
     from tests.reports.conftest import isolated_env
 
     out = tmp_path / "cli.html"
-    r = subprocess.run([ecap_cmd("ecap-detect"), "scan", "--html", str(out), "--fail-on",
-                        "critical"], env=isolated_env(tmp_path / "ecap"), capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run(
+        [ecap_cmd("ecap-detect"), "scan", "--html", str(out), "--fail-on", "critical"],
+        env=isolated_env(tmp_path / "ecap"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 1, r.stderr  # the rogue sniffer is critical
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
     browser.assert_valid_html5(out)
     assert f"pid {rogue_scan.sniffer_pid} " in out.read_text()
 
 
-@pytest.mark.parametrize("content, message", [
-    ("not json", "is not JSON"),
-    ('{"schema": "ecap.capture/1"}', "expected 'ecap.scan/1'"),
-    ("[1, 2]", "not an object"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("not json", "is not JSON"),
+        ('{"schema": "ecap.capture/1"}', "expected 'ecap.scan/1'"),
+        ("[1, 2]", "not an object"),
+    ],
+)
 def test_bad_scan_input_is_a_usage_error_and_writes_nothing(tmp_path, content, message):
     from ecap.reports.host import load_scan
 
@@ -149,8 +175,12 @@ def test_bad_scan_input_is_a_usage_error_and_writes_nothing(tmp_path, content, m
     with pytest.raises(UsageError, match=message):
         render_host_report(load_scan(bad), tmp_path / "out.html")
     assert not (tmp_path / "out.html").exists()
-    r = subprocess.run([ecap_cmd("ecap-detect"), "report", str(bad), "--html",
-                        str(tmp_path / "out.html")], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [ecap_cmd("ecap-detect"), "report", str(bad), "--html", str(tmp_path / "out.html")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     assert not (tmp_path / "out.html").exists()
 
@@ -201,8 +231,10 @@ def test_tables_sort_and_filter_copy_buttons_copy_and_print_expands(rogue_scan, 
         assert shown and all(str(rogue_scan.sniffer_pid) in row for row in shown)
         assert count == f"{len(shown)} of {total} rows"
 
-        b.call("Browser.grantPermissions",
-               permissions=["clipboardReadWrite", "clipboardSanitizedWrite"])
+        b.call(
+            "Browser.grantPermissions",
+            permissions=["clipboardReadWrite", "clipboardSanitizedWrite"],
+        )
         label, clipboard, snippet = b.eval(COPY_JS)
         assert label == "Copied" and clipboard == snippet and snippet.strip()
 
@@ -218,12 +250,17 @@ def test_authorized_capture_is_reported_as_authorized(tmp_path):
     """A scan taken while a real ecap capture runs: that hook is authorized, info."""
     from tests.reports.conftest import capture_session, run_scan
 
-    session = capture_session(tmp_path / "cap", during=lambda env: run_scan(env, tmp_path / "s.json"))
+    session = capture_session(
+        tmp_path / "cap", during=lambda env: run_scan(env, tmp_path / "s.json")
+    )
     scan = session.during
     html = render_host_report(scan, tmp_path / "host.html", tmp_path / "host.json")
     view = json.loads((tmp_path / "host.json").read_text())
-    ours = [f for f in view["findings"] if f["authorized"] is True
-            and str(session.client_pid) in json.dumps(f["authorization"])]
+    ours = [
+        f
+        for f in view["findings"]
+        if f["authorized"] is True and str(session.client_pid) in json.dumps(f["authorization"])
+    ]
     assert ours and ours[0]["severity"] == "info"
     assert ours[0]["authorization"]["operator"] == "<b>alice</b>"
     text = unescape(re.sub(r"<[^>]+>", "", html.read_text()))

@@ -61,8 +61,12 @@ def test_poisoned_plan(tmp_path):
 
     from tests.conftest import ecap_cmd
 
-    r = subprocess.run([ecap_cmd("ecap-harden"), "generate", "--out", str(tmp_path / "gen")],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [ecap_cmd("ecap-harden"), "generate", "--out", str(tmp_path / "gen")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     plan = poison(json.loads((tmp_path / "gen" / "plan.json").read_text()))
     check(render_plan_report(plan, tmp_path / "plan.html"))
@@ -72,8 +76,14 @@ def test_poisoned_session(session, tmp_path):
     lines = [json.loads(x) for x in session.jsonl.read_text().splitlines() if x.strip()]
     poisoned = tmp_path / "poisoned.jsonl"
     poisoned.write_text("".join(json.dumps(poison(r)) + "\n" for r in lines))
-    check(render_session_report(poisoned, tmp_path / "s.html", tmp_path / "s.json",
-                                journal=Path(session.env["ECAP_JOURNAL"])))
+    check(
+        render_session_report(
+            poisoned,
+            tmp_path / "s.html",
+            tmp_path / "s.json",
+            journal=Path(session.env["ECAP_JOURNAL"]),
+        )
+    )
 
 
 def test_minimal_documents_render_valid_pages(tmp_path):

@@ -21,8 +21,12 @@ HOSTILE_HOST = "<script>document.documentElement.setAttribute('data-pwned','plan
 
 
 def _generate(out: Path, *args: str) -> dict:
-    r = subprocess.run([ecap_cmd("ecap-harden"), "generate", *args, "--out", str(out)],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [ecap_cmd("ecap-harden"), "generate", *args, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     return json.loads((out / "plan.json").read_text())
 
@@ -65,12 +69,16 @@ def test_plan_report_shows_controls_threat_model_warnings_and_files(strict_plan,
     twin = json.loads((tmp_path / "plan-report.json").read_text())
     assert twin["schema"] == "ecap.report.plan/1"
     assert twin["summary"]["files"] == len(plan["files"])
-    keys = {"unprivileged user": "unprivileged_user", "root in a container": "container_root",
-            "root on the host": "host_root"}
+    keys = {
+        "unprivileged user": "unprivileged_user",
+        "root in a container": "container_root",
+        "root on the host": "host_root",
+    }
     for threat in twin["threats"]:
         key = keys[threat["attacker"]]
-        assert threat["stopped_by"] == [c["title"] for c in plan["controls"]
-                                        if c["recommended"] and c["stops"][key] == "yes"]
+        assert threat["stopped_by"] == [
+            c["title"] for c in plan["controls"] if c["recommended"] and c["stops"][key] == "yes"
+        ]
         for title in threat["stopped_by"] + threat["partly"]:
             assert title in text
     png = browser.screenshot(html, tmp_path / "plan.png")

@@ -19,11 +19,24 @@ from tests.reports import browser
 from tests.reports.conftest import Session, isolated_env
 
 
-def _report(s: Session, jsonl: Path, out: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+def _report(
+    s: Session, jsonl: Path, out: Path, env: dict | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [ecap_cmd("ecap-audit"), "report", str(jsonl), "--html", str(out / "s.html"),
-         "--json", str(out / "s.json")],
-        env=env or s.env, capture_output=True, text=True, timeout=60)
+        [
+            ecap_cmd("ecap-audit"),
+            "report",
+            str(jsonl),
+            "--html",
+            str(out / "s.html"),
+            "--json",
+            str(out / "s.json"),
+        ],
+        env=env or s.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def _checks(view: dict) -> dict[str, bool | None]:
@@ -84,6 +97,7 @@ def test_tampered_session_file_is_flagged(session, tmp_path):
             rec["pid"] = 1
         if rec["type"] == "summary":
             rec["stopped_at"] += 2 * 3600  # the token was valid for one hour
+
     forged = _rewrite(session.jsonl, tmp_path / "forged.jsonl", edit)
     assert _report(session, forged, tmp_path).returncode == 0
     view = json.loads((tmp_path / "s.json").read_text())
@@ -125,15 +139,19 @@ def test_broken_journal_chain_is_reported(session, tmp_path):
     assert "chain BROKEN at line 1" in unescape((tmp_path / "s.html").read_text())
 
 
-@pytest.mark.parametrize("content, message", [
-    ("hello\n", "line 1 is not JSON"),
-    ('{"schema": "ecap.scan/1", "findings": []}\n', "does not start with a header"),
-    ('{"type": "header", "schema": "ecap.capture/9"}\n', "expected 'ecap.capture/1'"),
-    ("", "is empty"),
-    ("[1]\n", "not a JSON object"),
-])
-def test_bad_session_input_exits_2_with_one_line_and_writes_nothing(session, tmp_path,
-                                                                    content, message):
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("hello\n", "line 1 is not JSON"),
+        ('{"schema": "ecap.scan/1", "findings": []}\n', "does not start with a header"),
+        ('{"type": "header", "schema": "ecap.capture/9"}\n', "expected 'ecap.capture/1'"),
+        ("", "is empty"),
+        ("[1]\n", "not a JSON object"),
+    ],
+)
+def test_bad_session_input_exits_2_with_one_line_and_writes_nothing(
+    session, tmp_path, content, message
+):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(content)
     r = _report(session, bad, tmp_path)
