@@ -124,8 +124,8 @@ class _Transcript:
             base = Path(directory) / f"conn-{peer_port}"
             self._files = (
                 open(f"{base}.in", "wb", buffering=0),  # noqa: SIM115
-                open(f"{base}.out", "wb", buffering=0),
-            )  # noqa: SIM115
+                open(f"{base}.out", "wb", buffering=0),  # noqa: SIM115
+            )
 
     def received(self, data: bytes) -> None:
         if self._files:
