@@ -1,10 +1,11 @@
 """``ecap-audit capture MODULE``: arguments and the order of operations.
 
 The order is the security property: arguments are validated (exit 2), the
-environment is checked (exit 4), the authorization gate decides (exit 3) — and
-only then is anything resolved in the target or loaded into the kernel. The lead's
-``capture/cli.py`` registers the subcommand by calling :func:`add_arguments` and
-:func:`handle`.
+environment is checked (exit 4), the targets are held (pidfds), the
+authorization gate decides (exit 3) — and only then is anything resolved in the
+target or loaded into the kernel. Modules and output formats come from their
+registries (:mod:`ecap.capture.modules`, :mod:`ecap.capture.sinks`); a module
+may add options of its own (``--libssl`` belongs to ``tls``).
 """
 
 from __future__ import annotations
@@ -12,15 +13,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ecap.capture.probes import CHUNK, DEFAULT_MAX_CALL_BYTES, DEFAULT_RING_MB, MAX_MAX_CALL_BYTES
+from ecap.capture import modules, sinks
+from ecap.capture.kernel import DEFAULT_MAX_CALL_BYTES, DEFAULT_RING_MB
 from ecap.errors import UsageError
-
-MODULES = ("tls",)
-FORMATS = ("text", "jsonl")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("module", metavar="MODULE", help="what to capture: tls (OpenSSL API)")
+    choices = "; ".join(f"{m.name}: {m.summary}" for m in modules.registry().values())
+    parser.add_argument("module", metavar="MODULE", help=f"what to capture — {choices}")
     parser.add_argument(
         "--pid",
         type=int,
@@ -29,11 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="process to capture (repeatable; each must be in the token)",
     )
     parser.add_argument("--token", required=True, help="authorization token file ('-' reads stdin)")
+    formats = "; ".join(f"{s.name}: {s.summary}" for s in sinks.registry().values())
     parser.add_argument(
         "--format",
-        choices=FORMATS,
+        choices=sinks.names(),
         default="text",
-        help="text (readable) or jsonl (the session record; see SCHEMA.md)",
+        help=f"output format (default text) — {formats}",
     )
     parser.add_argument("--output", help="write here (created 0600) instead of stdout")
     parser.add_argument("--hex", action="store_true", help="show payloads as hex dumps")
@@ -43,7 +44,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="stop after this many seconds (default: until targets exit, "
         "the token expires, or Ctrl-C)",
     )
-    parser.add_argument("--libssl", help="hook this libssl (path as the process sees it)")
     parser.add_argument(
         "--ring-size",
         type=int,
@@ -56,17 +56,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=DEFAULT_MAX_CALL_BYTES,
         metavar="N",
-        help=f"bytes captured per SSL call, a multiple of {CHUNK} up to "
-        f"{MAX_MAX_CALL_BYTES}; the rest is counted as truncated "
+        help="bytes captured per library call, a multiple of the 16 KiB "
+        "chunk up to 1 MiB; the rest is counted as truncated "
         f"(default {DEFAULT_MAX_CALL_BYTES})",
     )
     parser.add_argument("--quiet", action="store_true", help="no status lines on stderr")
+    for module in modules.registry().values():
+        module.add_arguments(parser)
+
+
+def module_options(args: argparse.Namespace, chosen: str) -> dict[str, object]:
+    """The chosen module's own options; another module's option is a usage error."""
+    mine: dict[str, object] = {}
+    for module in modules.registry().values():
+        for opt in module.options:
+            value = getattr(args, opt.dest, None)
+            if module.name == chosen:
+                mine[opt.dest] = value
+            elif value is not None:
+                raise UsageError(
+                    f"{opt.flag} applies to the {module.name} module only",
+                    hint=f"drop it, or capture with '{module.name}'",
+                )
+    return mine
 
 
 def _validate(args: argparse.Namespace) -> list[int]:
-    if args.module not in MODULES:
+    module = modules.get(args.module)
+    sink = sinks.get(args.format)
+    if not module.emits & sink.consumes:
         raise UsageError(
-            f"unknown capture module {args.module!r}", hint=f"available: {', '.join(MODULES)}"
+            f"the {module.name} module produces nothing the {sink.name} format writes",
+            hint=f"choose one of: {', '.join(s.name for s in sinks.registry().values() if s.consumes & module.emits)}",
         )
     pids = list(dict.fromkeys(args.pid or []))
     if not pids:
@@ -76,17 +97,11 @@ def _validate(args: argparse.Namespace) -> list[int]:
         raise UsageError(f"invalid --pid {bad[0]}", hint="give a positive process id")
     if args.duration is not None and not args.duration > 0:
         raise UsageError(f"invalid --duration {args.duration}", hint="give seconds > 0")
-    ring = args.ring_size
-    if ring < 1 or ring > 1024 or ring & (ring - 1):
-        raise UsageError(
-            f"invalid --ring-size {ring}", hint="a power of two between 1 and 1024 (MiB)"
-        )
-    mcb = args.max_call_bytes
-    if mcb < CHUNK or mcb > MAX_MAX_CALL_BYTES or mcb % CHUNK:
-        raise UsageError(
-            f"invalid --max-call-bytes {mcb}",
-            hint=f"a multiple of {CHUNK} between {CHUNK} and {MAX_MAX_CALL_BYTES}",
-        )
+    from ecap.capture import abi
+    from ecap.capture.kernel import check_limits
+
+    limits = abi.of(module.bpf_object)
+    check_limits(args.ring_size, args.max_call_bytes, limits.CHUNK, limits.MAX_CALL_BYTES)
     if args.output:
         parent = Path(args.output).resolve().parent
         if not parent.is_dir():
@@ -98,8 +113,9 @@ def _validate(args: argparse.Namespace) -> list[int]:
 
 
 def handle(args: argparse.Namespace) -> int:
-    """Validate, preflight, authorize, then capture. Returns the exit code."""
+    """Validate, preflight, hold, authorize, then capture. Returns the exit code."""
     pids = _validate(args)
+    options_for_module = module_options(args, args.module)
     from ecap.capture.cli import read_token
 
     token = read_token(args.token)
@@ -108,29 +124,29 @@ def handle(args: argparse.Namespace) -> int:
 
     from ecap.capture.doctor import preflight
 
-    preflight()
+    preflight(args.module)
 
     from ecap.authz.gate import authorize_capture
+    from ecap.capture.hold import TargetHold
     from ecap.journal import Journal
 
     journal = Journal(Path(args.journal) if getattr(args, "journal", None) else None)
     trust = Path(args.trust_dir) if getattr(args, "trust_dir", None) else None
-    grant = authorize_capture(
-        token, pids=pids, module=args.module, mode=args.format, trust_dir=trust, journal=journal
-    )
+    hold = TargetHold.take(pids)
+    try:
+        grant = authorize_capture(token, pids=pids, module=args.module, mode=sinks.get(args.format).token_mode,
+                                  trust_dir=trust, journal=journal)  # fmt: skip
+    except BaseException:
+        hold.close()
+        raise
 
     from ecap.capture.engine import CaptureOptions, run_capture
 
     options = CaptureOptions(
-        module=args.module,
-        fmt=args.format,
-        output=Path(args.output) if args.output else None,
-        hex=args.hex,
-        duration=args.duration,
-        libssl=args.libssl,
-        ring_mb=args.ring_size,
-        max_call_bytes=args.max_call_bytes,
-        quiet=args.quiet,
-    )
-    run_capture(grant, pids, options, journal=journal)
+        module=args.module, fmt=args.format,
+        output=Path(args.output) if args.output else None, hex=args.hex,
+        duration=args.duration, module_options=options_for_module, ring_mb=args.ring_size,
+        max_call_bytes=args.max_call_bytes, quiet=args.quiet,
+    )  # fmt: skip
+    run_capture(grant, pids, options, journal=journal, hold=hold)
     return 0

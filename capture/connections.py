@@ -1,8 +1,9 @@
 """Group calls into connections and name their endpoints.
 
-A connection is one ``SSL*`` in one process. Its socket fd comes from the kernel
-side (SSL_set_fd, a socket syscall made inside the call, or the socket read just
-before it); its addresses come from the ``connect`` tracepoint (exact, even for
+A connection is one library connection object (``SSL*``, a GnuTLS session, an
+NSPR file descriptor — whatever the module's ``identity`` is) in one process. Its
+socket fd comes from the kernel side (the library's own set-fd call, a socket
+syscall made inside the call, or the socket read just before it); its addresses come from the ``connect`` tracepoint (exact, even for
 sockets that close at once) or from ``/proc/PID/fd`` + ``/proc/PID/net/tcp*``
 (sockets that existed before the capture started). No kprobes are needed.
 """
@@ -21,8 +22,10 @@ class Connection:
 
     id: int
     pid: int
-    ssl: int
+    conn: int
+    """The library's connection object (an address in the process)."""
     comm: str
+    module: str = ""
     fd: int = -1
     local: str | None = None
     peer: str | None = None
@@ -86,10 +89,12 @@ def socket_addresses(pid: int, fd: int) -> tuple[str | None, str | None]:
 
 
 class ConnectionTable:
-    """Live connections by (pid, SSL*), plus what connect() told us per (pid, fd)."""
+    """Live connections by (pid, connection object), plus what connect() told us per
+    (pid, fd)."""
 
-    def __init__(self) -> None:
-        self._by_ssl: dict[tuple[int, int], Connection] = {}
+    def __init__(self, module: str = "") -> None:
+        self._module = module
+        self._by_conn: dict[tuple[int, int], Connection] = {}
         self._connects: dict[tuple[int, int], str] = {}
         self._recent_connects: dict[int, list[int]] = {}
         self._next_id = 1
@@ -102,15 +107,15 @@ class ConnectionTable:
         self._connects[(pid, fd)] = peer
         self._recent_connects.setdefault(pid, []).append(fd)
 
-    def get(self, pid: int, ssl: int, comm: str, fd: int, ts: float) -> Connection:
-        """The connection of this SSL*, created on first sight."""
-        key = (pid, ssl)
-        conn = self._by_ssl.get(key)
+    def get(self, pid: int, conn_obj: int, comm: str, fd: int, ts: float) -> Connection:
+        """The connection of this object in this process, created on first sight."""
+        key = (pid, conn_obj)
+        conn = self._by_conn.get(key)
         if conn is None:
-            conn = Connection(self._next_id, pid, ssl, comm, started_at=ts)
+            conn = Connection(self._next_id, pid, conn_obj, comm, self._module, started_at=ts)
             self._next_id += 1
             self.total += 1
-            self._by_ssl[key] = conn
+            self._by_conn[key] = conn
         if fd >= 0 and (conn.fd != fd or conn.fd_source != "kernel"):
             self._set_fd(conn, fd, "kernel")
         elif conn.fd < 0:
@@ -120,7 +125,7 @@ class ConnectionTable:
         return conn
 
     def _unclaimed_connect(self, pid: int) -> int | None:
-        claimed = {c.fd for c in self._by_ssl.values() if c.pid == pid and c.ended_at is None}
+        claimed = {c.fd for c in self._by_conn.values() if c.pid == pid and c.ended_at is None}
         for fd in reversed(self._recent_connects.get(pid, [])):
             if fd not in claimed:
                 return fd
@@ -133,8 +138,8 @@ class ConnectionTable:
         conn.local = local or conn.local
         conn.peer = self._connects.get((conn.pid, fd)) or peer or conn.peer
 
-    def end_ssl(self, pid: int, ssl: int, ts: float, reason: str) -> Connection | None:
-        conn = self._by_ssl.pop((pid, ssl), None)
+    def end(self, pid: int, conn_obj: int, ts: float, reason: str) -> Connection | None:
+        conn = self._by_conn.pop((pid, conn_obj), None)
         if conn is not None:
             conn.ended_at, conn.end_reason = ts, reason
         return conn
@@ -145,16 +150,16 @@ class ConnectionTable:
         recent = self._recent_connects.get(pid)
         if recent and fd in recent:
             recent.remove(fd)
-        ended = [c for c in self._by_ssl.values() if c.pid == pid and c.fd == fd]
-        return [c for c in (self.end_ssl(pid, c.ssl, ts, "socket closed") for c in ended) if c]
+        ended = [c for c in self._by_conn.values() if c.pid == pid and c.fd == fd]
+        return [c for c in (self.end(pid, c.conn, ts, "socket closed") for c in ended) if c]
 
     def end_pid(self, pid: int, ts: float, reason: str) -> list[Connection]:
-        ended = [c for c in self._by_ssl.values() if c.pid == pid]
-        return [c for c in (self.end_ssl(pid, c.ssl, ts, reason) for c in ended) if c]
+        ended = [c for c in self._by_conn.values() if c.pid == pid]
+        return [c for c in (self.end(pid, c.conn, ts, reason) for c in ended) if c]
 
     def end_all(self, ts: float, reason: str) -> list[Connection]:
         return [
             c
-            for c in (self.end_ssl(c.pid, c.ssl, ts, reason) for c in list(self._by_ssl.values()))
+            for c in (self.end(c.pid, c.conn, ts, reason) for c in list(self._by_conn.values()))
             if c
         ]

@@ -1,15 +1,16 @@
 """Preflight: can this process capture on this host, and if not, what to fix.
 
-``ecap-audit doctor`` prints every check; ``capture`` runs the same checks and
-stops with exit 4 and the first required failure's message. Each check is a pure
+``ecap-audit doctor`` prints every check, including a trial: it loads the real
+capture programs and attaches them to itself, so "ready to capture" means capture
+works with exactly this process's privileges. ``capture`` runs the same checks
+but the trial (nothing is attached before the gate) and stops with exit 4 and the
+first required failure's message. Each check is a pure
 function of its inputs (with the live value as default) so tests can force each
 failure and see its exact message.
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,8 +19,11 @@ from typing import Any
 from ecap import caps, host
 from ecap.errors import EnvironmentNotReady
 
-MIN_KERNEL = (5, 8)
-"""Ring buffers (BPF_MAP_TYPE_RINGBUF) and CAP_BPF/CAP_PERFMON arrived in 5.8."""
+CAP_BPF_KERNEL = (5, 8)
+"""CAP_BPF and CAP_PERFMON exist from here on; before, everything needed CAP_SYS_ADMIN."""
+MIN_KERNEL = (6, 6)
+"""uprobe_multi links (how capture attaches: the one uprobe path open to CAP_BPF +
+CAP_PERFMON since perf's uprobe PMU requires CAP_SYS_ADMIN) arrived in 6.6."""
 
 
 @dataclass(frozen=True)
@@ -43,8 +47,8 @@ def check_kernel(release: str | None = None) -> CheckResult:
         "kernel",
         ok,
         True,
-        f"Linux {release}" + ("" if ok else " is older than 5.8"),
-        "" if ok else "run on Linux 5.8 or newer (ring buffers, CAP_BPF)",
+        f"Linux {release}" + ("" if ok else " is older than 6.6"),
+        "" if ok else "run on Linux 6.6 or newer (uprobe_multi links, ring buffers, bpf_loop)",
     )
 
 
@@ -53,82 +57,123 @@ def check_btf(path: str = "/sys/kernel/btf/vmlinux") -> CheckResult:
     return CheckResult(
         "btf",
         ok,
-        False,
+        True,
         f"{path} present" if ok else f"{path} missing (no kernel BTF)",
-        "" if ok else "use a kernel built with CONFIG_DEBUG_INFO_BTF=y (detector names degrade)",
+        ""
+        if ok
+        else "use a kernel built with CONFIG_DEBUG_INFO_BTF=y (the programs are "
+        "relocated against it at load time)",
     )
 
 
-def check_bcc_import(importer: Callable[[str], Any] = importlib.import_module) -> CheckResult:
-    try:
-        mod = importer("bcc")
-    except Exception as exc:  # ImportError, or a broken libbcc raising OSError
+def check_programs_built(objects: tuple[str, ...] | None = None) -> CheckResult:
+    """The capture programs ship prebuilt (``make setup``): no compiler at run time."""
+    from ecap.capture import modules
+    from ecap.ebpf import loader
+
+    wanted = objects or tuple(sorted({m.bpf_object for m in modules.registry().values()}))
+    bad = []
+    for name in wanted:
+        try:
+            loader.read_image(name)
+        except loader.LoadError as exc:
+            bad.append(exc.message)
+    if bad:
         return CheckResult(
-            "bcc",
+            "programs",
             False,
             True,
-            f"cannot import bcc ({exc})",
-            "apt-get install python3-bpfcc and use a venv made with --system-site-packages "
-            "(make setup does both)",
+            "; ".join(bad),
+            "run 'make setup' (it compiles bpf/*.bpf.c into loaders)",
         )
-    version = getattr(mod, "__version__", "?")
-    return CheckResult("bcc", True, True, f"bcc {version} imports")
+    return CheckResult("programs", True, True, f"built: {', '.join(wanted)}")
 
 
-_TRIVIAL_PROGRAM = b"int ecap_doctor_probe(void *ctx) { return 0; }"
+_TRIVIAL = bytes.fromhex("b7000000000000009500000000000000")  # r0 = 0; exit
+_PROG_TYPE_KPROBE = 2
 
 
 def _load_trivial_program() -> None:
-    from bcc import BPF
+    """BPF_PROG_LOAD of two instructions as a uprobe-type program, then close it."""
+    import ctypes
+    import os
+    import struct
 
-    bpf = BPF(text=_TRIVIAL_PROGRAM)
+    from ecap.ebpf import syscall as sc
+
+    code = ctypes.create_string_buffer(_TRIVIAL, len(_TRIVIAL))
+    license_ = ctypes.create_string_buffer(b"GPL")
+    attr = sc.attr(128)
+    struct.pack_into("<IIQQ", attr, 0, _PROG_TYPE_KPROBE, 2, ctypes.addressof(code),
+                     ctypes.addressof(license_))  # fmt: skip
+    os.close(sc.bpf(sc.PROG_LOAD, attr))
+
+
+def check_bpf_load(loader: Callable[[], None] = _load_trivial_program) -> CheckResult:
     try:
-        bpf.load_func(b"ecap_doctor_probe", BPF.KPROBE)  # uprobe programs have this type
-    finally:
-        bpf.cleanup()
-
-
-def check_bcc_load(loader: Callable[[], None] = _load_trivial_program) -> CheckResult:
-    try:
-        with contextlib.redirect_stderr(None):
-            loader()
+        loader()
     except Exception as exc:
         first = " ".join(str(exc).split())[:200]
         return CheckResult(
             "bpf-load",
             False,
             True,
-            f"compiling and loading a trivial program failed ({first})",
-            "make sure /lib/modules/$(uname -r)/build has kernel headers (make setup links "
-            "Debian's linux-headers-amd64) and that this process has CAP_BPF and CAP_PERFMON",
+            f"loading a trivial program failed ({first})",
+            "this process needs CAP_BPF and CAP_PERFMON (or root), and BPF must not be "
+            "disabled by a security module",
         )
-    return CheckResult("bpf-load", True, True, "compiled and loaded a trivial uprobe-type program")
+    return CheckResult("bpf-load", True, True, "loaded a trivial uprobe-type program")
+
+
+def _trial_capture(module_name: str = "tls") -> str:
+    """Load the module's real programs and attach them to this very process: a uprobe
+    on a libc function and the raw tracepoints, then detach. What capture does."""
+    import os
+
+    from ecap import procfs
+    from ecap.capture import modules
+    from ecap.capture.kernel import KernelSide
+    from ecap.ebpf import attach
+    from ecap.elf import open_elf
+
+    module = modules.get(module_name)
+    libc = next(p for p in procfs.mapped_files(os.getpid()) if "/libc.so" in p)
+    offset = open_elf(libc).find_functions(("getpid",))["getpid"].file_offset
+    kernel = KernelSide(module, ring_mb=1)
+    try:
+        kernel.attach_tracepoints()
+        program = next(h.program for h in module.hooks)
+        kernel.attachments.append(
+            attach.uprobe_multi(kernel.obj.prog_fd(program), libc, [offset], [0], os.getpid(),
+                                retprobe=False, what="getpid (doctor's own)")
+        )  # fmt: skip
+        return f"loaded {module.bpf_object}, attached a uprobe and {len(kernel.attachments) - 1} raw tracepoints to itself"
+    finally:
+        kernel.close()
+
+
+def check_attach(trial: Callable[[], str] = _trial_capture) -> CheckResult:
+    try:
+        detail = trial()
+    except Exception as exc:
+        first = " ".join(str(exc).split())[:240]
+        return CheckResult(
+            "attach",
+            False,
+            True,
+            f"loading and attaching the capture programs failed ({first})",
+            "grant CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE (or run as root); see the README's "
+            "'Least privilege' section",
+        )
+    return CheckResult("attach", True, True, detail)
 
 
 def check_tracefs(root: Path | bool | None = False) -> CheckResult:
+    """Not needed by capture (raw tracepoints and PMU uprobes bypass it): informational."""
     found = host.tracefs_root() if root is False else root
     if found:
-        return CheckResult("tracefs", True, True, f"mounted at {found}")
-    return CheckResult(
-        "tracefs",
-        False,
-        True,
-        "tracefs is not mounted (syscall tracepoints unavailable)",
-        "mount -t tracefs tracefs /sys/kernel/tracing",
-    )
-
-
-def check_uprobe_pmu(pmu_type: int | bool | None = False) -> CheckResult:
-    value = host.uprobe_pmu_type() if pmu_type is False else pmu_type
-    if value:
-        return CheckResult("uprobe-pmu", True, True, f"perf PMU 'uprobe' present (type {value})")
-    return CheckResult(
-        "uprobe-pmu",
-        False,
-        True,
-        "/sys/bus/event_source/devices/uprobe is missing",
-        "use a kernel with CONFIG_UPROBES and CONFIG_UPROBE_EVENTS",
-    )
+        return CheckResult("tracefs", True, False, f"mounted at {found} (not needed by capture)")
+    return CheckResult("tracefs", True, False, "not mounted (not needed by capture)")
 
 
 def check_capabilities(
@@ -136,7 +181,7 @@ def check_capabilities(
 ) -> CheckResult:
     have = caps.effective() if effective is None else effective
     version = host.kernel_version_tuple(release)
-    if version >= MIN_KERNEL:
+    if version >= CAP_BPF_KERNEL:
         bpf_ok = "CAP_SYS_ADMIN" in have or {"CAP_BPF", "CAP_PERFMON"} <= have
         needed = ["CAP_BPF", "CAP_PERFMON", "CAP_SYS_PTRACE"]
     else:
@@ -187,21 +232,28 @@ def check_unprivileged_bpf(value: str | bool | None = False) -> CheckResult:
     )
 
 
-def run_checks() -> list[CheckResult]:
-    """All checks against the live host, in the order doctor prints them."""
-    results = [check_kernel(), check_btf(), check_bcc_import()]
-    results.append(
-        check_bcc_load()
-        if results[-1].ok
-        else CheckResult("bpf-load", False, True, "skipped: bcc does not import", results[-1].fix)
-    )
-    results += [
-        check_tracefs(),
-        check_uprobe_pmu(),
+def run_checks(*, trial: bool = True, module: str = "tls") -> list[CheckResult]:
+    """All checks against the live host, in the order doctor prints them.
+
+    ``trial`` also loads the module's real programs and attaches them to this
+    process (``doctor`` does; ``capture``'s preflight does not, because nothing
+    may be attached before the gate has decided).
+    """
+    results = [
+        check_kernel(),
+        check_btf(),
+        check_programs_built(),
         check_capabilities(),
-        check_lockdown(),
-        check_unprivileged_bpf(),
+        check_bpf_load(),
     ]
+    if trial:
+        ready = all(r.ok for r in results if r.required)
+        results.append(
+            check_attach(lambda: _trial_capture(module))
+            if ready
+            else CheckResult("attach", False, True, "skipped: a check above failed", "")
+        )
+    results += [check_tracefs(), check_lockdown(), check_unprivileged_bpf()]
     return results
 
 
@@ -209,9 +261,12 @@ def failures(results: list[CheckResult]) -> list[CheckResult]:
     return [r for r in results if r.required and not r.ok]
 
 
-def preflight() -> list[CheckResult]:
-    """Raise EnvironmentNotReady (exit 4) with the first required failure."""
-    results = run_checks()
+def preflight(module: str = "tls") -> list[CheckResult]:
+    """Raise EnvironmentNotReady (exit 4) with the first required failure.
+
+    The same checks as ``doctor`` except the trial attach (see :func:`run_checks`).
+    """
+    results = run_checks(trial=False, module=module)
     bad = failures(results)
     if bad:
         raise EnvironmentNotReady(bad[0].message())

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import IO
 
 from ecap.capture.connections import Connection
-from ecap.capture.events import Call
-from ecap.capture.schema import SchemaError, validate_lines
-from ecap.capture.writers import TextWriter
+from ecap.capture.events import ConnectionEndEvent, DataEvent
+from ecap.capture.records import Call
+from ecap.capture.schema import SCHEMA, SchemaError, validate_lines
+from ecap.capture.sinks.text import TextWriter
 from ecap.errors import UsageError
 
 
@@ -33,7 +34,7 @@ def render_session(
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
     except SchemaError as exc:
-        raise UsageError(f"{path} is not an ecap.capture/1 session: {exc}") from exc
+        raise UsageError(f"{path} is not an {SCHEMA} session: {exc}") from exc
     writer = TextWriter(out, colour=colour, hex_mode=hex_mode)
     conns: dict[int, Connection] = {}
     for rec in records:
@@ -41,38 +42,28 @@ def render_session(
         if kind == "header":
             writer.header(rec)
         elif kind == "event":
-            conn = conns.setdefault(
-                rec["connection_id"],
-                Connection(rec["connection_id"], rec["pid"], int(rec["ssl"], 16), rec["comm"]),
-            )
+            conn = conns.setdefault(rec["connection_id"], _connection(rec))
             conn.fd, conn.local, conn.peer = rec["fd"], rec["local"], rec["peer"]
             data = base64.b64decode(rec["payload_b64"])
             conn.bytes[rec["direction"]] += len(data)
-            writer.call(
-                conn,
-                rec["message_id"],
-                Call(
-                    rec["direction"],
-                    _ts(rec["ts"]),
-                    rec["pid"],
-                    rec["tid"],
-                    rec["uid"],
-                    rec["comm"],
-                    rec["fd"],
-                    int(rec["ssl"], 16),
-                    rec["total"],
-                    data,
-                    rec["truncated"],
-                    rec["lost"],
-                ),
-            )
+            segments = rec.get("segments")
+            call = Call(
+                rec["direction"], _ts(rec["ts"]), rec["pid"], rec["tid"], rec["uid"],
+                rec["comm"], rec["fd"], int(rec["conn"], 16), rec["total"], data,
+                rec["truncated"], rec["lost"], rec.get("unreadable", 0),
+                [tuple(s) for s in segments] if segments is not None else None,
+            )  # fmt: skip
+            writer.emit(DataEvent(conn, rec["message_id"], call))
         elif kind == "connection":
-            conn = conns.pop(rec["connection_id"], None) or Connection(
-                rec["connection_id"], rec["pid"], int(rec["ssl"], 16), rec["comm"]
-            )
+            conn = conns.pop(rec["connection_id"], None) or _connection(rec)
             conn.ended_at, conn.end_reason = _ts(rec["ended_at"]), rec["end_reason"]
             conn.bytes = {"write": rec["bytes_written"], "read": rec["bytes_read"]}
-            writer.connection_end(conn)
+            writer.emit(ConnectionEndEvent(conn))
         elif kind == "summary":
             writer.summary(rec)
     writer.flush()
+
+
+def _connection(rec: dict) -> Connection:
+    return Connection(rec["connection_id"], rec["pid"], int(rec["conn"], 16), rec["comm"],
+                      rec.get("module", ""))  # fmt: skip

@@ -1,15 +1,17 @@
-"""The session JSONL schema (``ecap.capture/1``) as data, and a validator.
+"""The session JSONL schema (``ecap.capture/2``) as data, and a validator.
 
 ``capture/SCHEMA.md`` explains each field; this module is what code checks
 against — the report reader, the tests, anyone consuming a session file. Adding a
-field is compatible; removing or retyping one means ``ecap.capture/2``.
+field is compatible; removing or retyping one means ``ecap.capture/3``.
+/2 generalised /1 beyond OpenSSL: ``ssl`` became ``conn`` (the module's connection
+object), connections name their ``module``, and calls with holes carry ``segments``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-SCHEMA = "ecap.capture/1"
+SCHEMA = "ecap.capture/2"
 
 _STR, _INT, _FLOAT, _BOOL = str, int, (int, float), bool
 _OPT_STR = (str, type(None))
@@ -21,6 +23,7 @@ FIELDS: dict[str, dict[str, Any]] = {
         "session_id": _STR,
         "started_at": _FLOAT,
         "module": _STR,
+        "identity": _STR,
         "format": _STR,
         "token": _STR,
         "grant": dict,
@@ -39,7 +42,7 @@ FIELDS: dict[str, dict[str, Any]] = {
         "uid": _INT,
         "comm": _STR,
         "fd": _INT,
-        "ssl": _STR,
+        "conn": _STR,
         "direction": _STR,
         "local": _OPT_STR,
         "peer": _OPT_STR,
@@ -54,16 +57,17 @@ FIELDS: dict[str, dict[str, Any]] = {
         "ts": _STR,
         "pid": _INT,
         "fd": _INT,
-        "ssl": _STR,
+        "conn": _STR,
         "peer": _OPT_STR,
     },
     "connection": {
         "connection_id": _INT,
+        "module": _STR,
         "pid": _INT,
         "comm": _STR,
         "fd": _INT,
         "fd_source": _STR,
-        "ssl": _STR,
+        "conn": _STR,
         "local": _OPT_STR,
         "peer": _OPT_STR,
         "handshake_seen": _BOOL,
@@ -82,6 +86,8 @@ FIELDS: dict[str, dict[str, Any]] = {
         "lost_events": _INT,
         "lost_bytes": _INT,
         "truncated_bytes": _INT,
+        "unreadable_bytes": _INT,
+        "deep_calls": _INT,
         "failed_calls": _INT,
         "max_call_bytes": _INT,
         "stop_reason": _STR,
@@ -94,7 +100,7 @@ GRANT_FIELDS = ("jti", "operator", "reason", "issuer", "expires_at", "targets", 
 
 
 class SchemaError(ValueError):
-    """A record does not follow ``ecap.capture/1``."""
+    """A record does not follow the session schema."""
 
 
 def validate_record(record: Any, *, first: bool = False) -> str:
@@ -120,8 +126,10 @@ def validate_record(record: Any, *, first: bool = False) -> str:
         missing = [f for f in GRANT_FIELDS if f not in record["grant"]]
         if missing:
             raise SchemaError(f"header.grant lacks {', '.join(missing)}")
-    if kind == "event" and record["direction"] not in ("write", "read"):
-        raise SchemaError(f"event.direction {record['direction']!r}")
+    if kind == "event":
+        if record["direction"] not in ("write", "read"):
+            raise SchemaError(f"event.direction {record['direction']!r}")
+        _check_segments(record)
     return kind
 
 
@@ -140,6 +148,23 @@ def validate_lines(lines: list[str]) -> list[dict]:
     if not records or records[-1]["type"] != "summary":
         raise SchemaError("the last record must be the summary")
     return records
+
+
+def _check_segments(record: dict) -> None:
+    """Optional fields of a call with holes: they must describe the payload exactly."""
+    for name in ("unreadable",):
+        if name in record and (not isinstance(record[name], int) or record[name] < 0):
+            raise SchemaError(f"event.{name} must be a non-negative integer")
+    segments = record.get("segments")
+    if segments is None:
+        return
+    if not isinstance(segments, list) or not all(
+        isinstance(s, list) and len(s) == 2 and all(isinstance(v, int) and v >= 0 for v in s)
+        for s in segments
+    ):
+        raise SchemaError("event.segments must be [[offset, length], ...]")
+    if sum(length for _, length in segments) != record["len"]:
+        raise SchemaError("event.segments do not add up to len")
 
 
 def _as_tuple(types: Any) -> tuple:

@@ -1,4 +1,5 @@
-"""The bpf(2) commands the detector needs, called through ctypes.
+"""The bpf(2) queries the detector needs (the system call itself is
+:mod:`ecap.ebpf.syscall`, shared with capture).
 
 No bpftool and no libbpf at run time: the scan must work on a host that has
 neither, and the syscall is small. Attribute and info structures are built as
@@ -17,7 +18,8 @@ import struct
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-_NR_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280}.get(os.uname().machine, 321)
+from ecap.ebpf.syscall import BpfError as BpfError
+from ecap.ebpf.syscall import bpf as bpf
 
 T = TypeVar("T")
 
@@ -47,24 +49,6 @@ FD_TYPE_NAMES = {
 # ENOENT: no program on the event; 524 (kernel ENOTSUPP): not a perf event;
 # EBADF/ESRCH: fd or task gone meanwhile.
 _NOT_A_BPF_PERF_EVENT = (errno.ENOENT, 524, errno.EOPNOTSUPP, errno.EBADF, errno.ESRCH)
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_syscall = _libc.syscall
-_syscall.restype = ctypes.c_long
-_syscall.argtypes = (ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_uint)
-
-
-class BpfError(OSError):
-    """A bpf(2) command failed; ``errno`` says why (EPERM without CAP_SYS_ADMIN)."""
-
-
-def bpf(cmd: int, attr: ctypes.Array) -> int:
-    """Call bpf(2) with an attribute buffer; returns the result or raises BpfError."""
-    ret = _syscall(_NR_BPF, cmd, ctypes.addressof(attr), len(attr))
-    if ret < 0:
-        err = ctypes.get_errno()
-        raise BpfError(err, f"bpf cmd {cmd}: {os.strerror(err)}")
-    return ret
 
 
 def _attr(size: int = 128) -> ctypes.Array:

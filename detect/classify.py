@@ -4,10 +4,16 @@ A uprobe on ``SSL_write`` sees every byte before encryption; on ``readline`` eve
 command typed into bash; on ``dispatch_command`` every SQL query. These are the
 functions eCapture's modules (tls, gotls, gnutls, nss, bash, zsh, mysqld,
 postgres) hook, and the ones our own capture uses.
+
+ecap's own capture modules declare their plaintext hooks
+(:func:`ecap.capture.modules.plaintext_functions`), so whatever a module hooks is
+classified from that one declaration; ``_EXACT`` adds the functions of libraries
+other tools hook and no ecap module covers yet.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 
 TLS = "tls"
@@ -17,12 +23,7 @@ OTHER = "other"
 PLAINTEXT_CLASSES = (TLS, SHELL, DATABASE)
 
 _EXACT: dict[str, str] = {
-    # OpenSSL / BoringSSL / LibreSSL
-    "SSL_read": TLS,
-    "SSL_write": TLS,
-    "SSL_read_ex": TLS,
-    "SSL_write_ex": TLS,
-    "SSL_do_handshake": TLS,
+    # OpenSSL / BoringSSL / LibreSSL (beyond what the tls module hooks)
     "SSL_peek": TLS,
     "SSL_peek_ex": TLS,
     # GnuTLS
@@ -50,15 +51,24 @@ _EXACT: dict[str, str] = {
 _MANGLED = re.compile(r"^_Z(?:N\w*?)?\d+(dispatch_command)")
 
 
+@functools.cache
+def known_functions() -> dict[str, str]:
+    """Every plaintext function name → its class: ecap's modules, then the rest."""
+    from ecap.capture import modules
+
+    return {**_EXACT, **modules.plaintext_functions()}
+
+
 def classify(function: str | None) -> str:
     """``tls``, ``shell``, ``database`` or ``other`` for a function name."""
     if not function:
         return OTHER
-    cls = _EXACT.get(function)
+    known = known_functions()
+    cls = known.get(function)
     if cls:
         return cls
     base = function.split("@", 1)[0]  # versioned names: SSL_write@@OPENSSL_3.0.0
-    if base in _EXACT:
-        return _EXACT[base]
+    if base in known:
+        return known[base]
     m = _MANGLED.match(function)
-    return _EXACT[m.group(1)] if m else OTHER
+    return known[m.group(1)] if m else OTHER

@@ -6,11 +6,11 @@ a scan. The BPF iterators in ``bpf/scan_iter.bpf.c`` visit the same task files,
 tasks and memory areas inside the kernel and return only the few records that
 matter, the way ``bpftool`` finds the pids holding BPF objects.
 
-The programs are loaded through the light-skeleton loader that
-``scripts/build_bpf.py`` generates at build time: one BPF_PROG_TYPE_SYSCALL
-program that the kernel runs to create the maps, load the iterator programs and
-apply their CO-RE relocations against its own BTF. So this module needs only
-bpf(2) — no libbpf, no BTF parsing in Python. If the loader file is absent (not
+The programs are loaded through ecap's one BPF layer (:mod:`ecap.ebpf.loader`),
+which runs the light-skeleton loader that ``scripts/build_bpf.py`` generates at
+build time: the kernel creates the maps, loads the iterator programs and applies
+their CO-RE relocations against its own BTF. So this module needs only bpf(2) —
+no libbpf, no BTF parsing in Python. If the loader file is absent (not
 built) or the kernel refuses it (no BTF, no CAP_SYS_ADMIN, kernel older than
 5.17), :class:`KernelWalkUnavailable` says why and the caller walks ``/proc``.
 """
@@ -19,24 +19,18 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import os
 import struct
 from dataclasses import dataclass
-from pathlib import Path
 
 from ecap.detect import bpfsys
+from ecap.ebpf import loader
 from ecap.fsutil import read_to_end
 
 LOADER_NAME = "scan_iter.loader"
-LOADER_FORMAT = "ecap.bpf-loader/1"
 
 # bpf(2) commands and constants (include/uapi/linux/bpf.h)
-_MAP_CREATE, _MAP_LOOKUP_ELEM, _MAP_UPDATE_ELEM, _PROG_LOAD = 0, 1, 2, 5
-_PROG_TEST_RUN, _LINK_CREATE, _ITER_CREATE = 10, 28, 33
-_MAP_TYPE_ARRAY = 2
-_PROG_TYPE_SYSCALL = 31
-_F_SLEEPABLE = 1 << 4
+_LINK_CREATE, _ITER_CREATE = 28, 33
 _TRACE_ITER = 28
 
 # Record layouts written by bpf/scan_iter.bpf.c
@@ -63,27 +57,12 @@ class FdRecord:
 
 def _loader_bytes() -> bytes:
     """The loader file, next to the BPF sources in the ``ecap.bpf`` package."""
-    import ecap.bpf
-
     try:
-        return (Path(ecap.bpf.__file__).parent / LOADER_NAME).read_bytes()
+        return (loader.loader_dir() / LOADER_NAME).read_bytes()
     except OSError:
         raise KernelWalkUnavailable(
             f"{LOADER_NAME} not built (make setup builds it with clang)"
         ) from None
-
-
-def _read_loader() -> tuple[dict, bytes, bytes]:
-    head, _, rest = _loader_bytes().partition(b"\n")
-    try:
-        header = json.loads(head)
-        data_size, insns_size = int(header["data_size"]), int(header["insns_size"])
-        maps, programs = list(header["maps"]), list(header["programs"])
-    except (ValueError, KeyError, TypeError):
-        raise KernelWalkUnavailable(f"{LOADER_NAME} is damaged (rebuild: make setup)") from None
-    if header.get("format") != LOADER_FORMAT or len(rest) != data_size + insns_size:
-        raise KernelWalkUnavailable(f"{LOADER_NAME} is damaged (rebuild: make setup)")
-    return {"maps": maps, "programs": programs}, rest[:data_size], rest[data_size:]
 
 
 def _close_all(fds: list[int]) -> None:
@@ -97,77 +76,15 @@ class KernelWalker:
     """The iterator programs, loaded; use as a context manager so they are unloaded."""
 
     def __init__(self) -> None:
-        layout, data, insns = _read_loader()
-        self._map_fds: dict[str, int] = {}
-        self._prog_fds: dict[str, int] = {}
-        ctx = self._run_loader(layout, data, insns)
-        n_maps = len(layout["maps"])
-        for i, name in enumerate(layout["maps"]):
-            self._map_fds[name] = struct.unpack_from("<i", ctx, 24 + 16 * i)[0]
-        for i, name in enumerate(layout["programs"]):
-            self._prog_fds[name] = struct.unpack_from("<i", ctx, 24 + 16 * n_maps + 4 * i)[0]
-        if min([*self._map_fds.values(), *self._prog_fds.values()], default=0) <= 0:
-            self.close()
-            raise KernelWalkUnavailable("the BPF loader returned no programs")
-
-    @staticmethod
-    def _run_loader(layout: dict, data: bytes, insns: bytes) -> ctypes.Array:
-        """Create the loader map, load the loader program, run it: see skel_internal.h."""
-        n_maps, n_progs = len(layout["maps"]), len(layout["programs"])
-        ctx = ctypes.create_string_buffer(24 + 16 * n_maps + 4 * n_progs)
-        struct.pack_into("<I", ctx, 0, len(ctx))
-        own: list[int] = []
         try:
-            attr = ctypes.create_string_buffer(72)
-            struct.pack_into("<IIII", attr, 0, _MAP_TYPE_ARRAY, 4, len(data), 1)
-            attr[28:40] = b"__loader.map"
-            map_fd = _bpf(_MAP_CREATE, attr, "create the loader map")
-            own.append(map_fd)
-            key = ctypes.c_uint32(0)
-            blob = ctypes.create_string_buffer(data, len(data))
-            attr = ctypes.create_string_buffer(32)
-            struct.pack_into(
-                "<IIQQQ", attr, 0, map_fd, 0, ctypes.addressof(key), ctypes.addressof(blob), 0
-            )
-            _bpf(_MAP_UPDATE_ELEM, attr, "fill the loader map")
-
-            code = ctypes.create_string_buffer(insns, len(insns))
-            license_ = ctypes.create_string_buffer(b"Dual BSD/GPL")
-            fd_array = ctypes.c_int32(map_fd)
-            attr = ctypes.create_string_buffer(128)
-            struct.pack_into(
-                "<IIQQ",
-                attr,
-                0,
-                _PROG_TYPE_SYSCALL,
-                len(insns) // 8,
-                ctypes.addressof(code),
-                ctypes.addressof(license_),
-            )
-            struct.pack_into("<I", attr, 44, _F_SLEEPABLE)
-            attr[48:61] = b"__loader.prog"
-            struct.pack_into("<Q", attr, 120, ctypes.addressof(fd_array))
-            prog_fd = _bpf(_PROG_LOAD, attr, "load the loader program")
-            own.append(prog_fd)
-
-            attr = ctypes.create_string_buffer(80)
-            struct.pack_into("<I", attr, 0, prog_fd)
-            struct.pack_into("<I", attr, 40, len(ctx))
-            struct.pack_into("<Q", attr, 48, ctypes.addressof(ctx))
-            _bpf(_PROG_TEST_RUN, attr, "run the loader program")
-            retval = struct.unpack_from("<i", attr, 4)[0]
-            if retval < 0:
-                raise KernelWalkUnavailable(
-                    f"the kernel refused the iterator programs: {os.strerror(-retval)}"
-                )
-            return ctx
-        finally:
-            _close_all(own)
+            image = loader.read_image(LOADER_NAME.removesuffix(".loader"), _loader_bytes())
+            self._obj = loader.load(image)
+        except loader.LoadError as exc:
+            raise KernelWalkUnavailable(exc.one_line()) from None
+        self._prog_fds = self._obj.prog_fds
 
     def close(self) -> None:
-        _close_all([*self._prog_fds.values(), *self._map_fds.values()])
-        self._prog_fds.clear()
-        self._map_fds.clear()
+        self._obj.close()
 
     def __enter__(self) -> KernelWalker:
         return self
@@ -204,26 +121,13 @@ class KernelWalker:
         finally:
             os.close(link_fd)
 
-    def _map_elem(self, cmd: int, name: str, key: bytes, value: ctypes.Array) -> None:
-        kbuf = ctypes.create_string_buffer(key, len(key))
-        attr = ctypes.create_string_buffer(32)
-        struct.pack_into(
-            "<IIQQQ",
-            attr,
-            0,
-            self._map_fds[name],
-            0,
-            ctypes.addressof(kbuf),
-            ctypes.addressof(value),
-            0,
-        )
-        _bpf(cmd, attr, f"access map {name}")
-
     def _counter(self, index: int, reset: bool = False) -> int:
+        counters = self._obj.map("counters")
         key = struct.pack("<I", index)
-        value = ctypes.create_string_buffer(8)
-        self._map_elem(_MAP_UPDATE_ELEM if reset else _MAP_LOOKUP_ELEM, "counters", key, value)
-        return struct.unpack("<Q", value.raw)[0]
+        if reset:
+            counters.update(key, bytes(8))
+            return 0
+        return struct.unpack("<Q", counters.lookup(key) or bytes(8))[0]
 
     def fds(self) -> tuple[list[FdRecord], int]:
         """Every BPF-object fd and program-carrying perf-event fd, and the fds visited."""
@@ -261,12 +165,7 @@ class KernelWalker:
                 st = os.fstat(fd)
                 if (st.st_dev, st.st_ino) != ident:
                     continue
-                self._map_elem(
-                    _MAP_UPDATE_ELEM,
-                    "hooked_fds",
-                    struct.pack("<I", fd),
-                    ctypes.create_string_buffer(struct.pack("<I", bit), 4),
-                )
+                self._obj.map("hooked_fds").update(struct.pack("<I", fd), struct.pack("<I", bit))
             self._counter(1, reset=True)
             self._run("hooked_files", pid=os.getpid())
             if self._counter(1):

@@ -1,7 +1,7 @@
 """The capture session report: evidence that a capture stayed inside its authorization.
 
 Input is the JSONL ``ecap-audit capture --format jsonl`` writes (schema
-``ecap.capture/1``: a header with the token, event and connection records, a
+``ecap.capture/2``: a header with the token, event and connection records, a
 summary). The file is a claim, not proof: the report verifies the token again
 against the trust store (at the moment the capture started, since it may have
 expired since), shows the claims *from the verified token* rather than the
@@ -22,12 +22,12 @@ from typing import Any
 from ecap import config
 from ecap.authz.token import CLOCK_SKEW_SECONDS, Grant
 from ecap.authz.verify import verify_token
+from ecap.capture.schema import SCHEMA as CAPTURE_SCHEMA
 from ecap.errors import AuthorizationRefused, UsageError
 from ecap.journal import Journal, entry_hash, verify_file
 from ecap.reports import _render
 from ecap.text import printable
 
-CAPTURE_SCHEMA = "ecap.capture/1"
 SCHEMA = "ecap.report.session/1"
 HINT = "pass the JSONL written by 'ecap-audit capture MODULE --format jsonl --output FILE'"
 
@@ -391,6 +391,7 @@ def build_view(
         "lost_events": s.get("lost_events"),
         "lost_bytes": s.get("lost_bytes", sum(c["lost"] for c in conns)),
         "truncated_bytes": s.get("truncated_bytes", sum(c["truncated"] for c in conns)),
+        "unreadable_bytes": s.get("unreadable_bytes", 0),
         "failed_calls": s.get("failed_calls"),
         "max_call_bytes": s.get("max_call_bytes", header.get("max_call_bytes")),
         "stop_reason": s.get("stop_reason") or "no summary record (interrupted?)",

@@ -64,9 +64,13 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 
-# ecap-detect's in-kernel walk: compile bpf/scan_iter.bpf.c into a BPF loader
-# (clang and libbpf at build time only; see scripts/build_bpf.py).
-loader=bpf/scan_iter.loader
-if [ ! -f "$loader" ] || [ bpf/scan_iter.bpf.c -nt "$loader" ] || [ scripts/build_bpf.py -nt "$loader" ]; then
-  .venv/bin/python scripts/build_bpf.py bpf/scan_iter.bpf.c "$loader"
-fi
+# ecap's BPF programs (capture and ecap-detect's in-kernel walk): compile each
+# bpf/*.bpf.c into a light-skeleton loader (clang, libbpf and bpftool at build time
+# only; at run time ecap needs bpf(2) alone — see scripts/build_bpf.py).
+for src in bpf/*.bpf.c; do
+  loader="${src%.bpf.c}.loader"
+  if [ ! -f "$loader" ] || [ "$src" -nt "$loader" ] || [ scripts/build_bpf.py -nt "$loader" ] \
+     || [ -n "$(find bpf -name '*.h' -newer "$loader" -print -quit)" ]; then
+    .venv/bin/python scripts/build_bpf.py "$src" "$loader"
+  fi
+done

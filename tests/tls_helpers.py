@@ -432,3 +432,20 @@ if __name__ == "__main__":
         serve(*sys.argv[2:])
     else:
         sys.exit("usage: tls_helpers.py serve CERT KEY PORT_FILE [TRANSCRIPT_DIR]")
+
+
+def wait_for_line(stream, needle: str, timeout: float) -> bool:
+    """Read lines from a text stream until one contains ``needle`` (or EOF/timeout)."""
+    import threading
+
+    found = threading.Event()
+
+    def pump() -> None:
+        for line in stream:
+            if needle in line:
+                found.set()
+                return
+        found.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    return found.wait(timeout)

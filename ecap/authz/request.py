@@ -18,10 +18,20 @@ from ecap import host, procfs
 from ecap.errors import UsageError
 
 SCHEMA = "ecap.request/1"
-MODULES = ("tls",)
-"""Capture modules this build can run; tokens may name only these."""
-MODES = ("text", "jsonl")
-"""Output modes (``--format``) this build can write."""
+
+
+def known_modules() -> tuple[str, ...]:
+    """Capture modules this build can run (the module registry); tokens may name only these."""
+    from ecap.capture import modules as registry
+
+    return registry.names()
+
+
+def known_modes() -> tuple[str, ...]:
+    """Output modes this build can write (one per output sink)."""
+    from ecap.capture import sinks
+
+    return sinks.modes()
 
 
 def describe_target(pid: int) -> dict[str, Any]:
@@ -58,8 +68,8 @@ def build(
         "created_at": int(time.time()),
         "host": {"hostname": host.hostname(), "machine_id": host.machine_id()},
         "targets": [describe_target(pid) for pid in dict.fromkeys(pids)],
-        "modules": validate_choices(modules, MODULES, "module"),
-        "modes": validate_choices(modes or list(MODES), MODES, "output mode"),
+        "modules": validate_choices(modules, known_modules(), "module"),
+        "modes": validate_choices(modes or list(known_modes()), known_modes(), "output mode"),
         "reason": reason.strip(),
     }
 
@@ -84,8 +94,8 @@ def load(path: str | os.PathLike[str]) -> dict[str, Any]:
         for t in targets:
             if not isinstance(t["pid"], int) or not isinstance(t["start_time"], int):
                 raise KeyError("targets[].pid/start_time")
-        validate_choices(doc["modules"], MODULES, "module")
-        validate_choices(doc["modes"], MODES, "output mode")
+        validate_choices(doc["modules"], known_modules(), "module")
+        validate_choices(doc["modes"], known_modes(), "output mode")
     except (KeyError, TypeError, AttributeError) as exc:
         raise UsageError(f"request {path} is missing or has an invalid field: {exc}") from exc
     return doc

@@ -49,7 +49,7 @@ def _assert_exact(records: list[dict], server: tls_helpers.TlsServer, pid: int) 
 def _finish(run, client) -> list[dict]:
     client.wait(30)
     assert run.wait(60) == 0, run.stderr
-    # the session file parses and follows ecap.capture/1 line by line
+    # the session file parses and follows the session schema line by line
     records = validate_lines(run.output.read_text().splitlines())
     assert records[-1]["stop_reason"] == "all targets exited"
     assert records[0]["grant"]["operator"] == "test-operator"

@@ -21,41 +21,69 @@ import h2.config
 import h2.connection
 import pytest
 
-from ecap.capture import targets
+from ecap.capture import abi, modules
 from ecap.capture.connections import Connection, _decode_proc_addr, format_sockaddr
-from ecap.capture.events import Call, Clock, Reassembler, Record
-from ecap.capture.http1 import Http1Stream
-from ecap.capture.probes import FLAG_LAST, FLAG_TRUNCATED, KIND_READ, KIND_WRITE
-from ecap.capture.protocols import ConnectionRenderer
+from ecap.capture.decoders import ConnectionRenderer
+from ecap.capture.decoders.http1 import Http1Stream
+from ecap.capture.events import ConnectionEndEvent, DataEvent
+from ecap.capture.records import Call, Clock, Reassembler, Record
 from ecap.capture.schema import SchemaError, validate_lines, validate_record
-from ecap.capture.writers import JsonlWriter, TextWriter
+from ecap.capture.sinks.jsonl import JsonlWriter
+from ecap.capture.sinks.text import TextWriter
 from ecap.errors import UsageError
+
+ABI = abi.of("tls_rw")
+LAST, TRUNCATED, FAULT = ABI.FLAG_LAST, ABI.FLAG_TRUNCATED, ABI.FLAG_FAULT
+READ, WRITE = ABI.KIND_READ, ABI.KIND_WRITE
+TLS = modules.get("tls")
 
 
 def _rec(
-    offset: int, data: bytes, total: int, flags: int, ts: int = 1000, kind: int = KIND_READ
-) -> Record:
-    return Record(ts, 0xABC, 10, 11, 0, 5, total, offset, len(data), kind, flags, 0, "x", data)
+    offset: int, data: bytes, total: int, flags: int, ts: int = 1000, kind: int = READ,
+    tid: int = 11, size: int | None = None,
+) -> Record:  # fmt: skip
+    size = len(data) if size is None else size
+    return Record(ts, 0xABC, 10, tid, 0, 5, total, offset, size, kind, flags, 0, "x", data)
 
 
 def test_reassembler_joins_chunks_in_order_and_counts_truncation():
-    r = Reassembler(Clock(), max_call_bytes=8)
-    assert r.add(_rec(0, b"abcd", 10, 0)) is None
-    call = r.add(_rec(4, b"efgh", 10, FLAG_LAST | FLAG_TRUNCATED))
+    r = Reassembler(Clock(), 8, ABI)
+    assert r.add(_rec(0, b"abcd", 10, 0)) == []
+    (call,) = r.add(_rec(4, b"efgh", 10, LAST | TRUNCATED))
     assert isinstance(call, Call)
     assert call.data == b"abcdefgh" and call.total == 10 and call.truncated == 2
-    assert call.lost == 0 and call.direction == "read"
+    assert call.lost == 0 and call.direction == "read" and call.segments is None
 
 
-def test_reassembler_keeps_place_of_a_lost_chunk_and_counts_it():
-    r = Reassembler(Clock(), max_call_bytes=12)
+def test_a_lost_chunk_is_a_counted_gap_never_zero_bytes():
+    r = Reassembler(Clock(), 12, ABI)
     r.add(_rec(0, b"abcd", 12, 0))
-    call = r.add(_rec(8, b"ijkl", 12, FLAG_LAST))  # the middle record was lost
-    assert call.data == b"abcd\0\0\0\0ijkl" and call.lost == 4
-    # a call whose last record was lost is still delivered by flush()
-    r.add(_rec(0, b"abcd", 12, 0, ts=2000, kind=KIND_WRITE))
-    (partial,) = r.flush()
-    assert partial.data == b"abcd" and partial.lost == 8 and partial.direction == "write"
+    (call,) = r.add(_rec(8, b"ijkl", 12, LAST))  # the middle record was lost
+    assert call.data == b"abcdijkl" and call.lost == 4
+    assert call.segments == [(0, 4), (8, 4)]
+
+
+def test_unreadable_memory_is_a_counted_gap_never_data():
+    r = Reassembler(Clock(), 12, ABI)
+    r.add(_rec(0, b"abcd", 12, 0))
+    r.add(_rec(4, b"", 12, FAULT, size=4))  # the probe could not read bytes 4..8
+    (call,) = r.add(_rec(8, b"ijkl", 12, LAST))
+    assert call.data == b"abcdijkl" and call.unreadable == 4 and call.lost == 0
+    assert call.segments == [(0, 4), (8, 4)]
+
+
+def test_a_call_whose_last_record_was_lost_is_delivered_before_the_next_call():
+    r = Reassembler(Clock(), 12, ABI)
+    r.add(_rec(0, b"abcd", 12, 0, ts=1000, kind=WRITE))
+    r.add(_rec(0, b"zz", 2, 0, ts=7, tid=99))  # another thread's call in between
+    first, second = r.add(_rec(0, b"next", 4, LAST, ts=2000))  # same thread, next call
+    assert (first.data, first.lost, first.direction) == (b"abcd", 8, "write")
+    assert first.segments == [(0, 4)]
+    assert (second.data, second.lost) == (b"next", 0)
+    # ...and one that never gets a successor is delivered once it is stale
+    (late,) = r.stale(now=10**9)
+    assert late.tid == 99 and late.lost == 0 and late.data == b"zz"
+    assert r.flush() == []
 
 
 def _feed_in_pieces(stream, data: bytes, seed: int = 1):
@@ -180,20 +208,34 @@ def test_sockaddr_and_proc_net_decoding():
 
 
 def _conn() -> Connection:
-    return Connection(1, 10, 0xABC, "cu\x1brl", fd=5, peer="127.0.0.1:1")
+    return Connection(1, 10, 0xABC, "cu\x1brl", "tls", fd=5, peer="127.0.0.1:1")
 
 
-def _call(data: bytes) -> Call:
-    return Call("write", 1.0, 10, 11, 0, "cu\x1brl", 5, 0xABC, len(data), data, 0, 0)
+def _call(data: bytes, **kw) -> Call:
+    return Call("write", 1.0, 10, 11, 0, "cu\x1brl", 5, 0xABC, len(data), data, 0, 0, **kw)
 
 
 def test_text_writer_escapes_everything_host_derived():
     out = io.BytesIO()
     w = TextWriter(out, colour=False, hex_mode=False)
-    w.call(_conn(), 1, _call(b"hello \x1b[31mred\x1b[0m, then a line of ordinary prose\n"))
-    w.connection_end(_conn())
+    w.emit(
+        DataEvent(_conn(), 1, _call(b"hello \x1b[31mred\x1b[0m, then a line of ordinary prose\n"))
+    )
+    w.emit(ConnectionEndEvent(_conn()))
     text = out.getvalue().decode()
     assert "\x1b" not in text and "cu\\x1brl" in text and "hello \\x1b[31mred" in text
+
+
+def test_text_writer_shows_a_gap_and_stops_parsing_across_it():
+    out = io.BytesIO()
+    w = TextWriter(out, colour=False, hex_mode=False)
+    head = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+    call = Call("write", 1.0, 10, 11, 0, "curl", 5, 0xABC, len(head) + 10, head + b"tail",
+                0, 6, segments=[(0, len(head)), (len(head) + 6, 4)])  # fmt: skip
+    w.emit(DataEvent(_conn(), 1, call))
+    text = out.getvalue().decode()
+    assert "GET /a HTTP/1.1" in text and "[6 bytes missing here" in text
+    assert "6 bytes lost: ring buffer full" in text and "\\0" not in text
 
 
 def test_jsonl_writer_output_validates_and_validator_rejects_bad_records():
@@ -217,6 +259,7 @@ def test_jsonl_writer_output_validates_and_validator_rejects_bad_records():
             "session_id": "s",
             "started_at": 1.0,
             "module": "tls",
+            "identity": "SSL*",
             "format": "jsonl",
             "token": "t",
             "grant": grant,
@@ -227,8 +270,9 @@ def test_jsonl_writer_output_validates_and_validator_rejects_bad_records():
             "ring_bytes": 1 << 25,
         }
     )
-    w.call(_conn(), 1, _call(b"payload"))
-    w.connection_end(_conn())
+    w.emit(DataEvent(_conn(), 1, _call(b"payload")))
+    w.emit(DataEvent(_conn(), 2, _call(b"pay", segments=[(0, 2), (5, 1)], unreadable=2)))
+    w.emit(ConnectionEndEvent(_conn()))
     w.summary(
         {
             "session_id": "s",
@@ -238,6 +282,8 @@ def test_jsonl_writer_output_validates_and_validator_rejects_bad_records():
             "lost_events": 0,
             "lost_bytes": 0,
             "truncated_bytes": 0,
+            "unreadable_bytes": 0,
+            "deep_calls": 0,
             "failed_calls": 0,
             "max_call_bytes": 1,
             "stop_reason": "SIGINT",
@@ -248,10 +294,13 @@ def test_jsonl_writer_output_validates_and_validator_rejects_bad_records():
     )
     lines = out.getvalue().decode().splitlines()
     records = validate_lines(lines)
-    assert [r["type"] for r in records] == ["header", "event", "connection", "summary"]
+    assert [r["type"] for r in records] == ["header", "event", "event", "connection", "summary"]
+    assert records[2]["segments"] == [[0, 2], [5, 1]] and records[2]["unreadable"] == 2
     bad = dict(records[1], pid="10")
     with pytest.raises(SchemaError, match=r"event\.pid"):
         validate_record(bad)
+    with pytest.raises(SchemaError, match="segments"):
+        validate_record(dict(records[2], segments=[[0, 9]]))
     with pytest.raises(SchemaError, match="first"):
         validate_lines(lines[1:])
     with pytest.raises(SchemaError, match="last record"):
@@ -262,12 +311,12 @@ def test_jsonl_writer_output_validates_and_validator_rejects_bad_records():
 def test_resolution_names_what_it_looked_for_and_checks_overrides(tmp_path):
     proc = subprocess.Popen(["sleep", "60"])
     try:
-        with pytest.raises(targets.NoTlsLibrary, match="maps no libssl"):
-            targets.resolve(proc.pid)
+        with pytest.raises(UsageError, match="maps no libssl"):
+            TLS.resolve(proc.pid, {})
         with pytest.raises(UsageError, match="no such file"):
-            targets.resolve(proc.pid, libssl=str(tmp_path / "nope.so"))
+            TLS.resolve(proc.pid, {"libssl": str(tmp_path / "nope.so")})
         with pytest.raises(UsageError, match="is not mapped by process"):
-            targets.resolve(proc.pid, libssl="/usr/lib/x86_64-linux-gnu/libssl.so.3")
+            TLS.resolve(proc.pid, {"libssl": "/usr/lib/x86_64-linux-gnu/libssl.so.3"})
     finally:
         proc.kill()
         proc.wait()
@@ -282,16 +331,23 @@ def test_resolution_finds_libssl_and_static_node():
         from tests.tls_helpers import wait_for_tls_mapped
 
         wait_for_tls_mapped(py.pid)
-        lib = targets.resolve(py.pid)
+        lib = TLS.resolve(py.pid, {})
         assert lib.kind == "library" and lib.display_path.endswith("libssl.so.3")
         assert str(lib.path).startswith(f"/proc/{py.pid}/root/")
         assert lib.version and lib.version.startswith("OpenSSL 3")
-        assert {"SSL_write", "SSL_read", "SSL_write_ex", "SSL_read_ex"} <= set(lib.symbols)
-        over = targets.resolve(py.pid, libssl=lib.display_path)
-        assert over.kind == "override" and over.symbols == lib.symbols
-        exe = targets.resolve(node.pid)
+        assert {"SSL_write", "SSL_read", "SSL_write_ex", "SSL_read_ex"} <= set(lib.functions)
+        # every data function gets an entry and a return probe, each with its cookie
+        writes = [p for p in lib.probes if p.function == "SSL_write_ex"]
+        assert sorted(p.retprobe for p in writes) == [False, True]
+        assert {p.cookie for p in writes} == {WRITE | ABI.COOKIE_LEN_IN_ARG4}
+        over = TLS.resolve(py.pid, {"libssl": lib.display_path})
+        assert over.kind == "override" and over.functions == lib.functions
+        exe = TLS.resolve(node.pid, {})
         assert exe.kind == "executable" and exe.display_path == "/usr/bin/node"
-        assert exe.symbols["SSL_write"].file_offset != exe.symbols["SSL_write"].vaddr
+        from ecap.elf import open_elf
+
+        sym = open_elf(exe.path).find_functions(("SSL_write",))["SSL_write"]
+        assert exe.functions["SSL_write"] == sym.file_offset != sym.vaddr
     finally:
         for p in (py, node):
             p.kill()

@@ -21,42 +21,49 @@ def test_doctor_passes_here(ecap_env):
     assert {
         "kernel",
         "btf",
-        "bcc",
+        "programs",
         "bpf-load",
-        "tracefs",
-        "uprobe-pmu",
+        "attach",
         "capabilities",
         "lockdown",
         "unprivileged-bpf",
     } <= set(names)
     assert names["bpf-load"]["ok"] and names["capabilities"]["ok"]
+    assert "attached a uprobe" in names["attach"]["detail"]
 
 
 def _broken_loader() -> None:
-    raise Exception("Failed to compile BPF module <text>")
+    raise PermissionError(1, "Operation not permitted")
 
 
-def _broken_import(name: str):
-    raise ImportError("No module named 'bcc'")
+def _broken_trial() -> str:
+    raise Exception("cannot open a uprobe on getpid: Permission denied")
 
 
 @pytest.mark.parametrize(
     ("result", "detail", "fix"),
     [
-        (lambda: doctor.check_kernel("4.19.0-17-amd64"), "older than 5.8", "Linux 5.8 or newer"),
+        (lambda: doctor.check_kernel("6.1.0-17-amd64"), "older than 6.6", "Linux 6.6 or newer"),
         (
             lambda: doctor.check_btf("/nonexistent/vmlinux"),
             "no kernel BTF",
             "CONFIG_DEBUG_INFO_BTF",
         ),
-        (lambda: doctor.check_bcc_import(_broken_import), "cannot import bcc", "python3-bpfcc"),
         (
-            lambda: doctor.check_bcc_load(_broken_loader),
-            "loading a trivial program failed",
-            "linux-headers-amd64",
+            lambda: doctor.check_programs_built(("no_such_object",)),
+            "no_such_object.loader not built",
+            "make setup",
         ),
-        (lambda: doctor.check_tracefs(None), "tracefs is not mounted", "mount -t tracefs"),
-        (lambda: doctor.check_uprobe_pmu(None), "devices/uprobe is missing", "CONFIG_UPROBES"),
+        (
+            lambda: doctor.check_bpf_load(_broken_loader),
+            "loading a trivial program failed",
+            "CAP_BPF and CAP_PERFMON",
+        ),
+        (
+            lambda: doctor.check_attach(_broken_trial),
+            "attaching the capture programs failed",
+            "CAP_SYS_PTRACE",
+        ),
         (
             lambda: doctor.check_capabilities({"CAP_SYS_PTRACE"}, "6.1.0"),
             "missing CAP_BPF, CAP_PERFMON",
@@ -94,10 +101,10 @@ def test_each_failure_names_the_fix(result, detail, fix):
 
 
 def test_preflight_raises_first_required_failure(monkeypatch):
-    real = doctor.check_uprobe_pmu
-    monkeypatch.setattr(doctor, "check_uprobe_pmu", lambda: real(None))
+    real = doctor.check_btf
+    monkeypatch.setattr(doctor, "check_btf", lambda: real("/nonexistent/vmlinux"))
     with pytest.raises(
-        EnvironmentNotReady, match=r"uprobe-pmu: .* fix: use a kernel with CONFIG_UPROBES"
+        EnvironmentNotReady, match=r"btf: .* fix: use a kernel built with CONFIG_DEBUG_INFO_BTF"
     ) as exc:
         doctor.preflight()
     assert exc.value.exit_code == 4
@@ -121,9 +128,7 @@ def test_doctor_without_capabilities_exits_4(ecap_env):
     assert r.returncode == 4, r.stdout + r.stderr
     assert "FAIL capabilities" in r.stdout
     last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith("ecap-audit: error: bpf-load:") or last.startswith(
-        "ecap-audit: error: capabilities:"
-    )
+    assert last.startswith("ecap-audit: error: capabilities:")
 
 
 def test_capture_runs_the_same_preflight_and_exits_4(ecap_env, sleeper):

@@ -23,8 +23,8 @@ from hyperframe.frame import (
     RstStreamFrame,
 )
 
-from ecap.capture.bodies import decode_content, show_payload
-from ecap.capture.render_types import Rendered
+from ecap.capture.decoders.bodies import decode_content, show_payload
+from ecap.capture.decoders.interface import Decoder, Rendered
 from ecap.text import printable
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -133,3 +133,20 @@ class Http2Stream:
             title += " (stream did not end)"
         lines = [f"[{printable(note)} to {len(decoded)} bytes]"] if note else []
         return Rendered(title, lines + show_payload(decoded, hex_mode=self._hex))
+
+
+def _open(direction: str, hex_mode: bool) -> dict[str, Http2Stream]:
+    """The side that sent the preface is the client; the other side sends none."""
+    other = "read" if direction == "write" else "write"
+    return {
+        direction: Http2Stream(expect_preface=True, hex_mode=hex_mode),
+        other: Http2Stream(expect_preface=False, hex_mode=hex_mode),
+    }
+
+
+DECODER = Decoder(
+    name="http2",
+    priority=10,
+    recognise=lambda data: len(data) >= 3 and starts_with_preface(data),
+    open=_open,
+)

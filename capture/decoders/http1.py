@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from ecap.capture.bodies import decode_content, show_payload
-from ecap.capture.render_types import Rendered
+from ecap.capture.decoders.bodies import decode_content, show_payload
+from ecap.capture.decoders.interface import Decoder, Rendered
 from ecap.text import printable
 
 _START_RE = re.compile(rb"^(?:[A-Z]{3,10} \S+ HTTP/1\.[01]|HTTP/1\.[01] \d{3})")
@@ -147,3 +147,13 @@ def _dechunk(buf: bytearray, pos: int) -> tuple[bytes, int] | None:
             return None
         out += buf[pos : pos + size]
         pos += size + 2
+
+
+DECODER = Decoder(
+    name="http1",
+    priority=20,
+    recognise=looks_like_http1,
+    open=lambda _direction, hex_mode: {
+        d: Http1Stream(hex_mode=hex_mode) for d in ("write", "read")
+    },
+)

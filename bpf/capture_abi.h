@@ -1,0 +1,74 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * The contract between ecap's capture programs and the Python engine: record
+ * kinds, flags, counter slots, attach-cookie bits and the record layout.
+ *
+ * This header is the one definition. scripts/build_bpf.py runs it through the C
+ * preprocessor and records every ECAP_* integer macro, and reads the layout of
+ * struct ecap_record from the compiled object's BTF, into each loader file's
+ * header; ecap.capture.abi reads them from there. Python never restates a value.
+ */
+#ifndef ECAP_CAPTURE_ABI_H
+#define ECAP_CAPTURE_ABI_H
+
+/* Payload bytes per ring record: a call is sent as numbered chunks of at most
+ * this size (a per-CPU scratch value must stay under 32 KiB). */
+#define ECAP_CHUNK 16384
+/* Hard ceiling of --max-call-bytes; the loop is bounded by it. */
+#define ECAP_MAX_CALL_BYTES 1048576
+#define ECAP_MAX_CHUNKS (ECAP_MAX_CALL_BYTES / ECAP_CHUNK)
+
+/* Record kinds (struct ecap_record.kind). */
+#define ECAP_KIND_WRITE 1      /* plaintext the process sent */
+#define ECAP_KIND_READ 2       /* plaintext the process received */
+#define ECAP_KIND_HANDSHAKE 3  /* the library finished a handshake */
+#define ECAP_KIND_CONN_END 4   /* the library ended a connection object */
+#define ECAP_KIND_CONNECT 5    /* connect(2): data holds the sockaddr */
+#define ECAP_KIND_CLOSE 6      /* close(2) of a socket */
+#define ECAP_KIND_EXEC 7       /* a target called execve: it left the allow-list */
+
+/* Record flags. */
+#define ECAP_FLAG_LAST 1       /* last record of this call */
+#define ECAP_FLAG_TRUNCATED 2  /* the call moved more than the per-call limit */
+#define ECAP_FLAG_FAULT 4      /* len bytes at offset could not be read: no data follows */
+
+/* Per-CPU counters (the stats map). */
+#define ECAP_STAT_LOST_EVENTS 0     /* ring reservations that failed */
+#define ECAP_STAT_LOST_BYTES 1      /* payload bytes in those records */
+#define ECAP_STAT_TRUNCATED_BYTES 2 /* bytes beyond the per-call limit */
+#define ECAP_STAT_FAILED_CALLS 3    /* calls that returned an error or would block */
+#define ECAP_STAT_EVENTS 4          /* records committed */
+#define ECAP_STAT_SINCE_WAKEUP 5    /* records since the reader was last woken */
+#define ECAP_STAT_FAULT_BYTES 6     /* bytes of user memory that could not be read */
+#define ECAP_STAT_DEEP_CALLS 7      /* calls nested deeper than ECAP_CALL_DEPTH: not captured */
+#define ECAP_NSTATS 8
+
+/* In-flight calls per thread: a data call may run a handshake inside it
+ * (BoringSSL's SSL_write calls SSL_do_handshake); each gets its own frame. */
+#define ECAP_CALL_DEPTH 4
+
+/* Attach cookie: what one attachment of a shared program means. The same
+ * programs serve every library of the shape fn(conn, buf, len) -> n. */
+#define ECAP_COOKIE_KIND_MASK 0xff        /* ECAP_KIND_WRITE / _READ / _HANDSHAKE */
+#define ECAP_COOKIE_LEN_IN_ARG4 0x100     /* n is *(size_t *)arg4, success is ret == 1 */
+#define ECAP_COOKIE_RET_LONG 0x200        /* the return value is 64-bit (ssize_t) */
+#define ECAP_COOKIE_OK_IS_ZERO 0x400      /* handshake: 0 means done (GnuTLS) */
+
+struct ecap_record {
+	__u64 ts_ns;     /* CLOCK_MONOTONIC at the call's return */
+	__u64 conn;      /* the library's connection object (SSL*, session...) */
+	__u32 pid;
+	__u32 tid;
+	__u32 uid;
+	__s32 fd;        /* socket fd, -1 when not (yet) known */
+	__u32 total;     /* real byte count of the call */
+	__u32 offset;    /* offset of this record's bytes within the call */
+	__u32 len;       /* payload bytes in this record (bytes missing, with FLAG_FAULT) */
+	__u8 kind;
+	__u8 flags;
+	__u16 family;    /* KIND_CONNECT: address family */
+	char comm[16];
+	__u8 data[ECAP_CHUNK];
+};
+
+#endif

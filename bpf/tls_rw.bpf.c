@@ -1,0 +1,574 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * ecap capture of TLS library calls of the shape fn(conn, buf, len) -> n:
+ * OpenSSL's SSL_write/SSL_read(_ex) (also BoringSSL and static builds), and the
+ * same shape in GnuTLS and NSPR. Which call an attachment is (direction, where
+ * the byte count comes from, the width of the return value) is its BPF cookie,
+ * so one pair of programs serves every library and every function.
+ *
+ * Built by `make setup` (scripts/build_bpf.py: clang -target bpf, then libbpf's
+ * gen_loader) and loaded at run time through bpf(2) alone (ecap.ebpf.loader):
+ * no compiler, no tracefs. Only uprobes and raw tracepoints are used, both
+ * allowed with CAP_BPF + CAP_PERFMON.
+ *
+ * PID scoping happens twice: user space attaches every uprobe with the target's
+ * PID, and every program checks the thread-group id against `target_pids`
+ * before touching anything (the raw syscall tracepoint is system-wide).
+ *
+ * Written for clang 14 and the 6.x verifier: explicit bounds on every length
+ * handed to bpf_probe_read_user(), and the chunk loop is bpf_loop(), so the
+ * program's size does not depend on --max-call-bytes.
+ */
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <asm/ptrace.h>
+#include <asm/unistd.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+
+#include "capture_abi.h"
+
+#define PA __attribute__((preserve_access_index))
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+
+/* Kernel structures, only the fields used; relocated against the running
+ * kernel's BTF by the loader (CO-RE). */
+struct inode { unsigned short i_mode; } PA;
+struct file { struct inode *f_inode; } PA;
+struct fdtable { unsigned int max_fds; struct file **fd; } PA;
+struct files_struct { struct fdtable *fdt; } PA;
+struct task_struct { struct files_struct *files; } PA;
+
+/* Set by user space before load (the loader copies them in; the map is frozen,
+ * so the verifier sees constants). */
+const volatile __u32 max_chunks = 16;      /* --max-call-bytes / ECAP_CHUNK */
+const volatile __u32 wakeup_every = 32;    /* wake the reader once per N records per CPU */
+
+struct call_frame {
+	__u64 conn;
+	__u64 buf;
+	__u64 len_ptr;   /* size_t * of the _ex variants, 0 otherwise */
+	__s32 fd;        /* socket fd seen by a syscall made inside this call */
+	__u32 cookie;
+};
+
+struct call_stack {
+	__u32 depth;
+	__u32 pad;
+	struct call_frame frames[ECAP_CALL_DEPTH];
+};
+
+struct conn_key {
+	__u32 tgid;
+	__u32 pad;
+	__u64 conn;
+};
+
+/* Authorized processes (the second PID check). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, __u8);
+} target_pids SEC(".maps");
+
+/* pid_tgid -> calls in flight on that thread (LRU: a thread that died inside a
+ * call cannot pin a slot forever). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 10240);
+	__type(key, __u64);
+	__type(value, struct call_stack);
+} calls SEC(".maps");
+
+/* (tgid, connection object) -> socket fd. Keyed by process too: forked
+ * workers share heap addresses, so the same SSL* names different
+ * connections in different processes. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct conn_key);
+	__type(value, __s32);
+} conn_fds SEC(".maps");
+
+/* pid_tgid -> the socket this thread read last outside any call (memory-BIO
+ * users such as node read the socket themselves, then hand bytes to SSL_read). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 10240);
+	__type(key, __u64);
+	__type(value, __s32);
+} last_read_fd SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ecap_record);
+} scratch SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, ECAP_NSTATS);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+/* The size is set by user space at load (--ring-size). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 24);
+} events SEC(".maps");
+
+static __always_inline int is_target(__u64 pid_tgid)
+{
+	__u32 tgid = pid_tgid >> 32;
+	return bpf_map_lookup_elem(&target_pids, &tgid) != 0;
+}
+
+static __always_inline void stat_add(__u32 idx, __u64 value)
+{
+	__u64 *slot = bpf_map_lookup_elem(&stats, &idx);
+	if (slot)
+		*slot += value;
+}
+
+/* Waking the reader for every record costs the traced process an IPI per call;
+ * wake it every wakeup_every records per CPU (the reader also polls with a short
+ * timeout, so latency stays bounded). */
+static __always_inline __u64 wakeup_flags(void)
+{
+	__u32 idx = ECAP_STAT_SINCE_WAKEUP;
+	__u64 *since = bpf_map_lookup_elem(&stats, &idx);
+	if (!since)
+		return 0;
+	*since += 1;
+	if (*since < wakeup_every)
+		return BPF_RB_NO_WAKEUP;
+	*since = 0;
+	return BPF_RB_FORCE_WAKEUP;
+}
+
+static __always_inline void fill_header(struct ecap_record *ev, __u64 pid_tgid, __u8 kind,
+					__u64 conn, __s32 fd)
+{
+	ev->ts_ns = bpf_ktime_get_ns();
+	ev->conn = conn;
+	ev->pid = pid_tgid >> 32;
+	ev->tid = (__u32)pid_tgid;
+	ev->uid = (__u32)bpf_get_current_uid_gid();
+	ev->fd = fd;
+	ev->total = 0;
+	ev->offset = 0;
+	ev->len = 0;
+	ev->kind = kind;
+	ev->flags = ECAP_FLAG_LAST;
+	ev->family = 0;
+	bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
+}
+
+/* A record with no payload, written straight into the ring. */
+static __always_inline struct ecap_record *reserve_header(void)
+{
+	struct ecap_record *ev =
+		bpf_ringbuf_reserve(&events, offsetof(struct ecap_record, data), 0);
+	if (!ev)
+		stat_add(ECAP_STAT_LOST_EVENTS, 1);
+	return ev;
+}
+
+static __always_inline void submit_header(struct ecap_record *ev, __u64 wake)
+{
+	bpf_ringbuf_submit(ev, wake);
+	stat_add(ECAP_STAT_EVENTS, 1);
+}
+
+static __always_inline void emit_header(__u64 pid_tgid, __u8 kind, __u64 conn, __s32 fd)
+{
+	struct ecap_record *ev = reserve_header();
+	if (!ev)
+		return;
+	fill_header(ev, pid_tgid, kind, conn, fd);
+	submit_header(ev, wakeup_flags());
+}
+
+/* The socket of a connection: learned now (seen >= 0) or remembered. */
+static __always_inline __s32 fd_of(__u32 tgid, __u64 conn, __s32 seen)
+{
+	struct conn_key key = { .tgid = tgid, .conn = conn };
+	__s32 *known = bpf_map_lookup_elem(&conn_fds, &key);
+	if (seen >= 0) {
+		if (!known || *known != seen)
+			bpf_map_update_elem(&conn_fds, &key, &seen, BPF_ANY);
+		return seen;
+	}
+	return known ? *known : -1;
+}
+
+/* ------------------------------------------------------------ call frames */
+
+static __always_inline void push_frame(struct pt_regs *ctx, __u64 pid_tgid)
+{
+	__u64 cookie = bpf_get_attach_cookie(ctx);
+	struct call_stack *stack = bpf_map_lookup_elem(&calls, &pid_tgid);
+	if (!stack) {
+		struct call_stack empty = {};
+		bpf_map_update_elem(&calls, &pid_tgid, &empty, BPF_NOEXIST);
+		stack = bpf_map_lookup_elem(&calls, &pid_tgid);
+		if (!stack)
+			return;
+	}
+	__u32 depth = stack->depth;
+	stack->depth = depth + 1;
+	if (depth >= ECAP_CALL_DEPTH) {
+		stat_add(ECAP_STAT_DEEP_CALLS, 1);
+		return;
+	}
+	struct call_frame *f = &stack->frames[depth];
+	f->conn = PT_REGS_PARM1(ctx);
+	f->buf = PT_REGS_PARM2(ctx);
+	f->len_ptr = (cookie & ECAP_COOKIE_LEN_IN_ARG4) ? PT_REGS_PARM4(ctx) : 0;
+	f->fd = -1;
+	f->cookie = (__u32)cookie;
+}
+
+/* Pops this thread's innermost call into *out; 0 when there is none to report. */
+static __always_inline int pop_frame(__u64 pid_tgid, struct call_frame *out)
+{
+	struct call_stack *stack = bpf_map_lookup_elem(&calls, &pid_tgid);
+	if (!stack || stack->depth == 0)
+		return 0;
+	__u32 depth = stack->depth - 1;
+	stack->depth = depth;
+	if (depth >= ECAP_CALL_DEPTH)
+		return 0;  /* counted at entry */
+	*out = stack->frames[depth];
+	return 1;
+}
+
+/* The socket for a call that just returned: its own syscall, the library's
+ * record of it, or (reads of memory-BIO users) the socket read just before. */
+static __always_inline __s32 call_fd(__u64 pid_tgid, struct call_frame *f, int is_read)
+{
+	__s32 fd = fd_of(pid_tgid >> 32, f->conn, f->fd);
+	if (fd < 0 && is_read) {
+		__s32 *last = bpf_map_lookup_elem(&last_read_fd, &pid_tgid);
+		if (last)
+			fd = fd_of(pid_tgid >> 32, f->conn, *last);
+	}
+	return fd;
+}
+
+/* ------------------------------------------------------------ data calls */
+
+struct chunk_ctx {
+	__u64 buf;
+	__u64 capture;   /* bytes to send: min(n, limit) */
+	__u64 wake;
+	__u8 truncated;
+};
+
+static long send_chunk(__u32 i, struct chunk_ctx *c)
+{
+	__u64 off = (__u64)i * ECAP_CHUNK;
+	if (off >= c->capture)
+		return 1;
+	__u32 zero = 0;
+	struct ecap_record *ev = bpf_map_lookup_elem(&scratch, &zero);
+	if (!ev)
+		return 1;
+	__u64 len = c->capture - off;
+	__u8 flags = 0;
+	if (len > ECAP_CHUNK)
+		len = ECAP_CHUNK;
+	else
+		flags = ECAP_FLAG_LAST | (c->truncated ? ECAP_FLAG_TRUNCATED : 0);
+	ev->offset = off;
+	ev->len = len;
+	ev->flags = flags;
+	__u64 wake = flags ? c->wake : BPF_RB_NO_WAKEUP;
+
+	if (len == ECAP_CHUNK) {
+		/* A full chunk is read straight into a reserved ring record: one copy
+		 * instead of two for large calls. */
+		struct ecap_record *r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
+		if (!r) {
+			stat_add(ECAP_STAT_LOST_EVENTS, 1);
+			stat_add(ECAP_STAT_LOST_BYTES, len);
+			return 0;
+		}
+		__builtin_memcpy(r, ev, offsetof(struct ecap_record, data));
+		if (bpf_probe_read_user(&r->data, ECAP_CHUNK, (void *)(c->buf + off)) < 0) {
+			/* Never ship what the failed read left in the record. */
+			bpf_ringbuf_discard(r, BPF_RB_NO_WAKEUP);
+			goto fault;
+		}
+		bpf_ringbuf_submit(r, wake);
+		stat_add(ECAP_STAT_EVENTS, 1);
+		return 0;
+	}
+	/* The mask is a no-op for 1..ECAP_CHUNK-1 and gives the verifier its bound. */
+	if (bpf_probe_read_user(&ev->data, len & (ECAP_CHUNK - 1), (void *)(c->buf + off)) < 0)
+		goto fault;
+	if (bpf_ringbuf_output(&events, ev,
+			       offsetof(struct ecap_record, data) + (len & (ECAP_CHUNK - 1)),
+			       wake) < 0) {
+		stat_add(ECAP_STAT_LOST_EVENTS, 1);
+		stat_add(ECAP_STAT_LOST_BYTES, len);
+	} else {
+		stat_add(ECAP_STAT_EVENTS, 1);
+	}
+	return 0;
+
+fault:
+	/* The bytes exist but are not readable now (a page not present): say so
+	 * with a header-only record, so user space shows a counted gap. */
+	stat_add(ECAP_STAT_FAULT_BYTES, len);
+	ev->flags = flags | ECAP_FLAG_FAULT;
+	if (bpf_ringbuf_output(&events, ev, offsetof(struct ecap_record, data), wake) < 0)
+		stat_add(ECAP_STAT_LOST_EVENTS, 1);
+	else
+		stat_add(ECAP_STAT_EVENTS, 1);
+	return 0;
+}
+
+SEC("uprobe")
+int data_enter(struct pt_regs *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!is_target(pid_tgid))
+		return 0;
+	push_frame(ctx, pid_tgid);
+	return 0;
+}
+
+SEC("uretprobe")
+int data_return(struct pt_regs *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!is_target(pid_tgid))
+		return 0;
+	struct call_frame f;
+	if (!pop_frame(pid_tgid, &f))
+		return 0;
+	__u8 kind = f.cookie & ECAP_COOKIE_KIND_MASK;
+	/* Learn the socket even from calls that failed (a non-blocking SSL_read that
+	 * wants more data still tells us which socket its SSL* sits on). */
+	__s32 fd = call_fd(pid_tgid, &f, kind == ECAP_KIND_READ);
+
+	__u64 n = 0;
+	if (f.cookie & ECAP_COOKIE_LEN_IN_ARG4) {
+		if ((int)PT_REGS_RC(ctx) != 1 || !f.len_ptr ||
+		    bpf_probe_read_user(&n, sizeof(n), (void *)f.len_ptr) < 0) {
+			stat_add(ECAP_STAT_FAILED_CALLS, 1);
+			return 0;
+		}
+	} else {
+		/* int functions: the upper half of rax is garbage, so a -1 would
+		 * read as 4294967295 through a long. */
+		long ret = (f.cookie & ECAP_COOKIE_RET_LONG) ? (long)PT_REGS_RC(ctx)
+							      : (long)(int)PT_REGS_RC(ctx);
+		if (ret <= 0) {
+			stat_add(ECAP_STAT_FAILED_CALLS, 1);
+			return 0;
+		}
+		n = ret;
+	}
+	if (n == 0)
+		return 0;
+
+	__u64 limit = (__u64)ECAP_CHUNK * max_chunks;
+	struct chunk_ctx c = {
+		.buf = f.buf,
+		.capture = n > limit ? limit : n,
+		.truncated = n > limit,
+	};
+	if (n > limit)
+		stat_add(ECAP_STAT_TRUNCATED_BYTES, n - limit);
+
+	__u32 zero = 0;
+	struct ecap_record *ev = bpf_map_lookup_elem(&scratch, &zero);
+	if (!ev)
+		return 0;
+	fill_header(ev, pid_tgid, kind, f.conn, fd);
+	ev->total = n > 0xffffffffULL ? 0xffffffffU : (__u32)n;
+	c.wake = wakeup_flags();
+	bpf_loop(ECAP_MAX_CHUNKS, send_chunk, &c, 0);
+	return 0;
+}
+
+/* ------------------------------------------------------ connection lifecycle */
+
+SEC("uprobe")
+int set_fd(struct pt_regs *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!is_target(pid_tgid))
+		return 0;
+	fd_of(pid_tgid >> 32, PT_REGS_PARM1(ctx), (__s32)PT_REGS_PARM2(ctx));
+	return 0;
+}
+
+SEC("uprobe")
+int handshake_enter(struct pt_regs *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!is_target(pid_tgid))
+		return 0;
+	push_frame(ctx, pid_tgid);
+	return 0;
+}
+
+SEC("uretprobe")
+int handshake_return(struct pt_regs *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!is_target(pid_tgid))
+		return 0;
+	struct call_frame f;
+	if (!pop_frame(pid_tgid, &f))
+		return 0;
+	__s32 fd = call_fd(pid_tgid, &f, 1);
+	int ret = (int)PT_REGS_RC(ctx);
+	int done = (f.cookie & ECAP_COOKIE_OK_IS_ZERO) ? ret == 0 : ret == 1;
+	if (!done)
+		return 0;  /* in progress (non-blocking) or failed: only completion is an event */
+	emit_header(pid_tgid, ECAP_KIND_HANDSHAKE, f.conn, fd);
+	return 0;
+}
+
+/* SSL_shutdown / SSL_free and their like: the connection object ends. */
+SEC("uprobe")
+int conn_end(struct pt_regs *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!is_target(pid_tgid))
+		return 0;
+	struct conn_key key = { .tgid = pid_tgid >> 32, .conn = PT_REGS_PARM1(ctx) };
+	__s32 *known = bpf_map_lookup_elem(&conn_fds, &key);
+	if (!known)
+		return 0;  /* never used for data, or already reported */
+	__s32 fd = *known;
+	bpf_map_delete_elem(&conn_fds, &key);
+	emit_header(pid_tgid, ECAP_KIND_CONN_END, key.conn, fd);
+	return 0;
+}
+
+/* --------------------------------------------------------- syscalls (raw tp)
+ * Raw tracepoints need no tracefs (which is root-only), so the capture runs with
+ * CAP_BPF + CAP_PERFMON alone. No kprobes exist on these kernels. */
+
+static __always_inline int is_socket(int fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	if (!fdt || fd < 0 || (unsigned int)fd >= BPF_CORE_READ(fdt, max_fds))
+		return 0;
+	struct file **fds = BPF_CORE_READ(fdt, fd);
+	struct file *file = 0;
+	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) < 0 || !file)
+		return 0;
+	return (BPF_CORE_READ(file, f_inode, i_mode) & S_IFMT) == S_IFSOCK;
+}
+
+/* A socket syscall: inside a library call it names that call's socket; outside,
+ * a read remembers its socket for the next SSL_read on this thread. */
+static __always_inline void note_fd(__u64 pid_tgid, int fd, int is_read)
+{
+	if (!is_socket(fd))
+		return;  /* eventfds, pipes, files (OpenSSL reads zoneinfo mid-handshake) */
+	struct call_stack *stack = bpf_map_lookup_elem(&calls, &pid_tgid);
+	if (stack && stack->depth > 0) {
+		__u32 top = stack->depth - 1;
+		if (top < ECAP_CALL_DEPTH)
+			stack->frames[top].fd = fd;
+		return;
+	}
+	if (is_read)
+		bpf_map_update_elem(&last_read_fd, &pid_tgid, &fd, BPF_ANY);
+}
+
+static __always_inline void note_connect(__u64 pid_tgid, int fd, __u64 uaddr, __u64 addrlen)
+{
+	__u32 zero = 0;
+	struct ecap_record *ev = bpf_map_lookup_elem(&scratch, &zero);
+	if (!ev)
+		return;
+	fill_header(ev, pid_tgid, ECAP_KIND_CONNECT, 0, fd);
+	/* Constant sizes only: 28 bytes is a sockaddr_in6, 16 a sockaddr_in (when
+	 * the 28-byte read would cross into an unmapped page). */
+	if (bpf_probe_read_user(&ev->data, 28, (void *)uaddr) < 0 &&
+	    bpf_probe_read_user(&ev->data, 16, (void *)uaddr) < 0)
+		return;
+	ev->len = addrlen > 28 ? 28 : (__u32)addrlen;
+	ev->family = *(__u16 *)ev->data;
+	if (bpf_ringbuf_output(&events, ev, offsetof(struct ecap_record, data) + 32,
+			       wakeup_flags()) < 0)
+		stat_add(ECAP_STAT_LOST_EVENTS, 1);
+	else
+		stat_add(ECAP_STAT_EVENTS, 1);
+}
+
+SEC("raw_tracepoint/sys_enter")
+int sys_enter(struct bpf_raw_tracepoint_args *ctx)
+{
+	long id = (long)ctx->args[1];
+	int is_read;
+	switch (id) {
+	case __NR_read:
+	case __NR_readv:
+	case __NR_recvfrom:
+	case __NR_recvmsg:
+		is_read = 1;
+		break;
+	case __NR_write:
+	case __NR_writev:
+	case __NR_sendto:
+	case __NR_sendmsg:
+		is_read = 0;
+		break;
+	case __NR_connect:
+	case __NR_close:
+		is_read = -1;
+		break;
+	default:
+		return 0;  /* cheap for every other syscall on the host */
+	}
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!is_target(pid_tgid))
+		return 0;
+	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+	unsigned long arg0 = 0, arg1 = 0, arg2 = 0;
+	bpf_probe_read_kernel(&arg0, sizeof(arg0), &regs->rdi);
+	if (is_read >= 0) {
+		note_fd(pid_tgid, (int)arg0, is_read);
+		return 0;
+	}
+	if (id == __NR_close) {
+		if (is_socket((int)arg0))  /* only the end of a socket ends a connection */
+			emit_header(pid_tgid, ECAP_KIND_CLOSE, 0, (int)arg0);
+		return 0;
+	}
+	bpf_probe_read_kernel(&arg1, sizeof(arg1), &regs->rsi);
+	bpf_probe_read_kernel(&arg2, sizeof(arg2), &regs->rdx);
+	note_connect(pid_tgid, (int)arg0, arg1, arg2);
+	return 0;
+}
+
+/* A target that execs is no longer the program the token named: it leaves the
+ * allow-list at once, and user space decides (and journals) what happens next. */
+SEC("raw_tracepoint/sched_process_exec")
+int on_exec(struct bpf_raw_tracepoint_args *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32;
+	if (!bpf_map_lookup_elem(&target_pids, &tgid))
+		return 0;
+	bpf_map_delete_elem(&target_pids, &tgid);
+	emit_header(pid_tgid, ECAP_KIND_EXEC, 0, -1);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";

@@ -1,0 +1,168 @@
+"""The kernel side of one capture session, for any module.
+
+Loads the module's BPF object (through :mod:`ecap.ebpf.loader`, so no compiler
+and no tracefs), fills the in-kernel allow-list, attaches each target's probes
+with the target's PID and the object's raw tracepoints, reads the per-CPU
+counters, forgets the map entries of processes that left, and detaches. Every
+attachment is a file descriptor: if this process dies, even by SIGKILL, the
+kernel removes them all.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+from collections.abc import Iterable
+
+from ecap.capture import abi as abi_mod
+from ecap.capture.modules.interface import CaptureModule, HookTarget, Probe
+from ecap.ebpf import attach, loader
+from ecap.ebpf.ringbuf import RingBuffer
+from ecap.errors import UsageError
+
+DEFAULT_MAX_CALL_BYTES = 256 * 1024
+"""Documented per-call limit: bytes of one call beyond it are counted as truncated."""
+DEFAULT_RING_MB = 32
+WAKEUP_EVERY = 32
+
+STAT_NAMES = {
+    "STAT_LOST_EVENTS": "lost_events",
+    "STAT_LOST_BYTES": "lost_bytes",
+    "STAT_TRUNCATED_BYTES": "truncated_bytes",
+    "STAT_FAILED_CALLS": "failed_calls",
+    "STAT_EVENTS": "events",
+    "STAT_FAULT_BYTES": "unreadable_bytes",
+    "STAT_DEEP_CALLS": "deep_calls",
+}
+"""Counter slots (``capture_abi.h`` names) → summary field names."""
+
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+
+
+def check_limits(ring_mb: int, max_call_bytes: int, chunk: int, ceiling: int) -> None:
+    """The ring and per-call limits the C side can honour (exit 2 otherwise)."""
+    if ring_mb < 1 or ring_mb & (ring_mb - 1) or ring_mb > 1024:
+        raise UsageError(
+            f"invalid --ring-size {ring_mb}", hint="a power of two between 1 and 1024 (MiB)"
+        )
+    if max_call_bytes < chunk or max_call_bytes % chunk or max_call_bytes > ceiling:
+        raise UsageError(
+            f"invalid --max-call-bytes {max_call_bytes}",
+            hint=f"a multiple of {chunk} between {chunk} and {ceiling}",
+        )
+
+
+class KernelSide:
+    """The loaded object, its attachments and its ring buffer."""
+
+    def __init__(self, module: CaptureModule, *, ring_mb: int = DEFAULT_RING_MB,
+                 max_call_bytes: int = DEFAULT_MAX_CALL_BYTES) -> None:  # fmt: skip
+        self.module = module
+        image = loader.image(module.bpf_object)
+        self.abi = abi_mod.from_image(image)
+        check_limits(ring_mb, max_call_bytes, self.abi.CHUNK, self.abi.MAX_CALL_BYTES)
+        self.max_call_bytes = max_call_bytes
+        ring_bytes = ring_mb * 1024 * 1024
+        ring_bytes = max(ring_bytes, mmap.PAGESIZE)
+        self.obj = loader.load(
+            image,
+            max_entries={"events": ring_bytes},
+            rodata={"max_chunks": max_call_bytes // self.abi.CHUNK, "wakeup_every": WAKEUP_EVERY},
+        )
+        self.attachments: list[attach.Attachment] = []
+        self.probes: list[tuple[int, Probe]] = []
+        try:
+            self.ring = RingBuffer(self.obj.map("events").fd, ring_bytes)
+        except BaseException:
+            self.obj.close()
+            raise
+        self._pids = self.obj.map("target_pids")
+        self._stats = self.obj.map("stats")
+        self._stat_slots = {
+            field: self.abi.constants[f"ECAP_{name}"] for name, field in STAT_NAMES.items()
+        }
+
+    # -- scope -------------------------------------------------------------------------
+    def authorize_pids(self, pids: Iterable[int]) -> None:
+        """Fill the in-kernel allow-list (the second PID check)."""
+        for pid in pids:
+            self._pids.update(_U32.pack(pid), b"\x01")
+
+    def revoke_pid(self, pid: int) -> None:
+        self._pids.delete(_U32.pack(pid))
+
+    def is_authorized(self, pid: int) -> bool:
+        return self._pids.lookup(_U32.pack(pid)) is not None
+
+    def _keys_of(self, pid: int) -> dict[str, list[bytes]]:
+        """Keys of the per-process maps that belong to ``pid``: their thread-group id
+        is the first 32 bits (struct keys) or the upper half (pid_tgid keys)."""
+        out: dict[str, list[bytes]] = {}
+        for name, m in self.obj.maps.items():
+            if name in ("events", "stats", "scratch", "target_pids") or "." in name:
+                continue
+            if m.key_size == 8:
+                out[name] = [k for k in m.iter_keys() if _U64.unpack(k)[0] >> 32 == pid]
+            elif m.key_size >= 4:
+                out[name] = [k for k in m.iter_keys() if _U32.unpack_from(k)[0] == pid]
+        return out
+
+    def forget_pid(self, pid: int) -> int:
+        """Drop every map entry of a process that left the session; returns how many."""
+        return sum(m_del for name, keys in self._keys_of(pid).items()
+                   for m_del in (self.obj.map(name).delete(k) for k in keys))  # fmt: skip
+
+    def entries_of(self, pid: int) -> dict[str, int]:
+        """How many entries each per-process map holds for ``pid``."""
+        return {name: len(keys) for name, keys in self._keys_of(pid).items()}
+
+    # -- attach ------------------------------------------------------------------------
+    def attach_tracepoints(self) -> None:
+        """Every raw tracepoint program of the object (syscalls, exec)."""
+        for name, section in self.obj.image.program_sections.items():
+            if section.startswith("raw_tracepoint/"):
+                tp = section.split("/", 1)[1]
+                self.attachments.append(attach.raw_tracepoint(self.obj.prog_fd(name), tp))
+
+    def attach(self, target: HookTarget) -> int:
+        """Attach every probe of ``target`` with its PID; returns how many.
+
+        One uprobe_multi link per (program, entry or return): it carries all the
+        offsets that program serves in this file, each with its cookie.
+        """
+        groups: dict[tuple[str, bool], list[Probe]] = {}
+        for probe in target.probes:
+            groups.setdefault((probe.program, probe.retprobe), []).append(probe)
+        for (program, retprobe), probes in groups.items():
+            self.attachments.append(
+                attach.uprobe_multi(
+                    self.obj.prog_fd(program), str(target.path), [p.offset for p in probes],
+                    [p.cookie for p in probes], target.pid, retprobe=retprobe,
+                    what=f"{', '.join(p.function for p in probes)} in {target.display_path}",
+                )
+            )  # fmt: skip
+            self.probes += [(target.pid, p) for p in probes]
+        return len(target.probes)
+
+    # -- introspection -----------------------------------------------------------------
+    def prog_ids(self) -> list[int]:
+        return self.obj.prog_ids()
+
+    def stats(self) -> dict[str, int]:
+        """Per-CPU counters summed."""
+        out = {}
+        for field, slot in self._stat_slots.items():
+            values = self._stats.lookup_all(_U32.pack(slot)) or []
+            out[field] = sum(_U64.unpack(v[:8])[0] for v in values)
+        return out
+
+    def close(self) -> None:
+        """Detach everything and unload (idempotent)."""
+        attach.detach_all(self.attachments)
+        self.attachments.clear()
+        ring = getattr(self, "ring", None)
+        if ring is not None:
+            ring.close()
+            self.ring = None
+        self.obj.close()

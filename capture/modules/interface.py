@@ -1,0 +1,129 @@
+"""What a capture module is: what it hooks, how it finds it, what it emits.
+
+One file per module in this package, each defining ``MODULE``. Everything outside
+a module file is library-agnostic: the engine, the kernel side and the sinks
+know hooks only as (program, file offset, cookie) and connections only as an
+opaque object id. The hook list also feeds ``ecap-detect``'s classification and
+the module name the token vocabulary.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Hook:
+    """One function a module probes, and what the probe does there."""
+
+    function: str
+    """Symbol name as the library exports it."""
+    program: str
+    """Entry program in the module's BPF object."""
+    return_program: str | None = None
+    """Return program (a uretprobe), None for entry-only hooks."""
+    kind: str = ""
+    """Record kind the cookie carries: ``write``, ``read``, ``handshake`` or ``""``."""
+    flags: tuple[str, ...] = ()
+    """Cookie flags, by their ``capture_abi.h`` names without ``ECAP_COOKIE_``
+    (``LEN_IN_ARG4``, ``RET_LONG``, ``OK_IS_ZERO``)."""
+    plaintext: bool = False
+    """True when the function sees plaintext (the detector rates hooks on it)."""
+    required: bool = False
+    """The target is not this library unless it defines this function."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One uprobe to attach: a program at a file offset, with its cookie."""
+
+    function: str
+    offset: int
+    program: str
+    retprobe: bool
+    cookie: int
+
+
+@dataclass(frozen=True)
+class HookTarget:
+    """One file in one process to attach to, and the probes to put there."""
+
+    pid: int
+    path: Path
+    """Host-reachable path of the file (through /proc/PID/root)."""
+    display_path: str
+    """The path as the process sees it (for humans and the journal)."""
+    kind: str
+    """``library``, ``executable`` or ``override``."""
+    version: str | None
+    """The library's version string, None when none was found."""
+    probes: tuple[Probe, ...]
+    functions: dict[str, int] = field(default_factory=dict)
+    """Function name → file offset (the session header's record of what was hooked)."""
+
+
+@dataclass(frozen=True)
+class ModuleOption:
+    """A command-line option only this module takes (e.g. ``--libssl``)."""
+
+    flag: str
+    help: str
+    metavar: str = "PATH"
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+@dataclass(frozen=True)
+class CaptureModule:
+    """One capture module."""
+
+    name: str
+    """``capture NAME`` and the token's module vocabulary."""
+    summary: str
+    """One line for ``--help``."""
+    classification: str
+    """What its hooks expose, for the detector: ``tls``, ``shell`` or ``database``."""
+    bpf_object: str
+    """Loader name under ``bpf/`` (``tls_rw`` → ``bpf/tls_rw.bpf.c``)."""
+    hooks: tuple[Hook, ...]
+    emits: frozenset[str]
+    """Event kinds (:mod:`ecap.capture.events`) its sessions produce."""
+    identity: str
+    """What a connection is in this library (``SSL*``), for humans and the schema."""
+    resolve: Callable[[int, dict[str, Any]], HookTarget]
+    """(pid, module options) → where to attach in that process; raises
+    :class:`ecap.errors.UsageError` naming what was looked for."""
+    options: tuple[ModuleOption, ...] = ()
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group(f"{self.name} module")
+        for opt in self.options:
+            group.add_argument(opt.flag, metavar=opt.metavar, help=opt.help)
+
+    def plaintext_functions(self) -> tuple[str, ...]:
+        return tuple(h.function for h in self.hooks if h.plaintext)
+
+    def probes(self, offsets: dict[str, int]) -> tuple[Probe, ...]:
+        """The probes for the hooked functions found at ``offsets`` (name → file
+        offset), each with its cookie built from ``capture_abi.h``'s bits."""
+        from ecap.capture import abi as abi_mod
+
+        abi = abi_mod.of(self.bpf_object)
+        out: list[Probe] = []
+        for hook in self.hooks:
+            offset = offsets.get(hook.function)
+            if offset is None:
+                continue
+            cookie = getattr(abi, f"KIND_{hook.kind.upper()}") if hook.kind else 0
+            for flag in hook.flags:
+                cookie |= getattr(abi, f"COOKIE_{flag}")
+            out.append(Probe(hook.function, offset, hook.program, False, cookie))
+            if hook.return_program:
+                out.append(Probe(hook.function, offset, hook.return_program, True, cookie))
+        return tuple(out)

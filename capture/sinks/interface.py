@@ -1,0 +1,47 @@
+"""What an output sink is: a name, the token mode it needs, the events it takes.
+
+One file per sink in this package, each defining ``SINK``. The ``--format``
+vocabulary, the token's ``modes`` vocabulary and the module×format check all
+come from these declarations (:mod:`ecap.capture.sinks`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO, Any, Protocol
+
+from ecap.capture.events import Event
+
+
+@dataclass(frozen=True)
+class SinkOptions:
+    """How the operator asked for the output to look."""
+
+    hex_mode: bool = False
+    colour: bool = False
+
+
+class SinkWriter(Protocol):
+    """A sink's writer for one session."""
+
+    def header(self, info: dict[str, Any]) -> None: ...
+    def emit(self, event: Event) -> None: ...
+    def summary(self, summary: dict[str, Any]) -> None: ...
+    def flush(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Sink:
+    """One output mode."""
+
+    name: str
+    """``--format`` value."""
+    summary: str
+    """One line for ``--help``."""
+    token_mode: str
+    """Output mode the token must grant (``authorize --mode``)."""
+    consumes: frozenset[str]
+    """Event kinds it writes (:mod:`ecap.capture.events`); a module emitting none of
+    them cannot feed it, and the pair is refused before the gate."""
+    open: Callable[[IO[bytes], SinkOptions], SinkWriter]
