@@ -26,6 +26,7 @@
 #define ECAP_KIND_CONNECT 5    /* connect(2): data holds the sockaddr */
 #define ECAP_KIND_CLOSE 6      /* close(2) of a socket */
 #define ECAP_KIND_EXEC 7       /* a target called execve: it left the allow-list */
+#define ECAP_KIND_SOCKET 8     /* a connection's socket learned: data is struct ecap_sockinfo */
 
 /* Record flags. */
 #define ECAP_FLAG_LAST 1       /* last record of this call */
@@ -54,9 +55,23 @@
 #define ECAP_COOKIE_RET_LONG 0x200        /* the return value is 64-bit (ssize_t) */
 #define ECAP_COOKIE_OK_IS_ZERO 0x400      /* handshake: 0 means done (GnuTLS) */
 
+/* The two ends of a TCP socket, read from the kernel's socket when a connection
+ * object is first tied to it (so accepted and pre-existing connections have
+ * their peer too, with no /proc lookup racing the socket's close). */
+struct ecap_sockinfo {
+	__u16 family;    /* AF_INET or AF_INET6 (other families: 0) */
+	__u16 lport;     /* host byte order */
+	__u16 rport;     /* host byte order */
+	__u16 pad;
+	__u8 laddr[16];  /* AF_INET: the first 4 bytes */
+	__u8 raddr[16];
+};
+
 struct ecap_record {
 	__u64 ts_ns;     /* CLOCK_MONOTONIC at the call's return */
 	__u64 conn;      /* the library's connection object (SSL*, session...) */
+	__u64 stream_off; /* data: where this call starts in its direction of the connection
+			   * (bytes the process moved since the capture first saw it) */
 	__u32 pid;
 	__u32 tid;
 	__u32 uid;

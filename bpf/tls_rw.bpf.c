@@ -36,7 +36,19 @@
 /* Kernel structures, only the fields used; relocated against the running
  * kernel's BTF by the loader (CO-RE). */
 struct inode { unsigned short i_mode; } PA;
-struct file { struct inode *f_inode; } PA;
+struct file { struct inode *f_inode; void *private_data; } PA;
+struct in6_addr { union { __u8 u6_addr8[16]; } in6_u; } PA;
+struct sock_common {
+	__be32 skc_daddr;
+	__be32 skc_rcv_saddr;
+	__be16 skc_dport;
+	__u16 skc_num;
+	unsigned short skc_family;
+	struct in6_addr skc_v6_daddr;
+	struct in6_addr skc_v6_rcv_saddr;
+} PA;
+struct sock { struct sock_common __sk_common; } PA;
+struct socket { struct sock *sk; } PA;
 struct fdtable { unsigned int max_fds; struct file **fd; } PA;
 struct files_struct { struct fdtable *fdt; } PA;
 struct task_struct { struct files_struct *files; } PA;
@@ -45,6 +57,9 @@ struct task_struct { struct files_struct *files; } PA;
  * so the verifier sees constants). */
 const volatile __u32 max_chunks = 16;      /* --max-call-bytes / ECAP_CHUNK */
 const volatile __u32 wakeup_every = 32;    /* wake the reader once per N records per CPU */
+/* Not used at run time: keeps the layout in the object's BTF, whence the loader
+ * file records it for the Python side. */
+const struct ecap_sockinfo ecap_abi_sockinfo = {};
 
 struct call_frame {
 	__u64 conn;
@@ -66,6 +81,12 @@ struct conn_key {
 	__u64 conn;
 };
 
+struct conn_state {
+	__s32 fd;        /* socket fd, -1 until known */
+	__u32 pad;
+	__u64 pos[2];    /* bytes written [0] and read [1] so far, for stream_off */
+};
+
 /* Authorized processes (the second PID check). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -83,15 +104,15 @@ struct {
 	__type(value, struct call_stack);
 } calls SEC(".maps");
 
-/* (tgid, connection object) -> socket fd. Keyed by process too: forked
- * workers share heap addresses, so the same SSL* names different
+/* (tgid, connection object) -> its socket and stream positions. Keyed by process
+ * too: forked workers share heap addresses, so the same SSL* names different
  * connections in different processes. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct conn_key);
-	__type(value, __s32);
-} conn_fds SEC(".maps");
+	__type(value, struct conn_state);
+} conns SEC(".maps");
 
 /* pid_tgid -> the socket this thread read last outside any call (memory-BIO
  * users such as node read the socket themselves, then hand bytes to SSL_read). */
@@ -156,6 +177,7 @@ static __always_inline void fill_header(struct ecap_record *ev, __u64 pid_tgid, 
 {
 	ev->ts_ns = bpf_ktime_get_ns();
 	ev->conn = conn;
+	ev->stream_off = 0;
 	ev->pid = pid_tgid >> 32;
 	ev->tid = (__u32)pid_tgid;
 	ev->uid = (__u32)bpf_get_current_uid_gid();
@@ -194,17 +216,103 @@ static __always_inline void emit_header(__u64 pid_tgid, __u8 kind, __u64 conn, _
 	submit_header(ev, wakeup_flags());
 }
 
-/* The socket of a connection: learned now (seen >= 0) or remembered. */
-static __always_inline __s32 fd_of(__u32 tgid, __u64 conn, __s32 seen)
+/* This process's open file behind fd, or 0. */
+static __always_inline struct file *file_of(int fd)
 {
-	struct conn_key key = { .tgid = tgid, .conn = conn };
-	__s32 *known = bpf_map_lookup_elem(&conn_fds, &key);
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	if (!fdt || fd < 0 || (unsigned int)fd >= BPF_CORE_READ(fdt, max_fds))
+		return 0;
+	struct file **fds = BPF_CORE_READ(fdt, fd);
+	struct file *file = 0;
+	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) < 0)
+		return 0;
+	return file;
+}
+
+static __always_inline int is_socket_file(struct file *file)
+{
+	return file && (BPF_CORE_READ(file, f_inode, i_mode) & S_IFMT) == S_IFSOCK;
+}
+
+static __always_inline int is_socket(int fd)
+{
+	return is_socket_file(file_of(fd));
+}
+
+/* Tell user space both ends of the socket a connection object now uses. */
+static __always_inline void emit_socket(__u64 pid_tgid, __u64 conn, int fd)
+{
+	struct file *file = file_of(fd);
+	if (!is_socket_file(file))
+		return;
+	struct socket *sock = BPF_CORE_READ(file, private_data);
+	struct sock *sk = BPF_CORE_READ(sock, sk);
+	if (!sk)
+		return;
+	struct ecap_record *ev = bpf_ringbuf_reserve(
+		&events, offsetof(struct ecap_record, data) + sizeof(struct ecap_sockinfo), 0);
+	if (!ev) {
+		stat_add(ECAP_STAT_LOST_EVENTS, 1);
+		return;
+	}
+	fill_header(ev, pid_tgid, ECAP_KIND_SOCKET, conn, fd);
+	struct ecap_sockinfo *info = (struct ecap_sockinfo *)ev->data;
+	__builtin_memset(info, 0, sizeof(*info));
+	unsigned short family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	info->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	info->rport = __builtin_bswap16(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (family == 2) {  /* AF_INET */
+		info->family = family;
+		__be32 l = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+		__be32 r = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+		__builtin_memcpy(info->laddr, &l, 4);
+		__builtin_memcpy(info->raddr, &r, 4);
+	} else if (family == 10) {  /* AF_INET6 */
+		info->family = family;
+		BPF_CORE_READ_INTO(&info->laddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(&info->raddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+	}
+	ev->len = sizeof(*info);
+	submit_header(ev, BPF_RB_NO_WAKEUP);
+}
+
+/* The socket of a connection: learned now (seen >= 0) or remembered. A newly
+ * learned socket is described to user space once. */
+static __always_inline __s32 fd_of(__u64 pid_tgid, __u64 conn, __s32 seen)
+{
+	struct conn_key key = { .tgid = pid_tgid >> 32, .conn = conn };
+	struct conn_state *known = bpf_map_lookup_elem(&conns, &key);
 	if (seen >= 0) {
-		if (!known || *known != seen)
-			bpf_map_update_elem(&conn_fds, &key, &seen, BPF_ANY);
+		if (!known || known->fd != seen) {
+			if (known) {
+				known->fd = seen;
+			} else {
+				struct conn_state fresh = { .fd = seen };
+				bpf_map_update_elem(&conns, &key, &fresh, BPF_NOEXIST);
+			}
+			emit_socket(pid_tgid, conn, seen);
+		}
 		return seen;
 	}
-	return known ? *known : -1;
+	return known ? known->fd : -1;
+}
+
+/* Where this call starts in its direction of the connection; advances by n. */
+static __always_inline __u64 stream_advance(__u64 pid_tgid, __u64 conn, int is_read, __u64 n)
+{
+	struct conn_key key = { .tgid = pid_tgid >> 32, .conn = conn };
+	struct conn_state *st = bpf_map_lookup_elem(&conns, &key);
+	if (!st) {
+		struct conn_state fresh = { .fd = -1 };
+		bpf_map_update_elem(&conns, &key, &fresh, BPF_NOEXIST);
+		st = bpf_map_lookup_elem(&conns, &key);
+		if (!st)
+			return 0;
+	}
+	__u64 off = st->pos[is_read & 1];
+	st->pos[is_read & 1] = off + n;
+	return off;
 }
 
 /* ------------------------------------------------------------ call frames */
@@ -252,11 +360,11 @@ static __always_inline int pop_frame(__u64 pid_tgid, struct call_frame *out)
  * record of it, or (reads of memory-BIO users) the socket read just before. */
 static __always_inline __s32 call_fd(__u64 pid_tgid, struct call_frame *f, int is_read)
 {
-	__s32 fd = fd_of(pid_tgid >> 32, f->conn, f->fd);
+	__s32 fd = fd_of(pid_tgid, f->conn, f->fd);
 	if (fd < 0 && is_read) {
 		__s32 *last = bpf_map_lookup_elem(&last_read_fd, &pid_tgid);
 		if (last)
-			fd = fd_of(pid_tgid >> 32, f->conn, *last);
+			fd = fd_of(pid_tgid, f->conn, *last);
 	}
 	return fd;
 }
@@ -392,7 +500,9 @@ int data_return(struct pt_regs *ctx)
 	struct ecap_record *ev = bpf_map_lookup_elem(&scratch, &zero);
 	if (!ev)
 		return 0;
+	__u64 stream_off = stream_advance(pid_tgid, f.conn, kind == ECAP_KIND_READ, n);
 	fill_header(ev, pid_tgid, kind, f.conn, fd);
+	ev->stream_off = stream_off;
 	ev->total = n > 0xffffffffULL ? 0xffffffffU : (__u32)n;
 	c.wake = wakeup_flags();
 	bpf_loop(ECAP_MAX_CHUNKS, send_chunk, &c, 0);
@@ -407,7 +517,7 @@ int set_fd(struct pt_regs *ctx)
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	if (!is_target(pid_tgid))
 		return 0;
-	fd_of(pid_tgid >> 32, PT_REGS_PARM1(ctx), (__s32)PT_REGS_PARM2(ctx));
+	fd_of(pid_tgid, PT_REGS_PARM1(ctx), (__s32)PT_REGS_PARM2(ctx));
 	return 0;
 }
 
@@ -447,11 +557,11 @@ int conn_end(struct pt_regs *ctx)
 	if (!is_target(pid_tgid))
 		return 0;
 	struct conn_key key = { .tgid = pid_tgid >> 32, .conn = PT_REGS_PARM1(ctx) };
-	__s32 *known = bpf_map_lookup_elem(&conn_fds, &key);
+	struct conn_state *known = bpf_map_lookup_elem(&conns, &key);
 	if (!known)
 		return 0;  /* never used for data, or already reported */
-	__s32 fd = *known;
-	bpf_map_delete_elem(&conn_fds, &key);
+	__s32 fd = known->fd;
+	bpf_map_delete_elem(&conns, &key);
 	emit_header(pid_tgid, ECAP_KIND_CONN_END, key.conn, fd);
 	return 0;
 }
@@ -459,19 +569,6 @@ int conn_end(struct pt_regs *ctx)
 /* --------------------------------------------------------- syscalls (raw tp)
  * Raw tracepoints need no tracefs (which is root-only), so the capture runs with
  * CAP_BPF + CAP_PERFMON alone. No kprobes exist on these kernels. */
-
-static __always_inline int is_socket(int fd)
-{
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
-	if (!fdt || fd < 0 || (unsigned int)fd >= BPF_CORE_READ(fdt, max_fds))
-		return 0;
-	struct file **fds = BPF_CORE_READ(fdt, fd);
-	struct file *file = 0;
-	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) < 0 || !file)
-		return 0;
-	return (BPF_CORE_READ(file, f_inode, i_mode) & S_IFMT) == S_IFSOCK;
-}
 
 /* A socket syscall: inside a library call it names that call's socket; outside,
  * a read remembers its socket for the next SSL_read on this thread. */

@@ -18,7 +18,7 @@ from ecap.ebpf.loader import Image, image
 
 RECORD_STRUCT = "ecap_record"
 HEADER_FIELDS = (
-    "ts_ns", "conn", "pid", "tid", "uid", "fd", "total", "offset", "len", "kind", "flags",
+    "ts_ns", "conn", "stream_off", "pid", "tid", "uid", "fd", "total", "offset", "len", "kind", "flags",
     "family", "comm",
 )  # fmt: skip
 """Fields before ``data``, in the order :class:`ecap.capture.records.Record` takes them."""
@@ -51,6 +51,20 @@ class Abi:
             for key, value in self.constants.items()
             if key.startswith("ECAP_KIND_")
         }
+
+
+def struct_reader(img: Image, name: str) -> tuple[struct.Struct, tuple[str, ...]]:
+    """A ``struct`` reader for ``struct <name>`` (integers and byte arrays) and its
+    field names, from the loader's BTF copy of the layout."""
+    layout = img.struct(name)
+    fmt, pos, names = "<", 0, []
+    for field, offset, size, kind in layout["members"]:
+        fmt += f"{offset - pos}x" if offset > pos else ""
+        fmt += f"{size}s" if kind == "bytes" else _INT_CODES[(size, kind)]
+        names.append(field)
+        pos = offset + size
+    fmt += f"{layout['size'] - pos}x" if layout["size"] > pos else ""
+    return struct.Struct(fmt), tuple(names)
 
 
 def from_image(img: Image) -> Abi:

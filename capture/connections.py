@@ -56,6 +56,15 @@ def format_sockaddr(raw: bytes) -> str | None:
     return None
 
 
+def format_endpoint(family: int, addr: bytes, port: int) -> str | None:
+    """``ip:port`` (``[ip6]:port``) from the kernel's socket fields."""
+    if family == socket.AF_INET:
+        return f"{socket.inet_ntop(socket.AF_INET, addr[:4])}:{port}"
+    if family == socket.AF_INET6:
+        return f"[{socket.inet_ntop(socket.AF_INET6, addr[:16])}]:{port}"
+    return None
+
+
 def _decode_proc_addr(text: str) -> str:
     addr, port = text.split(":")
     raw = bytes.fromhex(addr)
@@ -96,6 +105,8 @@ class ConnectionTable:
         self._module = module
         self._by_conn: dict[tuple[int, int], Connection] = {}
         self._connects: dict[tuple[int, int], str] = {}
+        self._sockets: dict[tuple[int, int], tuple[int, str | None, str | None]] = {}
+        """(pid, connection object) → (fd, local, peer) the kernel read from the socket."""
         self._recent_connects: dict[int, list[int]] = {}
         self._next_id = 1
         self.total = 0
@@ -106,6 +117,14 @@ class ConnectionTable:
             return
         self._connects[(pid, fd)] = peer
         self._recent_connects.setdefault(pid, []).append(fd)
+
+    def note_socket(self, pid: int, conn_obj: int, fd: int, local: str | None,
+                    peer: str | None) -> None:  # fmt: skip
+        """The kernel tied a connection object to a socket and read both its ends."""
+        self._sockets[(pid, conn_obj)] = (fd, local, peer)
+        conn = self._by_conn.get((pid, conn_obj))
+        if conn is not None:
+            self._set_fd(conn, fd, "kernel")
 
     def get(self, pid: int, conn_obj: int, comm: str, fd: int, ts: float) -> Connection:
         """The connection of this object in this process, created on first sight."""
@@ -134,11 +153,16 @@ class ConnectionTable:
     def _set_fd(self, conn: Connection, fd: int, source: str) -> None:
         conn.fd = fd
         conn.fd_source = source
+        known = self._sockets.get((conn.pid, conn.conn))
+        if known is not None and known[0] == fd and (known[1] or known[2]):
+            conn.local, conn.peer = known[1] or conn.local, known[2] or conn.peer
+            return
         local, peer = socket_addresses(conn.pid, fd)
         conn.local = local or conn.local
         conn.peer = self._connects.get((conn.pid, fd)) or peer or conn.peer
 
     def end(self, pid: int, conn_obj: int, ts: float, reason: str) -> Connection | None:
+        self._sockets.pop((pid, conn_obj), None)
         conn = self._by_conn.pop((pid, conn_obj), None)
         if conn is not None:
             conn.ended_at, conn.end_reason = ts, reason

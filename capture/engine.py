@@ -27,7 +27,8 @@ from ecap import host, procfs, sessions
 from ecap.authz.token import Grant
 from ecap.capture import modules as module_registry
 from ecap.capture import sinks as sink_registry
-from ecap.capture.connections import ConnectionTable
+from ecap.capture.abi import struct_reader
+from ecap.capture.connections import ConnectionTable, format_endpoint
 from ecap.capture.events import ConnectionEndEvent, DataEvent, HandshakeEvent
 from ecap.capture.hold import TargetHold
 from ecap.capture.kernel import DEFAULT_MAX_CALL_BYTES, DEFAULT_RING_MB, KernelSide
@@ -171,7 +172,9 @@ class _Session:
             abi.KIND_CONNECT: self._on_connect,
             abi.KIND_CLOSE: self._on_close,
             abi.KIND_EXEC: self._on_exec,
+            abi.KIND_SOCKET: self._on_socket,
         }
+        self._sockinfo = struct_reader(kernel.obj.image, "ecap_sockinfo")[0]
 
     # -- records -------------------------------------------------------------------
     def backlogged(self) -> bool:
@@ -217,6 +220,11 @@ class _Session:
 
     def _on_connect(self, rec: Record) -> None:
         self.conns.note_connect(rec.pid, rec.fd, rec.data)
+
+    def _on_socket(self, rec: Record) -> None:
+        family, lport, rport, _pad, laddr, raddr = self._sockinfo.unpack_from(rec.data)
+        self.conns.note_socket(rec.pid, rec.conn, rec.fd, format_endpoint(family, laddr, lport),
+                               format_endpoint(family, raddr, rport))  # fmt: skip
 
     def _on_close(self, rec: Record) -> None:
         for conn in self.conns.end_fd(rec.pid, rec.fd, self.clock.wall(rec.ts_ns)):

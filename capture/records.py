@@ -33,6 +33,7 @@ class Record:
 
     ts_ns: int
     conn: int
+    stream_off: int
     pid: int
     tid: int
     uid: int
@@ -64,9 +65,9 @@ class Decoder:
             comm = comm_raw.split(b"\0", 1)[0].decode("utf-8", "backslashreplace")
             if len(self._comms) < 4096:
                 self._comms[comm_raw] = comm
-        flags = fields[10]
+        flags = fields[11]
         start = self._start
-        data = b"" if flags & self._fault else raw[start : start + fields[8]]
+        data = b"" if flags & self._fault else raw[start : start + fields[9]]
         return Record(*fields[:-1], comm, data)
 
 
@@ -98,6 +99,10 @@ class Call:
     segments: list[tuple[int, int]] | None = field(default=None)
     """(offset in the call, length) of each run of captured bytes, when there are
     holes; None when ``data`` is one run starting at offset 0."""
+    stream_offset: int = 0
+    """Where the call starts in its direction of the connection (bytes moved since
+    the capture first saw it): a jump past the previous call's end is a call whose
+    records were all lost."""
 
 
 class Clock:
@@ -197,4 +202,5 @@ class Reassembler:
             lost=max(0, expected - received - unreadable),
             unreadable=unreadable,
             segments=None if whole else segments,
+            stream_offset=first.stream_off,
         )

@@ -52,6 +52,7 @@ def render_session(
                 rec["comm"], rec["fd"], int(rec["conn"], 16), rec["total"], data,
                 rec["truncated"], rec["lost"], rec.get("unreadable", 0),
                 [tuple(s) for s in segments] if segments is not None else None,
+                rec["stream_offset"],
             )  # fmt: skip
             writer.emit(DataEvent(conn, rec["message_id"], call))
         elif kind == "connection":

@@ -44,6 +44,7 @@ FIELDS: dict[str, dict[str, Any]] = {
         "fd": _INT,
         "conn": _STR,
         "direction": _STR,
+        "stream_offset": _INT,
         "local": _OPT_STR,
         "peer": _OPT_STR,
         "len": _INT,

@@ -8,6 +8,7 @@ with one line on stderr and the documented exit code.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from typing import NoReturn
@@ -39,10 +40,17 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
         code = 130
     except BrokenPipeError:
         code = 0
+    except Exception as exc:  # a bug: still one line and a documented code
+        if os.environ.get("ECAP_DEBUG") == "1":
+            raise
+        print(
+            f"{prog}: error: internal error ({type(exc).__name__}: {printable(str(exc))[:300]}); "
+            "rerun with ECAP_DEBUG=1 for the traceback and report it",
+            file=sys.stderr,
+        )
+        code = int(ExitCode.NOT_READY)
     sys.exit(code)
 
 
 def _prog_name() -> str:
-    import os
-
     return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "ecap"

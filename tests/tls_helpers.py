@@ -427,13 +427,6 @@ def wait_for_tls_mapped(pid: int, timeout: float = 20) -> None:
         time.sleep(0.02)
 
 
-if __name__ == "__main__":
-    if len(sys.argv) in (5, 6) and sys.argv[1] == "serve":
-        serve(*sys.argv[2:])
-    else:
-        sys.exit("usage: tls_helpers.py serve CERT KEY PORT_FILE [TRANSCRIPT_DIR]")
-
-
 def wait_for_line(stream, needle: str, timeout: float) -> bool:
     """Read lines from a text stream until one contains ``needle`` (or EOF/timeout)."""
     import threading
@@ -449,3 +442,24 @@ def wait_for_line(stream, needle: str, timeout: float) -> bool:
 
     threading.Thread(target=pump, daemon=True).start()
     return found.wait(timeout)
+
+
+def spawn_with_pid(
+    pid: int, args: list[str], attempts: int = 500, **popen
+) -> subprocess.Popen | None:
+    """Start ``args`` as process ``pid`` (a recycled PID) via ns_last_pid; None if raced."""
+    last_pid = Path("/proc/sys/kernel/ns_last_pid")
+    for _ in range(attempts):
+        last_pid.write_text(str(pid - 1))
+        proc = subprocess.Popen(args, **popen)
+        if proc.pid == pid:
+            return proc
+        stop_process(proc)
+    return None
+
+
+if __name__ == "__main__":
+    if len(sys.argv) in (5, 6) and sys.argv[1] == "serve":
+        serve(*sys.argv[2:])
+    else:
+        sys.exit("usage: tls_helpers.py serve CERT KEY PORT_FILE [TRANSCRIPT_DIR]")

@@ -37,6 +37,8 @@ class ConnectionRenderer:
     def __init__(self, *, hex_mode: bool = False) -> None:
         self._hex = hex_mode
         self._streams: dict[str, Stream] | None = None
+        self._next_offset: dict[str, int] = {}
+        """Per direction: where the next call should start in the stream."""
         self.protocol = "unknown"
 
     def feed(self, direction: str, data: bytes) -> Iterator[Rendered]:
@@ -54,6 +56,10 @@ class ConnectionRenderer:
     def feed_call(self, call) -> Iterator[Rendered]:
         """A whole call; where bytes are missing, the protocol state cannot continue:
         the gap is shown and the rest of the connection is shown raw."""
+        expected = self._next_offset.get(call.direction)
+        if expected is not None and call.stream_offset > expected:
+            yield from self._gap(call.stream_offset - expected, whole_calls=True)
+        self._next_offset[call.direction] = call.stream_offset + call.total
         if call.segments is None:
             yield from self.feed(call.direction, call.data)
             return
@@ -68,11 +74,12 @@ class ConnectionRenderer:
         if missing > 0:
             yield from self._gap(missing)
 
-    def _gap(self, size: int) -> Iterator[Rendered]:
+    def _gap(self, size: int, *, whole_calls: bool = False) -> Iterator[Rendered]:
         yield from self.finish()
         self._streams = None
         self.protocol = "raw"
-        yield Rendered(f"[{size} bytes missing here: the protocol view resumes as raw data]")
+        what = "calls whose records were all lost" if whole_calls else "missing here"
+        yield Rendered(f"[{size} bytes {what}: the protocol view resumes as raw data]")
 
     def finish(self) -> Iterator[Rendered]:
         if self._streams:

@@ -99,7 +99,8 @@ class JsonlWriter:
                 f'{{"type":"event","connection_id":{conn.id},"message_id":{event.message_id},'
                 f'"ts":"{iso_utc(call.ts)}","pid":{call.pid},"tid":{call.tid},"uid":{call.uid},'
                 f'"comm":{comm},"fd":{conn.fd},"conn":"0x{call.conn:x}",'
-                f'"direction":"{call.direction}",{self._endpoints(conn)},'
+                f'"direction":"{call.direction}","stream_offset":{call.stream_offset},'
+                f"{self._endpoints(conn)},"
                 f'"len":{len(call.data)},"total":{call.total},'
                 f'"truncated":{call.truncated},"lost":{call.lost},{extra}"payload_b64":"'
             ).encode("utf-8", "backslashreplace")

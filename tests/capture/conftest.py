@@ -80,6 +80,45 @@ def read_stream(records: list[dict], direction: str, pid: int | None = None) -> 
     return b"".join(base64.b64decode(r["payload_b64"]) for r in events)
 
 
+def assert_calls_match(records: list[dict], pid: int, direction: str, stream: bytes) -> dict:
+    """Every captured byte of one direction is the byte the peer saw at that place.
+
+    Walks the calls in order, placing each call's segments at its offset in the
+    stream (a call with holes lists them); every missing byte must be counted as
+    lost or unreadable — never present as data. Returns the totals it counted.
+    """
+    events = [r for r in records if r["type"] == "event" and r["direction"] == direction
+              and r["pid"] == pid]  # fmt: skip
+    events.sort(key=lambda r: r["message_id"])
+    position = 0
+    totals = {"captured": 0, "lost": 0, "unreadable": 0, "gapped_calls": 0, "lost_calls": 0}
+    for event in events:
+        if event["stream_offset"] > position:  # calls whose records were all lost
+            totals["lost_calls"] += event["stream_offset"] - position
+        assert event["stream_offset"] >= position
+        position = event["stream_offset"]
+        payload = base64.b64decode(event["payload_b64"])
+        segments = event.get("segments") or [[0, len(payload)]]
+        totals["gapped_calls"] += "segments" in event
+        cursor = 0
+        for offset, length in segments:
+            want = stream[position + offset : position + offset + length]
+            assert payload[cursor : cursor + length] == want, (
+                f"message {event['message_id']}: {length} bytes at offset {offset} are not "
+                "what went over the connection"
+            )
+            cursor += length
+        missing = event.get("unreadable", 0) + event["lost"]
+        assert len(payload) + missing == event["total"] - event["truncated"]
+        totals["captured"] += len(payload)
+        totals["lost"] += event["lost"]
+        totals["unreadable"] += event.get("unreadable", 0)
+        position += event["total"]
+    totals["lost_calls"] += len(stream) - position  # lost calls at the very end
+    assert position <= len(stream), (position, len(stream))
+    return totals
+
+
 @pytest.fixture
 def start_capture(ecap_env: EcapEnv, tmp_path: Path) -> Iterator:
     """Start a capture of ``pids`` with a token for them; waits until it is attached."""
