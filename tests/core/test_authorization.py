@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import time
-from pathlib import Path
 
 import jwt
 import pytest
@@ -25,6 +24,7 @@ from ecap.authz.gate import authorize_capture
 from ecap.authz.verify import verify_token
 from ecap.errors import AuthorizationRefused, UsageError
 from ecap.journal import Journal
+from tests import tls_helpers
 
 
 def b64(data: bytes) -> str:
@@ -206,27 +206,22 @@ def test_pid_not_in_scope(ecap_env, sleeper):
         other.wait()
 
 
-def _spawn_with_pid(pid: int, attempts: int = 200) -> subprocess.Popen[bytes] | None:
-    """Start `sleep` with a chosen PID via ns_last_pid (root); None if raced."""
-    last_pid = Path("/proc/sys/kernel/ns_last_pid")
-    for _ in range(attempts):
-        last_pid.write_text(str(pid - 1))
-        proc = subprocess.Popen(["sleep", "60"])
-        if proc.pid == pid:
-            return proc
-        proc.kill()
-        proc.wait()
-    return None
-
-
 def test_recycled_pid_with_other_start_time_is_refused(ecap_env):
     first = subprocess.Popen(["sleep", "60"])
     pid = first.pid
+    started = procfs.start_time(pid)
     text = ecap_env.authorize([pid])
     first.kill()
     first.wait()
-    time.sleep(0.02)  # start times are in clock ticks (10 ms): make them differ
-    second = _spawn_with_pid(pid)
+    # Start times are in clock ticks (10 ms): recycle the PID until the newcomer's
+    # start time differs, as it always does when a PID really changes hands.
+    second = None
+    deadline = time.monotonic() + 20
+    while second is None and time.monotonic() < deadline:
+        second = tls_helpers.spawn_with_pid(pid, ["sleep", "60"])
+        if second is not None and procfs.start_time(pid) == started:
+            tls_helpers.stop_process(second)
+            second = None
     assert second is not None, "could not recycle the PID (ns_last_pid race)"
     try:
         refused(text, f"PID {pid} is a different process .* the PID was reused", pids=[pid])
