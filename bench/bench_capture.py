@@ -39,23 +39,29 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from ecap.authz import keys, request, token  # noqa: E402
-from ecap.capture import targets  # noqa: E402
-from ecap.capture.probes import attach_uprobe_at  # noqa: E402
+from ecap.capture import modules  # noqa: E402
+from ecap.capture.kernel import KernelSide  # noqa: E402
+from ecap.ebpf import attach, loader  # noqa: E402
 from tests.tls_helpers import make_cert  # noqa: E402
 
 OUT = REPO / "bench" / "out"
 ECAP = str(Path(sys.executable).parent / "ecap-audit")
 SIZES = {1024: 200_000, 16 * 1024: 40_000, 64 * 1024: 10_000}
-COUNT_PROGRAM = b"""
-BPF_PERCPU_ARRAY(calls, u64, 1);
-int count_call(void *ctx) {
-    int zero = 0;
-    u64 *c = calls.lookup(&zero);
-    if (c) *c += 1;
-    return 0;
-}
-"""
 DATA_FUNCTIONS = ("SSL_write", "SSL_read", "SSL_write_ex", "SSL_read_ex")
+TLS = modules.get("tls")
+COUNT_IMAGE: loader.Image | None = None
+
+
+def count_image() -> loader.Image:
+    """bench/count.bpf.c, built here with the project's own build script."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("build_bpf", REPO / "scripts" / "build_bpf.py")
+    build_bpf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build_bpf)
+    OUT.mkdir(parents=True, exist_ok=True)
+    blob = build_bpf.build(REPO / "bench" / "count.bpf.c", OUT / "count.loader")
+    return loader.read_image("count", blob)
 
 
 def build() -> Path:
@@ -129,32 +135,20 @@ def run_once(binary: Path, env: Env, mode: str, size: int, count: int, ring_mb: 
     server, client = start_pair(binary, env, size, count)
     result: dict = {"mode": mode, "size": size, "count": count}
     tool = None
-    bpf = None
-    probes = None
+    counter = None
+    links: list[attach.Attachment] = []
+    kernel = None
     try:
         if mode in ("count", "count-ret"):
-            from bcc import BPF
-
-            bpf = BPF(text=COUNT_PROGRAM)
-            hook = targets.resolve(client.pid)
-            for name in DATA_FUNCTIONS:
-                if name in hook.symbols:
-                    attach_uprobe_at(
-                        bpf,
-                        "count_call",
-                        str(hook.path),
-                        hook.symbols[name].file_offset,
-                        client.pid,
-                    )
-                    if mode == "count-ret":
-                        attach_uprobe_at(
-                            bpf,
-                            "count_call",
-                            str(hook.path),
-                            hook.symbols[name].file_offset,
-                            client.pid,
-                            retprobe=True,
-                        )
+            counter = loader.load(COUNT_IMAGE)
+            hook = TLS.resolve(client.pid, {})
+            offsets = [hook.functions[n] for n in DATA_FUNCTIONS if n in hook.functions]
+            programs = [("count_call", False)] + ([("count_return", True)] * (mode == "count-ret"))
+            for program, ret in programs:
+                links.append(
+                    attach.uprobe_multi(counter.prog_fd(program), str(hook.path), offsets,
+                                        [0] * len(offsets), client.pid, retprobe=ret)
+                )  # fmt: skip
         elif mode == "ecap":
             out = OUT / f"capture-{size}.jsonl"
             started = time.monotonic()
@@ -182,13 +176,12 @@ def run_once(binary: Path, env: Env, mode: str, size: int, count: int, ring_mb: 
             rss = PeakRss(tool.pid)
             _wait_for_session(env, started)
         elif mode == "kernel":
-            from ecap.capture.probes import Probes
-
-            probes = Probes(ring_mb=1024)
-            probes.authorize_pids([client.pid])
-            probes.attach(targets.resolve(client.pid))
+            kernel = KernelSide(TLS, ring_mb=1024)
+            kernel.authorize_pids([client.pid])
+            kernel.attach_tracepoints()
+            kernel.attach(TLS.resolve(client.pid, {}))
         elif mode == "bpftrace":
-            lib = targets.resolve(client.pid).display_path
+            lib = TLS.resolve(client.pid, {}).display_path
             prog = (
                 f'uprobe:{lib}:SSL_write {{ printf("%r\\n", buf(arg1, 64)); }} '
                 f'uprobe:{lib}:SSL_read {{ printf("%r\\n", buf(arg1, 64)); }}'
@@ -238,16 +231,18 @@ def run_once(binary: Path, env: Env, mode: str, size: int, count: int, ring_mb: 
             result["lost_events"] = lost
             result["captured_writes"] = lines[0]
         elif mode in ("count", "count-ret"):
-            result["counted"] = int(sum(bpf["calls"][0]))
+            values = counter.map("calls").lookup_all(bytes(4)) or []
+            result["counted"] = sum(int.from_bytes(v[:8], "little") for v in values)
         elif mode == "kernel":
-            stats = probes.stats()
+            stats = kernel.stats()
             result["lost_events"] = stats["lost_events"]
             result["captured_writes"] = "-"
     finally:
-        if bpf is not None:
-            bpf.cleanup()
-        if probes is not None:
-            probes.close()
+        attach.detach_all(links)
+        if counter is not None:
+            counter.close()
+        if kernel is not None:
+            kernel.close()
         for proc in (client, tool, server):
             if proc is not None and proc.poll() is None:
                 proc.kill()
@@ -353,6 +348,8 @@ def main() -> None:
     if os.geteuid() != 0:
         sys.exit("bench: run as root")
     binary = build()
+    global COUNT_IMAGE
+    COUNT_IMAGE = count_image()
     results = []
     with tempfile.TemporaryDirectory(prefix="ecap-bench-") as tmp:
         env = Env(Path(tmp))

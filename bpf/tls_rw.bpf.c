@@ -62,6 +62,7 @@ const volatile __u32 wakeup_every = 32;    /* wake the reader once per N records
 const struct ecap_sockinfo ecap_abi_sockinfo = {};
 
 struct call_frame {
+	__u64 sp;        /* stack pointer at entry: the return is at sp + 8 */
 	__u64 conn;
 	__u64 buf;
 	__u64 len_ptr;   /* size_t * of the _ex variants, 0 otherwise */
@@ -328,13 +329,26 @@ static __always_inline void push_frame(struct pt_regs *ctx, __u64 pid_tgid)
 		if (!stack)
 			return;
 	}
+	/* A frame at or below this entry's stack pointer belongs to a call that has
+	 * returned unseen (its return probe was not attached yet, or it unwound by
+	 * longjmp): drop it, so a missed return never shifts later calls. */
+	__u64 sp = PT_REGS_SP(ctx);
 	__u32 depth = stack->depth;
-	stack->depth = depth + 1;
+	if (depth > ECAP_CALL_DEPTH)
+		depth = 0;
+#pragma unroll
+	for (int i = ECAP_CALL_DEPTH - 1; i >= 0; i--) {
+		if ((__u32)i + 1 == depth && stack->frames[i].sp <= sp)
+			depth = i;
+	}
 	if (depth >= ECAP_CALL_DEPTH) {
+		stack->depth = depth;
 		stat_add(ECAP_STAT_DEEP_CALLS, 1);
 		return;
 	}
+	stack->depth = depth + 1;
 	struct call_frame *f = &stack->frames[depth];
+	f->sp = sp;
 	f->conn = PT_REGS_PARM1(ctx);
 	f->buf = PT_REGS_PARM2(ctx);
 	f->len_ptr = (cookie & ECAP_COOKIE_LEN_IN_ARG4) ? PT_REGS_PARM4(ctx) : 0;
@@ -342,18 +356,28 @@ static __always_inline void push_frame(struct pt_regs *ctx, __u64 pid_tgid)
 	f->cookie = (__u32)cookie;
 }
 
-/* Pops this thread's innermost call into *out; 0 when there is none to report. */
-static __always_inline int pop_frame(__u64 pid_tgid, struct call_frame *out)
+/* Pops the call returning now (its entry's stack pointer is this return's sp - 8)
+ * into *out, with any frame above it; 0 when its entry was not seen. */
+static __always_inline int pop_frame(struct pt_regs *ctx, __u64 pid_tgid, struct call_frame *out)
 {
 	struct call_stack *stack = bpf_map_lookup_elem(&calls, &pid_tgid);
-	if (!stack || stack->depth == 0)
+	if (!stack)
 		return 0;
-	__u32 depth = stack->depth - 1;
-	stack->depth = depth;
-	if (depth >= ECAP_CALL_DEPTH)
-		return 0;  /* counted at entry */
-	*out = stack->frames[depth];
-	return 1;
+	__u64 entry_sp = PT_REGS_SP(ctx) - 8;
+	__u32 depth = stack->depth;
+#pragma unroll
+	for (int i = ECAP_CALL_DEPTH - 1; i >= 0; i--) {
+		if ((__u32)i >= depth)
+			continue;
+		if (stack->frames[i].sp == entry_sp) {
+			*out = stack->frames[i];
+			stack->depth = i;
+			return 1;
+		}
+		if (stack->frames[i].sp > entry_sp)
+			return 0;  /* an outer call's frame: this return's entry was not seen */
+	}
+	return 0;
 }
 
 /* The socket for a call that just returned: its own syscall, the library's
@@ -459,7 +483,7 @@ int data_return(struct pt_regs *ctx)
 	if (!is_target(pid_tgid))
 		return 0;
 	struct call_frame f;
-	if (!pop_frame(pid_tgid, &f))
+	if (!pop_frame(ctx, pid_tgid, &f))
 		return 0;
 	__u8 kind = f.cookie & ECAP_COOKIE_KIND_MASK;
 	/* Learn the socket even from calls that failed (a non-blocking SSL_read that
@@ -538,7 +562,7 @@ int handshake_return(struct pt_regs *ctx)
 	if (!is_target(pid_tgid))
 		return 0;
 	struct call_frame f;
-	if (!pop_frame(pid_tgid, &f))
+	if (!pop_frame(ctx, pid_tgid, &f))
 		return 0;
 	__s32 fd = call_fd(pid_tgid, &f, 1);
 	int ret = (int)PT_REGS_RC(ctx);

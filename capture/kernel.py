@@ -134,7 +134,10 @@ class KernelSide:
         groups: dict[tuple[str, bool], list[Probe]] = {}
         for probe in target.probes:
             groups.setdefault((probe.program, probe.retprobe), []).append(probe)
-        for (program, retprobe), probes in groups.items():
+        # Returns first: a call entered while only its entry probe is attached would
+        # leave a frame whose return is never seen (the programs also shed such
+        # frames by their stack pointer, but need not).
+        for (program, retprobe), probes in sorted(groups.items(), key=lambda g: not g[0][1]):
             self.attachments.append(
                 attach.uprobe_multi(
                     self.obj.prog_fd(program), str(target.path), [p.offset for p in probes],

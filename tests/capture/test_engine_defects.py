@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -360,3 +361,44 @@ def _gcc_present():
     assert os.path.exists(f"{BORINGSSL_DIR}/libssl.so.0"), (
         "make setup installs android-libboringssl"
     )
+
+
+# ------------------------------------------------------------- a busy target
+
+BUSY_CLIENT = r"""
+import select, socket, ssl, sys
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+conn = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1]))))
+conn.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n")
+n = 0
+while not select.select([sys.stdin], [], [], 0.0005)[0]:  # until told to stop
+    conn.sendall(b"<%08d>" % n)
+    n += 1
+    if n == 100:
+        print("streaming", flush=True)
+print(n, flush=True)
+"""
+
+
+def test_attaching_to_a_target_in_mid_stream_misses_nothing_after_the_attach(
+    tls_server, clients, start_capture
+):
+    """Calls are in flight while the probes go in: a call whose entry was seen but
+    not its return must not shift every later call (they used to be dropped as
+    'nested too deep' for the rest of the session)."""
+    client = tls_helpers._waiting([sys.executable, "-c", BUSY_CLIENT, str(tls_server.port)])
+    clients.append(client)
+    assert client.stdout.readline() == b"streaming\n"  # well into its stream of writes
+    run = start_capture([client.pid])
+    time.sleep(1.0)
+    tls_helpers.release(client)
+    sent = int(client.stdout.readline())
+    tls_helpers.stop_process(client)
+    records = _finish(run)
+    written = read_stream(records, "write", client.pid)
+    numbers = [int(m) for m in re.findall(rb"<(\d{8})>", written)]
+    assert len(numbers) > 100
+    assert numbers == list(range(numbers[0], sent)), "a call after the attach is missing"
+    assert records[-1]["deep_calls"] == 0
+    first = min(_events(records, client.pid, "write"), key=lambda e: e["message_id"])
+    assert first["stream_offset"] == 0
