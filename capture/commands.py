@@ -133,6 +133,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _print_grant(s: dict[str, Any]) -> None:
+    """The verified claims, every one escaped: a signature does not make text safe."""
     console = _console()
     console.print("[green]token verifies[/]")
     rows = [
@@ -150,10 +151,11 @@ def _print_grant(s: dict[str, Any]) -> None:
     for label, value in rows:
         console.print(f"  {label:<13} {for_rich(str(value))}")
     for t in s["targets"]:
-        console.print(
-            f"  {'target':<13} pid {t['pid']} start {t['start_time']} "
-            f"{for_rich(t.get('exe') or '?')} sha256 {(t.get('sha256') or '?')[:16]}…"
+        line = (
+            f"pid {t['pid']} start {t['start_time']} {t.get('exe') or '?'} "
+            f"sha256 {(t.get('sha256') or '?')[:16]}…"
         )
+        console.print(f"  {'target':<13} {for_rich(line)}")
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:

@@ -9,16 +9,17 @@ it is ever joined to a path, and the loaded key's own fingerprint must equal it.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from ecap.authz.claims import SHA256_RE
 from ecap.errors import AuthorizationRefused, UsageError
 from ecap.fsutil import write_private_atomic
 
-KID_RE = re.compile(r"^[0-9a-f]{64}$")
+KID_RE = SHA256_RE
+"""A kid is the SHA-256 fingerprint of a public key."""
 
 
 def fingerprint(public_key: Ed25519PublicKey) -> str:
