@@ -10,6 +10,7 @@ only then is anything resolved in the target or loaded into the kernel. The lead
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from ecap.capture.probes import CHUNK, DEFAULT_MAX_CALL_BYTES, DEFAULT_RING_MB, MAX_MAX_CALL_BYTES
@@ -36,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="text (readable) or jsonl (the session record; see SCHEMA.md)",
     )
     parser.add_argument("--output", help="write here (created 0600) instead of stdout")
+    parser.add_argument(
+        "--force", action="store_true", help="replace --output if it exists (default: refuse)"
+    )
     parser.add_argument("--hex", action="store_true", help="show payloads as hex dumps")
     parser.add_argument(
         "--duration",
@@ -88,11 +92,16 @@ def _validate(args: argparse.Namespace) -> list[int]:
             hint=f"a multiple of {CHUNK} between {CHUNK} and {MAX_MAX_CALL_BYTES}",
         )
     if args.output:
-        parent = Path(args.output).resolve().parent
+        parent = Path(args.output).absolute().parent
         if not parent.is_dir():
             raise UsageError(
                 f"output directory {parent} does not exist",
                 hint="create it or choose another --output",
+            )
+        if os.path.lexists(args.output) and not args.force:
+            raise UsageError(
+                f"output file {args.output} already exists",
+                hint="choose a new --output or pass --force to replace it",
             )
     return pids
 
@@ -109,6 +118,10 @@ def handle(args: argparse.Namespace) -> int:
     from ecap.capture.doctor import preflight
 
     preflight()
+
+    from ecap.sessions import prepare_run_dir
+
+    prepare_run_dir()  # its owner and mode are checked before anything is authorized
 
     from ecap.authz.gate import authorize_capture
     from ecap.journal import Journal
@@ -131,6 +144,7 @@ def handle(args: argparse.Namespace) -> int:
         ring_mb=args.ring_size,
         max_call_bytes=args.max_call_bytes,
         quiet=args.quiet,
+        replace_output=args.force,
     )
     run_capture(grant, pids, options, journal=journal)
     return 0
