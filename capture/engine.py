@@ -407,6 +407,7 @@ def run_capture(
                 started_at=session.started_at,
                 expires_at=grant.expires_at,
                 jti=grant.jti,
+                journal=os.path.abspath(journal.path),
                 extra={
                     "hooked": sorted({h.display_path for h in hooks}),
                     "output": str(options.output) if options.output else None,

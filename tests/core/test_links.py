@@ -17,6 +17,8 @@ import pytest
 from ecap import fsutil, sessions
 from ecap.capture import engine
 from ecap.errors import EnvironmentNotReady, UsageError
+from ecap.journal import Journal
+from tests.core.test_journal import NoAudit
 
 SECRET = b"root:$6$not-yours:19000:0:99999:7:::\n"
 
@@ -153,6 +155,18 @@ def test_registry_is_created_private(ecap_env):
     sessions.prepare_run_dir()
     for d in (ecap_env.run_dir, ecap_env.run_dir / "sessions"):
         assert stat.S_IMODE(d.lstat().st_mode) == 0o700 and not d.is_symlink()
+
+
+def test_journal_symlink_and_hard_link_are_refused(tmp_path, victim_file):
+    link = tmp_path / "journal.jsonl"
+    link.symlink_to(victim_file)
+    with pytest.raises(EnvironmentNotReady, match=r"journal .* is a symbolic link"):
+        Journal(link, audit=NoAudit()).append("gate.refused", reason="x")
+    link.unlink()
+    os.link(victim_file, link)
+    with pytest.raises(EnvironmentNotReady, match=r"journal .* has 2 hard links"):
+        Journal(link, audit=NoAudit()).append("gate.refused", reason="x")
+    assert victim_file.read_bytes() == SECRET
 
 
 def test_atomic_writes_replace_a_planted_link_not_its_target(tmp_path, victim_file):
