@@ -102,8 +102,15 @@ def build_parser() -> Parser:
     p.add_argument("--kid", action="append", default=[], help="key fingerprint to revoke")
     _common(p)
 
-    p = sub.add_parser("journal", help="show or verify the tamper-evident journal")
-    p.add_argument("action", choices=["show", "verify"])
+    p = sub.add_parser(
+        "journal",
+        help="show or verify the tamper-evident journal, or repair a torn last entry",
+        description="show: the entries; verify: check the hash chain (exit 2 naming the "
+        "first bad line); repair: when the last write was cut short (a crash, a full "
+        "disk), move the incomplete last entry to JOURNAL.torn-TIME and journal the "
+        "repair; refused when the chain is broken anywhere else",
+    )
+    p.add_argument("action", choices=["show", "verify", "repair"])
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _common(p)
 

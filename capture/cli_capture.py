@@ -11,6 +11,7 @@ may add options of its own (``--libssl`` belongs to ``tls``).
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from ecap.capture import modules, sinks
@@ -37,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"output format (default text) — {formats}",
     )
     parser.add_argument("--output", help="write here (created 0600) instead of stdout")
+    parser.add_argument(
+        "--force", action="store_true", help="replace --output if it exists (default: refuse)"
+    )
     parser.add_argument("--hex", action="store_true", help="show payloads as hex dumps")
     parser.add_argument(
         "--duration",
@@ -103,11 +107,16 @@ def _validate(args: argparse.Namespace) -> list[int]:
     limits = abi.of(module.bpf_object)
     check_limits(args.ring_size, args.max_call_bytes, limits.CHUNK, limits.MAX_CALL_BYTES)
     if args.output:
-        parent = Path(args.output).resolve().parent
+        parent = Path(args.output).absolute().parent
         if not parent.is_dir():
             raise UsageError(
                 f"output directory {parent} does not exist",
                 hint="create it or choose another --output",
+            )
+        if os.path.lexists(args.output) and not args.force:
+            raise UsageError(
+                f"output file {args.output} already exists",
+                hint="choose a new --output or pass --force to replace it",
             )
     return pids
 
@@ -125,6 +134,10 @@ def handle(args: argparse.Namespace) -> int:
     from ecap.capture.doctor import preflight
 
     preflight(args.module)
+
+    from ecap.sessions import prepare_run_dir
+
+    prepare_run_dir()  # its owner and mode are checked before anything is authorized
 
     from ecap.authz.gate import authorize_capture
     from ecap.capture.hold import TargetHold
@@ -146,7 +159,7 @@ def handle(args: argparse.Namespace) -> int:
         module=args.module, fmt=args.format,
         output=Path(args.output) if args.output else None, hex=args.hex,
         duration=args.duration, module_options=options_for_module, ring_mb=args.ring_size,
-        max_call_bytes=args.max_call_bytes, quiet=args.quiet,
+        max_call_bytes=args.max_call_bytes, quiet=args.quiet, replace_output=args.force,
     )  # fmt: skip
     run_capture(grant, pids, options, journal=journal, hold=hold)
     return 0

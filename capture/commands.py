@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -23,7 +24,7 @@ from ecap.authz.verify import verify_token
 from ecap.capture import doctor
 from ecap.errors import EnvironmentNotReady, UsageError
 from ecap.fsutil import write_private_atomic
-from ecap.journal import Journal, verify_file
+from ecap.journal import TORN_TAIL, Journal, verify_file
 from ecap.text import for_rich, printable
 
 
@@ -133,6 +134,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _print_grant(s: dict[str, Any]) -> None:
+    """The verified claims, every one escaped: a signature does not make text safe."""
     console = _console()
     console.print("[green]token verifies[/]")
     rows = [
@@ -150,10 +152,11 @@ def _print_grant(s: dict[str, Any]) -> None:
     for label, value in rows:
         console.print(f"  {label:<13} {for_rich(str(value))}")
     for t in s["targets"]:
-        console.print(
-            f"  {'target':<13} pid {t['pid']} start {t['start_time']} "
-            f"{for_rich(t.get('exe') or '?')} sha256 {(t.get('sha256') or '?')[:16]}…"
+        line = (
+            f"pid {t['pid']} start {t['start_time']} {t.get('exe') or '?'} "
+            f"sha256 {(t.get('sha256') or '?')[:16]}…"
         )
+        console.print(f"  {'target':<13} {for_rich(line)}")
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
@@ -167,6 +170,8 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 def cmd_journal(args: argparse.Namespace) -> int:
     path = config.journal_path(args.journal)
+    if args.action == "repair":
+        return _repair_journal(path, args.json)
     status = verify_file(path)
     if args.action == "verify":
         if args.json:
@@ -176,7 +181,7 @@ def cmd_journal(args: argparse.Namespace) -> int:
         if not status.ok:
             raise UsageError(
                 f"journal {path} is broken at line {status.bad_line}: {status.problem}",
-                hint="preserve the file as evidence and compare with the audit log",
+                hint=_broken_hint(status.problem),
             )
         return 0
     entries = Journal(path).read()
@@ -198,7 +203,36 @@ def cmd_journal(args: argparse.Namespace) -> int:
         )
     _console().print(table)
     if not status.ok:
-        raise UsageError(f"journal broken at line {status.bad_line}: {status.problem}")
+        raise UsageError(
+            f"journal broken at line {status.bad_line}: {status.problem}",
+            hint=_broken_hint(status.problem),
+        )
+    return 0
+
+
+def _broken_hint(problem: str | None) -> str:
+    if problem == TORN_TAIL:
+        return "the last write was cut short: 'ecap-audit journal repair' recovers it"
+    return "preserve the file as evidence and compare with the audit log"
+
+
+def _repair_journal(path: Path, as_json: bool) -> int:
+    result = Journal(path).repair()
+    if as_json:
+        doc = {"schema": "ecap.journal-repair/1", **result.__dict__}
+        print(json.dumps(doc, indent=2, default=str))
+    elif result.action == "none":
+        print(f"{printable(str(path))}: nothing to repair ({result.entries} entries, chain intact)")
+    elif result.action == "completed":
+        print(
+            f"{printable(str(path))}: completed the newline of the last entry; journaled as "
+            f"entry {result.entries}"
+        )
+    else:
+        print(
+            f"{printable(str(path))}: removed an incomplete last entry ({result.removed_bytes} "
+            f"bytes, kept in {printable(str(result.evidence))}); journaled as entry {result.entries}"
+        )
     return 0
 
 
@@ -209,7 +243,6 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from ecap.capture.replay import render_session
 

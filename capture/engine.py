@@ -37,7 +37,7 @@ from ecap.capture.records import Clock, Decoder, Reassembler, Record
 from ecap.capture.sinks.interface import SinkOptions
 from ecap.capture.summary import summary_lines
 from ecap.errors import EnvironmentNotReady, UsageError
-from ecap.fsutil import open_private
+from ecap.fsutil import create_private_file
 from ecap.text import printable
 
 POLL_MS = 100
@@ -65,6 +65,8 @@ class CaptureOptions:
     max_call_bytes: int = DEFAULT_MAX_CALL_BYTES
     quiet: bool = False
     """No status lines on stderr (the summary is still printed)."""
+    replace_output: bool = False
+    """``--force``: replace an existing ``output`` (otherwise it is never touched)."""
 
 
 @dataclass
@@ -84,17 +86,26 @@ class _Stop:
             self.reason = reason
 
 
-def open_output(path: Path | None) -> IO[bytes]:
-    """The output file, created 0600 before anything is loaded (bad path → exit 2)."""
+def open_output(path: Path | None, *, replace: bool = False) -> IO[bytes]:
+    """The output file, created 0600 before anything is loaded (bad path → exit 2).
+
+    Never through a link and never over an existing file unless ``replace``
+    (see :func:`ecap.fsutil.create_private_file`).
+    """
     if path is None:
         return sys.stdout.buffer
     try:
-        # Big buffer: the jsonl writer emits up to ~100 MB/s of small lines.
-        return io.BufferedWriter(open_private(path).detach(), buffer_size=1 << 20)
+        fd = create_private_file(path, replace=replace)
+    except FileExistsError as exc:
+        raise UsageError(
+            f"output file {path} already exists", hint="choose a new --output or pass --force"
+        ) from exc
     except OSError as exc:
         raise UsageError(
             f"cannot write output file {path}: {exc.strerror}", hint="choose a writable path"
         ) from exc
+    # Big buffer: the jsonl writer emits up to ~100 MB/s of small lines.
+    return io.BufferedWriter(io.FileIO(fd, "wb"), buffer_size=1 << 20)
 
 
 def resolve_targets(module: CaptureModule, pids: list[int],
@@ -441,7 +452,7 @@ def run_capture(grant: Grant, pids: list[int], options: CaptureOptions, *, journ
     try:
         hold.confirm_grant(grant)
         hooks = resolve_targets(module, pids, options.module_options)
-        out = open_output(options.output)
+        out = open_output(options.output, replace=options.replace_output)
     except BaseException as exc:
         hold.close()
         _journal_failure(journal, grant, pids, f"error: {exc}")
@@ -473,7 +484,7 @@ def run_capture(grant: Grant, pids: list[int], options: CaptureOptions, *, journ
                 reason=grant.reason, module=module.name,
                 targets=[sessions.SessionTarget(pid, st) for pid, st in session.live.items()],
                 prog_ids=prog_ids, capture_pid=os.getpid(), started_at=session.started_at,
-                expires_at=grant.expires_at, jti=grant.jti,
+                expires_at=grant.expires_at, jti=grant.jti, journal=os.path.abspath(journal.path),
                 extra={"hooked": sorted({h.display_path for h in hooks}),
                        "output": str(options.output) if options.output else None},
             )

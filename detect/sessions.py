@@ -17,11 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ecap import procfs
+from ecap import config, procfs
 from ecap.errors import AuthorizationRefused
 from ecap.sessions import SessionRecord, list_sessions
 
 if TYPE_CHECKING:
+    from ecap.authz.token import Grant
     from ecap.journal import Journal
 
 # Token verification (PyJWT, cryptography) is imported only when a session file
@@ -116,6 +117,27 @@ def _journal_problem(record: SessionRecord, jti: str, evidence: JournalEvidence)
     return None
 
 
+def _exec_problem(grant: Grant, pid: int) -> str | None:
+    """Does the target still run what the token names? exec() keeps PID and start
+    time, so compare the live executable (/proc/PID/exe device/inode and SHA-256)
+    with the token's claim."""
+    from ecap.authz.policy import executable_problem
+
+    claimed = grant.target_for(pid)
+    return executable_problem(pid, claimed) if claimed else None
+
+
+def _journal_override(record: SessionRecord, journal: JournalEvidence) -> str | None:
+    """The journal a capture wrote to, when it is not the host's (tests, demos, or
+    someone hiding a capture from the host journal)."""
+    start = journal.starts.get(record.session_id) or {}
+    if start.get("journal_override"):
+        return str(start["journal_override"])
+    if record.journal and not config.is_host_journal(record.journal):
+        return record.journal
+    return None
+
+
 def evaluate(
     record: SessionRecord,
     *,
@@ -155,8 +177,11 @@ def evaluate(
         try:
             if procfs.start_time(target.pid) != target.start_time:
                 return rejected(f"target pid {target.pid} was recycled")
+            exec_problem = _exec_problem(grant, target.pid)
         except procfs.ProcessGone:
-            pass  # target exited; the capture may still be attached (judged by programs)
+            exec_problem = None  # exited; the capture may still be attached (judged by programs)
+        if exec_problem:
+            return rejected(exec_problem)
     if record.module and grant.modules and record.module not in grant.modules:
         return rejected(f"module {record.module!r} is not allowed by the token")
     problem = _journal_problem(record, grant.jti, journal)
@@ -186,6 +211,10 @@ def evaluate(
     reason = "token verified, journal grant found, programs held by the capture process"
     if status == EXPIRED:
         reason = "token genuine but expired while its programs are still attached"
+    moved = _journal_override(record, journal)
+    if moved:
+        authorization["journal_override"] = moved
+        reason += f"; WARNING: it journals to {moved}, not the host journal"
     return Verdict(
         record.session_id,
         status,

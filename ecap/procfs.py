@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 PROC = Path("/proc")
+T = TypeVar("T")
 
 
 class ProcessGone(LookupError):
@@ -72,16 +74,31 @@ def cmdline(pid: int) -> list[str]:
     return [a for a in raw.split("\0") if a] if raw else []
 
 
-def exe(pid: int) -> str | None:
-    """Path of the executable as the process's mount namespace sees it."""
+def _through_exe(pid: int, use: Callable[[Path], T]) -> T | None:
+    """``use(/proc/PID/exe)``; None for kernel threads and what we may not read."""
     try:
-        return os.readlink(PROC / str(pid) / "exe")
+        return use(PROC / str(pid) / "exe")
     except (FileNotFoundError, ProcessLookupError) as exc:
         if not pid_exists(pid):
             raise ProcessGone(str(pid)) from exc
         return None  # kernel threads have no exe
     except PermissionError:
         return None
+
+
+def exe(pid: int) -> str | None:
+    """Path of the executable as the process's mount namespace sees it."""
+    return _through_exe(pid, os.readlink)
+
+
+def exe_identity(pid: int) -> tuple[int, int] | None:
+    """(device, inode) of the file PID executes, through the /proc/PID/exe magic link.
+
+    The link names the file the process exec'd even after it was replaced or
+    deleted on disk; a later exec changes it, the start time does not.
+    """
+    st = _through_exe(pid, os.stat)
+    return (st.st_dev, st.st_ino) if st is not None else None
 
 
 def status(pid: int) -> dict[str, str]:
@@ -197,14 +214,7 @@ def exe_sha256(pid: int) -> str | None:
     Reading via the magic link hashes the file the process actually runs, even when
     it was replaced or deleted on disk afterwards.
     """
-    try:
-        return sha256_file(PROC / str(pid) / "exe")
-    except (FileNotFoundError, ProcessLookupError) as exc:
-        if not pid_exists(pid):
-            raise ProcessGone(str(pid)) from exc
-        return None
-    except PermissionError:
-        return None
+    return _through_exe(pid, sha256_file)
 
 
 def parent_chain(pid: int, *, limit: int = 32) -> list[int]:

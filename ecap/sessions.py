@@ -11,11 +11,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ecap import config
-from ecap.fsutil import write_private_atomic
+from ecap import config, fsutil
+from ecap.errors import EnvironmentNotReady
 
 SCHEMA = "ecap.session/1"
 
@@ -47,6 +48,9 @@ class SessionRecord:
     expires_at: float
     jti: str = ""
     extra: dict = field(default_factory=dict)
+    journal: str = ""
+    """The journal this capture writes to (absolute path); "" for records made
+    before captures said. Anything but the host journal is flagged by the detector."""
 
     def to_json(self) -> str:
         return json.dumps({"schema": SCHEMA, **asdict(self)}, indent=2, sort_keys=True)
@@ -61,23 +65,64 @@ class SessionRecord:
 
 
 def session_path(session_id: str, run_dir: Path | None = None) -> Path:
+    return config.sessions_dir(run_dir) / _file_name(session_id)
+
+
+def _file_name(session_id: str) -> str:
     if not session_id.replace("-", "").isalnum():
         raise ValueError(f"invalid session id {session_id!r}")
-    return config.sessions_dir(run_dir) / f"{session_id}.json"
+    return f"{session_id}.json"
+
+
+@contextlib.contextmanager
+def _sessions_fd(run_dir: Path | None, *, create: bool) -> Iterator[int]:
+    """The sessions directory, reached without following links, both levels ours.
+
+    The run directory (``ECAP_RUN_DIR``) and its ``sessions`` directory must be
+    owned by this user and writable by nobody else, or a link planted there
+    would turn the registry's mkdir, chmod and writes onto another directory.
+    """
+    root = config.run_dir(run_dir)
+    with fsutil.dir_fd(root, create=create, private=True, what="run directory") as parent:
+        fd = fsutil.open_subdir(
+            parent,
+            "sessions",
+            shown=root / "sessions",
+            create=create,
+            private=True,
+            what="sessions directory",
+        )
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def prepare_run_dir(run_dir: Path | None = None) -> None:
+    """Create or check the registry before anything is authorized (exit 4 if unsafe)."""
+    with _sessions_fd(run_dir, create=True):
+        pass
 
 
 def register(record: SessionRecord, run_dir: Path | None = None) -> Path:
     """Write (or rewrite, e.g. once program ids are known) the session file, 0600."""
-    directory = config.sessions_dir(run_dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    os.chmod(directory, 0o700)
-    return write_private_atomic(session_path(record.session_id, run_dir), record.to_json())
+    name = _file_name(record.session_id)
+    with _sessions_fd(run_dir, create=True) as directory:
+        fsutil.write_private_atomic_at(directory, name, record.to_json())
+    return config.sessions_dir(run_dir) / name
 
 
 def unregister(session_id: str, run_dir: Path | None = None) -> None:
-    """Remove the session file; a missing file is fine (idempotent cleanup)."""
-    with contextlib.suppress(FileNotFoundError):
-        session_path(session_id, run_dir).unlink()
+    """Remove the session file; a missing file or directory is fine (idempotent cleanup).
+
+    Runs on the way out of a capture, so it never raises: a file it could not
+    remove is a stale claim the detector rejects (its process holds no programs).
+    """
+    with (
+        contextlib.suppress(OSError, EnvironmentNotReady),
+        _sessions_fd(run_dir, create=False) as directory,
+    ):
+        os.unlink(_file_name(session_id), dir_fd=directory)
 
 
 def list_sessions(

@@ -305,6 +305,8 @@ def journal_view(path: Path, session_id: str, jti: str | None) -> dict[str, Any]
                 "pids": entry.get("pids"),
                 "detail": entry.get("reason") or entry.get("stop_reason") or "",
                 "hash": entry.get("hash"),
+                "journal_override": entry.get("journal_override"),
+                "single_use_dir_override": entry.get("single_use_dir_override"),
                 "in_verified_chain": status.ok or index < status.entries,
                 "hash_ok": entry.get("hash") == entry_hash(entry),
             }
@@ -342,6 +344,31 @@ def journal_checks(j: dict[str, Any]) -> list[Check]:
             + (f"; {len(unverified)} not verified" if unverified else ""),
         )
     )
+    return out
+
+
+def override_warnings(j: dict[str, Any]) -> list[str]:
+    """What the session's own journal entries say was kept off the host's state.
+
+    Not a failed check: tests and demos journal elsewhere on purpose. But an
+    auditor must see that the host journal has no record of this capture, or that
+    a single-use token was tracked outside the host's single-use directory.
+    """
+    out = []
+    moved = sorted({e["journal_override"] for e in j["entries"] if e.get("journal_override")})
+    if moved:
+        out.append(
+            f"journaled to {', '.join(moved)}, not the host journal "
+            f"{config.DEFAULT_JOURNAL}: the host journal has no record of this capture"
+        )
+    spent = sorted(
+        {e["single_use_dir_override"] for e in j["entries"] if e.get("single_use_dir_override")}
+    )
+    if spent:
+        out.append(
+            f"single-use token tracked in {', '.join(spent)} ({config.UNSAFE_SINGLE_USE_ENV}), "
+            f"not the host's {config.DEFAULT_SINGLE_USE_DIR}: it may have been used elsewhere"
+        )
     return out
 
 
@@ -427,6 +454,7 @@ def build_view(
         else "not fully established",
         "verdict_ok": not violated and not unknown,
         "checks": [c.as_dict() for c in checks],
+        "warnings": override_warnings(j),
         "totals": totals,
         "connections": conns,
         "journal": j,

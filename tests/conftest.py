@@ -1,8 +1,9 @@
 """Fixtures shared by every test area.
 
 ``ecap_env`` gives a test its own trust directory (with a fresh signing key),
-journal and run directory, exported through ECAP_* variables so that both
-library calls and ``ecap-audit`` subprocesses use them and never the host's.
+journal, run directory and single-use state, exported through ECAP_* variables
+so that both library calls and ``ecap-audit`` subprocesses use them and never
+the host's.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class EcapEnv:
     trust_dir: Path
     journal: Path
     run_dir: Path
+    single_use_dir: Path
     key_prefix: Path
     kid: str
     env: dict[str, str] = field(default_factory=dict)
@@ -76,11 +78,10 @@ class EcapEnv:
         return path
 
     def run(self, tool: str, *args: str, **kwargs) -> subprocess.CompletedProcess[str]:
-        """Run an ecap console script with this env; output captured as text."""
+        """Run an ecap console script with this env (or ``env=``); output captured as text."""
         kwargs.setdefault("timeout", 120)
-        return subprocess.run(
-            [ecap_cmd(tool), *args], env=self.env, capture_output=True, text=True, **kwargs
-        )
+        kwargs.setdefault("env", self.env)
+        return subprocess.run([ecap_cmd(tool), *args], capture_output=True, text=True, **kwargs)
 
 
 @pytest.fixture
@@ -90,6 +91,7 @@ def ecap_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[EcapEn
     trust_dir = root / "trusted-keys"
     journal = root / "journal.jsonl"
     run_dir = root / "run"
+    single_use_dir = root / "used-tokens"
     prefix = root / "signer"
     _, pub, kid = keys.generate(prefix)
     keys.install_trusted(pub, trust_dir)
@@ -98,11 +100,12 @@ def ecap_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[EcapEn
         "ECAP_TRUST_DIR": str(trust_dir),
         "ECAP_JOURNAL": str(journal),
         "ECAP_RUN_DIR": str(run_dir),
+        "ECAP_UNSAFE_SINGLE_USE_DIR": str(single_use_dir),
         "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}",
     }
-    for name in ("ECAP_TRUST_DIR", "ECAP_JOURNAL", "ECAP_RUN_DIR"):
+    for name in ("ECAP_TRUST_DIR", "ECAP_JOURNAL", "ECAP_RUN_DIR", "ECAP_UNSAFE_SINGLE_USE_DIR"):
         monkeypatch.setenv(name, env[name])
-    yield EcapEnv(root, trust_dir, journal, run_dir, prefix, kid, env)
+    yield EcapEnv(root, trust_dir, journal, run_dir, single_use_dir, prefix, kid, env)
 
 
 @pytest.fixture

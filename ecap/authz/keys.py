@@ -9,16 +9,18 @@ it is ever joined to a path, and the loaded key's own fingerprint must equal it.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from ecap import fsutil
+from ecap.authz.claims import SHA256_RE
 from ecap.errors import AuthorizationRefused, UsageError
 from ecap.fsutil import write_private_atomic
 
-KID_RE = re.compile(r"^[0-9a-f]{64}$")
+KID_RE = SHA256_RE
+"""A kid is the SHA-256 fingerprint of a public key."""
 
 
 def fingerprint(public_key: Ed25519PublicKey) -> str:
@@ -122,8 +124,9 @@ def install_trusted(public_path: str | os.PathLike[str], trust_dir: Path) -> tup
     """Copy a public key into the trust directory under its fingerprint."""
     key = load_public(public_path)
     kid = fingerprint(key)
-    trust_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
-    dest = write_private_atomic(trust_dir / f"{kid}.pub", public_pem(key), mode=0o644)
+    with fsutil.dir_fd(trust_dir, create=True, mode=0o755, what="trust directory") as directory:
+        fsutil.write_private_atomic_at(directory, f"{kid}.pub", public_pem(key), mode=0o644)
+    dest = trust_dir / f"{kid}.pub"
     return dest, kid
 
 

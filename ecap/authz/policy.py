@@ -29,6 +29,7 @@ from ecap.authz.token import (
     MAX_LIFETIME_SECONDS,
     MAX_TOKEN_BYTES,
     Grant,
+    Target,
     grant_from_claims,
 )
 from ecap.errors import AuthorizationRefused
@@ -226,8 +227,32 @@ class PidsInScope:
                 )
 
 
+def executable_problem(pid: int, target: Target) -> str | None:
+    """Why PID does not run the executable its token target names, or None when it does.
+
+    The start time survives exec(), so PID + start time alone cannot tell the
+    process that was authorized from the program it exec'd since. The token's
+    device/inode (when present) must be the file /proc/PID/exe names now, and its
+    SHA-256 (when present) that file's hash. Raises ProcessGone for an exited PID.
+    """
+    if target.exe_ino is not None and procfs.exe_identity(pid) != (
+        target.exe_dev,
+        target.exe_ino,
+    ):
+        return (
+            f"PID {pid} now runs another executable file than the token names "
+            "(device/inode of /proc/PID/exe differ): it exec'd something else"
+        )
+    if target.sha256 and procfs.exe_sha256(pid) != target.sha256:
+        return (
+            f"PID {pid} runs an executable whose SHA-256 differs from the token's "
+            "(it exec'd something else, or the binary is not the one authorized)"
+        )
+    return None
+
+
 class ExecutableMatches:
-    """When the token pins an executable hash, the running binary must have it."""
+    """When the token pins the executable, the running binary must be that one."""
 
     def __init__(self, pids: Sequence[int]) -> None:
         self.pids = list(dict.fromkeys(pids))
@@ -236,16 +261,14 @@ class ExecutableMatches:
         g = ctx.require_grant()
         for pid in self.pids:
             target = g.target_for(pid)
-            if target is None or not target.sha256:
+            if target is None:
                 continue
             try:
-                digest = procfs.exe_sha256(pid)
+                problem = executable_problem(pid, target)
             except procfs.ProcessGone as exc:
                 raise AuthorizationRefused(f"PID {pid} is not running") from exc
-            if digest != target.sha256:
-                raise AuthorizationRefused(
-                    f"PID {pid} runs an executable whose SHA-256 differs from the token's"
-                )
+            if problem:
+                raise AuthorizationRefused(problem)
 
 
 class Allowed:

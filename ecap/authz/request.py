@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from ecap import host, procfs
+from ecap.authz import claims
 from ecap.errors import UsageError
+from ecap.text import printable
 
 SCHEMA = "ecap.request/1"
 
@@ -35,13 +37,16 @@ def known_modes() -> tuple[str, ...]:
 
 
 def describe_target(pid: int) -> dict[str, Any]:
-    """PID, start time, exe path and SHA-256 of one live process."""
+    """PID, start time, executable (path, device, inode, SHA-256) of one live process."""
     try:
+        identity = procfs.exe_identity(pid)
         return {
             "pid": pid,
             "start_time": procfs.start_time(pid),
             "exe": procfs.exe(pid),
             "sha256": procfs.exe_sha256(pid),
+            "exe_dev": identity[0] if identity else None,
+            "exe_ino": identity[1] if identity else None,
             "comm": procfs.comm(pid),
         }
     except procfs.ProcessGone as exc:
@@ -51,7 +56,10 @@ def describe_target(pid: int) -> dict[str, Any]:
 def validate_choices(values: list[str], allowed: tuple[str, ...], what: str) -> list[str]:
     for value in values:
         if value not in allowed:
-            raise UsageError(f"unknown {what} {value!r}", hint=f"choose from {', '.join(allowed)}")
+            raise UsageError(
+                f"unknown {what} {printable(str(value))!r}",
+                hint=f"choose from {', '.join(allowed)}",
+            )
     return sorted(set(values))
 
 
@@ -63,7 +71,7 @@ def build(
         raise UsageError("at least one --pid is required")
     if not reason.strip():
         raise UsageError("--reason must say why the capture is needed")
-    return {
+    doc = {
         "schema": SCHEMA,
         "created_at": int(time.time()),
         "host": {"hostname": host.hostname(), "machine_id": host.machine_id()},
@@ -72,6 +80,28 @@ def build(
         "modes": validate_choices(modes or list(known_modes()), known_modes(), "output mode"),
         "reason": reason.strip(),
     }
+    return validate(doc, "the request for this host")
+
+
+def validate(doc: Any, source: str) -> dict[str, Any]:
+    """Check every field's shape (see :mod:`ecap.authz.claims`); exit 2 naming the field."""
+    try:
+        if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+            raise claims.ClaimError(f"it is not an ecap request (schema {SCHEMA})")
+        claims.host(doc.get("host"), "host")
+        claims.targets(doc.get("targets"), "targets")
+        for i, t in enumerate(doc["targets"]):
+            claims.comm(t.get("comm"), f"targets[{i}].comm")
+        claims.names(doc.get("modules"), "modules")
+        claims.names(doc.get("modes"), "modes")
+        claims.text(doc.get("reason"), "reason", limit=claims.MAX_REASON)
+    except claims.ClaimError as exc:
+        raise UsageError(
+            f"{source}: {exc}", hint="make the request with 'ecap-audit request' on the target host"
+        ) from exc
+    validate_choices(doc["modules"], known_modules(), "module")
+    validate_choices(doc["modes"], known_modes(), "output mode")
+    return doc
 
 
 def load(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -80,22 +110,6 @@ def load(path: str | os.PathLike[str]) -> dict[str, Any]:
         doc = json.loads(Path(path).read_text())
     except OSError as exc:
         raise UsageError(f"cannot read request {path}: {exc.strerror}") from exc
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"request {path} is not JSON ({exc.msg} at line {exc.lineno})") from exc
-    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
-        raise UsageError(f"{path} is not an ecap request (schema {SCHEMA})")
-    try:
-        hostinfo = doc["host"]
-        if not isinstance(hostinfo.get("hostname"), str) or not hostinfo.get("hostname"):
-            raise KeyError("host.hostname")
-        targets = doc["targets"]
-        if not targets:
-            raise KeyError("targets")
-        for t in targets:
-            if not isinstance(t["pid"], int) or not isinstance(t["start_time"], int):
-                raise KeyError("targets[].pid/start_time")
-        validate_choices(doc["modules"], known_modules(), "module")
-        validate_choices(doc["modes"], known_modes(), "output mode")
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise UsageError(f"request {path} is missing or has an invalid field: {exc}") from exc
-    return doc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"request {path} is not JSON ({exc})") from exc
+    return validate(doc, f"request {path}")

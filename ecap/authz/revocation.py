@@ -16,7 +16,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ecap import config
-from ecap.authz import keys
+from ecap.authz import claims, keys
 from ecap.errors import AuthorizationRefused, UsageError
 from ecap.fsutil import write_private_atomic
 
@@ -41,16 +41,16 @@ def load(trust_dir: Path) -> Revocations:
     try:
         header = jwt.get_unverified_header(text)
         key = keys.trusted_key(trust_dir, header.get("kid"))
-        claims = jwt.decode(text, key, algorithms=["EdDSA"], options={"require": ["iat"]})
+        listed = jwt.decode(text, key, algorithms=["EdDSA"], options={"require": ["iat"]})
     except (jwt.PyJWTError, AuthorizationRefused) as exc:
         raise AuthorizationRefused(
             f"revocation list {path} does not verify ({exc}); refusing all tokens",
             hint="re-create it with 'ecap-audit revoke'",
         ) from exc
-    if claims.get("typ") != TYPE:
+    if listed.get("typ") != TYPE:
         raise AuthorizationRefused(f"{path} is not an ecap revocation list; refusing all tokens")
     return Revocations(
-        frozenset(map(str, claims.get("jtis", []))), frozenset(map(str, claims.get("kids", [])))
+        frozenset(map(str, listed.get("jtis", []))), frozenset(map(str, listed.get("kids", [])))
     )
 
 
@@ -62,17 +62,20 @@ def revoke(
         raise UsageError("nothing to revoke", hint="give --jti and/or --kid")
     for kid in kids:
         if not keys.KID_RE.match(kid):
-            raise UsageError(f"--kid {kid!r} is not a key fingerprint (64 hex digits)")
+            raise UsageError("a --kid is not a key fingerprint (64 lowercase hex digits)")
+    for jti in jtis:
+        if not claims.JTI_RE.match(jti):
+            raise UsageError("a --jti is not a token id (32 lowercase hex digits)")
     current = load(trust_dir)
     updated = Revocations(current.jtis | set(jtis), current.kids | set(kids))
-    claims = {
+    payload = {
         "typ": TYPE,
         "iat": int(time.time()),
         "jtis": sorted(updated.jtis),
         "kids": sorted(updated.kids),
     }
     token = jwt.encode(
-        claims, key, algorithm="EdDSA", headers={"kid": keys.fingerprint(key.public_key())}
+        payload, key, algorithm="EdDSA", headers={"kid": keys.fingerprint(key.public_key())}
     )
     path = write_private_atomic(config.revocation_path(trust_dir), token + "\n", mode=0o644)
     return path, updated

@@ -8,8 +8,11 @@ Claims (DESIGN.md "What a token is"):
 ``jti``          unique id (revocation, single use, journal correlation)
 ``iat/nbf/exp``  issue time, validity window
 ``host``         ``{"hostname", "machine_id"}`` of the one host it is valid on
-``scope``        ``{"targets": [{"pid", "start_time", "exe", "sha256"}], "modules",
-                 "modes", "single_use"}``
+``scope``        ``{"targets": [{"pid", "start_time", "exe", "sha256", "exe_dev",
+                 "exe_ino"}], "modules", "modes", "single_use"}``
+
+Every claim's shape is checked by :mod:`ecap.authz.claims` before signing and
+again when a token is verified.
 
 The header's ``kid`` is the signing key's fingerprint; ``alg`` is always EdDSA.
 """
@@ -25,7 +28,9 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from ecap.authz import claims
 from ecap.authz.keys import fingerprint
+from ecap.authz.request import validate as validate_request
 from ecap.errors import UsageError
 
 ALGORITHM = "EdDSA"
@@ -50,12 +55,15 @@ def parse_duration(text: str) -> int:
 
 @dataclass(frozen=True)
 class Target:
-    """One process the token authorizes: PID bound to its start time."""
+    """One process the token authorizes: PID bound to its start time and executable."""
 
     pid: int
     start_time: int
     exe: str | None = None
     sha256: str | None = None
+    exe_dev: int | None = None
+    """Device and inode of the executable when the request was made (/proc/PID/exe)."""
+    exe_ino: int | None = None
 
 
 @dataclass(frozen=True)
@@ -105,32 +113,33 @@ class Grant:
         }
 
 
-def grant_from_claims(token: str, kid: str, claims: dict[str, Any]) -> Grant:
-    """Build a Grant from decoded, signature-checked claims (shape errors → ValueError)."""
-    scope = claims["scope"]
-    hostinfo = claims["host"]
-    targets = tuple(
-        Target(int(t["pid"]), int(t["start_time"]), t.get("exe"), t.get("sha256"))
-        for t in scope["targets"]
-    )
-    if not targets:
-        raise ValueError("scope has no targets")
+def grant_from_claims(token: str, kid: str, decoded: dict[str, Any]) -> Grant:
+    """Build a Grant from decoded, signature-checked claims.
+
+    Every claim's shape is checked (:class:`~ecap.authz.claims.ClaimError`, a
+    ValueError, names the bad field): a signature says who wrote the claims, not
+    that they are sane.
+    """
+    scope = claims.object_(decoded.get("scope"), "scope")
+    hostinfo = claims.host(decoded.get("host"))
     return Grant(
         token=token,
-        jti=str(claims["jti"]),
+        jti=claims.jti(decoded.get("jti")),
         kid=kid,
-        issuer=str(claims.get("iss", "")),
-        operator=str(claims["sub"]),
-        reason=str(claims.get("reason", "")),
-        issued_at=float(claims["iat"]),
-        not_before=float(claims["nbf"]),
-        expires_at=float(claims["exp"]),
-        hostname=str(hostinfo["hostname"]),
-        machine_id=hostinfo.get("machine_id"),
-        targets=targets,
-        modules=tuple(scope["modules"]),
-        modes=tuple(scope["modes"]),
-        single_use=bool(scope.get("single_use", False)),
+        issuer=claims.text(decoded.get("iss"), "iss"),
+        operator=claims.text(decoded.get("sub"), "sub"),
+        reason=claims.text(
+            decoded.get("reason", ""), "reason", required=False, limit=claims.MAX_REASON
+        ),
+        issued_at=claims.timestamp(decoded.get("iat"), "iat"),
+        not_before=claims.timestamp(decoded.get("nbf"), "nbf"),
+        expires_at=claims.timestamp(decoded.get("exp"), "exp"),
+        hostname=hostinfo["hostname"],
+        machine_id=hostinfo["machine_id"],
+        targets=tuple(Target(**t) for t in claims.targets(scope.get("targets"), "scope.targets")),
+        modules=tuple(claims.names(scope.get("modules"), "scope.modules")),
+        modes=tuple(claims.names(scope.get("modes"), "scope.modes")),
+        single_use=claims.flag(scope.get("single_use", False), "scope.single_use"),
     )
 
 
@@ -153,6 +162,13 @@ def issue(
         raise UsageError("--operator must name the person who will run the capture")
     if not reason.strip():
         raise UsageError("--reason must say why the capture is authorized")
+    try:
+        claims.text(operator.strip(), "--operator")
+        claims.text(reason.strip(), "--reason", limit=claims.MAX_REASON)
+        claims.text(issuer, "--issuer")
+    except claims.ClaimError as exc:
+        raise UsageError(str(exc), hint="use printable text") from exc
+    request = validate_request(request, "the request")
     if ttl_seconds > max_lifetime:
         raise UsageError(
             f"--ttl {ttl_seconds}s exceeds the maximum token lifetime of {max_lifetime}s",
@@ -161,7 +177,7 @@ def issue(
     granted_modules = _narrow(request["modules"], modules, "module")
     granted_modes = _narrow(request["modes"], modes, "mode")
     issued = int(now if now is not None else time.time())
-    claims = {
+    payload = {
         "iss": issuer,
         "sub": operator.strip(),
         "reason": reason.strip(),
@@ -173,7 +189,7 @@ def issue(
         "host": dict(request["host"]),
         "scope": {
             "targets": [
-                {k: t.get(k) for k in ("pid", "start_time", "exe", "sha256")}
+                {k: v for k, v in claims.target(t, "target").items() if v is not None}
                 for t in request["targets"]
             ],
             "modules": granted_modules,
@@ -182,7 +198,7 @@ def issue(
         },
     }
     headers = {"kid": fingerprint(key.public_key()), "typ": "JWT"}
-    return jwt.encode(claims, key, algorithm=ALGORITHM, headers=headers)
+    return jwt.encode(payload, key, algorithm=ALGORITHM, headers=headers)
 
 
 def _narrow(requested: list[str], chosen: list[str] | None, what: str) -> list[str]:

@@ -88,6 +88,7 @@ def isolated_env(root: Path) -> dict[str, str]:
         "ECAP_TRUST_DIR": str(root / "trusted-keys"),
         "ECAP_JOURNAL": str(root / "journal.jsonl"),
         "ECAP_RUN_DIR": str(root / "run"),
+        "ECAP_UNSAFE_SINGLE_USE_DIR": str(root / "used-tokens"),
     }
 
 

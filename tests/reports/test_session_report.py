@@ -62,11 +62,15 @@ def test_report_verifies_authorization_scope_traffic_and_journal(session, tmp_pa
     events = [e["event"] for e in view["journal"]["entries"]]
     assert events == ["gate.granted", "capture.start", "capture.stop"]
     assert view["journal"]["ok"] and all(e["in_verified_chain"] for e in view["journal"]["entries"])
+    # the fixture journals outside the host journal: flagged, though not a violation
+    [warning] = view["warnings"]
+    assert f"journaled to {session.env['ECAP_JOURNAL']}, not the host journal" in warning
 
     browser.assert_valid_html5(html)
     dom = browser.dump_dom(html)
     text = unescape(re.sub(r"<[^>]+>", "", dom))
     assert "Verdict: inside its authorization" in text
+    assert "Warning: journaled to" in text
     assert "script>\\x1b[31m" in text  # the hostile comm, visible and inert
     assert "<b>alice</b>" in text and "data-pwned=" not in dom and dom.count("<script") == 1
     assert len(browser.screenshot(html, tmp_path / "session.png")) > 10_000
