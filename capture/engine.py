@@ -12,6 +12,7 @@ SIGINT/SIGTERM), and always detaches and unregisters on the way out.
 from __future__ import annotations
 
 import collections
+import contextlib
 import io
 import os
 import signal
@@ -36,7 +37,7 @@ from ecap.capture.modules.interface import CaptureModule, HookTarget
 from ecap.capture.records import Clock, Decoder, Reassembler, Record
 from ecap.capture.sinks.interface import SinkOptions
 from ecap.capture.summary import summary_lines
-from ecap.errors import EnvironmentNotReady, UsageError
+from ecap.errors import EnvironmentNotReady, Error, UsageError
 from ecap.fsutil import create_private_file
 from ecap.text import printable
 
@@ -540,21 +541,33 @@ def run_capture(grant: Grant, pids: list[int], options: CaptureOptions, *, journ
             sessions.unregister(session.session_id)
         for s, handler in previous.items():
             signal.signal(s, handler)
-        summary = _finish(session, stats, out) if started else None
-        if out is not sys.stdout.buffer:
-            out.close()
-        if not started:
-            # Failed between the grant and the start: no empty output file left
-            # behind, and the journal says what became of the grant.
-            if options.output is not None:
-                options.output.unlink(missing_ok=True)
-            _journal_failure(journal, grant, pids, stop.reason or "error: stopped before start")
+        try:
+            summary = _finish(session, stats, out) if started else None
+        finally:
+            if out is not sys.stdout.buffer:
+                out.close()
+            if not started:
+                # Failed between the grant and the start: no empty output file left
+                # behind, and the journal says what became of the grant.
+                if options.output is not None:
+                    options.output.unlink(missing_ok=True)
+                _journal_failure(journal, grant, pids, stop.reason or "error: stopped before start")
     assert summary is not None
     return summary
 
 
 def _journal_failure(journal: Any, grant: Grant, pids: list[int], reason: str) -> None:
-    """Close a granted authorization that never became a capture (no journal gap)."""
+    """Close a granted authorization that never became a capture (no journal gap).
+
+    Only called while another error is on its way out: if the journal cannot take
+    this entry either (a full disk), that first error is the one the operator
+    needs to see, and the journal's own append failure is in the audit trail.
+    """
+    with contextlib.suppress(Error):
+        _append_failure(journal, grant, pids, reason)
+
+
+def _append_failure(journal: Any, grant: Grant, pids: list[int], reason: str) -> None:
     journal.append("capture.failed", jti=grant.jti, operator=grant.operator, pids=pids,
                    reason=reason)  # fmt: skip
 
