@@ -27,22 +27,22 @@
 #define ECAP_KIND_CLOSE 6      /* close(2) of a socket */
 #define ECAP_KIND_EXEC 7       /* a target called execve: it left the allow-list */
 #define ECAP_KIND_SOCKET 8     /* a connection's socket learned: data is struct ecap_sockinfo */
+#define ECAP_KIND_THREAD 9     /* a thread's first record: data is struct ecap_threadinfo */
 
 /* Record flags. */
 #define ECAP_FLAG_LAST 1       /* last record of this call */
 #define ECAP_FLAG_TRUNCATED 2  /* the call moved more than the per-call limit */
 #define ECAP_FLAG_FAULT 4      /* len bytes at offset could not be read: no data follows */
 
-/* Per-CPU counters (the stats map). */
+/* Per-CPU counters (the stats map): only what goes wrong is counted in the
+ * kernel; records that arrive are counted by user space. */
 #define ECAP_STAT_LOST_EVENTS 0     /* ring reservations that failed */
 #define ECAP_STAT_LOST_BYTES 1      /* payload bytes in those records */
 #define ECAP_STAT_TRUNCATED_BYTES 2 /* bytes beyond the per-call limit */
 #define ECAP_STAT_FAILED_CALLS 3    /* calls that returned an error or would block */
-#define ECAP_STAT_EVENTS 4          /* records committed */
-#define ECAP_STAT_SINCE_WAKEUP 5    /* records since the reader was last woken */
-#define ECAP_STAT_FAULT_BYTES 6     /* bytes of user memory that could not be read */
-#define ECAP_STAT_DEEP_CALLS 7      /* calls nested deeper than ECAP_CALL_DEPTH: not captured */
-#define ECAP_NSTATS 8
+#define ECAP_STAT_FAULT_BYTES 4     /* bytes of user memory that could not be read */
+#define ECAP_STAT_DEEP_CALLS 5      /* calls nested deeper than ECAP_CALL_DEPTH: not captured */
+#define ECAP_NSTATS 6
 
 /* In-flight calls per thread: a data call may run a handshake inside it
  * (BoringSSL's SSL_write calls SSL_do_handshake); each gets its own frame. */
@@ -67,22 +67,29 @@ struct ecap_sockinfo {
 	__u8 raddr[16];
 };
 
+/* Who a thread is, sent once per thread (not in every record: the per-call cost
+ * of bpf_get_current_comm and the uid lookup is paid once). */
+struct ecap_threadinfo {
+	__u32 uid;
+	__u32 gid;
+	char comm[16];
+};
+
 struct ecap_record {
-	__u64 ts_ns;     /* CLOCK_MONOTONIC at the call's return */
-	__u64 conn;      /* the library's connection object (SSL*, session...) */
+	__u64 ts_ns;      /* CLOCK_MONOTONIC at the call's return */
+	__u64 conn;       /* the library's connection object (SSL*, session...) */
 	__u64 stream_off; /* data: where this call starts in its direction of the connection
 			   * (bytes the process moved since the capture first saw it) */
 	__u32 pid;
 	__u32 tid;
-	__u32 uid;
-	__s32 fd;        /* socket fd, -1 when not (yet) known */
-	__u32 total;     /* real byte count of the call */
-	__u32 offset;    /* offset of this record's bytes within the call */
-	__u32 len;       /* payload bytes in this record (bytes missing, with FLAG_FAULT) */
+	__s32 fd;         /* socket fd, -1 when not (yet) known */
+	__u32 total;      /* real byte count of the call */
+	__u32 offset;     /* offset of this record's bytes within the call */
+	__u32 len;        /* payload bytes in this record (bytes missing, with FLAG_FAULT) */
 	__u8 kind;
 	__u8 flags;
-	__u16 family;    /* KIND_CONNECT: address family */
-	char comm[16];
+	__u16 family;     /* KIND_CONNECT: address family */
+	__u32 pad;
 	__u8 data[ECAP_CHUNK];
 };
 

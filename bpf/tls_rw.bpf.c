@@ -55,11 +55,12 @@ struct task_struct { struct files_struct *files; } PA;
 
 /* Set by user space before load (the loader copies them in; the map is frozen,
  * so the verifier sees constants). */
-const volatile __u32 max_chunks = 16;      /* --max-call-bytes / ECAP_CHUNK */
-const volatile __u32 wakeup_every = 32;    /* wake the reader once per N records per CPU */
-/* Not used at run time: keeps the layout in the object's BTF, whence the loader
- * file records it for the Python side. */
+const volatile __u32 max_chunks = 16;        /* --max-call-bytes / ECAP_CHUNK */
+const volatile __u64 wake_at_bytes = 1 << 20; /* wake the reader once this much is pending */
+/* Not used at run time: keep the layouts in the object's BTF, whence the loader
+ * file records them for the Python side. */
 const struct ecap_sockinfo ecap_abi_sockinfo = {};
+const struct ecap_threadinfo ecap_abi_threadinfo = {};
 
 struct call_frame {
 	__u64 sp;        /* stack pointer at entry: the return is at sp + 8 */
@@ -70,8 +71,12 @@ struct call_frame {
 	__u32 cookie;
 };
 
-struct call_stack {
-	__u32 depth;
+/* Per thread, in task-local storage: no hash lookup on the hot path, and the
+ * kernel frees it with the thread. */
+struct thread_state {
+	__u32 depth;               /* frames in use */
+	__u32 announced;           /* its ecap_threadinfo was sent */
+	__s32 last_read_fd1;       /* 1 + the socket read last outside any call, 0: none */
 	__u32 pad;
 	struct call_frame frames[ECAP_CALL_DEPTH];
 };
@@ -96,14 +101,12 @@ struct {
 	__type(value, __u8);
 } target_pids SEC(".maps");
 
-/* pid_tgid -> calls in flight on that thread (LRU: a thread that died inside a
- * call cannot pin a slot forever). */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 10240);
-	__type(key, __u64);
-	__type(value, struct call_stack);
-} calls SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct thread_state);
+} threads SEC(".maps");
 
 /* (tgid, connection object) -> its socket and stream positions. Keyed by process
  * too: forked workers share heap addresses, so the same SSL* names different
@@ -114,15 +117,6 @@ struct {
 	__type(key, struct conn_key);
 	__type(value, struct conn_state);
 } conns SEC(".maps");
-
-/* pid_tgid -> the socket this thread read last outside any call (memory-BIO
- * users such as node read the socket themselves, then hand bytes to SSL_read). */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 10240);
-	__type(key, __u64);
-	__type(value, __s32);
-} last_read_fd SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -144,6 +138,8 @@ struct {
 	__uint(max_entries, 1 << 24);
 } events SEC(".maps");
 
+#define HDR_SIZE offsetof(struct ecap_record, data)
+
 static __always_inline int is_target(__u64 pid_tgid)
 {
 	__u32 tgid = pid_tgid >> 32;
@@ -157,20 +153,19 @@ static __always_inline void stat_add(__u32 idx, __u64 value)
 		*slot += value;
 }
 
-/* Waking the reader for every record costs the traced process an IPI per call;
- * wake it every wakeup_every records per CPU (the reader also polls with a short
- * timeout, so latency stays bounded). */
+/* Waking the reader for every record costs the traced process an IPI per call:
+ * wake it when a good amount is pending; it also polls with a short timeout. */
 static __always_inline __u64 wakeup_flags(void)
 {
-	__u32 idx = ECAP_STAT_SINCE_WAKEUP;
-	__u64 *since = bpf_map_lookup_elem(&stats, &idx);
-	if (!since)
-		return 0;
-	*since += 1;
-	if (*since < wakeup_every)
-		return BPF_RB_NO_WAKEUP;
-	*since = 0;
-	return BPF_RB_FORCE_WAKEUP;
+	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wake_at_bytes
+		       ? BPF_RB_FORCE_WAKEUP
+		       : BPF_RB_NO_WAKEUP;
+}
+
+static __always_inline struct thread_state *thread_state(int create)
+{
+	return bpf_task_storage_get(&threads, bpf_get_current_task_btf(), 0,
+				    create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
 }
 
 static __always_inline void fill_header(struct ecap_record *ev, __u64 pid_tgid, __u8 kind,
@@ -181,7 +176,6 @@ static __always_inline void fill_header(struct ecap_record *ev, __u64 pid_tgid, 
 	ev->stream_off = 0;
 	ev->pid = pid_tgid >> 32;
 	ev->tid = (__u32)pid_tgid;
-	ev->uid = (__u32)bpf_get_current_uid_gid();
 	ev->fd = fd;
 	ev->total = 0;
 	ev->offset = 0;
@@ -189,32 +183,40 @@ static __always_inline void fill_header(struct ecap_record *ev, __u64 pid_tgid, 
 	ev->kind = kind;
 	ev->flags = ECAP_FLAG_LAST;
 	ev->family = 0;
-	bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
-}
-
-/* A record with no payload, written straight into the ring. */
-static __always_inline struct ecap_record *reserve_header(void)
-{
-	struct ecap_record *ev =
-		bpf_ringbuf_reserve(&events, offsetof(struct ecap_record, data), 0);
-	if (!ev)
-		stat_add(ECAP_STAT_LOST_EVENTS, 1);
-	return ev;
-}
-
-static __always_inline void submit_header(struct ecap_record *ev, __u64 wake)
-{
-	bpf_ringbuf_submit(ev, wake);
-	stat_add(ECAP_STAT_EVENTS, 1);
+	ev->pad = 0;
 }
 
 static __always_inline void emit_header(__u64 pid_tgid, __u8 kind, __u64 conn, __s32 fd)
 {
-	struct ecap_record *ev = reserve_header();
-	if (!ev)
+	struct ecap_record *ev = bpf_ringbuf_reserve(&events, HDR_SIZE, 0);
+	if (!ev) {
+		stat_add(ECAP_STAT_LOST_EVENTS, 1);
 		return;
+	}
 	fill_header(ev, pid_tgid, kind, conn, fd);
-	submit_header(ev, wakeup_flags());
+	bpf_ringbuf_submit(ev, wakeup_flags());
+}
+
+/* A thread's first record is preceded by who it is (uid, comm), once. */
+static __always_inline void announce(struct thread_state *ts, __u64 pid_tgid)
+{
+	if (ts->announced)
+		return;
+	struct ecap_record *ev =
+		bpf_ringbuf_reserve(&events, HDR_SIZE + sizeof(struct ecap_threadinfo), 0);
+	if (!ev) {
+		stat_add(ECAP_STAT_LOST_EVENTS, 1);
+		return;  /* tried again with the next record */
+	}
+	fill_header(ev, pid_tgid, ECAP_KIND_THREAD, 0, -1);
+	struct ecap_threadinfo *info = (struct ecap_threadinfo *)ev->data;
+	__u64 uid_gid = bpf_get_current_uid_gid();
+	info->uid = (__u32)uid_gid;
+	info->gid = uid_gid >> 32;
+	bpf_get_current_comm(&info->comm, sizeof(info->comm));
+	ev->len = sizeof(*info);
+	bpf_ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
+	ts->announced = 1;
 }
 
 /* This process's open file behind fd, or 0. */
@@ -251,8 +253,8 @@ static __always_inline void emit_socket(__u64 pid_tgid, __u64 conn, int fd)
 	struct sock *sk = BPF_CORE_READ(sock, sk);
 	if (!sk)
 		return;
-	struct ecap_record *ev = bpf_ringbuf_reserve(
-		&events, offsetof(struct ecap_record, data) + sizeof(struct ecap_sockinfo), 0);
+	struct ecap_record *ev =
+		bpf_ringbuf_reserve(&events, HDR_SIZE + sizeof(struct ecap_sockinfo), 0);
 	if (!ev) {
 		stat_add(ECAP_STAT_LOST_EVENTS, 1);
 		return;
@@ -275,79 +277,58 @@ static __always_inline void emit_socket(__u64 pid_tgid, __u64 conn, int fd)
 		BPF_CORE_READ_INTO(&info->raddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
 	}
 	ev->len = sizeof(*info);
-	submit_header(ev, BPF_RB_NO_WAKEUP);
+	bpf_ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
 }
 
-/* The socket of a connection: learned now (seen >= 0) or remembered. A newly
- * learned socket is described to user space once. */
-static __always_inline __s32 fd_of(__u64 pid_tgid, __u64 conn, __s32 seen)
-{
-	struct conn_key key = { .tgid = pid_tgid >> 32, .conn = conn };
-	struct conn_state *known = bpf_map_lookup_elem(&conns, &key);
-	if (seen >= 0) {
-		if (!known || known->fd != seen) {
-			if (known) {
-				known->fd = seen;
-			} else {
-				struct conn_state fresh = { .fd = seen };
-				bpf_map_update_elem(&conns, &key, &fresh, BPF_NOEXIST);
-			}
-			emit_socket(pid_tgid, conn, seen);
-		}
-		return seen;
-	}
-	return known ? known->fd : -1;
-}
-
-/* Where this call starts in its direction of the connection; advances by n. */
-static __always_inline __u64 stream_advance(__u64 pid_tgid, __u64 conn, int is_read, __u64 n)
+/* The state of a connection object in this process (created on first sight), with
+ * its socket updated when this call saw one; a newly learned socket is described
+ * to user space once. One map lookup on the hot path. */
+static __always_inline struct conn_state *conn_state(__u64 pid_tgid, __u64 conn, __s32 seen)
 {
 	struct conn_key key = { .tgid = pid_tgid >> 32, .conn = conn };
 	struct conn_state *st = bpf_map_lookup_elem(&conns, &key);
 	if (!st) {
-		struct conn_state fresh = { .fd = -1 };
+		struct conn_state fresh = { .fd = seen };
 		bpf_map_update_elem(&conns, &key, &fresh, BPF_NOEXIST);
 		st = bpf_map_lookup_elem(&conns, &key);
-		if (!st)
-			return 0;
+		if (st && seen >= 0)
+			emit_socket(pid_tgid, conn, seen);
+		return st;
 	}
-	__u64 off = st->pos[is_read & 1];
-	st->pos[is_read & 1] = off + n;
-	return off;
+	if (seen >= 0 && st->fd != seen) {
+		st->fd = seen;
+		emit_socket(pid_tgid, conn, seen);
+	}
+	return st;
 }
 
 /* ------------------------------------------------------------ call frames */
 
-static __always_inline void push_frame(struct pt_regs *ctx, __u64 pid_tgid)
+static __always_inline void push_frame(struct pt_regs *ctx)
 {
 	__u64 cookie = bpf_get_attach_cookie(ctx);
-	struct call_stack *stack = bpf_map_lookup_elem(&calls, &pid_tgid);
-	if (!stack) {
-		struct call_stack empty = {};
-		bpf_map_update_elem(&calls, &pid_tgid, &empty, BPF_NOEXIST);
-		stack = bpf_map_lookup_elem(&calls, &pid_tgid);
-		if (!stack)
-			return;
-	}
+	struct thread_state *ts = thread_state(1);
+	if (!ts)
+		return;
 	/* A frame at or below this entry's stack pointer belongs to a call that has
 	 * returned unseen (its return probe was not attached yet, or it unwound by
 	 * longjmp): drop it, so a missed return never shifts later calls. */
 	__u64 sp = PT_REGS_SP(ctx);
-	__u32 depth = stack->depth;
+	__u32 depth = ts->depth;
 	if (depth > ECAP_CALL_DEPTH)
 		depth = 0;
 #pragma unroll
 	for (int i = ECAP_CALL_DEPTH - 1; i >= 0; i--) {
-		if ((__u32)i + 1 == depth && stack->frames[i].sp <= sp)
+		if ((__u32)i + 1 == depth && ts->frames[i].sp <= sp)
 			depth = i;
 	}
 	if (depth >= ECAP_CALL_DEPTH) {
-		stack->depth = depth;
+		ts->depth = depth;
 		stat_add(ECAP_STAT_DEEP_CALLS, 1);
 		return;
 	}
-	stack->depth = depth + 1;
-	struct call_frame *f = &stack->frames[depth];
+	ts->depth = depth + 1;
+	struct call_frame *f = &ts->frames[depth];
 	f->sp = sp;
 	f->conn = PT_REGS_PARM1(ctx);
 	f->buf = PT_REGS_PARM2(ctx);
@@ -358,39 +339,39 @@ static __always_inline void push_frame(struct pt_regs *ctx, __u64 pid_tgid)
 
 /* Pops the call returning now (its entry's stack pointer is this return's sp - 8)
  * into *out, with any frame above it; 0 when its entry was not seen. */
-static __always_inline int pop_frame(struct pt_regs *ctx, __u64 pid_tgid, struct call_frame *out)
+static __always_inline int pop_frame(struct pt_regs *ctx, struct thread_state *ts,
+				     struct call_frame *out)
 {
-	struct call_stack *stack = bpf_map_lookup_elem(&calls, &pid_tgid);
-	if (!stack)
-		return 0;
 	__u64 entry_sp = PT_REGS_SP(ctx) - 8;
-	__u32 depth = stack->depth;
+	__u32 depth = ts->depth;
 #pragma unroll
 	for (int i = ECAP_CALL_DEPTH - 1; i >= 0; i--) {
 		if ((__u32)i >= depth)
 			continue;
-		if (stack->frames[i].sp == entry_sp) {
-			*out = stack->frames[i];
-			stack->depth = i;
+		if (ts->frames[i].sp == entry_sp) {
+			*out = ts->frames[i];
+			ts->depth = i;
 			return 1;
 		}
-		if (stack->frames[i].sp > entry_sp)
+		if (ts->frames[i].sp > entry_sp)
 			return 0;  /* an outer call's frame: this return's entry was not seen */
 	}
 	return 0;
 }
 
-/* The socket for a call that just returned: its own syscall, the library's
- * record of it, or (reads of memory-BIO users) the socket read just before. */
-static __always_inline __s32 call_fd(__u64 pid_tgid, struct call_frame *f, int is_read)
+/* The socket for a call that just returned: its own syscall, the library's record
+ * of it, or (reads of memory-BIO users) the socket read just before. */
+static __always_inline struct conn_state *call_conn(__u64 pid_tgid, struct thread_state *ts,
+						    struct call_frame *f, int is_read)
 {
-	__s32 fd = fd_of(pid_tgid, f->conn, f->fd);
-	if (fd < 0 && is_read) {
-		__s32 *last = bpf_map_lookup_elem(&last_read_fd, &pid_tgid);
-		if (last)
-			fd = fd_of(pid_tgid, f->conn, *last);
+	__s32 seen = f->fd;
+	if (seen < 0 && is_read && ts->last_read_fd1 > 0) {
+		struct conn_key key = { .tgid = pid_tgid >> 32, .conn = f->conn };
+		struct conn_state *known = bpf_map_lookup_elem(&conns, &key);
+		if (!known || known->fd < 0)
+			seen = ts->last_read_fd1 - 1;
 	}
-	return fd;
+	return conn_state(pid_tgid, f->conn, seen);
 }
 
 /* ------------------------------------------------------------ data calls */
@@ -402,6 +383,7 @@ struct chunk_ctx {
 	__u8 truncated;
 };
 
+/* One chunk of a call (index i): the header is in this CPU's scratch record. */
 static long send_chunk(__u32 i, struct chunk_ctx *c)
 {
 	__u64 off = (__u64)i * ECAP_CHUNK;
@@ -431,26 +413,21 @@ static long send_chunk(__u32 i, struct chunk_ctx *c)
 			stat_add(ECAP_STAT_LOST_BYTES, len);
 			return 0;
 		}
-		__builtin_memcpy(r, ev, offsetof(struct ecap_record, data));
+		__builtin_memcpy(r, ev, HDR_SIZE);
 		if (bpf_probe_read_user(&r->data, ECAP_CHUNK, (void *)(c->buf + off)) < 0) {
 			/* Never ship what the failed read left in the record. */
 			bpf_ringbuf_discard(r, BPF_RB_NO_WAKEUP);
 			goto fault;
 		}
 		bpf_ringbuf_submit(r, wake);
-		stat_add(ECAP_STAT_EVENTS, 1);
 		return 0;
 	}
 	/* The mask is a no-op for 1..ECAP_CHUNK-1 and gives the verifier its bound. */
 	if (bpf_probe_read_user(&ev->data, len & (ECAP_CHUNK - 1), (void *)(c->buf + off)) < 0)
 		goto fault;
-	if (bpf_ringbuf_output(&events, ev,
-			       offsetof(struct ecap_record, data) + (len & (ECAP_CHUNK - 1)),
-			       wake) < 0) {
+	if (bpf_ringbuf_output(&events, ev, HDR_SIZE + (len & (ECAP_CHUNK - 1)), wake) < 0) {
 		stat_add(ECAP_STAT_LOST_EVENTS, 1);
 		stat_add(ECAP_STAT_LOST_BYTES, len);
-	} else {
-		stat_add(ECAP_STAT_EVENTS, 1);
 	}
 	return 0;
 
@@ -459,20 +436,17 @@ fault:
 	 * with a header-only record, so user space shows a counted gap. */
 	stat_add(ECAP_STAT_FAULT_BYTES, len);
 	ev->flags = flags | ECAP_FLAG_FAULT;
-	if (bpf_ringbuf_output(&events, ev, offsetof(struct ecap_record, data), wake) < 0)
+	if (bpf_ringbuf_output(&events, ev, HDR_SIZE, wake) < 0)
 		stat_add(ECAP_STAT_LOST_EVENTS, 1);
-	else
-		stat_add(ECAP_STAT_EVENTS, 1);
 	return 0;
 }
 
 SEC("uprobe")
 int data_enter(struct pt_regs *ctx)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!is_target(pid_tgid))
+	if (!is_target(bpf_get_current_pid_tgid()))
 		return 0;
-	push_frame(ctx, pid_tgid);
+	push_frame(ctx);
 	return 0;
 }
 
@@ -482,13 +456,14 @@ int data_return(struct pt_regs *ctx)
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	if (!is_target(pid_tgid))
 		return 0;
+	struct thread_state *ts = thread_state(0);
 	struct call_frame f;
-	if (!pop_frame(ctx, pid_tgid, &f))
+	if (!ts || !pop_frame(ctx, ts, &f))
 		return 0;
 	__u8 kind = f.cookie & ECAP_COOKIE_KIND_MASK;
 	/* Learn the socket even from calls that failed (a non-blocking SSL_read that
 	 * wants more data still tells us which socket its SSL* sits on). */
-	__s32 fd = call_fd(pid_tgid, &f, kind == ECAP_KIND_READ);
+	struct conn_state *st = call_conn(pid_tgid, ts, &f, kind == ECAP_KIND_READ);
 
 	__u64 n = 0;
 	if (f.cookie & ECAP_COOKIE_LEN_IN_ARG4) {
@@ -508,8 +483,13 @@ int data_return(struct pt_regs *ctx)
 		}
 		n = ret;
 	}
-	if (n == 0)
+	if (n == 0 || !st)
 		return 0;
+	announce(ts, pid_tgid);
+
+	int is_read = kind == ECAP_KIND_READ;
+	__u64 stream_off = st->pos[is_read];
+	st->pos[is_read] = stream_off + n;
 
 	__u64 limit = (__u64)ECAP_CHUNK * max_chunks;
 	struct chunk_ctx c = {
@@ -524,11 +504,26 @@ int data_return(struct pt_regs *ctx)
 	struct ecap_record *ev = bpf_map_lookup_elem(&scratch, &zero);
 	if (!ev)
 		return 0;
-	__u64 stream_off = stream_advance(pid_tgid, f.conn, kind == ECAP_KIND_READ, n);
-	fill_header(ev, pid_tgid, kind, f.conn, fd);
+	fill_header(ev, pid_tgid, kind, f.conn, st->fd);
 	ev->stream_off = stream_off;
 	ev->total = n > 0xffffffffULL ? 0xffffffffU : (__u32)n;
 	c.wake = wakeup_flags();
+	if (c.capture < ECAP_CHUNK) {
+		/* One record (most calls): no loop. */
+		__u64 len = c.capture;
+		ev->len = len;
+		ev->flags = ECAP_FLAG_LAST | (c.truncated ? ECAP_FLAG_TRUNCATED : 0);
+		if (bpf_probe_read_user(&ev->data, len & (ECAP_CHUNK - 1), (void *)f.buf) < 0) {
+			stat_add(ECAP_STAT_FAULT_BYTES, len);
+			ev->flags |= ECAP_FLAG_FAULT;
+			len = 0;
+		}
+		if (bpf_ringbuf_output(&events, ev, HDR_SIZE + (len & (ECAP_CHUNK - 1)), c.wake) < 0) {
+			stat_add(ECAP_STAT_LOST_EVENTS, 1);
+			stat_add(ECAP_STAT_LOST_BYTES, len);
+		}
+		return 0;
+	}
 	bpf_loop(ECAP_MAX_CHUNKS, send_chunk, &c, 0);
 	return 0;
 }
@@ -541,17 +536,16 @@ int set_fd(struct pt_regs *ctx)
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	if (!is_target(pid_tgid))
 		return 0;
-	fd_of(pid_tgid, PT_REGS_PARM1(ctx), (__s32)PT_REGS_PARM2(ctx));
+	conn_state(pid_tgid, PT_REGS_PARM1(ctx), (__s32)PT_REGS_PARM2(ctx));
 	return 0;
 }
 
 SEC("uprobe")
 int handshake_enter(struct pt_regs *ctx)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!is_target(pid_tgid))
+	if (!is_target(bpf_get_current_pid_tgid()))
 		return 0;
-	push_frame(ctx, pid_tgid);
+	push_frame(ctx);
 	return 0;
 }
 
@@ -561,15 +555,17 @@ int handshake_return(struct pt_regs *ctx)
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	if (!is_target(pid_tgid))
 		return 0;
+	struct thread_state *ts = thread_state(0);
 	struct call_frame f;
-	if (!pop_frame(ctx, pid_tgid, &f))
+	if (!ts || !pop_frame(ctx, ts, &f))
 		return 0;
-	__s32 fd = call_fd(pid_tgid, &f, 1);
+	struct conn_state *st = call_conn(pid_tgid, ts, &f, 1);
 	int ret = (int)PT_REGS_RC(ctx);
 	int done = (f.cookie & ECAP_COOKIE_OK_IS_ZERO) ? ret == 0 : ret == 1;
 	if (!done)
 		return 0;  /* in progress (non-blocking) or failed: only completion is an event */
-	emit_header(pid_tgid, ECAP_KIND_HANDSHAKE, f.conn, fd);
+	announce(ts, pid_tgid);
+	emit_header(pid_tgid, ECAP_KIND_HANDSHAKE, f.conn, st ? st->fd : -1);
 	return 0;
 }
 
@@ -596,19 +592,22 @@ int conn_end(struct pt_regs *ctx)
 
 /* A socket syscall: inside a library call it names that call's socket; outside,
  * a read remembers its socket for the next SSL_read on this thread. */
-static __always_inline void note_fd(__u64 pid_tgid, int fd, int is_read)
+static __always_inline void note_fd(int fd, int is_read)
 {
 	if (!is_socket(fd))
 		return;  /* eventfds, pipes, files (OpenSSL reads zoneinfo mid-handshake) */
-	struct call_stack *stack = bpf_map_lookup_elem(&calls, &pid_tgid);
-	if (stack && stack->depth > 0) {
-		__u32 top = stack->depth - 1;
+	struct thread_state *ts = thread_state(0);
+	if (ts && ts->depth > 0) {
+		__u32 top = ts->depth - 1;
 		if (top < ECAP_CALL_DEPTH)
-			stack->frames[top].fd = fd;
+			ts->frames[top].fd = fd;
 		return;
 	}
-	if (is_read)
-		bpf_map_update_elem(&last_read_fd, &pid_tgid, &fd, BPF_ANY);
+	if (is_read) {
+		ts = ts ? ts : thread_state(1);
+		if (ts)
+			ts->last_read_fd1 = fd + 1;
+	}
 }
 
 static __always_inline void note_connect(__u64 pid_tgid, int fd, __u64 uaddr, __u64 addrlen)
@@ -625,11 +624,8 @@ static __always_inline void note_connect(__u64 pid_tgid, int fd, __u64 uaddr, __
 		return;
 	ev->len = addrlen > 28 ? 28 : (__u32)addrlen;
 	ev->family = *(__u16 *)ev->data;
-	if (bpf_ringbuf_output(&events, ev, offsetof(struct ecap_record, data) + 32,
-			       wakeup_flags()) < 0)
+	if (bpf_ringbuf_output(&events, ev, HDR_SIZE + 32, wakeup_flags()) < 0)
 		stat_add(ECAP_STAT_LOST_EVENTS, 1);
-	else
-		stat_add(ECAP_STAT_EVENTS, 1);
 }
 
 SEC("raw_tracepoint/sys_enter")
@@ -664,7 +660,7 @@ int sys_enter(struct bpf_raw_tracepoint_args *ctx)
 	unsigned long arg0 = 0, arg1 = 0, arg2 = 0;
 	bpf_probe_read_kernel(&arg0, sizeof(arg0), &regs->rdi);
 	if (is_read >= 0) {
-		note_fd(pid_tgid, (int)arg0, is_read);
+		note_fd((int)arg0, is_read);
 		return 0;
 	}
 	if (id == __NR_close) {
@@ -688,6 +684,9 @@ int on_exec(struct bpf_raw_tracepoint_args *ctx)
 	if (!bpf_map_lookup_elem(&target_pids, &tgid))
 		return 0;
 	bpf_map_delete_elem(&target_pids, &tgid);
+	struct thread_state *ts = thread_state(0);
+	if (ts)
+		ts->announced = 0;  /* a new program: its name is sent again */
 	emit_header(pid_tgid, ECAP_KIND_EXEC, 0, -1);
 	return 0;
 }

@@ -18,8 +18,8 @@ from ecap.ebpf.loader import Image, image
 
 RECORD_STRUCT = "ecap_record"
 HEADER_FIELDS = (
-    "ts_ns", "conn", "stream_off", "pid", "tid", "uid", "fd", "total", "offset", "len", "kind", "flags",
-    "family", "comm",
+    "ts_ns", "conn", "stream_off", "pid", "tid", "fd", "total", "offset", "len", "kind", "flags",
+    "family",
 )  # fmt: skip
 """Fields before ``data``, in the order :class:`ecap.capture.records.Record` takes them."""
 

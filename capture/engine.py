@@ -11,13 +11,11 @@ SIGINT/SIGTERM), and always detaches and unregisters on the way out.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import io
 import os
 import signal
 import sys
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -41,11 +39,15 @@ from ecap.errors import EnvironmentNotReady, Error, UsageError
 from ecap.fsutil import create_private_file
 from ecap.text import printable
 
-POLL_MS = 100
-MAX_QUEUED_BYTES = 512 * 1024 * 1024
-"""Userspace backlog limit: beyond it the reader stops draining the ring, so the
-kernel side counts losses instead of this process growing without bound."""
+POLL_MS = 50
+"""The longest a record waits in the ring when little is happening (the kernel side
+wakes the reader early once a fair share of the ring is pending)."""
+BATCH_BYTES = 4 << 20
+"""Records taken from the ring per batch: memory stays bounded whatever the rate."""
 LIVENESS_EVERY = 0.2
+SYSCALLS_IDLE_AFTER = 2.0
+"""Seconds without a connection of unknown socket before the system-call
+tracepoints are detached (they cost every process on the host)."""
 TEST_STOP_AFTER_GRANT = "ECAP_TEST_STOP_AFTER_GRANT"
 """Test hook: when set to 1, the capture stops itself (SIGSTOP) right after the
 grant, so a test can reproduce a slow machine. It only ever delays."""
@@ -155,13 +157,11 @@ class _Session:
         self.conns = ConnectionTable(module.name)
         self.counters = Counters()
         self.message_id = 0
-        self.pending: collections.deque[bytes] = collections.deque()
-        # Written by one thread each (reader / main), so no lock is needed.
-        self.queued_bytes = 0
-        self.consumed_bytes = 0
+        self.unknown_socket_at = time.monotonic()
+        """Last time a call's socket was unknown (then the syscall tracepoints help)."""
         self.live = hold.start_times()
         """pid → the start time the token names (never re-read from /proc)."""
-        self.exited: dict[int, int] = {}
+        self.exited: list[int] = []
         self.stop = _Stop()
         self.started_at = time.time()
         self.kernel: KernelSide | None = None
@@ -174,7 +174,7 @@ class _Session:
         """Record kinds and layout come from the loaded object's ABI."""
         self.kernel = kernel
         abi = kernel.abi
-        self.decode = Decoder(abi)
+        self.decode = Decoder(abi, struct_reader(kernel.obj.image, "ecap_threadinfo")[0])
         self.reasm = Reassembler(self.clock, self.options.max_call_bytes, abi)
         self.handlers = {
             abi.KIND_WRITE: self._on_data,
@@ -185,26 +185,38 @@ class _Session:
             abi.KIND_CLOSE: self._on_close,
             abi.KIND_EXEC: self._on_exec,
             abi.KIND_SOCKET: self._on_socket,
+            abi.KIND_THREAD: lambda _rec: None,  # the decoder keeps the thread table
         }
         self._sockinfo = struct_reader(kernel.obj.image, "ecap_sockinfo")[0]
 
     # -- records -------------------------------------------------------------------
-    def backlogged(self) -> bool:
-        return self.queued_bytes - self.consumed_bytes > MAX_QUEUED_BYTES
-
     def drain(self) -> int:
-        """Process what the reader thread queued; returns the number of records."""
-        count = len(self.pending)
-        popleft = self.pending.popleft
+        """Take one batch from the ring and process it; returns the records taken."""
+        assert self.kernel is not None and self.kernel.ring is not None
+        try:
+            batch = self.kernel.ring.drain(BATCH_BYTES)
+        except (OSError, ValueError) as exc:
+            raise EnvironmentNotReady(f"reading the ring buffer failed: {exc}") from exc
         decode, handlers = self.decode, self.handlers
-        for _ in range(count):
-            raw = popleft()
-            self.consumed_bytes += len(raw)
+        for raw in batch:
             rec = decode(raw)
             handler = handlers.get(rec.kind)
             if handler is not None:
                 handler(rec)
-        return count
+        return len(batch)
+
+    def drain_all(self) -> None:
+        """Everything the probes committed so far."""
+        while self.drain():
+            pass
+
+    def note_socket_unknown(self, fd: int) -> None:
+        """A call whose socket is not known: let the syscall tracepoints find it."""
+        if fd < 0:
+            self.unknown_socket_at = time.monotonic()
+            assert self.kernel is not None
+            if not self.kernel.syscalls_attached:
+                self.kernel.syscalls(True)
 
     def deliver(self, call: Any) -> None:
         conn = self.conns.get(call.pid, call.conn, call.comm, call.fd, call.ts)
@@ -216,10 +228,13 @@ class _Session:
         self.writer.emit(DataEvent(conn, self.message_id, call))
 
     def _on_data(self, rec: Record) -> None:
+        if rec.fd < 0:
+            self.note_socket_unknown(rec.fd)
         for call in self.reasm.add(rec):
             self.deliver(call)
 
     def _on_handshake(self, rec: Record) -> None:
+        self.note_socket_unknown(rec.fd)
         ts = self.clock.wall(rec.ts_ns)
         conn = self.conns.get(rec.pid, rec.conn, rec.comm, rec.fd, ts)
         conn.handshake = True
@@ -270,24 +285,22 @@ class _Session:
             f"target {pid} executed {printable(str(now_exe))}, which the token does not name: "
             "no longer captured",
         )
-        self._leave(pid, settle_after=0)
+        self._leave(pid)
 
     # -- liveness --------------------------------------------------------------------
-    def _leave(self, pid: int, settle_after: int) -> None:
+    def _leave(self, pid: int) -> None:
         if pid not in self.live:
             return
         del self.live[pid]
         assert self.kernel is not None
         self.kernel.revoke_pid(pid)
-        self.exited[pid] = settle_after
+        self.exited.append(pid)
 
-    def check_targets(self, reader_cycles: int) -> None:
-        """Notice exited targets; their connections end once the ring is drained."""
+    def check_targets(self) -> None:
+        """Notice targets that left; stop when none is left, or for time."""
         for pid in list(self.live):
             if not self.hold.alive(pid):
-                # What it did before exiting may still be in the kernel ring: wait
-                # for two more complete reader cycles before ending its connections.
-                self._leave(pid, reader_cycles + 2)
+                self._leave(pid)
                 _status(self.options, f"target {pid} exited; its part of the session ended")
         for call in self.reasm.stale():
             self.deliver(call)
@@ -298,16 +311,23 @@ class _Session:
         if (self.options.duration is not None
                 and time.time() - self.started_at >= self.options.duration):  # fmt: skip
             self.stop.set("duration reached")
+        assert self.kernel is not None
+        if (self.kernel.syscalls_attached
+                and time.monotonic() - self.unknown_socket_at > SYSCALLS_IDLE_AFTER):  # fmt: skip
+            self.kernel.syscalls(False)
 
-    def settle_exited(self, reader_cycles: int, *, force: bool = False) -> None:
-        for pid, ready_at in list(self.exited.items()):
-            if force or reader_cycles >= ready_at:
-                self.drain()
-                for conn in self.conns.end_pid(pid, time.time(), "process left the session"):
-                    self.writer.emit(ConnectionEndEvent(conn))
-                assert self.kernel is not None
-                self.kernel.forget_pid(pid)
-                del self.exited[pid]
+    def settle_exited(self) -> None:
+        """End the connections of targets that left, once what they did before
+        leaving is out of the ring (the kernel wrote it before they exited)."""
+        if not self.exited:
+            return
+        self.drain_all()
+        for pid in self.exited:
+            for conn in self.conns.end_pid(pid, time.time(), "process left the session"):
+                self.writer.emit(ConnectionEndEvent(conn))
+            assert self.kernel is not None
+            self.kernel.forget_pid(pid)
+        self.exited.clear()
 
     def report_losses(self, stats: dict[str, int]) -> None:
         if stats["lost_events"] != self.last_lost:
@@ -374,63 +394,6 @@ class _Session:
 
     def journal_targets(self) -> list[dict[str, int]]:
         return [{"pid": pid, "start_time": start} for pid, start in self.hold.start_times().items()]
-
-
-class RingReader:
-    """Drains the kernel ring into the session's queue on its own thread.
-
-    Decoding and writing run on the main thread and may fall behind during a
-    burst; the reader keeps copying records out so the (bounded) kernel ring does
-    not overflow while user space catches up.
-    """
-
-    def __init__(self, session: _Session) -> None:
-        self._session = session
-        assert session.kernel is not None and session.kernel.ring is not None
-        self._ring = session.kernel.ring
-        self._stop = threading.Event()
-        self._data = threading.Event()
-        self.cycles = 0
-        """Completed wait+drain rounds (written by the reader thread only)."""
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="ecap-ring", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def _run(self) -> None:
-        session = self._session
-        try:
-            while not self._stop.is_set():
-                if session.backlogged():
-                    time.sleep(0.01)
-                    continue
-                if not self._ring.pending_bytes():
-                    self._ring.wait(POLL_MS)
-                batch = self._ring.drain()
-                if batch:
-                    session.pending.extend(batch)
-                    session.queued_bytes += sum(map(len, batch))
-                self.cycles += 1
-                self._data.set()
-        except BaseException as exc:  # surfaced on the main thread as exit 4
-            self.error = exc
-            session.stop.set(f"error: ring buffer: {exc}")
-            self._data.set()
-
-    def drain_rest(self) -> None:
-        """After stop(): whatever the probes produced before the detach."""
-        batch = self._ring.drain()
-        self._session.pending.extend(batch)
-        self._session.queued_bytes += sum(map(len, batch))
-
-    def wait(self, timeout: float) -> None:
-        self._data.wait(timeout)
-        self._data.clear()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def _stop_self_for_tests() -> None:
@@ -504,29 +467,22 @@ def run_capture(grant: Grant, pids: list[int], options: CaptureOptions, *, journ
         _status(options, f"session {session.session_id}; Ctrl-C to stop")
         if on_ready is not None:
             on_ready(session.session_id)
-        reader = RingReader(session)
-        reader.start()
         next_check = 0.0
-        try:
-            while stop.reason is None:
-                if not session.drain():
-                    reader.wait(POLL_MS / 1000)
-                session.settle_exited(reader.cycles)
+        ring = kernel.ring
+        while stop.reason is None:
+            if not session.drain():
                 session.writer.flush()
-                now = time.monotonic()
-                if now >= next_check:
-                    next_check = now + LIVENESS_EVERY
-                    session.check_targets(reader.cycles)
-                    stats = kernel.stats()
-                    session.report_losses(stats)
-        finally:
-            reader.stop()
-        if reader.error is not None:
-            raise EnvironmentNotReady(f"reading the ring buffer failed: {reader.error}")
+                ring.wait(POLL_MS)
+            now = time.monotonic()
+            if now >= next_check:
+                next_check = now + LIVENESS_EVERY
+                session.check_targets()
+                session.settle_exited()
+                stats = kernel.stats()
+                session.report_losses(stats)
         # Whatever the probes produced before the stop is still in the ring.
-        reader.drain_rest()
-        session.drain()
-        session.settle_exited(0, force=True)
+        session.drain_all()
+        session.settle_exited()
         stats = kernel.stats()
     except BaseException as exc:
         stop.set(f"error: {exc}")

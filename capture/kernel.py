@@ -23,14 +23,19 @@ from ecap.errors import UsageError
 DEFAULT_MAX_CALL_BYTES = 256 * 1024
 """Documented per-call limit: bytes of one call beyond it are counted as truncated."""
 DEFAULT_RING_MB = 32
-WAKEUP_EVERY = 32
+WAKE_FRACTION = 8
+"""The kernel side wakes the reader when 1/8 of the ring is pending; otherwise the
+reader polls (a record waits at most one poll interval)."""
+SYSCALL_TRACEPOINTS = ("sys_enter", "sys_exit")
+"""Raw tracepoints every system call on the host passes through: attached only
+while some connection's socket is unknown (see :meth:`KernelSide.syscalls`)."""
+_TASK_STORAGE = 29  # BPF_MAP_TYPE_TASK_STORAGE: per thread, freed with the thread
 
 STAT_NAMES = {
     "STAT_LOST_EVENTS": "lost_events",
     "STAT_LOST_BYTES": "lost_bytes",
     "STAT_TRUNCATED_BYTES": "truncated_bytes",
     "STAT_FAILED_CALLS": "failed_calls",
-    "STAT_EVENTS": "events",
     "STAT_FAULT_BYTES": "unreadable_bytes",
     "STAT_DEEP_CALLS": "deep_calls",
 }
@@ -68,9 +73,13 @@ class KernelSide:
         self.obj = loader.load(
             image,
             max_entries={"events": ring_bytes},
-            rodata={"max_chunks": max_call_bytes // self.abi.CHUNK, "wakeup_every": WAKEUP_EVERY},
+            rodata={
+                "max_chunks": max_call_bytes // self.abi.CHUNK,
+                "wake_at_bytes": ring_bytes // WAKE_FRACTION,
+            },
         )
         self.attachments: list[attach.Attachment] = []
+        self._syscall_links: list[attach.Attachment] = []
         self.probes: list[tuple[int, Probe]] = []
         try:
             self.ring = RingBuffer(self.obj.map("events").fd, ring_bytes)
@@ -102,6 +111,8 @@ class KernelSide:
         for name, m in self.obj.maps.items():
             if name in ("events", "stats", "scratch", "target_pids") or "." in name:
                 continue
+            if m.type == _TASK_STORAGE:
+                continue  # the kernel frees a thread's entry with the thread
             if m.key_size == 8:
                 out[name] = [k for k in m.iter_keys() if _U64.unpack(k)[0] >> 32 == pid]
             elif m.key_size >= 4:
@@ -120,10 +131,40 @@ class KernelSide:
     # -- attach ------------------------------------------------------------------------
     def attach_tracepoints(self) -> None:
         """Every raw tracepoint program of the object (syscalls, exec)."""
-        for name, section in self.obj.image.program_sections.items():
-            if section.startswith("raw_tracepoint/"):
-                tp = section.split("/", 1)[1]
-                self.attachments.append(attach.raw_tracepoint(self.obj.prog_fd(name), tp))
+        for name, section in self._raw_tracepoints():
+            if section not in SYSCALL_TRACEPOINTS:
+                self.attachments.append(attach.raw_tracepoint(self.obj.prog_fd(name), section))
+        self.syscalls(True)
+
+    def _raw_tracepoints(self) -> list[tuple[str, str]]:
+        return [
+            (name, section.split("/", 1)[1])
+            for name, section in self.obj.image.program_sections.items()
+            if section.startswith("raw_tracepoint/")
+        ]
+
+    @property
+    def syscalls_attached(self) -> bool:
+        return bool(self._syscall_links)
+
+    def syscalls(self, on: bool) -> None:
+        """Attach or detach the system-call tracepoints.
+
+        They learn which socket a connection object uses when the library did not
+        say (``SSL_set_fd``), and see ``connect``/``close``; but every system call
+        of every process on the host runs through them. The engine keeps them only
+        while some connection's socket is unknown, so bystanders pay nothing the
+        rest of the time.
+        """
+        if on and not self._syscall_links:
+            for name, section in self._raw_tracepoints():
+                if section in SYSCALL_TRACEPOINTS:
+                    self._syscall_links.append(
+                        attach.raw_tracepoint(self.obj.prog_fd(name), section)
+                    )
+        elif not on and self._syscall_links:
+            attach.detach_all(self._syscall_links)
+            self._syscall_links.clear()
 
     def attach(self, target: HookTarget) -> int:
         """Attach every probe of ``target`` with its PID; returns how many.
@@ -162,8 +203,9 @@ class KernelSide:
 
     def close(self) -> None:
         """Detach everything and unload (idempotent)."""
-        attach.detach_all(self.attachments)
+        attach.detach_all(self.attachments + self._syscall_links)
         self.attachments.clear()
+        self._syscall_links.clear()
         ring = getattr(self, "ring", None)
         if ring is not None:
             ring.close()

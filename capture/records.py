@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from ecap.capture.abi import Abi
 
@@ -36,7 +37,6 @@ class Record:
     stream_off: int
     pid: int
     tid: int
-    uid: int
     fd: int
     total: int
     offset: int
@@ -44,31 +44,42 @@ class Record:
     kind: int
     flags: int
     family: int
+    uid: int
+    """From the thread's one-time announcement (not sent in every record)."""
     comm: str
     data: bytes
 
 
 class Decoder:
-    """Bytes of a ring record → :class:`Record` (layout from :mod:`ecap.capture.abi`)."""
+    """Bytes of a ring record → :class:`Record` (layout from :mod:`ecap.capture.abi`).
 
-    def __init__(self, abi: Abi) -> None:
+    The kernel names each thread once (a THREAD record: uid, gid, comm) instead of
+    in every record; the decoder keeps that table and fills it into each record.
+    """
+
+    UNKNOWN = (-1, "?")
+
+    def __init__(self, abi: Abi, threadinfo: Any) -> None:
         self._unpack = abi.unpack_header
         self._start = abi.data_offset
         self._fault = abi.FLAG_FAULT
-        self._comms: dict[bytes, str] = {}
+        self._thread_kind = abi.KIND_THREAD
+        self._threadinfo = threadinfo
+        self.threads: dict[int, tuple[int, str]] = {}
+        """tid → (uid, comm)."""
 
     def __call__(self, raw: bytes) -> Record:
         fields = self._unpack(raw)
-        comm_raw = fields[-1]
-        comm = self._comms.get(comm_raw)
-        if comm is None:
-            comm = comm_raw.split(b"\0", 1)[0].decode("utf-8", "backslashreplace")
-            if len(self._comms) < 4096:
-                self._comms[comm_raw] = comm
-        flags = fields[11]
         start = self._start
-        data = b"" if flags & self._fault else raw[start : start + fields[9]]
-        return Record(*fields[:-1], comm, data)
+        data = b"" if fields[10] & self._fault else raw[start : start + fields[8]]
+        if fields[9] == self._thread_kind:
+            uid, _gid, comm = self._threadinfo.unpack_from(data)
+            self.threads[fields[4]] = (
+                uid,
+                comm.split(b"\0", 1)[0].decode("utf-8", "backslashreplace"),
+            )
+        uid, comm = self.threads.get(fields[4], self.UNKNOWN)
+        return Record(*fields, uid, comm, data)
 
 
 @dataclass(slots=True)

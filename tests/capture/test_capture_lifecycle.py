@@ -166,7 +166,7 @@ _REJECTED_PROGRAM = r"""
 #include <asm/ptrace.h>
 #include <bpf/bpf_helpers.h>
 const volatile __u32 max_chunks = 16;
-const volatile __u32 wakeup_every = 32;
+const volatile __u64 wake_at_bytes = 1 << 20;
 struct { __uint(type, BPF_MAP_TYPE_RINGBUF); __uint(max_entries, 1 << 16); } events SEC(".maps");
 SEC("uprobe") int data_enter(struct pt_regs *ctx)
 {
