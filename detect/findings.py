@@ -534,5 +534,53 @@ def history_findings(transient: list[dict]) -> list[dict]:
     ]
 
 
+def denial_findings(denials: list) -> list[dict]:
+    """One finding per SELinux domain refused BPF/perf permissions.
+
+    ``denials`` are :class:`ecap.detect.audit_history.AvcDenial`. A refused attempt is
+    medium (someone tried and failed); one logged with ``permissive=1`` went through
+    and is high.
+    """
+    groups: dict[str, list] = {}
+    for d in denials:
+        groups.setdefault(d.domain or "?", []).append(d)
+    out = []
+    for domain, items in sorted(groups.items()):
+        allowed = [d for d in items if d.permissive]
+        asked = sorted({f"{d.tclass} {p}" for d in items for p in d.perms})
+        who = sorted({d.exe or d.comm or "?" for d in items})
+        pids = sorted({d.pid for d in items if d.pid is not None})
+        verdict = "logged but allowed" if allowed else "denied"
+        out.append(
+            {
+                "id": _finding_id("selinux-denial", domain),
+                "severity": "high" if allowed else "medium",
+                "category": "selinux-denial",
+                "title": f"SELinux {verdict} {', '.join(asked)} to {domain} ({', '.join(who[:3])})",
+                "summary": f"{len(items)} AVC record(s), pids {' '.join(map(str, pids)) or '?'}"
+                + (f"; {len(allowed)} in permissive mode (not blocked)" if allowed else ""),
+                "hooked": [],
+                "owner": None,
+                "victims": [],
+                "authorized": False,
+                "authorization": {},
+                "evidence": [
+                    f"avc denied {{ {' '.join(d.perms)} }} tclass={d.tclass} pid {d.pid} "
+                    f"comm {d.comm} exe {d.exe} scontext={d.scontext} "
+                    f"permissive={int(d.permissive)}"
+                    for d in items[:50]
+                ],
+                "why": "a process tried to load BPF programs, open perf events or use "
+                "CAP_BPF/CAP_PERFMON from a domain that may not: an attempt to install a probe"
+                + (", which permissive mode let through" if allowed else ", refused"),
+                "remediation": [
+                    remediation.RESPOND_ROGUE_SNIFFER,
+                    remediation.SELINUX_CONFINE_BPF,
+                ],
+            }
+        )
+    return out
+
+
 def sort_findings(findings: list[dict]) -> list[dict]:
     return sorted(findings, key=lambda f: (-RANK[f["severity"]], f["category"], f["title"]))

@@ -61,7 +61,7 @@ def test_uprobe_target_with_ref_ctr_offset():
 
 
 def test_audit_log_sample_joins_bpf_to_syscall():
-    events = audit_history.read_events(FIX / "audit.log")
+    events = audit_history.read_log(FIX / "audit.log").bpf
     assert [(e.prog_id, e.op) for e in events] == [
         (901, "LOAD"),
         (902, "LOAD"),
