@@ -146,8 +146,8 @@ def assertion_text(ctx: Context, allowed: list[Tolerated]) -> str:
 # Check it against the installed policy: ecap-harden validate DIR (links every
 # installed module with this one using secilc, as semodule would).
 # Install after ecap_audit.pp: semodule -i {ASSERT_MODULE}.pp. semodule checks
-# neverallow rules only with expand-check=1 in /etc/selinux/semanage.conf (Debian and
-# Fedora ship expand-check=0); with it, a later module granting these is refused.
+# neverallow rules only with expand-check=1 in /etc/selinux/semanage.conf (Debian 12
+# ships 0); with it, a later module granting these is refused at install.
 
 gen_require(`
 {chr(10).join(require)}
