@@ -15,7 +15,7 @@ attacker failing, which is worth knowing before they succeed. A denial with
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ecap.selinux import AVC_CLASSES
@@ -28,6 +28,18 @@ _UNSET_AUID = 4294967295
 
 
 @dataclass(frozen=True)
+class Actor:
+    """The process an audit event names, from the event's SYSCALL record (None: absent)."""
+
+    pid: int | None = None
+    exe: str | None = None
+    comm: str | None = None
+    auid: int | None = None
+    """Login uid; None when unset (4294967295: a daemon, not a login session)."""
+    uid: int | None = None
+
+
+@dataclass(frozen=True)
 class BpfEvent:
     """One LOAD or UNLOAD of a program, with who did it when the log says so."""
 
@@ -35,11 +47,7 @@ class BpfEvent:
     serial: int
     prog_id: int
     op: str
-    pid: int | None = None
-    exe: str | None = None
-    comm: str | None = None
-    auid: int | None = None
-    uid: int | None = None
+    actor: Actor = field(default_factory=Actor)
 
 
 @dataclass(frozen=True)
@@ -56,11 +64,8 @@ class AvcDenial:
     tcontext: str | None
     permissive: bool
     """True: logged as denied but allowed (permissive mode or domain)."""
-    pid: int | None = None
-    comm: str | None = None
-    exe: str | None = None
-    auid: int | None = None
-    uid: int | None = None
+    actor: Actor = field(default_factory=Actor)
+    """From the SYSCALL record; pid and comm from the AVC record itself when there is none."""
 
     @property
     def domain(self) -> str | None:
@@ -77,11 +82,7 @@ class AvcDenial:
             "scontext": self.scontext,
             "tcontext": self.tcontext,
             "permissive": self.permissive,
-            "pid": self.pid,
-            "comm": self.comm,
-            "exe": self.exe,
-            "auid": self.auid,
-            "uid": self.uid,
+            **asdict(self.actor),
         }
 
 
@@ -172,40 +173,29 @@ def read_log(path: Path) -> AuditLog:
             continue
         ts = parser.get_timestamp()
         when = ts.sec + ts.milli / 1000.0
-        auid = _int(sys_fields.get("auid"))
-        auid = None if auid == _UNSET_AUID else auid
+        actor = _actor(sys_fields)
         for prog, op in bpf:
-            out.bpf.append(
-                BpfEvent(
-                    time=when,
-                    serial=ts.serial,
-                    prog_id=prog,
-                    op=op,
-                    pid=_int(sys_fields.get("pid")),
-                    exe=_strip_quotes(sys_fields.get("exe")),
-                    comm=_strip_quotes(sys_fields.get("comm")),
-                    auid=auid,
-                    uid=_int(sys_fields.get("uid")),
-                )
-            )
+            out.bpf.append(BpfEvent(when, ts.serial, prog, op, actor))
         for tclass, perms, f in avcs:
+            who = actor
+            if not sys_fields:  # no SYSCALL record: the AVC record names the process
+                who = Actor(pid=_int(f["pid"]), comm=_strip_quotes(f["comm"]))
             out.denials.append(
-                AvcDenial(
-                    time=when,
-                    serial=ts.serial,
-                    tclass=tclass,
-                    perms=perms,
-                    scontext=f["scontext"],
-                    tcontext=f["tcontext"],
-                    permissive=f["permissive"] == "1",
-                    pid=_int(f["pid"]) or _int(sys_fields.get("pid")),
-                    comm=_strip_quotes(f["comm"] or sys_fields.get("comm")),
-                    exe=_strip_quotes(sys_fields.get("exe")),
-                    auid=auid,
-                    uid=_int(sys_fields.get("uid")),
-                )
-            )
+                AvcDenial(when, ts.serial, tclass, perms, f["scontext"], f["tcontext"],
+                          f["permissive"] == "1", who)
+            )  # fmt: skip
     return out
+
+
+def _actor(sys_fields: dict[str, str | None]) -> Actor:
+    auid = _int(sys_fields.get("auid"))
+    return Actor(
+        pid=_int(sys_fields.get("pid")),
+        exe=_strip_quotes(sys_fields.get("exe")),
+        comm=_strip_quotes(sys_fields.get("comm")),
+        auid=None if auid == _UNSET_AUID else auid,
+        uid=_int(sys_fields.get("uid")),
+    )
 
 
 def _strip_quotes(value: str | None) -> str | None:
@@ -240,10 +230,10 @@ def summarize(
                     "prog_id": ev.prog_id,
                     "loaded_at": load.time if load else None,
                     "unloaded_at": ev.time,
-                    "pid": load.pid if load else None,
-                    "exe": load.exe if load else None,
-                    "comm": load.comm if load else None,
-                    "auid": load.auid if load else None,
+                    "pid": load.actor.pid if load else None,
+                    "exe": load.actor.exe if load else None,
+                    "comm": load.actor.comm if load else None,
+                    "auid": load.actor.auid if load else None,
                 }
             )
     return History(events, transient, list(denials or ()))

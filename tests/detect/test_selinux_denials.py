@@ -22,7 +22,7 @@ LOG = FIX / "audit-avc.log"
 def test_watched_avc_denials_are_read_with_their_process_and_context():
     log = audit_history.read_log(LOG)
     assert [(e.prog_id, e.op) for e in log.bpf] == [(950, "LOAD")]  # same pass
-    got = [(d.serial, d.domain, d.tclass, d.perms, d.permissive, d.pid) for d in log.denials]
+    got = [(d.serial, d.domain, d.tclass, d.perms, d.permissive, d.actor.pid) for d in log.denials]
     assert got == [
         (5001, "httpd_t", "bpf", ("prog_load",), False, 7001),
         (5002, "container_t", "capability2", ("bpf",), False, 7105),
@@ -31,9 +31,14 @@ def test_watched_avc_denials_are_read_with_their_process_and_context():
         (5009, "httpd_t", "bpf", ("map_create",), False, 7001),
     ]  # file read, capability sys_admin, capability2 syslog and 'granted' are ignored
     first = log.denials[0]
-    assert (first.exe, first.comm, first.uid, first.auid) == ("/tmp/.x/sniff", "sniff", 48, None)
+    assert (first.actor.exe, first.actor.comm, first.actor.uid, first.actor.auid) == (
+        "/tmp/.x/sniff",
+        "sniff",
+        48,
+        None,
+    )
     assert first.scontext == "system_u:system_r:httpd_t:s0"
-    hostile = log.denials[1].comm or ""
+    hostile = log.denials[1].actor.comm or ""
     assert "evil" in hostile and "\x1b" not in hostile  # hex-encoded comm decoded, escaped
 
 
