@@ -21,7 +21,7 @@ from ecap.errors import FindingsAboveThreshold, UsageError
 from ecap.fsutil import write_private_atomic
 from ecap.text import printable
 
-from . import check, generate, kinds, output, posture, validate
+from . import check, generate, kinds, output, posture, selinux, validate
 from .artifact import Artifact, Context
 from .controls import PROFILES
 
@@ -159,6 +159,7 @@ def _single(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    selinux.check_names(tuple(args.selinux_allow), None)  # syntax first: before the analysis
     if args.scan is not None:
         post, tailored = posture.from_scan(args.scan), True
     else:
