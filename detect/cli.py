@@ -33,6 +33,12 @@ def build_parser() -> Parser:
         help="audit log to read BPF load history from (default /var/log/audit/audit.log)",
     )
     scan.add_argument(
+        "--selinux-policy",
+        metavar="PATH",
+        help="analyse this binary SELinux policy (default: the loaded one, when SELinux "
+        "is enabled), e.g. /etc/selinux/default/policy/policy.33",
+    )
+    scan.add_argument(
         "--no-bpf",
         action="store_true",
         help="do not call bpf(2): see only what /proc shows (as without CAP_SYS_ADMIN)",
@@ -90,8 +96,21 @@ def _scan(args) -> int:
     audit_log = Path(args.audit_log) if args.audit_log else None
     if audit_log is not None and not audit_log.is_file():
         raise UsageError(f"--audit-log {audit_log}: no such file", hint="give an auditd log file")
+    selinux_policy = Path(args.selinux_policy) if args.selinux_policy else None
+    if selinux_policy is not None and not selinux_policy.is_file():
+        raise UsageError(
+            f"--selinux-policy {selinux_policy}: no such file",
+            hint="give a binary policy such as /etc/selinux/default/policy/policy.33",
+        )
     try:
-        doc = run_scan(ScanOptions(audit_log=audit_log, use_bpf=not args.no_bpf, walk=args.walk))
+        doc = run_scan(
+            ScanOptions(
+                audit_log=audit_log,
+                selinux_policy=selinux_policy,
+                use_bpf=not args.no_bpf,
+                walk=args.walk,
+            )
+        )
     except Error:
         raise
     except OSError as exc:

@@ -486,23 +486,46 @@ def _show(value: object) -> str:
     return "unknown" if value is None else str(value)
 
 
+def _ownerless(
+    id_parts: tuple,
+    severity: str,
+    category: str,
+    title: str,
+    summary: str,
+    evidence: list[str],
+    why: str,
+    fixes: list[str],
+) -> dict:
+    """A finding about the host or its logs rather than a live hook: no owner, no victims."""
+    return {
+        "id": _finding_id(*id_parts),
+        "severity": severity,
+        "category": category,
+        "title": title,
+        "summary": summary,
+        "hooked": [],
+        "owner": None,
+        "victims": [],
+        "authorized": False,
+        "authorization": {},
+        "evidence": evidence,
+        "why": why,
+        "remediation": fixes,
+    }
+
+
 def posture_findings(issues: Iterable) -> list[dict]:
     return [
-        {
-            "id": _finding_id("posture", i.key),
-            "severity": i.severity,
-            "category": "posture",
-            "title": i.title,
-            "summary": f"{i.key}: {_show(i.value)}",
-            "hooked": [],
-            "owner": None,
-            "victims": [],
-            "authorized": False,
-            "authorization": {},
-            "evidence": [f"{i.key}: {_show(i.value)}"],
-            "why": i.why,
-            "remediation": list(i.remediation),
-        }
+        _ownerless(
+            ("posture", i.key),
+            i.severity,
+            "posture",
+            i.title,
+            f"{i.key}: {_show(i.value)}",
+            [f"{i.key}: {_show(i.value)}"],
+            i.why,
+            list(i.remediation),
+        )
         for i in issues
     ]
 
@@ -512,26 +535,61 @@ def history_findings(transient: list[dict]) -> list[dict]:
         return []
     loaders = sorted({t.get("exe") or "?" for t in transient})
     return [
-        {
-            "id": _finding_id("history", tuple(t["prog_id"] for t in transient)),
-            "severity": "info",
-            "category": "load-history",
-            "title": f"{len(transient)} BPF program(s) were loaded and unloaded since the audit log began",
-            "summary": "loaded by " + ", ".join(loaders[:10]),
-            "hooked": [],
-            "owner": None,
-            "victims": [],
-            "authorized": False,
-            "authorization": {},
-            "evidence": [
+        _ownerless(
+            ("history", tuple(t["prog_id"] for t in transient)),
+            "info",
+            "load-history",
+            f"{len(transient)} BPF program(s) were loaded and unloaded since the audit log began",
+            "loaded by " + ", ".join(loaders[:10]),
+            [
                 f"prog {t['prog_id']} loaded by {t.get('exe')} (pid {t.get('pid')}, auid "
                 f"{t.get('auid')}) and unloaded"
                 for t in transient[:50]
             ],
-            "why": "a sniffer that ran between scans is visible only in the audit trail",
-            "remediation": [remediation.AUDITD_BPF_SYSCALLS],
-        }
+            "a sniffer that ran between scans is visible only in the audit trail",
+            [remediation.AUDITD_BPF_SYSCALLS],
+        )
     ]
+
+
+def denial_findings(denials: list) -> list[dict]:
+    """One finding per SELinux domain refused BPF/perf permissions.
+
+    ``denials`` are :class:`ecap.detect.audit_history.AvcDenial`. A refused attempt is
+    medium (someone tried and failed); one logged with ``permissive=1`` went through
+    and is high.
+    """
+    groups: dict[str, list] = {}
+    for d in denials:
+        groups.setdefault(d.domain or "?", []).append(d)
+    out = []
+    for domain, items in sorted(groups.items()):
+        allowed = [d for d in items if d.permissive]
+        asked = sorted({f"{d.tclass} {p}" for d in items for p in d.perms})
+        who = sorted({d.actor.exe or d.actor.comm or "?" for d in items})
+        pids = sorted({d.actor.pid for d in items if d.actor.pid is not None})
+        verdict = "logged but allowed" if allowed else "denied"
+        out.append(
+            _ownerless(
+                ("selinux-denial", domain),
+                "high" if allowed else "medium",
+                "selinux-denial",
+                f"SELinux {verdict} {', '.join(asked)} to {domain} ({', '.join(who[:3])})",
+                f"{len(items)} AVC record(s), pids {' '.join(map(str, pids)) or '?'}"
+                + (f"; {len(allowed)} in permissive mode (not blocked)" if allowed else ""),
+                [
+                    f"avc denied {{ {' '.join(d.perms)} }} tclass={d.tclass} pid {d.actor.pid} "
+                    f"comm {d.actor.comm} exe {d.actor.exe} scontext={d.scontext} "
+                    f"permissive={int(d.permissive)}"
+                    for d in items[:50]
+                ],
+                "a process tried to load BPF programs, open perf events or use CAP_BPF/"
+                "CAP_PERFMON from a domain that may not: an attempt to install a probe"
+                + (", which permissive mode let through" if allowed else ", refused"),
+                [remediation.RESPOND_ROGUE_SNIFFER, remediation.SELINUX_CONFINE_BPF],
+            )
+        )
+    return out
 
 
 def sort_findings(findings: list[dict]) -> list[dict]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ecap import host, remediation
+from ecap import selinux as sel
 from ecap.detect import audit_rules
 
 SYSCTLS = (
@@ -36,8 +37,12 @@ class PostureIssue:
     value: object
 
 
-def collect() -> dict:
-    """The ``posture`` object of the scan document."""
+def collect(selinux: sel.State | None = None) -> dict:
+    """The ``posture`` object of the scan document.
+
+    ``selinux`` is the state the caller already read; by default the loaded policy is
+    analysed when SELinux is enabled (an installed, inactive one is only named).
+    """
     mounts = host.mounts()
     by_type: dict[str, list[str]] = {}
     for _src, mp, fstype in mounts:
@@ -55,6 +60,7 @@ def collect() -> dict:
             "securityfs": by_type.get("securityfs", []),
         },
         "audit": audit_rules.audit_state(),
+        "selinux": (selinux or sel.read_state(analyse_policy=None)).to_json(),
     }
 
 
@@ -190,4 +196,41 @@ def issues(posture: dict) -> list[PostureIssue]:
                 audit.get("rules_tracefs_watch"),
             )
         )
+    out += _selinux_issues(sel.State.from_json(posture.get("selinux")))
+    return out
+
+
+def _selinux_issues(state: sel.State | None) -> list[PostureIssue]:
+    """Where SELinux runs (or its policy was analysed): permissive mode, and confined
+    domains the policy lets capture. Hosts without SELinux get no issue: AppArmor
+    and the other controls cover them."""
+    if state is None or not (state.enabled or state.exposure):
+        return []
+    out = []
+    if state.enabled and state.enforcing is False:
+        out.append(
+            PostureIssue(
+                "selinux.enforcing",
+                "medium",
+                "SELinux is permissive",
+                "denials are logged but nothing is blocked, BPF and perf events included",
+                (remediation.SELINUX_CONFINE_BPF,),
+                state.enforcing,
+            )
+        )
+    exposure = state.exposure
+    if exposure is not None:
+        able = [d for d in exposure.can_capture() if d not in exposure.tolerated()]
+        if able:
+            out.append(
+                PostureIssue(
+                    "selinux.can_capture",
+                    "medium",
+                    f"SELinux lets {len(able)} confined domain(s) load BPF probes",
+                    "a compromised process in these domains may capture plaintext with "
+                    "eBPF uprobes, root or not",
+                    (remediation.SELINUX_CONFINE_BPF,),
+                    able,
+                )
+            )
     return out

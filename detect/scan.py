@@ -19,6 +19,7 @@ from functools import partial
 from pathlib import Path
 
 from ecap import caps, host
+from ecap import selinux as sel
 from ecap.detect import (
     audit_history,
     bpfsys,
@@ -48,6 +49,8 @@ class ScanOptions:
 
     audit_log: Path | None = None
     """AUDIT_BPF history source; default ``/var/log/audit/audit.log`` when present."""
+    selinux_policy: Path | None = None
+    """A binary SELinux policy to analyse; by default only the loaded one, when enabled."""
     use_bpf: bool = True
     """False forces degraded mode (what an unprivileged scan sees), for comparison."""
     walk: str = "auto"
@@ -148,13 +151,21 @@ def run_scan(options: ScanOptions | None = None) -> dict:
     """Scan the host and return the scan document (see detect/SCHEMA.md)."""
     options = options or ScanOptions()
     started = time.monotonic()
+    selinux = None
+    if options.selinux_policy is not None:  # an explicit policy that cannot be read is bad input
+        selinux = sel.read_state(policy=options.selinux_policy)
+        if selinux.exposure is None:
+            raise UsageError(
+                f"--selinux-policy {options.selinux_policy}: {selinux.note}",
+                hint="give a binary SELinux policy such as /etc/selinux/default/policy/policy.33",
+            )
     btf.clear_cache()  # BTF ids are reused eventually; names are cached per scan only
     my_caps = caps.effective()
     objects = _list_objects(options)
     # The walker is loaded after the id walks, so its own programs are not inventoried.
     kernel, walk_note = _open_kernel_walker(options, objects.degraded, my_caps)
     with kernel or contextlib.nullcontext():
-        doc = _scan(objects, kernel, walk_note, my_caps, options)
+        doc = _scan(objects, kernel, walk_note, my_caps, options, selinux)
     doc["scanner"]["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
     return _clean(doc)
 
@@ -197,6 +208,7 @@ def _scan(
     walk_note: str | None,
     my_caps: set[str],
     options: ScanOptions,
+    selinux: sel.State | None = None,
 ) -> dict:
     """Everything after the id walks; ``kernel`` serves the fd walk and victim search."""
     limitations: list[str] = []
@@ -240,7 +252,7 @@ def _scan(
     if host.kernel_version_tuple() < (6, 6):
         limitations.append("kernel < 6.6: perf-event links do not report uprobe targets")
 
-    post = posture.collect()
+    post = posture.collect(selinux)
     history, hnote = audit_history.load_history(options.audit_log, set(inv.programs))
     if hnote:
         limitations.append(hnote)
@@ -257,6 +269,7 @@ def _scan(
     found += findings.posture_findings(posture.issues(post))
     if history is not None:
         found += findings.history_findings(history.transient)
+        found += findings.denial_findings(history.denials)
     found = findings.sort_findings(found)
 
     counts = {s: 0 for s in findings.SEVERITIES}
@@ -315,6 +328,9 @@ def _scan(
                 for v in verdicts
             ],
             "history": history.transient if history is not None else None,
+            "selinux_denials": [d.as_dict() for d in history.denials]
+            if history is not None
+            else None,
         },
         "findings": found,
         "limitations": limitations,

@@ -21,6 +21,7 @@ MOUNTS_TRACEFS_DEBUGFS = "mounts-tracefs-debugfs"
 AUDITD_BPF_SYSCALLS = "auditd-bpf-syscalls"
 AUDITD_TRACING_WATCHES = "auditd-tracing-watches"
 APPARMOR_DENY_TRACING = "apparmor-deny-tracing"
+SELINUX_CONFINE_BPF = "selinux-confine-bpf"
 SECCOMP_DENY_BPF = "seccomp-deny-bpf"
 CONTAINER_CAPABILITIES = "container-capabilities"
 KUBERNETES_POD_SECURITY = "kubernetes-pod-security"
@@ -39,6 +40,7 @@ ALL_CONTROL_IDS: tuple[str, ...] = (
     AUDITD_BPF_SYSCALLS,
     AUDITD_TRACING_WATCHES,
     APPARMOR_DENY_TRACING,
+    SELINUX_CONFINE_BPF,
     SECCOMP_DENY_BPF,
     CONTAINER_CAPABILITIES,
     KUBERNETES_POD_SECURITY,

@@ -24,6 +24,8 @@ class Context:
     """True with ``--from SCAN.json``: recommend only what the host lacks."""
     apps: tuple[str, ...] = ()
     """Executables that get a per-application AppArmor profile."""
+    selinux_allow: tuple[str, ...] = ()
+    """Domains the SELinux assertion module tolerates besides ecap's defaults."""
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,7 @@ class Artifact:
     """Relative to the output directory, e.g. ``sysctl/99-ecap-hardening.conf``."""
     content: str
     kind: str
-    """sysctl, apparmor, apparmor-abstraction, seccomp, docker, compose, markdown,
+    """sysctl, apparmor, apparmor-abstraction, selinux, seccomp, docker, compose, markdown,
     kubernetes, kyverno, auditd, text: tells ``validate`` which checker to run."""
     controls: tuple[str, ...]
     """Control ids this file implements."""

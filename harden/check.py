@@ -17,6 +17,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ecap import selinux as sel
+
 from .auditd import SYSCALLS
 from .auditrules import audits_syscall, watches_path
 from .controls import CATALOGUE, Control
@@ -45,6 +47,8 @@ class Result:
     expected: str
     """What the profile wants, in words."""
     detail: str = ""
+    evidence: tuple[str, ...] = ()
+    """Supporting facts, one per line (the SELinux domains that hold each permission)."""
 
 
 def _sysctl(c: Control, p: Posture, profile: str) -> Result:
@@ -136,6 +140,59 @@ def _apparmor(c: Control, p: Posture, profile: str) -> Result:
     return Result(c.id, "fail" if problems else "pass", current, expected, "; ".join(problems))
 
 
+def _selinux(c: Control, p: Posture, profile: str) -> Result:
+    """SELinux enforcing, and no domain beyond the tolerated set holding BPF/perf rights.
+
+    ``balanced`` fails only for confined domains able to capture (all of prog_load,
+    perf_event open and the capabilities); ``strict`` for any asserted permission.
+    Permissive domains fail both: nothing is enforced for them.
+    """
+    expected = (
+        "SELinux enforcing; no confined domain may load BPF programs, open perf events or "
+        "hold CAP_BPF/CAP_PERFMON"
+    )
+    s = p.selinux
+    if s is None:
+        return Result(c.id, "unknown", None, expected, "not reported by the scan")
+    if not s.enabled and s.policy is None:
+        return Result(c.id, "not-applicable", "no SELinux policy installed", expected)
+    mode = "not enabled" if not s.enabled else ("enforcing" if s.enforcing else "permissive")
+    problems = []
+    if not s.enabled:
+        problems.append("SELinux is not enabled in this kernel: the policy is not enforced")
+    elif not s.enforcing:
+        problems.append("SELinux is permissive: denials are logged, nothing is blocked")
+    e = s.exposure
+    if e is None:
+        status = "fail" if p.live else "unknown"
+        return Result(
+            c.id,
+            status,
+            f"{s.policy} ({mode})",
+            expected,
+            "; ".join([*problems, s.note or "policy not analysed"]),
+        )
+    tolerated = e.tolerated()
+    if profile == "strict":
+        problems += [f"{k} held by {', '.join(v)}" for k, v in e.beyond().items()]
+    else:
+        able = [d for d in e.can_capture() if d not in tolerated]
+        if able:
+            problems.append(f"confined domains able to capture: {', '.join(able)}")
+    loose = [d for d in e.permissive if d not in tolerated]
+    if loose:
+        problems.append(f"permissive domains: {', '.join(loose)}")
+    if not e.types:
+        ecap = "not known from a scan"
+    else:
+        ecap = "installed" if sel.ECAP_DOMAIN in e.types else "not installed"
+    current = f"{e.policy} ({mode}); {e.summary()}"
+    evidence = (*e.evidence(), f"ecap_audit module: {ecap}")
+    return Result(
+        c.id, "fail" if problems else "pass", current, expected, "; ".join(problems), evidence
+    )
+
+
 def _runtime(c: Control, p: Posture, profile: str) -> Result:
     expected = "containers run with ecap's seccomp profile and dropped capabilities"
     if not p.live:
@@ -188,6 +245,7 @@ _CHECKS = {
     "kernel": _lockdown,
     "mounts": _mounts,
     "apparmor": _apparmor,
+    "selinux": _selinux,
     "seccomp": _docker_default_seccomp,
     "container": _runtime,
     "kubernetes": _manual,

@@ -2,7 +2,7 @@
 
 Commands:
   generate [--from SCAN.json] [--profile P] --out DIR   write every policy file + plan.json
-  sysctl|apparmor|seccomp|docker|kubernetes|auditd       print (or --out) one of them
+  sysctl|apparmor|selinux|seccomp|docker|kubernetes|auditd  print (or --out) one of them
   validate DIR                                           run the real validators on DIR
   check [--json]                                         live host vs profile (exit 1 on fail)
   controls [--json]                                      the controls catalogue
@@ -21,7 +21,7 @@ from ecap.errors import FindingsAboveThreshold, UsageError
 from ecap.fsutil import write_private_atomic
 from ecap.text import printable
 
-from . import check, generate, kinds, output, posture, validate
+from . import check, generate, kinds, output, posture, selinux, validate
 from .artifact import Artifact, Context
 from .controls import PROFILES
 
@@ -54,6 +54,10 @@ def build_parser() -> Parser:
         metavar="EXE",
         help="also write a per-application AppArmor profile for EXE (repeatable)",
     )
+    g.add_argument(
+        "--selinux-allow", action="append", default=[], metavar="DOMAIN",
+        help="an SELinux domain (type or attribute) the assertion module tolerates (repeatable)",
+    )  # fmt: skip
 
     for name in SINGLE:
         s = sub.add_parser(name, help=f"print the {name} policy (or write it with --out)")
@@ -76,6 +80,11 @@ def build_parser() -> Parser:
                 help="which AppArmor file (default abstraction)",
             )
             s.add_argument("--app", metavar="EXE", help="executable for --part app")
+        if name == "selinux":
+            s.add_argument(
+                "--selinux-allow", action="append", default=[], metavar="DOMAIN",
+                help="a domain (type or attribute) the assertion module tolerates (repeatable)",
+            )  # fmt: skip
 
     v = sub.add_parser("validate", help="validate a generated directory with the real tools")
     v.add_argument("dir", type=Path, metavar="DIR")
@@ -84,6 +93,11 @@ def build_parser() -> Parser:
         "--no-audit-load",
         action="store_true",
         help="do not load the audit rules into the kernel (ausyscall only)",
+    )
+    v.add_argument(
+        "--no-selinux-link",
+        action="store_true",
+        help="compile the SELinux modules but do not link them with the installed policy",
     )
 
     c = sub.add_parser("check", help="compare this host to a profile (exit 1 on failures)")
@@ -124,26 +138,34 @@ def _single(args: argparse.Namespace) -> int:
     """One policy kind on stdout, or in --out FILE (multi-file kinds: also --out DIR/)."""
     name = args.command
     apps = (args.app,) if getattr(args, "app", None) else ()
-    ctx = Context(profile=args.profile, posture=posture.live(), apps=apps)
+    ctx = Context(
+        profile=args.profile,
+        posture=posture.live(selinux=name == "selinux"),
+        apps=apps,
+        selinux_allow=tuple(getattr(args, "selinux_allow", ())),
+    )
     # Path() drops a trailing slash, so "a directory" is decided on the raw string.
     to_dir = bool(args.out) and (args.out.endswith("/") or Path(args.out).is_dir())
     part = getattr(args, "part", None)
     if to_dir and name in kinds.MULTI_FILE:
-        _write_dir(kinds.artifacts(name, ctx), Path(args.out))
-        return 0
-    arts = kinds.artifacts(name, ctx, part=part)
-    _emit(kinds.as_text(name, arts), Path(args.out) if args.out else None)
+        arts = kinds.artifacts(name, ctx)
+        _write_dir(arts, Path(args.out))
+    else:
+        arts = kinds.artifacts(name, ctx, part=part)
+        _emit(kinds.as_text(name, arts), Path(args.out) if args.out else None)
     for note in (n for a in arts for n in a.notes):
         print(f"note: {printable(note)}", file=sys.stderr)
     return 0
 
 
 def _generate(args: argparse.Namespace) -> int:
+    selinux.check_names(tuple(args.selinux_allow), None)  # syntax first: before the analysis
     if args.scan is not None:
         post, tailored = posture.from_scan(args.scan), True
     else:
         post, tailored = posture.live(), False
-    ctx = Context(args.profile, post, tailored=tailored, apps=tuple(args.app))
+    ctx = Context(args.profile, post, tailored=tailored, apps=tuple(args.app),
+                  selinux_allow=tuple(args.selinux_allow))  # fmt: skip
     gen = generate.build(ctx)
     written = generate.write(gen, args.out)
     print(f"ecap-harden: profile {args.profile}, "
@@ -162,7 +184,9 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    results = validate.validate_dir(args.dir, load_audit=not args.no_audit_load)
+    results = validate.validate_dir(
+        args.dir, load_audit=not args.no_audit_load, link_selinux=not args.no_selinux_link
+    )
     if args.json:
         output.validate_json(results, str(args.dir), sys.stdout)
     else:

@@ -66,7 +66,8 @@ class Control:
     """Stable id from :mod:`ecap.remediation` (detect findings refer to it)."""
     title: str
     kind: str
-    """sysctl, kernel, mounts, auditd, apparmor, seccomp, container, kubernetes, response."""
+    """sysctl, kernel, mounts, auditd, apparmor, selinux, seccomp, container, kubernetes,
+    response."""
     blocks: str
     """What an attacker can no longer do once the control is in place."""
     stops: Stops
@@ -117,6 +118,8 @@ SYSCTL_FILE = "sysctl/99-ecap-hardening.conf"
 AUDIT_FILE = "auditd/60-ecap-bpf.rules"
 AA_ABSTRACTION = "apparmor/abstractions/ecap-deny-tracing"
 AA_SELF = "apparmor/ecap-audit"
+SE_MODULE_FILES = ("selinux/ecap_audit.te", "selinux/ecap_audit.if", "selinux/ecap_audit.fc")
+SE_ASSERT = "selinux/ecap_bpf_assert.te"
 SECCOMP_FILE = "seccomp/ecap-seccomp.json"
 DOCKER_FILES = ("docker/run-flags.txt", "docker/compose.yaml", "docker/dangerous-settings.md")
 K8S_FILES = (
@@ -309,6 +312,29 @@ CATALOGUE: tuple[Control, ...] = (
         one_way=False,
         baselines=("Docker/containerd docker-default AppArmor profile denies similar paths",),
         artifacts=(AA_ABSTRACTION, AA_SELF),
+    ),
+    Control(
+        id=rid.SELINUX_CONFINE_BPF,
+        title="SELinux: no confined domain may use BPF or perf events",
+        kind="selinux",
+        blocks=(
+            "Processes in confined domains — services, containers (container_t), confined "
+            "users, root among them — loading BPF programs, opening perf events or using "
+            "CAP_BPF/CAP_PERFMON; a neverallow assertion makes any policy module granting "
+            "them fail to link. Unconfined root (unconfined_t and every unconfined_domain_type "
+            "domain) is NOT stopped. ecap-audit runs in its own confined domain."
+        ),
+        stops=Stops(YES, YES, PARTIAL),
+        side_effects=(
+            "Needs SELinux enforcing; BPF tooling must run unconfined or in a domain named "
+            "in the allow-list; the assertion is checked at install only with expand-check=1."
+        ),
+        one_way=False,
+        baselines=(
+            "refpolicy/Fedora: bpf and perf_event classes, capability2 bpf/perfmon "
+            "(kernel 5.8+ SELinux controls)",
+        ),
+        artifacts=(*SE_MODULE_FILES, SE_ASSERT),
     ),
     Control(
         id=rid.SECCOMP_DENY_BPF,

@@ -4,8 +4,9 @@ Without a scan, ``generate`` writes the whole profile for this host (keys the
 kernel lacks left out with a note). With ``--from SCAN.json`` it tailors: a control
 is recommended only when the scanned host does not already meet it (or a finding
 asks for it); what is unknown from the scan is recommended, never assumed. ecap's
-own authorized-capture exception (the ``ecap-audit`` AppArmor profile, the Kyverno
-exclude) is always kept, so hardening never locks out the security team.
+own authorized-capture exception (the ``ecap-audit`` AppArmor profile, the
+``ecap_audit`` SELinux module, the Kyverno exclude) is always kept, so hardening
+never locks out the security team.
 """
 
 from __future__ import annotations
@@ -21,15 +22,16 @@ from ecap.errors import UsageError
 from ecap.fsutil import write_private_atomic
 from ecap.text import json_safe_str, printable
 
-from . import apparmor, auditd, containers, guides, kubernetes, seccomp, sysctl
+from . import apparmor, auditd, containers, guides, kubernetes, seccomp, selinux, sysctl
 from .artifact import Artifact, Context
 from .check import Result, evaluate
-from .controls import AA_SELF, CATALOGUE, PROFILES
+from .controls import AA_SELF, CATALOGUE, PROFILES, SE_MODULE_FILES
 
 PLAN_SCHEMA = "ecap.harden-plan/1"
 PLAN_FILE = "plan.json"
 KEPT_ALWAYS = frozenset({
-    AA_SELF, "kubernetes/kyverno-clusterpolicy.yaml", "kubernetes/capture-pod.yaml",
+    AA_SELF, *SE_MODULE_FILES, "kubernetes/kyverno-clusterpolicy.yaml",
+    "kubernetes/capture-pod.yaml",
 })  # fmt: skip
 
 
@@ -49,6 +51,7 @@ def artifacts(ctx: Context, syntax: apparmor.Syntax | None = None) -> list[Artif
     return [
         sysctl.render(ctx),
         *apparmor.render(ctx, syntax),
+        *selinux.render(ctx),
         seccomp.render(ctx),
         *containers.render(ctx),
         *kubernetes.render(ctx),
@@ -158,6 +161,7 @@ def _plan(
                 "status": r.status,
                 "expected": r.expected,
                 "detail": _s(r.detail),
+                "evidence": [_s(e) for e in r.evidence],
                 "recommended": recommended,
                 "files": by_control.get(c.id, []),
             }
@@ -174,12 +178,18 @@ def _plan(
         "apparmor_parser": ".".join(map(str, syntax.parser_version))
         if syntax.parser_version
         else None,
+        "selinux_policy": _s(ctx.posture.selinux.policy) if ctx.posture.selinux else None,
         "controls": controls,
         "exceptions": [
             {
                 "what": "ecap-audit's own least-privilege AppArmor profile (bpf, perfmon, "
                 "read-only ptrace) for authorized capture",
                 "file": AA_SELF,
+            },
+            {
+                "what": "ecap-audit's own SELinux domain ecap_audit_t (bpf, perfmon, read-only "
+                "ptrace, no network) for authorized capture, tolerated by the assertion module",
+                "file": SE_MODULE_FILES[0],
             },
             {
                 "what": f"Kyverno exclude for ecap-audit pods in namespace "

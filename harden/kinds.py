@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from ecap.errors import UsageError
 
-from . import apparmor, auditd, containers, kubernetes, seccomp, sysctl
+from . import apparmor, auditd, containers, kubernetes, seccomp, selinux, sysctl
 from .artifact import Artifact, Context
 
-KINDS = ("sysctl", "apparmor", "seccomp", "docker", "kubernetes", "auditd")
-MULTI_FILE = ("apparmor", "docker", "kubernetes")
+KINDS = ("sysctl", "apparmor", "selinux", "seccomp", "docker", "kubernetes", "auditd")
+MULTI_FILE = ("apparmor", "selinux", "docker", "kubernetes")
 APPARMOR_PARTS = ("abstraction", "ecap-audit", "container", "app")
 
 
@@ -29,6 +29,8 @@ def artifacts(kind: str, ctx: Context, *, part: str | None = None) -> list[Artif
         return containers.render(ctx)
     if kind == "kubernetes":
         return kubernetes.render(ctx)
+    if kind == "selinux":
+        return selinux.render(ctx)
     if kind != "apparmor":
         raise UsageError(f"unknown policy kind {kind!r}", hint=f"use one of {', '.join(KINDS)}")
     every = apparmor.render(ctx)

@@ -93,6 +93,7 @@ def check_json(results: list[Result], profile: str, hostname: str, out: TextIO) 
                 "current": _s(r.current),
                 "expected": _s(r.expected),
                 "detail": _s(r.detail),
+                "evidence": [_s(e) for e in r.evidence],
             }
             for r in results
         ],
@@ -110,6 +111,8 @@ def check_plain(results: list[Result], profile: str, hostname: str, out: TextIO)
         print(line, file=out)
         if r.status != "pass" and r.detail:
             print(f"  {'':15} {'':28} {printable(r.detail)}", file=out)
+        for line in r.evidence:
+            print(f"  {'':15} {'':28} · {printable(line)}", file=out)
     counts = Counter(r.status for r in results)
     print("summary: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), file=out)
 

@@ -3,8 +3,8 @@
 ``generate`` and ``check`` compare a posture against a profile. A posture comes
 either from this host (``ecap.host`` readers, ``auditctl -l``) or from the JSON that
 ``ecap-detect scan --json`` wrote, possibly on another machine of a fleet. A scan
-only carries sysctls and findings; every other fact is then ``None`` (unknown), and
-unknown is never mistaken for "already hardened".
+only carries sysctls, SELinux state and findings; every other fact is then ``None``
+(unknown), and unknown is never mistaken for "already hardened".
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ecap import host
+from ecap import selinux as sel
 from ecap.errors import UsageError
 from ecap.remediation import ALL_CONTROL_IDS
 from ecap.text import printable
@@ -47,6 +48,8 @@ class Posture:
     audit_exclusions: tuple[auditrules.Exclusion, ...] = ()
     finding_controls: frozenset[str] = field(default_factory=frozenset)
     """Control ids that the scan's findings recommend."""
+    selinux: sel.State | None = None
+    """SELinux state and the policy's BPF exposure; None when unknown."""
 
     @property
     def live(self) -> bool:
@@ -71,8 +74,8 @@ def _mode(path: str) -> int:
         return -1
 
 
-def live() -> Posture:
-    """This host, now."""
+def live(*, selinux: bool = True) -> Posture:
+    """This host, now; ``selinux=False`` skips analysing the SELinux policy (~1 s)."""
     rules = auditrules.live_rules()
     return Posture(
         source="live",
@@ -86,6 +89,7 @@ def live() -> Posture:
         audit_rules=tuple(rules) if rules is not None else None,
         audit_enabled=auditrules.enabled(),
         audit_exclusions=tuple(auditrules.tracing_exclusions(rules)),
+        selinux=sel.read_state(analyse_policy=selinux),
     )
 
 
@@ -136,4 +140,5 @@ def from_scan(path: Path) -> Posture:
         kernel=str(hostinfo.get("kernel", "?")),
         sysctl=sysctl,
         finding_controls=frozenset(wanted),
+        selinux=sel.State.from_json(posture.get("selinux")),
     )

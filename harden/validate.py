@@ -1,7 +1,9 @@
 """``ecap-harden validate DIR``: run the real validators on a generated directory.
 
 Each file kind goes to the tool that will eventually consume it: AppArmor profiles
-to ``apparmor_parser -Q -K`` (parse and compile, no kernel load), seccomp profiles
+to ``apparmor_parser -Q -K`` (parse and compile, no kernel load), SELinux modules to
+the refpolicy module Makefile (``checkmodule``) and then, all together with the
+installed policy, to ``secilc`` (link, neverallow rules checked), seccomp profiles
 to libseccomp and a filtered child process, audit rules to ``ausyscall`` and
 ``auditctl`` (loaded and removed again), Kubernetes manifests to the offline
 Kubernetes schema, the Kyverno policy to ecap's structural check, sysctl files to
@@ -27,7 +29,7 @@ from ecap import host
 from ecap.errors import UsageError
 from ecap.text import printable
 
-from . import auditd_check, containers, kyverno_check, seccomp_filter, sysctl
+from . import auditd_check, containers, kyverno_check, seccomp_filter, selinux_build, sysctl
 from .generate import PLAN_FILE, PLAN_SCHEMA
 from .kubernetes import DENIED_CAPS
 from .seccomp import DENY_ALWAYS, denied_names
@@ -84,6 +86,52 @@ def _apparmor(root: Path, path: Path) -> Validation:
     else:
         ok, msg = apparmor_compile(path, incs)
     return Validation(rel, "apparmor_parser", ok, msg)
+
+
+# ----------------------------------------------------------------- SELinux
+
+
+def _selinux(root: Path, link: bool) -> list[Validation]:
+    """Compile every module of DIR/selinux, then link them all with the installed policy.
+
+    The ``.if`` and ``.fc`` files are part of the module of the same name. The link
+    is one result for the directory: the modules depend on each other (the
+    assertion names ``ecap_audit_t``), as they will when installed. A plan made from
+    another host's scan is not linked here: this host's policy is not that host's.
+    """
+    out: list[Validation] = []
+    pps = []
+    source = _plan_source(root)
+    skipped: tuple[str, ...] = ()
+    if not link:
+        skipped = ("not linked with the installed policy (--no-selinux-link)",)
+    elif source.startswith("scan:"):
+        link = False
+        skipped = (
+            "not linked: the plan is for the scanned host, whose policy is not this "
+            "host's; run 'ecap-harden validate' there",
+        )
+    with tempfile.TemporaryDirectory(prefix="ecap-se-pp-") as tmp:
+        for te in sorted((root / "selinux").glob("*.te")):
+            res, pp = selinux_build.compile_module(te, Path(tmp))
+            rel = str(te.relative_to(root))
+            out.append(Validation(rel, "checkmodule", res.ok, res.message, res.lines + skipped))
+            if pp is not None:
+                pps.append(pp)
+        if link and out and len(pps) == len(out):
+            res = selinux_build.link(pps)
+            out.append(Validation("selinux", "secilc", res.ok, res.message, res.lines))
+    return out
+
+
+def _plan_source(root: Path) -> str:
+    """``source`` of DIR/plan.json (``live`` or ``scan:PATH``); empty when unreadable."""
+    try:
+        plan = json.loads((root / PLAN_FILE).read_text())
+    except (OSError, ValueError):
+        return ""
+    source = plan.get("source") if isinstance(plan, dict) else None
+    return source if isinstance(source, str) else ""
 
 
 # ----------------------------------------------------------------- seccomp
@@ -275,6 +323,8 @@ def _route(root: Path, path: Path, load_audit: bool) -> Callable[[], Validation]
     top = rel.parts[0] if len(rel.parts) > 1 else ""
     if top == "apparmor":
         return lambda: _apparmor(root, path)
+    if top == "selinux":
+        return None  # compiled and linked per directory, see _selinux
     if path.suffix == ".json" and top == "seccomp":
         return lambda: _seccomp(root, path)
     if path.suffix == ".rules":
@@ -288,7 +338,9 @@ def _route(root: Path, path: Path, load_audit: bool) -> Callable[[], Validation]
     return None
 
 
-def validate_dir(root: Path, *, load_audit: bool = True) -> list[Validation]:
+def validate_dir(
+    root: Path, *, load_audit: bool = True, link_selinux: bool = True
+) -> list[Validation]:
     """Validate every recognised file under ``root`` (UsageError if there is none)."""
     if not root.is_dir():
         raise UsageError(
@@ -308,6 +360,8 @@ def validate_dir(root: Path, *, load_audit: bool = True) -> list[Validation]:
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             # A file of the right name but the wrong shape fails; it never passes.
             out.append(Validation(rel, "structure", False, f"unexpected content: {exc!r}"))
+    if (root / "selinux").is_dir():
+        out += _selinux(root, link_selinux)
     if not out:
         raise UsageError(
             f"nothing to validate in {printable(str(root))}",

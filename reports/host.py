@@ -82,6 +82,12 @@ INVENTORY: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...]], ...] = (
         ("capture_pid",),
     ),
     ("history", "BPF programs loaded and unloaded (audit log)", (), ("prog_id", "pid")),
+    (
+        "selinux_denials",
+        "SELinux denials of BPF and perf-event permissions (audit log)",
+        ("domain", "tclass", "perms", "permissive", "pid", "comm", "exe", "scontext"),
+        ("pid",),
+    ),
 )
 
 

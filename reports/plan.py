@@ -58,6 +58,7 @@ def build_view(plan: dict[str, Any]) -> dict[str, Any]:
                 "current": tables.cell(c.get("current")),
                 "expected": tables.cell(c.get("expected")),
                 "detail": tables.cell(c.get("detail")),
+                "evidence": [str(e) for e in as_list(c.get("evidence"))],
                 "recommended": bool(c.get("recommended")),
                 "files": [(str(p), anchors.get(str(p))) for p in as_list(c.get("files"))],
             }
@@ -72,6 +73,7 @@ def build_view(plan: dict[str, Any]) -> dict[str, Any]:
             "tailored": bool(plan.get("tailored")),
             "source": plan.get("source"),
             "apparmor_parser": plan.get("apparmor_parser"),
+            "selinux_policy": plan.get("selinux_policy"),
         },
         "host": as_dict(plan.get("host")),
         "summary": {

@@ -24,6 +24,7 @@ _COMMANDS = {
     "sysctl": "ecap-harden sysctl --out /etc/sysctl.d/99-ecap-hardening.conf && sysctl --system",
     "auditd": "ecap-harden auditd --out /etc/audit/rules.d/60-ecap-bpf.rules && augenrules --load",
     "apparmor": "ecap-harden apparmor --out DIR",
+    "selinux": "ecap-harden selinux --out DIR/ (then make -f /usr/share/selinux/devel/Makefile)",
     "seccomp": "ecap-harden seccomp --out ecap-seccomp.json",
     "container": "ecap-harden docker --out DIR",
     "kubernetes": "ecap-harden kubernetes --out DIR",

@@ -11,6 +11,8 @@ APT_PACKAGES=(
   python3-venv python3-seccomp apparmor libseccomp-dev
   openssl curl nodejs chromium golang-go postgresql gcc libssl-dev
   clang-14 libbpf-dev libcap2-bin android-libboringssl-dev
+  selinux-policy-default selinux-policy-dev checkpolicy semodule-utils policycoreutils
+  secilc python3-setools setools
 )
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -59,8 +61,8 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "setup: installing ecap into .venv"
   .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 \
     | grep -v "is ignored: it is neither a file nor a directory" || true
-  .venv/bin/python -c "import ecap, bcc, audit, auparse, seccomp" \
-    || { echo "setup: .venv cannot import ecap/bcc/audit/auparse/seccomp" >&2; exit 4; }
+  .venv/bin/python -c "import ecap, bcc, audit, auparse, seccomp, setools" \
+    || { echo "setup: .venv cannot import ecap/bcc/audit/auparse/seccomp/setools" >&2; exit 4; }
   touch "$stamp"
 fi
 

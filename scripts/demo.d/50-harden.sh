@@ -1,5 +1,6 @@
 # Step 5: hardening — the policy set for this host, tailored to its scan, validated by
-# the real tools (apparmor_parser, libseccomp, auditctl/ausyscall, kubernetes-validate).
+# the real tools (apparmor_parser, checkmodule, libseccomp, auditctl/ausyscall,
+# kubernetes-validate).
 step "Hardening: which control stops which attacker"
 ecap-harden --help | sed -n '/^controls/,$p'
 

@@ -61,7 +61,7 @@ def test_uprobe_target_with_ref_ctr_offset():
 
 
 def test_audit_log_sample_joins_bpf_to_syscall():
-    events = audit_history.read_events(FIX / "audit.log")
+    events = audit_history.read_log(FIX / "audit.log").bpf
     assert [(e.prog_id, e.op) for e in events] == [
         (901, "LOAD"),
         (902, "LOAD"),
@@ -69,14 +69,14 @@ def test_audit_log_sample_joins_bpf_to_syscall():
         (903, "LOAD"),
     ]
     first = events[0]
-    assert (first.exe, first.comm, first.pid, first.auid) == (
+    assert (first.actor.exe, first.actor.comm, first.actor.pid, first.actor.auid) == (
         "/usr/bin/bpftrace",
         "bpftrace",
         4242,
         1000,
     )
-    assert events[1].auid is None  # unset login uid (4294967295)
-    assert "evil" in (events[1].comm or "") and "\x1b" not in (events[1].comm or "")
+    assert events[1].actor.auid is None  # unset login uid (4294967295)
+    assert "evil" in (events[1].actor.comm or "") and "\x1b" not in (events[1].actor.comm or "")
     hist = audit_history.summarize(events, live_ids={902, 903})
     assert [t["prog_id"] for t in hist.transient] == [901]
     assert hist.transient[0]["exe"] == "/usr/bin/bpftrace"

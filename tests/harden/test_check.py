@@ -39,6 +39,7 @@ def test_check_plain_lists_every_control(run_harden) -> None:
     for cid in BY_ID:
         assert cid in proc.stdout
     assert "summary:" in proc.stdout
+    assert "· perf_event open: " in proc.stdout  # the SELinux domains, one line each
 
 
 def test_audit_checks_follow_the_live_rule_set() -> None:
