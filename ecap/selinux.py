@@ -99,14 +99,15 @@ class Exposure:
     def can_capture(self) -> tuple[str, ...]:
         """Domains allowed everything a uprobe capture needs (or permissive ones).
 
-        ``bpf prog_load`` and ``perf_event open``, plus CAP_BPF and CAP_PERFMON or
-        CAP_SYS_ADMIN, which the kernel accepts for both.
+        ``bpf prog_load`` plus CAP_BPF and CAP_PERFMON or CAP_SYS_ADMIN, which the
+        kernel accepts for both. ``perf_event open`` is not required: a uprobe_multi
+        link (Linux 6.6+) attaches a uprobe through bpf(2) alone — it is how ecap's
+        own capture attaches — so denying perf events does not stop a capture.
         """
         g = {k: set(v) for k, v in self.grants.items()}
         admin = g.get(SYS_ADMIN_KEY, set())
         able = (
             g.get(key("bpf", "prog_load"), set())
-            & g.get(key("perf_event", "open"), set())
             & (g.get(key("capability2", "bpf"), set()) | admin)
             & (g.get(key("capability2", "perfmon"), set()) | admin)
         )
