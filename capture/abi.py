@@ -1,22 +1,27 @@
 """The capture programs' record format, as Python reads it.
 
 ``bpf/capture_abi.h`` is the one definition of record kinds, flags, counter slots,
-attach-cookie bits and ``struct ecap_record``. ``scripts/build_bpf.py`` copies
-the macros (as the C preprocessor expands them) and the struct layout (from the
-object's BTF) into the loader file; this module reads them from there, so a
-change to the header changes both sides at the next ``make setup``.
+attach-cookie bits and the structs the kernel side writes. ``scripts/build_bpf.py``
+copies the macros (as the C preprocessor expands them) and the struct layouts
+(from the object's BTF) into the loader file; this module reads them from there,
+so a change to the header changes both sides at the next ``make setup``.
+
+An :class:`Abi` also travels inside a raw session file (``--format raw``), so that
+``ecap-audit replay`` decodes the records with the layout they were written with.
 """
 
 from __future__ import annotations
 
 import functools
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ecap.ebpf.loader import Image, image
 
 RECORD_STRUCT = "ecap_record"
+SIDE_STRUCTS = ("ecap_sockinfo", "ecap_threadinfo")
+"""Payloads of some record kinds (a socket's ends, a thread's name)."""
 HEADER_FIELDS = (
     "ts_ns", "conn", "stream_off", "pid", "tid", "fd", "total", "offset", "len", "kind", "flags",
     "family",
@@ -29,13 +34,16 @@ _INT_CODES = {(1, "u"): "B", (2, "u"): "H", (4, "u"): "I", (8, "u"): "Q",
 
 @dataclass(frozen=True)
 class Abi:
-    """Constants and the record header layout of one capture object."""
+    """Constants and struct layouts of one capture object's records."""
 
     constants: dict[str, int]
-    unpack_header: Any
-    """``struct.Struct.unpack_from`` of the header fields (``HEADER_FIELDS`` order)."""
+    header_format: str
+    """``struct`` format of the header fields (``HEADER_FIELDS`` order)."""
     data_offset: int
-    header_size: int
+    struct_formats: dict[str, str] = field(default_factory=dict)
+    """Side structs (``ecap_sockinfo``...) → ``struct`` format."""
+    offsets: dict[str, int] = field(default_factory=dict)
+    """Header field → byte offset in a record (raw mode peeks at ``kind``, ``len``)."""
 
     def __getattr__(self, name: str) -> int:
         # abi.KIND_WRITE → ECAP_KIND_WRITE: the C names, without repeating the prefix.
@@ -43,6 +51,14 @@ class Abi:
             return self.constants[f"ECAP_{name}"]
         except KeyError:
             raise AttributeError(name) from None
+
+    @functools.cached_property
+    def unpack_header(self) -> Any:
+        """``struct.Struct.unpack_from`` of the header fields."""
+        return struct.Struct(self.header_format).unpack_from
+
+    def struct(self, name: str) -> struct.Struct:
+        return _struct(self.struct_formats[name])
 
     def kind_names(self) -> dict[int, str]:
         """Record kind number → lower-case name (``write``, ``handshake``...)."""
@@ -52,38 +68,68 @@ class Abi:
             if key.startswith("ECAP_KIND_")
         }
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "constants": self.constants,
+            "header_format": self.header_format,
+            "header_fields": list(HEADER_FIELDS),
+            "data_offset": self.data_offset,
+            "structs": self.struct_formats,
+            "offsets": self.offsets,
+        }
 
-def struct_reader(img: Image, name: str) -> tuple[struct.Struct, tuple[str, ...]]:
-    """A ``struct`` reader for ``struct <name>`` (integers and byte arrays) and its
-    field names, from the loader's BTF copy of the layout."""
-    layout = img.struct(name)
-    fmt, pos, names = "<", 0, []
-    for field, offset, size, kind in layout["members"]:
+    @classmethod
+    def from_json(cls, doc: Any) -> Abi:
+        """The ABI recorded in a raw session file (checked: it comes from a file)."""
+        try:
+            if list(doc["header_fields"]) != list(HEADER_FIELDS):
+                raise ValueError("the record header has other fields than this version reads")
+            abi = cls(
+                {str(k): int(v) for k, v in doc["constants"].items()},
+                str(doc["header_format"]),
+                int(doc["data_offset"]),
+                {str(k): str(v) for k, v in doc["structs"].items()},
+                {str(k): int(v) for k, v in doc["offsets"].items()},
+            )
+            struct.calcsize(abi.header_format)
+            for fmt in abi.struct_formats.values():
+                struct.calcsize(fmt)
+        except (KeyError, TypeError, ValueError, AttributeError, struct.error) as exc:
+            raise ValueError(f"the record layout in the file is not usable ({exc})") from None
+        return abi
+
+
+@functools.cache
+def _struct(fmt: str) -> struct.Struct:
+    return struct.Struct(fmt)
+
+
+def _format(layout: dict[str, Any], names: tuple[str, ...] | None = None) -> str:
+    """A ``struct`` format for the named members (all when None) of a BTF layout."""
+    members = {name: (offset, size, kind) for name, offset, size, kind in layout["members"]}
+    wanted = names if names is not None else tuple(members)
+    fmt, pos = "<", 0
+    for name in wanted:
+        offset, size, kind = members[name]
+        if offset < pos:
+            raise RuntimeError("struct fields are not in the expected order")
         fmt += f"{offset - pos}x" if offset > pos else ""
         fmt += f"{size}s" if kind == "bytes" else _INT_CODES[(size, kind)]
-        names.append(field)
         pos = offset + size
-    fmt += f"{layout['size'] - pos}x" if layout["size"] > pos else ""
-    return struct.Struct(fmt), tuple(names)
+    if names is None and layout["size"] > pos:
+        fmt += f"{layout['size'] - pos}x"
+    return fmt
 
 
 def from_image(img: Image) -> Abi:
-    """Derive the record layout from the loader's BTF copy of ``struct ecap_record``."""
+    """Derive the layouts from the loader's BTF copy of the C structs."""
     layout = img.struct(RECORD_STRUCT)
-    members = {name: (offset, size, kind) for name, offset, size, kind in layout["members"]}
-    missing = [f for f in (*HEADER_FIELDS, "data") if f not in members]
+    missing = [f for f in (*HEADER_FIELDS, "data") if f not in {m[0] for m in layout["members"]}]
     if missing:
         raise RuntimeError(f"struct {RECORD_STRUCT} lacks {missing}: rebuild with make setup")
-    fmt, pos = "<", 0
-    for name in HEADER_FIELDS:
-        offset, size, kind = members[name]
-        if offset < pos:
-            raise RuntimeError(f"struct {RECORD_STRUCT} fields are not in the expected order")
-        fmt += f"{offset - pos}x" if offset > pos else ""
-        fmt += f"{size}s" if kind == "bytes" else _INT_CODES[(size, kind)]
-        pos = offset + size
-    data_offset = members["data"][0]
-    return Abi(img.constants, struct.Struct(fmt).unpack_from, data_offset, data_offset)
+    offsets = {name: off for name, off, *_ in layout["members"]}
+    side = {name: _format(img.struct(name)) for name in SIDE_STRUCTS}
+    return Abi(img.constants, _format(layout, HEADER_FIELDS), offsets["data"], side, offsets)
 
 
 @functools.cache

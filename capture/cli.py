@@ -118,12 +118,22 @@ def build_parser() -> Parser:
     cli_capture.add_arguments(p)
     _common(p)
 
-    p = sub.add_parser("replay", help="show a capture session (JSONL) as the decoded text view")
-    p.add_argument("session", help="SESSION.jsonl written by 'capture --format jsonl'")
+    p = sub.add_parser(
+        "replay", help="render a recorded session (JSONL or raw) as text, or a raw one as JSONL"
+    )
+    p.add_argument("session", help="a session file written by 'capture --format jsonl' or 'raw'")
+    p.add_argument(
+        "--format",
+        choices=("text", "jsonl"),
+        default="text",
+        help="text: the decoded view (default); jsonl: the session record",
+    )
     p.add_argument("--hex", action="store_true", help="payloads as hex dumps")
 
-    p = sub.add_parser("report", help="render a capture session (JSONL) as an HTML audit report")
-    p.add_argument("session", help="SESSION.jsonl written by 'capture --format jsonl'")
+    p = sub.add_parser(
+        "report", help="render a capture session (JSONL or raw) as an HTML audit report"
+    )
+    p.add_argument("session", help="a session file written by 'capture --format jsonl' or 'raw'")
     p.add_argument("--html", required=True, help="output HTML file")
     p.add_argument("--json", help="also write the report's JSON twin here")
     _common(p)

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from ecap.capture import modules, sinks
+from ecap.capture.events import RECORDS
 from ecap.capture.kernel import DEFAULT_MAX_CALL_BYTES, DEFAULT_RING_MB
 from ecap.errors import UsageError
 
@@ -88,7 +89,7 @@ def module_options(args: argparse.Namespace, chosen: str) -> dict[str, object]:
 def _validate(args: argparse.Namespace) -> list[int]:
     module = modules.get(args.module)
     sink = sinks.get(args.format)
-    if not module.emits & sink.consumes:
+    if RECORDS not in sink.consumes and not module.emits & sink.consumes:
         raise UsageError(
             f"the {module.name} module produces nothing the {sink.name} format writes",
             hint=f"choose one of: {', '.join(s.name for s in sinks.registry().values() if s.consumes & module.emits)}",

@@ -247,8 +247,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from ecap.capture.replay import render_session
 
     render_session(
-        Path(args.session), sys.stdout.buffer, hex_mode=args.hex, colour=sys.stdout.isatty()
-    )
+        Path(args.session), sys.stdout.buffer, fmt=args.format, hex_mode=args.hex,
+        colour=sys.stdout.isatty() and args.format == "text",
+    )  # fmt: skip
     return 0
 
 

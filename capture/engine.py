@@ -26,13 +26,12 @@ from ecap import host, procfs, sessions
 from ecap.authz.token import Grant
 from ecap.capture import modules as module_registry
 from ecap.capture import sinks as sink_registry
-from ecap.capture.abi import struct_reader
-from ecap.capture.connections import ConnectionTable, format_endpoint
-from ecap.capture.events import ConnectionEndEvent, DataEvent, HandshakeEvent
+from ecap.capture.events import RECORDS
 from ecap.capture.hold import TargetHold
 from ecap.capture.kernel import DEFAULT_MAX_CALL_BYTES, DEFAULT_RING_MB, KernelSide
 from ecap.capture.modules.interface import CaptureModule, HookTarget
-from ecap.capture.records import Clock, Decoder, Reassembler, Record
+from ecap.capture.pipeline import Pipeline, summary_counts
+from ecap.capture.records import Clock, Decoder, Record
 from ecap.capture.sinks.interface import SinkOptions
 from ecap.capture.summary import summary_lines
 from ecap.errors import EnvironmentNotReady, Error, UsageError
@@ -70,12 +69,6 @@ class CaptureOptions:
     """No status lines on stderr (the summary is still printed)."""
     replace_output: bool = False
     """``--force``: replace an existing ``output`` (otherwise it is never touched)."""
-
-
-@dataclass
-class Counters:
-    events: dict[str, int] = field(default_factory=lambda: {"write": 0, "read": 0})
-    bytes: dict[str, int] = field(default_factory=lambda: {"write": 0, "read": 0})
 
 
 class _Stop:
@@ -149,14 +142,11 @@ class _Session:
         self.hold = hold
         self.options = options
         self.journal = journal
+        self.out = out
         self.session_id = uuid.uuid4().hex
-        sink = sink_registry.get(options.fmt)
-        colour = out is sys.stdout.buffer and sys.stdout.isatty()
-        self.writer = sink.open(out, SinkOptions(hex_mode=options.hex, colour=colour))
+        self.sink = sink_registry.get(options.fmt)
+        self.raw = RECORDS in self.sink.consumes
         self.clock = Clock()
-        self.conns = ConnectionTable(module.name)
-        self.counters = Counters()
-        self.message_id = 0
         self.unknown_socket_at = time.monotonic()
         """Last time a call's socket was unknown (then the syscall tracepoints help)."""
         self.live = hold.start_times()
@@ -165,29 +155,28 @@ class _Session:
         self.stop = _Stop()
         self.started_at = time.time()
         self.kernel: KernelSide | None = None
-        self.decode: Decoder | None = None
-        self.reasm: Reassembler | None = None
-        self.handlers: dict[int, Any] = {}
+        self.writer: Any = None
+        self.pipeline: Pipeline | None = None
+        self.raw_counts = RawCounts()
         self.last_lost = 0
 
     def bind_kernel(self, kernel: KernelSide) -> None:
-        """Record kinds and layout come from the loaded object's ABI."""
+        """The record layout comes from the loaded object's ABI: the writer and the
+        pipeline are made once it is known."""
         self.kernel = kernel
-        abi = kernel.abi
-        self.decode = Decoder(abi, struct_reader(kernel.obj.image, "ecap_threadinfo")[0])
-        self.reasm = Reassembler(self.clock, self.options.max_call_bytes, abi)
-        self.handlers = {
-            abi.KIND_WRITE: self._on_data,
-            abi.KIND_READ: self._on_data,
-            abi.KIND_HANDSHAKE: self._on_handshake,
-            abi.KIND_CONN_END: self._on_conn_end,
-            abi.KIND_CONNECT: self._on_connect,
-            abi.KIND_CLOSE: self._on_close,
-            abi.KIND_EXEC: self._on_exec,
-            abi.KIND_SOCKET: self._on_socket,
-            abi.KIND_THREAD: lambda _rec: None,  # the decoder keeps the thread table
-        }
-        self._sockinfo = struct_reader(kernel.obj.image, "ecap_sockinfo")[0]
+        colour = self.out is sys.stdout.buffer and sys.stdout.isatty()
+        self.writer = self.sink.open(
+            self.out,
+            SinkOptions(hex_mode=self.options.hex, colour=colour, abi=kernel.abi,
+                        clock_offset=self.clock.offset),
+        )  # fmt: skip
+        if self.raw:
+            self.raw_counts = RawCounts(kernel.abi)
+        else:
+            self.pipeline = Pipeline(
+                kernel.abi, self.clock, self.options.max_call_bytes, self.module.name,
+                self.writer, on_unknown_socket=self.socket_unknown, on_exec=self._on_exec,
+            )  # fmt: skip
 
     # -- records -------------------------------------------------------------------
     def drain(self) -> int:
@@ -197,12 +186,13 @@ class _Session:
             batch = self.kernel.ring.drain(BATCH_BYTES)
         except (OSError, ValueError) as exc:
             raise EnvironmentNotReady(f"reading the ring buffer failed: {exc}") from exc
-        decode, handlers = self.decode, self.handlers
-        for raw in batch:
-            rec = decode(raw)
-            handler = handlers.get(rec.kind)
-            if handler is not None:
-                handler(rec)
+        if not batch:
+            return 0
+        if self.pipeline is not None:
+            return self.pipeline.feed(batch)
+        self.writer.records(batch)
+        for rec in self.raw_counts.count(batch):  # the few kinds a live capture must act on
+            self._on_exec(rec)
         return len(batch)
 
     def drain_all(self) -> None:
@@ -210,52 +200,12 @@ class _Session:
         while self.drain():
             pass
 
-    def note_socket_unknown(self, fd: int) -> None:
+    def socket_unknown(self) -> None:
         """A call whose socket is not known: let the syscall tracepoints find it."""
-        if fd < 0:
-            self.unknown_socket_at = time.monotonic()
-            assert self.kernel is not None
-            if not self.kernel.syscalls_attached:
-                self.kernel.syscalls(True)
-
-    def deliver(self, call: Any) -> None:
-        conn = self.conns.get(call.pid, call.conn, call.comm, call.fd, call.ts)
-        self.message_id += 1
-        conn.messages += 1
-        conn.bytes[call.direction] += len(call.data)
-        self.counters.events[call.direction] += 1
-        self.counters.bytes[call.direction] += len(call.data)
-        self.writer.emit(DataEvent(conn, self.message_id, call))
-
-    def _on_data(self, rec: Record) -> None:
-        if rec.fd < 0:
-            self.note_socket_unknown(rec.fd)
-        for call in self.reasm.add(rec):
-            self.deliver(call)
-
-    def _on_handshake(self, rec: Record) -> None:
-        self.note_socket_unknown(rec.fd)
-        ts = self.clock.wall(rec.ts_ns)
-        conn = self.conns.get(rec.pid, rec.conn, rec.comm, rec.fd, ts)
-        conn.handshake = True
-        self.writer.emit(HandshakeEvent(conn, ts))
-
-    def _on_conn_end(self, rec: Record) -> None:
-        conn = self.conns.end(rec.pid, rec.conn, self.clock.wall(rec.ts_ns), "library ended it")
-        if conn is not None:
-            self.writer.emit(ConnectionEndEvent(conn))
-
-    def _on_connect(self, rec: Record) -> None:
-        self.conns.note_connect(rec.pid, rec.fd, rec.data)
-
-    def _on_socket(self, rec: Record) -> None:
-        family, lport, rport, _pad, laddr, raddr = self._sockinfo.unpack_from(rec.data)
-        self.conns.note_socket(rec.pid, rec.conn, rec.fd, format_endpoint(family, laddr, lport),
-                               format_endpoint(family, raddr, rport))  # fmt: skip
-
-    def _on_close(self, rec: Record) -> None:
-        for conn in self.conns.end_fd(rec.pid, rec.fd, self.clock.wall(rec.ts_ns)):
-            self.writer.emit(ConnectionEndEvent(conn))
+        self.unknown_socket_at = time.monotonic()
+        assert self.kernel is not None
+        if not self.kernel.syscalls_attached:
+            self.kernel.syscalls(True)
 
     def _on_exec(self, rec: Record) -> None:
         """The kernel took an exec'ing target off the allow-list: it stays off unless
@@ -302,8 +252,8 @@ class _Session:
             if not self.hold.alive(pid):
                 self._leave(pid)
                 _status(self.options, f"target {pid} exited; its part of the session ended")
-        for call in self.reasm.stale():
-            self.deliver(call)
+        if self.pipeline is not None:
+            self.pipeline.deliver_stale()
         if not self.live:
             self.stop.set("all targets exited")
         if time.time() >= self.grant.expires_at:
@@ -323,8 +273,8 @@ class _Session:
             return
         self.drain_all()
         for pid in self.exited:
-            for conn in self.conns.end_pid(pid, time.time(), "process left the session"):
-                self.writer.emit(ConnectionEndEvent(conn))
+            if self.pipeline is not None:
+                self.pipeline.end_pid(pid, time.time(), "process left the session")
             assert self.kernel is not None
             self.kernel.forget_pid(pid)
         self.exited.clear()
@@ -341,11 +291,11 @@ class _Session:
     # -- summary ---------------------------------------------------------------------
     def summary(self, stats: dict[str, int]) -> dict[str, Any]:
         stopped = time.time()
+        counts = (summary_counts(self.pipeline) if self.pipeline is not None
+                  else self.raw_counts.summary())  # fmt: skip
         return {
             "session_id": self.session_id,
-            "events": dict(self.counters.events),
-            "bytes": dict(self.counters.bytes),
-            "connections": self.conns.total,
+            **counts,
             "lost_events": stats["lost_events"],
             "lost_bytes": stats["lost_bytes"],
             "truncated_bytes": stats["truncated_bytes"],
@@ -394,6 +344,41 @@ class _Session:
 
     def journal_targets(self) -> list[dict[str, int]]:
         return [{"pid": pid, "start_time": start} for pid, start in self.hold.start_times().items()]
+
+
+class RawCounts:
+    """Raw mode decodes nothing; it only peeks at each record's kind to count calls
+    and bytes for the summary, and to act on an exec (a live-capture duty)."""
+
+    def __init__(self, abi: Any = None) -> None:
+        self.events = {"write": 0, "read": 0}
+        self.bytes = {"write": 0, "read": 0}
+        if abi is None:
+            return
+        self._kind, self._flags = abi.offsets["kind"], abi.offsets["flags"]
+        self._len = abi.offsets["len"]
+        self._names = {abi.KIND_WRITE: "write", abi.KIND_READ: "read"}
+        self._exec, self._last, self._fault = abi.KIND_EXEC, abi.FLAG_LAST, abi.FLAG_FAULT
+        self._decode = Decoder(abi, abi.struct("ecap_threadinfo"))
+
+    def count(self, batch: list[bytes]) -> list[Record]:
+        """Count the batch; returns the exec records in it, decoded."""
+        execs = []
+        ko, fo, lo, names = self._kind, self._flags, self._len, self._names
+        for raw in batch:
+            kind = raw[ko]
+            direction = names.get(kind)
+            if direction is not None:
+                if not raw[fo] & self._fault:
+                    self.bytes[direction] += int.from_bytes(raw[lo : lo + 4], "little")
+                if raw[fo] & self._last:
+                    self.events[direction] += 1
+            elif kind == self._exec:
+                execs.append(self._decode(raw))
+        return execs
+
+    def summary(self) -> dict[str, Any]:
+        return {"events": dict(self.events), "bytes": dict(self.bytes), "connections": None}
 
 
 def _stop_self_for_tests() -> None:
@@ -530,11 +515,8 @@ def _append_failure(journal: Any, grant: Grant, pids: list[int], reason: str) ->
 
 def _finish(session: _Session, stats: dict[str, int], out: IO[bytes]) -> dict[str, Any]:
     """Flush partial calls, end connections, write the summary and the stop entry."""
-    assert session.reasm is not None
-    for call in session.reasm.flush():
-        session.deliver(call)
-    for conn in session.conns.end_all(time.time(), "capture stopped"):
-        session.writer.emit(ConnectionEndEvent(conn))
+    if session.pipeline is not None:
+        session.pipeline.finish(time.time())
     summary = session.summary(stats)
     session.writer.summary(summary)
     session.writer.flush()

@@ -17,6 +17,9 @@ from ecap.capture.records import Call
 DATA = "data"
 HANDSHAKE = "handshake"
 CONNECTION = "connection"
+RECORDS = "records"
+"""Not an event: a sink that consumes RECORDS gets the kernel's records verbatim,
+in batches (``--format raw``), and the engine decodes nothing for it."""
 
 
 @dataclass(slots=True)

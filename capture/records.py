@@ -117,10 +117,12 @@ class Call:
 
 
 class Clock:
-    """Turns CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns) into wall-clock seconds."""
+    """Turns CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns) into wall-clock seconds.
 
-    def __init__(self) -> None:
-        self.offset = time.time() - time.monotonic()
+    A replay uses the offset recorded at the capture (``offset``)."""
+
+    def __init__(self, offset: float | None = None) -> None:
+        self.offset = time.time() - time.monotonic() if offset is None else offset
 
     def wall(self, ts_ns: int) -> float:
         return ts_ns / 1e9 + self.offset

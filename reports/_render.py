@@ -204,11 +204,35 @@ def check_schema(data: Any, schema: str, what: str, hint: str) -> None:
         raise UsageError(f"{what} has schema {found}, expected {schema!r}", hint=hint)
 
 
+MAX_JSONL_LINE = 64 * 1024 * 1024
+"""A JSON-lines file is read a line at a time, whatever its size; a single line
+longer than this is refused (a capture's record is at most ~1.4 MiB)."""
+
+
 def iter_jsonl(path: str | Path, *, what: str, hint: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-blank line; UsageError on the first bad line."""
+    """(line number, object) for each non-blank line, streamed; UsageError on the
+    first bad line."""
     path = Path(path)
-    text = _read_text(path, what, hint)
-    for number, line in enumerate(text.splitlines(), start=1):
+    shown = printable(str(path))
+    try:
+        f = open(path, encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
+    except FileNotFoundError:
+        raise UsageError(f"{what} {shown} not found", hint=hint) from None
+    except IsADirectoryError:
+        raise UsageError(f"{what} {shown} is a directory", hint=hint) from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} {shown}: {exc.strerror}", hint=hint) from None
+    with f:
+        yield from _json_lines(f, path, what, hint)
+
+
+def _json_lines(f: Any, path: Path, what: str, hint: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    for number, line in enumerate(iter(lambda: f.readline(MAX_JSONL_LINE + 1), ""), start=1):
+        if len(line) > MAX_JSONL_LINE:
+            raise UsageError(
+                f"{what} {printable(str(path))} line {number} is longer than any real one",
+                hint=hint,
+            )
         if not line.strip():
             continue
         try:

@@ -14,6 +14,7 @@ not. No captured plaintext is put into the report: only sizes and counts.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -29,7 +30,9 @@ from ecap.reports import _render
 from ecap.text import printable
 
 SCHEMA = "ecap.report.session/1"
-HINT = "pass the JSONL written by 'ecap-audit capture MODULE --format jsonl --output FILE'"
+HINT = (
+    "pass the session file written by 'ecap-audit capture MODULE --format jsonl|raw --output FILE'"
+)
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,17 @@ def _epoch(value: Any) -> float | None:
     return None
 
 
+def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """A JSONL session as it is (leniently: a damaged file still gets its report), or a
+    raw one decoded into the same records by the capture's own pipeline."""
+    from ecap.capture.replay import iter_session_records, looks_raw
+
+    if looks_raw(path):
+        yield from enumerate(iter_session_records(path), start=1)
+    else:
+        yield from _render.iter_jsonl(path, what="session file", hint=HINT)
+
+
 def read_session(path: str | Path) -> dict[str, Any]:
     """Header, summary, connections and per-connection event tallies of a JSONL file."""
     header: dict[str, Any] | None = None
@@ -68,7 +82,7 @@ def read_session(path: str | Path) -> dict[str, Any]:
     event_pids: set[int] = set()
     others: dict[str, int] = {}
     shown = printable(str(path))
-    for number, rec in _render.iter_jsonl(path, what="session file", hint=HINT):
+    for number, rec in _records(Path(path)):
         kind = rec.get("type")
         if header is None:
             if kind != "header":

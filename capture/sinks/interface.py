@@ -16,10 +16,15 @@ from ecap.capture.events import Event
 
 @dataclass(frozen=True)
 class SinkOptions:
-    """How the operator asked for the output to look."""
+    """How the operator asked for the output to look, and what a sink that keeps
+    records undecoded must write down to decode them later."""
 
     hex_mode: bool = False
     colour: bool = False
+    abi: Any = None
+    """The records' :class:`ecap.capture.abi.Abi` (raw mode)."""
+    clock_offset: float = 0.0
+    """Wall clock minus CLOCK_MONOTONIC at the capture (raw mode)."""
 
 
 class SinkWriter(Protocol):
@@ -27,6 +32,9 @@ class SinkWriter(Protocol):
 
     def header(self, info: dict[str, Any]) -> None: ...
     def emit(self, event: Event) -> None: ...
+    def records(self, batch: list[bytes]) -> None:
+        """Only for sinks that consume ``RECORDS``: the kernel's records, verbatim."""
+
     def summary(self, summary: dict[str, Any]) -> None: ...
     def flush(self) -> None: ...
 

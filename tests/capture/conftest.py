@@ -133,7 +133,8 @@ def start_capture(ecap_env: EcapEnv, tmp_path: Path) -> Iterator:
         wait_ready: bool = True,
     ) -> CaptureRun:
         token = ecap_env.write_token(
-            ecap_env.authorize(token_pids or pids), f"token-{len(runs)}.jwt"
+            ecap_env.authorize(token_pids or pids, modes=sorted({"text", "jsonl", fmt})),
+            f"token-{len(runs)}.jwt",
         )
         output = tmp_path / f"capture-{len(runs)}.{fmt}"
         args = [

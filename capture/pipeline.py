@@ -1,0 +1,134 @@
+"""Ring records → the events a sink writes: decode, reassemble, connections, counts.
+
+The same code runs live (:mod:`ecap.capture.engine`, on batches drained from the
+kernel ring) and offline (``ecap-audit replay`` of a raw session file, on the same
+records read back from disk), so a raw capture renders exactly as a live one would
+have. What only a live capture can do — re-authorize a target after an exec, turn
+the syscall tracepoints on — reaches the engine through callbacks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ecap.capture.abi import Abi
+from ecap.capture.connections import ConnectionTable, format_endpoint
+from ecap.capture.events import ConnectionEndEvent, DataEvent, HandshakeEvent
+from ecap.capture.records import Call, Clock, Decoder, Reassembler, Record
+from ecap.capture.sinks.interface import SinkWriter
+
+
+@dataclass
+class Counters:
+    events: dict[str, int] = field(default_factory=lambda: {"write": 0, "read": 0})
+    bytes: dict[str, int] = field(default_factory=lambda: {"write": 0, "read": 0})
+
+
+class Pipeline:
+    """Turns records into events for one sink writer."""
+
+    def __init__(self, abi: Abi, clock: Clock, max_call_bytes: int, module: str,
+                 writer: SinkWriter, *, on_unknown_socket: Callable[[], None] | None = None,
+                 on_exec: Callable[[Record], None] | None = None) -> None:  # fmt: skip
+        self.abi = abi
+        self.clock = clock
+        self.writer = writer
+        self.decode = Decoder(abi, abi.struct("ecap_threadinfo"))
+        self.reasm = Reassembler(clock, max_call_bytes, abi)
+        self.conns = ConnectionTable(module)
+        self.counters = Counters()
+        self.message_id = 0
+        self._sockinfo = abi.struct("ecap_sockinfo")
+        self._on_unknown_socket = on_unknown_socket or (lambda: None)
+        self._on_exec = on_exec or (lambda _rec: None)
+        self.handlers: dict[int, Callable[[Record], None]] = {
+            abi.KIND_WRITE: self._on_data,
+            abi.KIND_READ: self._on_data,
+            abi.KIND_HANDSHAKE: self._on_handshake,
+            abi.KIND_CONN_END: self._on_conn_end,
+            abi.KIND_CONNECT: self._on_connect,
+            abi.KIND_CLOSE: self._on_close,
+            abi.KIND_EXEC: self._on_exec,
+            abi.KIND_SOCKET: self._on_socket,
+            abi.KIND_THREAD: lambda _rec: None,  # the decoder keeps the thread table
+        }
+
+    def feed(self, batch: Iterable[bytes]) -> int:
+        """Process records in ring order; returns how many."""
+        decode, handlers = self.decode, self.handlers
+        count = 0
+        for raw in batch:
+            rec = decode(raw)
+            handler = handlers.get(rec.kind)
+            if handler is not None:
+                handler(rec)
+            count += 1
+        return count
+
+    def deliver(self, call: Call) -> None:
+        conn = self.conns.get(call.pid, call.conn, call.comm, call.fd, call.ts)
+        self.message_id += 1
+        conn.messages += 1
+        conn.bytes[call.direction] += len(call.data)
+        self.counters.events[call.direction] += 1
+        self.counters.bytes[call.direction] += len(call.data)
+        self.writer.emit(DataEvent(conn, self.message_id, call))
+
+    def deliver_stale(self) -> None:
+        """Calls whose last record is overdue (lost): deliver them now."""
+        for call in self.reasm.stale():
+            self.deliver(call)
+
+    def end_pid(self, pid: int, ts: float, reason: str) -> None:
+        for conn in self.conns.end_pid(pid, ts, reason):
+            self.writer.emit(ConnectionEndEvent(conn))
+
+    def finish(self, ts: float) -> None:
+        """End of the session: incomplete calls, then every open connection."""
+        for call in self.reasm.flush():
+            self.deliver(call)
+        for conn in self.conns.end_all(ts, "capture stopped"):
+            self.writer.emit(ConnectionEndEvent(conn))
+
+    # -- one handler per record kind ------------------------------------------------
+    def _on_data(self, rec: Record) -> None:
+        if rec.fd < 0:
+            self._on_unknown_socket()
+        for call in self.reasm.add(rec):
+            self.deliver(call)
+
+    def _on_handshake(self, rec: Record) -> None:
+        if rec.fd < 0:
+            self._on_unknown_socket()
+        ts = self.clock.wall(rec.ts_ns)
+        conn = self.conns.get(rec.pid, rec.conn, rec.comm, rec.fd, ts)
+        conn.handshake = True
+        self.writer.emit(HandshakeEvent(conn, ts))
+
+    def _on_conn_end(self, rec: Record) -> None:
+        conn = self.conns.end(rec.pid, rec.conn, self.clock.wall(rec.ts_ns), "library ended it")
+        if conn is not None:
+            self.writer.emit(ConnectionEndEvent(conn))
+
+    def _on_connect(self, rec: Record) -> None:
+        self.conns.note_connect(rec.pid, rec.fd, rec.data)
+
+    def _on_socket(self, rec: Record) -> None:
+        family, lport, rport, _pad, laddr, raddr = self._sockinfo.unpack_from(rec.data)
+        self.conns.note_socket(rec.pid, rec.conn, rec.fd, format_endpoint(family, laddr, lport),
+                               format_endpoint(family, raddr, rport))  # fmt: skip
+
+    def _on_close(self, rec: Record) -> None:
+        for conn in self.conns.end_fd(rec.pid, rec.fd, self.clock.wall(rec.ts_ns)):
+            self.writer.emit(ConnectionEndEvent(conn))
+
+
+def summary_counts(pipeline: Pipeline) -> dict[str, Any]:
+    """The summary fields user space counts (the kernel's come from its counters)."""
+    return {
+        "events": dict(pipeline.counters.events),
+        "bytes": dict(pipeline.counters.bytes),
+        "connections": pipeline.conns.total,
+    }

@@ -1,0 +1,72 @@
+"""``--format raw``: the kernel's records, verbatim, rendered later.
+
+The fastest output there is: the capture decodes nothing, so it keeps up with the
+kernel at rates where decoding would fall behind and the ring would overflow. The
+file (schema ``ecap.capture-raw/1``, see ``capture/SCHEMA.md``) is one JSON header
+line — the session header plus the record layout and the capture's clock — then
+framed records, then the summary:
+
+    {"type": "header", "schema": "ecap.capture-raw/1", ..., "record_abi": {...}}\\n
+    b"R" <u32 length, little-endian> <record bytes>      (as many as were captured)
+    b"S" <u32 length> <summary JSON>                      (last)
+
+``ecap-audit replay FILE [--format text|jsonl]`` renders it exactly as a live capture
+would have (the same pipeline), and ``ecap-audit report`` reads it directly.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import IO, Any
+
+from ecap.capture.events import RECORDS, Event
+from ecap.capture.sinks.interface import Sink, SinkOptions
+
+SCHEMA = "ecap.capture-raw/1"
+RECORD_TAG = b"R"
+SUMMARY_TAG = b"S"
+FRAME = struct.Struct("<cI")
+
+
+class RawWriter:
+    def __init__(self, out: IO[bytes], options: SinkOptions) -> None:
+        if options.abi is None:
+            raise ValueError("raw output needs the record layout")
+        self._out = out
+        self._options = options
+
+    def header(self, info: dict[str, Any]) -> None:
+        doc = {
+            "type": "header",
+            "schema": SCHEMA,
+            **info,
+            "record_abi": self._options.abi.to_json(),
+            "clock_offset": self._options.clock_offset,
+        }
+        self._out.write(json.dumps(doc, separators=(",", ":")).encode() + b"\n")
+
+    def records(self, batch: list[bytes]) -> None:
+        pack = FRAME.pack
+        self._out.write(
+            b"".join([part for raw in batch for part in (pack(RECORD_TAG, len(raw)), raw)])
+        )
+
+    def emit(self, event: Event) -> None:  # pragma: no cover - the engine never calls it
+        raise TypeError("the raw sink takes records, not events")
+
+    def summary(self, summary: dict[str, Any]) -> None:
+        body = json.dumps({"type": "summary", **summary}, separators=(",", ":")).encode()
+        self._out.write(FRAME.pack(SUMMARY_TAG, len(body)) + body)
+
+    def flush(self) -> None:
+        self._out.flush()
+
+
+SINK = Sink(
+    name="raw",
+    summary="the kernel's records verbatim, the fastest mode (render with 'ecap-audit replay')",
+    token_mode="raw",
+    consumes=frozenset({RECORDS}),
+    open=RawWriter,
+)
