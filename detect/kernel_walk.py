@@ -61,29 +61,50 @@ class FdRecord:
     prog_id: int
 
 
-def _loader_bytes() -> bytes:
-    """The loader file, next to the BPF sources in the ``ecap.bpf`` package."""
+def _loader_bytes(name: str = LOADER_NAME) -> bytes:
+    """A loader file, next to the BPF sources in the ``ecap.bpf`` package."""
     import ecap.bpf
 
     try:
-        return (Path(ecap.bpf.__file__).parent / LOADER_NAME).read_bytes()
+        return (Path(ecap.bpf.__file__).parent / name).read_bytes()
     except OSError:
-        raise KernelWalkUnavailable(
-            f"{LOADER_NAME} not built (make setup builds it with clang)"
-        ) from None
+        raise KernelWalkUnavailable(f"{name} not built (make setup builds it with clang)") from None
 
 
-def _read_loader() -> tuple[dict, bytes, bytes]:
-    head, _, rest = _loader_bytes().partition(b"\n")
+def _read_loader(name: str = LOADER_NAME) -> tuple[dict, bytes, bytes]:
+    head, _, rest = _loader_bytes(name).partition(b"\n")
     try:
         header = json.loads(head)
         data_size, insns_size = int(header["data_size"]), int(header["insns_size"])
         maps, programs = list(header["maps"]), list(header["programs"])
     except (ValueError, KeyError, TypeError):
-        raise KernelWalkUnavailable(f"{LOADER_NAME} is damaged (rebuild: make setup)") from None
+        raise KernelWalkUnavailable(f"{name} is damaged (rebuild: make setup)") from None
     if header.get("format") != LOADER_FORMAT or len(rest) != data_size + insns_size:
-        raise KernelWalkUnavailable(f"{LOADER_NAME} is damaged (rebuild: make setup)")
+        raise KernelWalkUnavailable(f"{name} is damaged (rebuild: make setup)")
     return {"maps": maps, "programs": programs}, rest[:data_size], rest[data_size:]
+
+
+def load_skeleton(name: str) -> tuple[dict[str, int], dict[str, int]]:
+    """Run the light-skeleton loader ``name``: (map name → fd, program name → fd).
+
+    The caller owns every fd returned. Used by the scan's iterators here and by
+    ``ecap-detect watch`` (its event programs), until one shared loading layer
+    serves capture and detect.
+    """
+    layout, data, insns = _read_loader(name)
+    ctx = KernelWalker._run_loader(layout, data, insns)
+    n_maps = len(layout["maps"])
+    map_fds = {
+        name: struct.unpack_from("<i", ctx, 24 + 16 * i)[0] for i, name in enumerate(layout["maps"])
+    }
+    prog_fds = {
+        name: struct.unpack_from("<i", ctx, 24 + 16 * n_maps + 4 * i)[0]
+        for i, name in enumerate(layout["programs"])
+    }
+    if min([*map_fds.values(), *prog_fds.values()], default=0) <= 0:
+        _close_all([*map_fds.values(), *prog_fds.values()])
+        raise KernelWalkUnavailable(f"the BPF loader {name} returned no programs")
+    return map_fds, prog_fds
 
 
 def _close_all(fds: list[int]) -> None:
@@ -97,18 +118,7 @@ class KernelWalker:
     """The iterator programs, loaded; use as a context manager so they are unloaded."""
 
     def __init__(self) -> None:
-        layout, data, insns = _read_loader()
-        self._map_fds: dict[str, int] = {}
-        self._prog_fds: dict[str, int] = {}
-        ctx = self._run_loader(layout, data, insns)
-        n_maps = len(layout["maps"])
-        for i, name in enumerate(layout["maps"]):
-            self._map_fds[name] = struct.unpack_from("<i", ctx, 24 + 16 * i)[0]
-        for i, name in enumerate(layout["programs"]):
-            self._prog_fds[name] = struct.unpack_from("<i", ctx, 24 + 16 * n_maps + 4 * i)[0]
-        if min([*self._map_fds.values(), *self._prog_fds.values()], default=0) <= 0:
-            self.close()
-            raise KernelWalkUnavailable("the BPF loader returned no programs")
+        self._map_fds, self._prog_fds = load_skeleton(LOADER_NAME)
 
     @staticmethod
     def _run_loader(layout: dict, data: bytes, insns: bytes) -> ctypes.Array:

@@ -64,9 +64,12 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 
-# ecap-detect's in-kernel walk: compile bpf/scan_iter.bpf.c into a BPF loader
-# (clang and libbpf at build time only; see scripts/build_bpf.py).
-loader=bpf/scan_iter.loader
-if [ ! -f "$loader" ] || [ bpf/scan_iter.bpf.c -nt "$loader" ] || [ scripts/build_bpf.py -nt "$loader" ]; then
-  .venv/bin/python scripts/build_bpf.py bpf/scan_iter.bpf.c "$loader"
-fi
+# ecap-detect's BPF programs (the scan's in-kernel walk, the watcher's event
+# source): compile each bpf/*.bpf.c into a BPF loader (clang and libbpf at build
+# time only; see scripts/build_bpf.py).
+for source in bpf/*.bpf.c; do
+  loader="${source%.bpf.c}.loader"
+  if [ ! -f "$loader" ] || [ "$source" -nt "$loader" ] || [ scripts/build_bpf.py -nt "$loader" ]; then
+    .venv/bin/python scripts/build_bpf.py "$source" "$loader"
+  fi
+done
