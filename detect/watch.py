@@ -51,6 +51,13 @@ MIN_GAP = 0.5
 """Seconds between two event-driven scans: a storm of attachments costs at most
 one scan per half second, and an alert still comes well inside a second."""
 MAX_EVENTS_IN_RECORD = 16
+AUTHORIZATION_GRACE = 2.0
+"""Seconds a new critical plaintext hook is held back when the gate has granted its
+owner a capture: ``ecap-audit capture`` attaches first and journals
+``capture.start`` and registers its session a few milliseconds later, and an
+authorized capture must never be alerted as critical. A hold ends at the next
+scan that sees the session (its registration wakes the watcher) or after the
+grace, when the critical alert goes out."""
 
 
 @dataclass(frozen=True)
@@ -262,6 +269,7 @@ class Watcher:
         self._reload = False
         self._pidfds: dict[int, int] = {}
         self._pending: _Pending | None = None
+        self._holds: dict[str, float] = {}
         self._last_event_scan = 0.0
         self._last_scan: dict | None = None
         from ecap import __version__
@@ -273,6 +281,7 @@ class Watcher:
             "kernel": host.kernel_release(),
         }
         self._source = None
+        self._programs: list[int] = []
         self._source_note = "not started"
         self._inotify: _Inotify | None = None
         self._tracefs_note: str | None = None
@@ -336,7 +345,7 @@ class Watcher:
 
         try:
             self._source = EventSource()
-            prog_ids = self._source.program_ids()
+            prog_ids = self._programs = self._source.program_ids()
             watchers.remove_stale()
             watchers.register(prog_ids)
             self._source_note = f"bpf raw_tracepoint sys_exit (programs {prog_ids})"
@@ -367,6 +376,11 @@ class Watcher:
                     self._inotify.watch(enable)
         for mnt in host.mountpoints_of("bpf"):
             self._inotify.watch(mnt, directory=True)
+        from ecap import config
+
+        registry = config.sessions_dir()
+        if registry.is_dir():  # a capture registering (or ending) its session
+            self._inotify.watch(registry, directory=True)
 
     def _close(self) -> None:
         for fd in self._pidfds.values():
@@ -400,8 +414,10 @@ class Watcher:
             "findings": len(doc.get("findings", [])),
             "trigger": trigger,
         }
+        held = self._hold_unconfirmed(doc["findings"])
         now = time.time()
-        for change in self.state.update(doc["findings"], now=now):
+        shown = [f for f in doc["findings"] if f.get("id") not in held]
+        for change in self.state.update(shown, now=now):
             body = alerts.change_record(change, trigger=trigger, now=now)
             if since_ns is not None:
                 body["latency_ms"] = round((time.monotonic_ns() - since_ns) / 1e6, 1)
@@ -415,6 +431,34 @@ class Watcher:
         self._track_owners()
         self._refresh_file_watches(doc)
 
+    def _hold_unconfirmed(self, findings: list[dict]) -> set[str]:
+        """Ids of new critical plaintext hooks to hold back (see AUTHORIZATION_GRACE)."""
+        candidates = [
+            f
+            for f in findings
+            if f.get("severity") == "critical"
+            and f.get("category") == "plaintext-hook"
+            and f.get("id") not in self.state.tracked
+            and (f.get("owner") or {}).get("pid")
+        ]
+        if not candidates:
+            self._holds.clear()
+            return set()
+        from ecap.detect.sessions import journal_evidence
+        from ecap.journal import Journal
+
+        granted = {pid for _, pid in journal_evidence(Journal()).grants}
+        now = time.monotonic()
+        holds: dict[str, float] = {}
+        for f in candidates:
+            if f["owner"]["pid"] in granted:
+                since = self._holds.get(f["id"], now)
+                if now - since < AUTHORIZATION_GRACE:
+                    holds[f["id"]] = since
+                    self._schedule("confirm", time.monotonic_ns(), at=since + AUTHORIZATION_GRACE)
+        self._holds = holds
+        return set(holds)
+
     def _track_owners(self) -> None:
         wanted = self.state.owner_pids()
         for pid in list(self._pidfds):
@@ -426,10 +470,18 @@ class Watcher:
             except OSError:
                 self._schedule("process-exit", time.monotonic_ns())
 
-    def _schedule(self, trigger: str, since_ns: int, events: list[dict] | None = None) -> None:
+    def _schedule(
+        self,
+        trigger: str,
+        since_ns: int,
+        events: list[dict] | None = None,
+        *,
+        at: float | None = None,
+    ) -> None:
         now = time.monotonic()
         if self._pending is None:
-            at = max(now + DEBOUNCE, self._last_event_scan + MIN_GAP)
+            if at is None:
+                at = max(now + DEBOUNCE, self._last_event_scan + MIN_GAP)
             self._pending = _Pending(at, [trigger], since_ns, [])
         elif trigger not in self._pending.triggers:
             self._pending.triggers.append(trigger)
@@ -499,10 +551,14 @@ class Watcher:
                     "type": "start",
                     "options": asdict(self.options),
                     "event_source": self._sources(),
+                    "programs": self._programs,
                 }
             )
             self.scan("startup")
             self._loop(rfd, max_scans)
+        except BaseException as exc:
+            self._stop = self._stop or f"error: {exc!r}"
+            raise
         finally:
             self.emit(
                 {
@@ -554,7 +610,7 @@ class Watcher:
                 self._read_kernel_events()
             if self._inotify is not None and self._inotify.fd in ready:
                 self._inotify.drain()
-                self._schedule("tracefs-event", time.monotonic_ns())
+                self._schedule("file-event", time.monotonic_ns())
             exited = [pid for pid, fd in self._pidfds.items() if fd in ready]
             for pid in exited:
                 os.close(self._pidfds.pop(pid))

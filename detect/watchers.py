@@ -86,7 +86,7 @@ def remove_stale(run_dir: str | os.PathLike[str] | None = None) -> list[Path]:
         try:
             claim = json.loads(path.read_text())
             alive = procfs.start_time(int(claim["pid"])) == int(claim["start_time"])
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, procfs.ProcessGone):
             alive = False
         if not alive:
             with contextlib.suppress(OSError):
@@ -128,7 +128,7 @@ def _judge(path: Path, inv: Inventory) -> WatcherVerdict:
         return rejected("registry file not a regular root-owned file writable only by root")
     try:
         alive = procfs.start_time(pid) == start
-    except (OSError, ValueError, IndexError):
+    except (OSError, ValueError, IndexError, procfs.ProcessGone):
         alive = False
     if not alive:
         return rejected(f"pid {pid} is not running with the recorded start time")
