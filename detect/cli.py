@@ -62,8 +62,15 @@ def build_parser() -> Parser:
     scan.add_argument("--run-dir", help="live session registry root (default $ECAP_RUN_DIR)")
     _add_watch(sub)
     report = sub.add_parser("report", help="render saved scan documents as one HTML report")
-    report.add_argument("scans", nargs="+", metavar="HOST.json")
+    report.add_argument("scans", nargs="*", metavar="HOST.json")
     report.add_argument("--html", required=True, metavar="OUT.html")
+    report.add_argument(
+        "--unreachable",
+        action="append",
+        default=[],
+        metavar="HOST[=REASON]",
+        help="a host that gave no scan (a row of the fleet report); repeatable",
+    )
     return parser
 
 
@@ -149,11 +156,11 @@ def _check_writable(target: str | None, flag: str) -> None:
         )
 
 
-def _html(docs: list[dict], out: str) -> None:
+def _html(docs: list[dict], out: str, unreachable: list[tuple[str, str]] | None = None) -> None:
     """Host report for one document, fleet report for several (ecap.reports)."""
     from ecap.reports import host_report  # jinja2 only when HTML is asked for
 
-    host_report.write(docs, Path(out))
+    host_report.write(docs, Path(out), unreachable=unreachable)
 
 
 def _scan(args) -> int:
@@ -202,6 +209,8 @@ def _scan(args) -> int:
 def _report(args) -> int:
     import json
 
+    if not args.scans and not args.unreachable:
+        raise UsageError("no scan files given", hint="pass one or more HOST.json files")
     docs = []
     for path in args.scans:
         try:
@@ -218,7 +227,13 @@ def _report(args) -> int:
             )
         docs.append(doc)
     _check_writable(args.html, "--html")
-    _html(docs, args.html)
+    unreachable = []
+    for item in args.unreachable:
+        name, _, why = item.partition("=")
+        if not name:
+            raise UsageError(f"--unreachable {item!r}: no host name", hint="give HOST[=REASON]")
+        unreachable.append((name, why or "unreachable"))
+    _html(docs, args.html, unreachable)
     return 0
 
 

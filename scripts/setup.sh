@@ -10,7 +10,7 @@ APT_PACKAGES=(
   python3-bpfcc bpftool bpftrace linux-headers-amd64 python3-audit auditd
   python3-venv python3-seccomp apparmor libseccomp-dev
   openssl curl nodejs chromium golang-go postgresql gcc libssl-dev
-  clang-14 libbpf-dev
+  clang-14 libbpf-dev openssh-server ansible-core
 )
 
 if [ "$(id -u)" -ne 0 ]; then
