@@ -111,7 +111,13 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             pytest.fail(f"{tool} is missing: run 'make setup' (openssh-server, ansible-core)")
     if not Path("/usr/sbin/sshd").exists():
         pytest.fail("/usr/sbin/sshd is missing: run 'make setup' (openssh-server)")
-    base = tmp_path_factory.mktemp("fleet")
+    with make_fleet(tmp_path_factory.mktemp("fleet")) as made:
+        yield made
+
+
+@contextlib.contextmanager
+def make_fleet(base: Path) -> Iterator[Fleet]:
+    """The test hosts and an inventory for them (also used by bench/bench_watch.py)."""
     tag = f"{os.getpid() % 10000}"
     subnet = 200 + os.getpid() % 50
     hosts = [
