@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ecap.detect import bpfsys  # noqa: E402
+from tests.detect.conftest import stop  # noqa: E402
 from tests.detect.test_live_hooks import append_line, offset_of  # noqa: E402
 from tests.detect.watchproc import WatchProcess, owner_pid  # noqa: E402
 
@@ -47,6 +48,8 @@ RUNS = 5
 IDLE_SECONDS = 30
 BURST = 1000
 TICKS = os.sysconf("SC_CLK_TCK")
+BCC_SNIFFER = [PY, str(ROOT / "tests/detect/bcc_sniffer.py"), LIBSSL]
+BPFTRACE = ["bpftrace", "-e", f"uretprobe:{LIBSSL}:SSL_read {{ @n = count(); }}"]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -71,40 +74,13 @@ def start_watcher() -> WatchProcess:
     return watch
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def latency_bcc(watch: WatchProcess) -> float:
-    proc = subprocess.Popen(
-        [PY, str(ROOT / "tests/detect/bcc_sniffer.py"), LIBSSL],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+def latency_tool(watch: WatchProcess, argv: list[str]) -> float:
+    """Start a sniffing tool, wait for its alert and its resolution; the alert's latency."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         alert = watch.wait_for(lambda r: r["type"] == "alert" and owner_pid(r) == proc.pid, 60)
     finally:
-        _stop(proc)
-    watch.wait_for(lambda r: r["type"] == "resolved" and owner_pid(r) == proc.pid, 30)
-    return alert["latency_ms"]
-
-
-def latency_bpftrace(watch: WatchProcess) -> float:
-    proc = subprocess.Popen(
-        ["bpftrace", "-e", f"uretprobe:{LIBSSL}:SSL_read {{ @n = count(); }}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        alert = watch.wait_for(lambda r: r["type"] == "alert" and owner_pid(r) == proc.pid, 60)
-    finally:
-        _stop(proc)
+        stop(proc)
     watch.wait_for(lambda r: r["type"] == "resolved" and owner_pid(r) == proc.pid, 30)
     return alert["latency_ms"]
 
@@ -167,22 +143,13 @@ def syscall_ns(calls: int = 300_000) -> float:
 
 
 def fleet_wall_time() -> dict:
-    from tests.conftest import ecap_cmd
     from tests.fleet.conftest import make_fleet
 
     with (
         tempfile.TemporaryDirectory(prefix="ecap-bench-fleet-") as tmp,
         make_fleet(Path(tmp)) as fleet,
     ):
-        out = Path(tmp) / "out"
-        args = [
-            "-e",
-            f"ecap_wheelhouse={fleet.wheelhouse}",
-            "-e",
-            f"ecap_fleet_dir={out}",
-            "-e",
-            f"ecap_controller_detect={ecap_cmd('ecap-detect')}",
-        ]
+        args = fleet.scan_args(Path(tmp) / "out")
         t0 = time.monotonic()
         first = fleet.playbook("scan.yml", *args)
         t1 = time.monotonic()
@@ -211,8 +178,8 @@ def main() -> None:
     watch = start_watcher()
     try:
         results["latency"] = {
-            "bcc uprobe sniffer": summary([latency_bcc(watch) for _ in range(RUNS)]),
-            "bpftrace uretprobe": summary([latency_bpftrace(watch) for _ in range(RUNS)]),
+            "bcc uprobe sniffer": summary([latency_tool(watch, BCC_SNIFFER) for _ in range(RUNS)]),
+            "bpftrace uretprobe": summary([latency_tool(watch, BPFTRACE) for _ in range(RUNS)]),
             "tracefs uprobe (echo > uprobe_events)": summary(
                 [latency_tracefs(watch, i) for i in range(RUNS)]
             ),

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from ecap import procfs, sessions
 from ecap.authz.verify import verify_token
 from ecap.detect import alerts
 from ecap.detect.scan import ScanOptions, run_scan
@@ -30,6 +29,7 @@ from tests.detect.conftest import (
     remove_bcc_tracefs_events,
     stop,
 )
+from tests.detect.test_authorization import _as_capture, _register
 from tests.detect.test_live_hooks import append_line, offset_of
 from tests.detect.watchproc import (
     WatchProcess,
@@ -49,25 +49,6 @@ EVENT_TRIGGERS = {"bpf-event", "file-event", "process-exit", "confirm"}
 
 def _functions(record: dict) -> set[str]:
     return {h["function"] for h in record["finding"]["hooked"]}
-
-
-def _register_session(ecap_env, tok: str, *, pid: int, prog_ids: list[int], victim: int, sid: str):
-    sessions.register(
-        sessions.SessionRecord(
-            session_id=sid,
-            token=tok,
-            operator="alice",
-            reason="watch test",
-            module="tls",
-            targets=[sessions.SessionTarget(victim, procfs.start_time(victim))],
-            prog_ids=prog_ids,
-            capture_pid=pid,
-            started_at=0,
-            expires_at=0,
-            jti=verify_token(tok).jti,
-        ),
-        ecap_env.run_dir,
-    )
 
 
 def test_watch_alerts_and_resolves_as_hooks_come_and_go(
@@ -115,20 +96,17 @@ def test_watch_alerts_and_resolves_as_hooks_come_and_go(
         # (2) an authorized ecap capture: info, and never critical on the way
         tok = ecap_env.authorize([tls_victim.pid], operator="alice", reason="watch test")
         sid = uuid.uuid4().hex
-        token_file = ecap_env.write_token(tok, "capture.jwt")
         h = hook(
-            f"{LIBSSL}:SSL_write",
-            capture_args=[
-                "--gate",
-                str(token_file),
-                "--gate-pid",
-                str(tls_victim.pid),
-                "--session-id",
-                sid,
-            ],
+            f"{LIBSSL}:SSL_write", capture_args=_as_capture(ecap_env, tok, tls_victim.pid, sid)
         )
-        _register_session(
-            ecap_env, tok, pid=h.pid, prog_ids=h.prog_ids, victim=tls_victim.pid, sid=sid
+        _register(
+            ecap_env,
+            tok,
+            hook_pid=h.pid,
+            prog_ids=h.prog_ids,
+            victim_pid=tls_victim.pid,
+            jti=verify_token(tok).jti,
+            session_id=sid,
         )
         authorized = watch.wait_for(lambda r: r["type"] == "alert" and owner_pid(r) == h.pid)
         assert authorized["severity"] == "info"

@@ -63,6 +63,17 @@ class Fleet:
     def reachable(self) -> list[TestHost]:
         return [h for h in self.hosts if h.sshd is not None]
 
+    def scan_args(self, out: Path) -> list[str]:
+        """Extra vars of scan.yml: this fleet's wheelhouse, report dir, ecap-detect."""
+        return [
+            "-e",
+            f"ecap_wheelhouse={self.wheelhouse}",
+            "-e",
+            f"ecap_fleet_dir={out}",
+            "-e",
+            f"ecap_controller_detect={VENV_BIN / 'ecap-detect'}",
+        ]
+
     def playbook(self, name: str, *args: str, limit_reachable: bool = False):
         cmd = ["ansible-playbook", "-i", str(self.inventory), str(ANSIBLE_DIR / name), *args]
         if limit_reachable:

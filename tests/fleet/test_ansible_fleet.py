@@ -40,15 +40,7 @@ def recap(output: str) -> dict[str, dict[str, int]]:
 @pytest.fixture(scope="module")
 def scanned(fleet: Fleet) -> tuple[Fleet, subprocess.CompletedProcess[str], Path]:
     out = fleet.base / "fleet-out"
-    result = fleet.playbook(
-        "scan.yml",
-        "-e",
-        f"ecap_wheelhouse={fleet.wheelhouse}",
-        "-e",
-        f"ecap_fleet_dir={out}",
-        "-e",
-        f"ecap_controller_detect={ecap_cmd('ecap-detect')}",
-    )
+    result = fleet.playbook("scan.yml", *fleet.scan_args(out))
     return fleet, result, out
 
 
