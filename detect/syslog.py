@@ -138,16 +138,24 @@ class SyslogSender:
             self._sock.close()
             raise
 
+    dropped: int = 0
+    """Messages not sent because the daemon's queue was full (the watcher never blocks)."""
+
     def send(self, message: bytes) -> None:
-        """Send one message; if the daemon restarted, reconnect once and retry."""
+        """Send one message without blocking; if the daemon restarted, reconnect once."""
         try:
-            self._sock.send(message)
+            self._sock.send(message, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            self.dropped += 1
         except OSError:
             with contextlib.suppress(OSError):
                 self._sock.close()
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self._sock.connect(self.path)
-            self._sock.send(message)
+            try:
+                self._sock.send(message, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                self.dropped += 1
 
     def close(self) -> None:
         self._sock.close()
