@@ -200,6 +200,10 @@ class _Output:
             self._syslog.close()
             self._syslog = None
 
+    @property
+    def syslog_dropped(self) -> int:
+        return self._syslog.dropped if self._syslog is not None else 0
+
     def write(self, record: dict) -> None:
         import json
 
@@ -311,6 +315,7 @@ class Watcher:
             "scans": dict(self.counters.scans),
             "kernel_events": self.counters.kernel_events,
             "kernel_events_dropped": self._dropped(),
+            "syslog_dropped": self.output.syslog_dropped,
         }
 
     def _dropped(self) -> int:
@@ -346,12 +351,16 @@ class Watcher:
         try:
             self._source = EventSource()
             prog_ids = self._programs = self._source.program_ids()
-            watchers.remove_stale()
-            watchers.register(prog_ids)
             self._source_note = f"bpf raw_tracepoint sys_exit (programs {prog_ids})"
         except (EventSourceUnavailable, OSError) as exc:
             self._source = None
             self._source_note = f"unavailable: {exc}; relying on --rescan"
+        if self._source is not None:
+            try:
+                watchers.remove_stale()
+                watchers.register(self._programs)
+            except OSError as exc:  # scans elsewhere cannot verify us; we still watch
+                self._source_note += f"; not registered ({exc.strerror}: {exc.filename})"
         try:
             self._inotify = _Inotify()
         except OSError as exc:

@@ -389,3 +389,19 @@ def test_a_forged_watcher_claim_is_rejected_by_tag_not_name(ecap_env, hook):
     assert verdict["status"] == "rejected" and "tag" in verdict["reason"]
     (finding,) = [f for f in doc["findings"] if (f.get("owner") or {}).get("pid") == h.pid]
     assert finding["severity"] == "critical"
+
+
+def test_watch_refuses_bad_options_with_one_line_and_its_exit_code(tmp_path):
+    """Checked before anything is loaded: exit 2 for usage, 4 for a missing syslog socket."""
+    for args, code, words in (
+        (["--rescan", "0"], 2, "rescan"),
+        (["--config", str(tmp_path / "missing.toml")], 2, "no such file"),
+        (["--json", str(tmp_path / "no" / "such" / "dir" / "w.jsonl")], 2, "not writable"),
+        (["--syslog", "--syslog-socket", str(tmp_path / "nolog")], 4, "cannot connect"),
+    ):
+        proc = subprocess.run(
+            [ecap_cmd("ecap-detect"), "watch", *args], capture_output=True, text=True, timeout=60
+        )
+        assert proc.returncode == code, (args, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1 and words in proc.stderr, proc.stderr
+    assert not list(tmp_path.iterdir())
