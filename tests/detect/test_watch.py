@@ -22,6 +22,7 @@ import pytest
 from ecap.authz.verify import verify_token
 from ecap.detect import alerts
 from ecap.detect.scan import ScanOptions, run_scan
+from ecap.detect.watch import MAX_EVENTS_IN_RECORD
 from tests.detect.conftest import (
     HERE,
     LIBSSL,
@@ -80,7 +81,12 @@ def test_watch_alerts_and_resolves_as_hooks_come_and_go(
             assert alert["change"] == "new"
             assert "SSL_write" in _functions(alert)
             assert alert["finding"]["owner"]["comm"] == "python"
-            assert any(e["pid"] == sniffer.pid for e in alert["events"])
+            # its syscalls are among the events behind the alert, unless other tests'
+            # BPF activity filled the record's list first
+            assert (
+                any(e["pid"] == sniffer.pid for e in alert["events"])
+                or len(alert["events"]) == MAX_EVENTS_IN_RECORD
+            )
             assert alert["latency_ms"] >= 0
             # a scan while the watcher runs: its programs are recognised as its own
             doc = run_scan(ScanOptions(walk="procfs", audit_history=False))
