@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean wheelhouse
 
 setup:
 	@bash scripts/setup.sh
@@ -25,3 +25,10 @@ bench: setup
 
 clean:
 	rm -rf .venv build *.egg-info .pytest_cache
+
+# The fleet playbooks install from this (deploy/ansible, README "Scanning a fleet").
+wheelhouse: setup
+	@rm -rf dist/wheelhouse && mkdir -p dist/wheelhouse
+	@$(PY) -m pip wheel -q --disable-pip-version-check --no-build-isolation -w dist/wheelhouse . 2>&1 | grep -v "is ignored" || true
+	@tar -C dist/wheelhouse -cf dist/ecap-wheelhouse.tar .
+	@echo "wrote dist/ecap-wheelhouse.tar"

@@ -28,9 +28,6 @@ HEADER_FIELDS = (
 )  # fmt: skip
 """Fields before ``data``, in the order :class:`ecap.capture.records.Record` takes them."""
 
-_INT_CODES = {(1, "u"): "B", (2, "u"): "H", (4, "u"): "I", (8, "u"): "Q",
-              (1, "s"): "b", (2, "s"): "h", (4, "s"): "i", (8, "s"): "q"}  # fmt: skip
-
 
 @dataclass(frozen=True)
 class Abi:
@@ -104,23 +101,6 @@ def _struct(fmt: str) -> struct.Struct:
     return struct.Struct(fmt)
 
 
-def _format(layout: dict[str, Any], names: tuple[str, ...] | None = None) -> str:
-    """A ``struct`` format for the named members (all when None) of a BTF layout."""
-    members = {name: (offset, size, kind) for name, offset, size, kind in layout["members"]}
-    wanted = names if names is not None else tuple(members)
-    fmt, pos = "<", 0
-    for name in wanted:
-        offset, size, kind = members[name]
-        if offset < pos:
-            raise RuntimeError("struct fields are not in the expected order")
-        fmt += f"{offset - pos}x" if offset > pos else ""
-        fmt += f"{size}s" if kind == "bytes" else _INT_CODES[(size, kind)]
-        pos = offset + size
-    if names is None and layout["size"] > pos:
-        fmt += f"{layout['size'] - pos}x"
-    return fmt
-
-
 def from_image(img: Image) -> Abi:
     """Derive the layouts from the loader's BTF copy of the C structs."""
     layout = img.struct(RECORD_STRUCT)
@@ -128,8 +108,9 @@ def from_image(img: Image) -> Abi:
     if missing:
         raise RuntimeError(f"struct {RECORD_STRUCT} lacks {missing}: rebuild with make setup")
     offsets = {name: off for name, off, *_ in layout["members"]}
-    side = {name: _format(img.struct(name)) for name in SIDE_STRUCTS}
-    return Abi(img.constants, _format(layout, HEADER_FIELDS), offsets["data"], side, offsets)
+    side = {name: img.struct_format(name) for name in SIDE_STRUCTS}
+    header = img.struct_format(RECORD_STRUCT, HEADER_FIELDS)
+    return Abi(img.constants, header, offsets["data"], side, offsets)
 
 
 @functools.cache

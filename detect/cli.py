@@ -22,6 +22,13 @@ def build_parser() -> Parser:
     )
     scan.add_argument("--html", metavar="FILE", help="write the HTML host report")
     scan.add_argument(
+        "--format",
+        choices=("ecap", "ocsf"),
+        default="ecap",
+        help="what --json writes: the ecap.scan/1 document (default) or one OCSF "
+        "Detection Finding (class 2004) per line",
+    )
+    scan.add_argument(
         "--fail-on",
         choices=SEVERITIES,
         default="high",
@@ -59,10 +66,89 @@ def build_parser() -> Parser:
     scan.add_argument("--trust-dir", help="trusted public keys (default $ECAP_TRUST_DIR)")
     scan.add_argument("--journal", help="capture journal (default $ECAP_JOURNAL)")
     scan.add_argument("--run-dir", help="live session registry root (default $ECAP_RUN_DIR)")
+    _add_watch(sub)
     report = sub.add_parser("report", help="render saved scan documents as one HTML report")
-    report.add_argument("scans", nargs="+", metavar="HOST.json")
+    report.add_argument("scans", nargs="*", metavar="HOST.json")
     report.add_argument("--html", required=True, metavar="OUT.html")
+    report.add_argument(
+        "--unreachable",
+        action="append",
+        default=[],
+        metavar="HOST[=REASON]",
+        help="a host that gave no scan (a row of the fleet report); repeatable",
+    )
     return parser
+
+
+def _add_watch(sub) -> None:
+    """``watch``: options default to None so that a --config file can set them."""
+    watch = sub.add_parser(
+        "watch",
+        help="watch continuously: alert the moment a sniffer attaches, resolve when it goes",
+    )
+    watch.add_argument(
+        "--json", metavar="FILE|-", help="append JSON lines to FILE ('-': stdout, the default)"
+    )
+    watch.add_argument(
+        "--format",
+        choices=("ecap", "ocsf"),
+        help="records as ecap.alert/1 (default) or OCSF 1.1.0 events (Detection Finding 2004)",
+    )
+    watch.add_argument(
+        "--syslog",
+        action="store_const",
+        const=True,
+        help="also send each record to the local syslog socket (RFC 5424)",
+    )
+    watch.add_argument("--syslog-socket", metavar="PATH", help="syslog socket (default /dev/log)")
+    watch.add_argument(
+        "--rescan", type=float, metavar="SECONDS", help="full rescan interval (default 60)"
+    )
+    watch.add_argument(
+        "--heartbeat", type=float, metavar="SECONDS", help="heartbeat record interval (default 60)"
+    )
+    watch.add_argument(
+        "--min-severity",
+        choices=SEVERITIES,
+        help="alert on findings at least this severe (default: low)",
+    )
+    watch.add_argument("--walk", choices=WALKS, help="fd walk of each scan (default auto)")
+    watch.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML file with the same options (keys as the long options, '_' for '-'); "
+        "re-read on SIGHUP; command-line options win",
+    )
+    watch.add_argument("--trust-dir", help="trusted public keys (default $ECAP_TRUST_DIR)")
+    watch.add_argument("--journal", help="capture journal (default $ECAP_JOURNAL)")
+    watch.add_argument("--run-dir", help="live session registry root (default $ECAP_RUN_DIR)")
+
+
+def _watch(args) -> int:
+    from ecap.detect.watch import Watcher, load_config
+
+    overrides = {
+        k: getattr(args, k)
+        for k in (
+            "json",
+            "format",
+            "syslog",
+            "syslog_socket",
+            "rescan",
+            "heartbeat",
+            "min_severity",
+            "walk",
+            "trust_dir",
+            "journal",
+            "run_dir",
+        )
+    }
+    config_path = Path(args.config) if args.config else None
+    if config_path is not None and not config_path.is_file():
+        raise UsageError(f"--config {config_path}: no such file", hint="give a TOML file")
+    options = load_config(config_path, overrides)
+    _check_writable(options.json, "--json")
+    return Watcher(options, config_path=config_path, overrides=overrides).run()
 
 
 def _check_writable(target: str | None, flag: str) -> None:
@@ -76,11 +162,11 @@ def _check_writable(target: str | None, flag: str) -> None:
         )
 
 
-def _html(docs: list[dict], out: str) -> None:
+def _html(docs: list[dict], out: str, unreachable: list[tuple[str, str]] | None = None) -> None:
     """Host report for one document, fleet report for several (ecap.reports)."""
     from ecap.reports import host_report  # jinja2 only when HTML is asked for
 
-    host_report.write(docs, Path(out))
+    host_report.write(docs, Path(out), unreachable=unreachable)
 
 
 def _scan(args) -> int:
@@ -115,9 +201,14 @@ def _scan(args) -> int:
         raise
     except OSError as exc:
         raise Error(f"scan failed: {exc}", hint="run as root on a host with /proc mounted") from exc
-    if args.json:
-        render_json.write(doc, args.json)
-    if args.json != "-":
+    json_to = args.json or ("-" if args.format == "ocsf" else None)
+    if args.format == "ocsf":
+        from ecap.detect import ocsf
+
+        ocsf.write_lines(ocsf.from_scan(doc), json_to)
+    elif json_to:
+        render_json.write(doc, json_to)
+    if json_to != "-":
         from ecap.detect import render_term  # rich only for terminal output
 
         render_term.render(doc, sys.stdout, inventory=not args.no_inventory)
@@ -137,6 +228,8 @@ def _scan(args) -> int:
 def _report(args) -> int:
     import json
 
+    if not args.scans and not args.unreachable:
+        raise UsageError("no scan files given", hint="pass one or more HOST.json files")
     docs = []
     for path in args.scans:
         try:
@@ -153,7 +246,13 @@ def _report(args) -> int:
             )
         docs.append(doc)
     _check_writable(args.html, "--html")
-    _html(docs, args.html)
+    unreachable = []
+    for item in args.unreachable:
+        name, _, why = item.partition("=")
+        if not name:
+            raise UsageError(f"--unreachable {item!r}: no host name", hint="give HOST[=REASON]")
+        unreachable.append((name, why or "unreachable"))
+    _html(docs, args.html, unreachable)
     return 0
 
 
@@ -161,6 +260,8 @@ def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "scan":
         return _scan(args)
+    if args.command == "watch":
+        return _watch(args)
     return _report(args)
 
 

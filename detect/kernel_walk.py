@@ -55,14 +55,12 @@ class FdRecord:
     prog_id: int
 
 
-def _loader_bytes() -> bytes:
-    """The loader file, next to the BPF sources in the ``ecap.bpf`` package."""
+def _loader_bytes(name: str = LOADER_NAME) -> bytes:
+    """A loader file, next to the BPF sources in the ``ecap.bpf`` package."""
     try:
-        return (loader.loader_dir() / LOADER_NAME).read_bytes()
+        return (loader.loader_dir() / name).read_bytes()
     except OSError:
-        raise KernelWalkUnavailable(
-            f"{LOADER_NAME} not built (make setup builds it with clang)"
-        ) from None
+        raise KernelWalkUnavailable(f"{name} not built (make setup builds it with clang)") from None
 
 
 def _close_all(fds: list[int]) -> None:

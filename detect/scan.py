@@ -34,6 +34,7 @@ from ecap.detect import (
     programs,
     sessions,
     tracefs,
+    watchers,
 )
 from ecap.detect.kernel_walk import KernelWalker, KernelWalkUnavailable
 from ecap.detect.model import Link, Map, Program, to_dict
@@ -57,6 +58,9 @@ class ScanOptions:
     """How to find fd holders and victims: ``kernel`` (BPF iterators), ``procfs``
     (``/proc`` reads), or ``auto``: the kernel walk from KERNEL_WALK_MIN_PROCESSES
     processes on, where it is cheaper than the ``/proc`` reads it replaces."""
+    audit_history: bool = True
+    """False skips the audit-log history (``ecap-detect watch`` sees loads as they
+    happen, and rescans too often to re-read a large audit log each time)."""
 
 
 WALKS = ("auto", "kernel", "procfs")
@@ -253,7 +257,11 @@ def _scan(
         limitations.append("kernel < 6.6: perf-event links do not report uprobe targets")
 
     post = posture.collect(selinux)
-    history, hnote = audit_history.load_history(options.audit_log, set(inv.programs))
+    history, hnote = (
+        audit_history.load_history(options.audit_log, set(inv.programs))
+        if options.audit_history
+        else (None, None)
+    )
     if hnote:
         limitations.append(hnote)
 
@@ -270,6 +278,9 @@ def _scan(
     if history is not None:
         found += findings.history_findings(history.transient)
         found += findings.denial_findings(history.denials)
+    watcher_verdicts = watchers.evaluate(inv)
+    ours = watchers.verified_programs(watcher_verdicts)
+    found = [f for f in found if not (f.get("programs") and set(f["programs"]) <= ours)]
     found = findings.sort_findings(found)
 
     counts = {s: 0 for s in findings.SEVERITIES}
@@ -331,6 +342,15 @@ def _scan(
             "selinux_denials": [d.as_dict() for d in history.denials]
             if history is not None
             else None,
+            "watchers": [
+                {
+                    "pid": v.pid,
+                    "status": v.status,
+                    "reason": v.reason,
+                    "prog_ids": sorted(v.prog_ids),
+                }
+                for v in watcher_verdicts
+            ],
         },
         "findings": found,
         "limitations": limitations,

@@ -86,9 +86,17 @@ def _host_order(h: dict[str, Any]) -> tuple:
     )
 
 
-def build_view(scans: list[dict[str, Any]]) -> dict[str, Any]:
-    """The fleet report's view model (also its JSON twin)."""
-    if not scans:
+def build_view(
+    scans: list[dict[str, Any]], unreachable: Iterable[tuple[str, str]] = ()
+) -> dict[str, Any]:
+    """The fleet report's view model (also its JSON twin).
+
+    ``unreachable``: (host name, why) for hosts that were to be scanned but gave no
+    document (an Ansible run's unreachable or failed hosts): each is a row of the
+    report, never silently missing.
+    """
+    missing = [{"hostname": str(name), "reason": str(why)} for name, why in unreachable]
+    if not scans and not missing:
         raise UsageError("no scan documents to report on", hint="pass one or more HOST.json files")
     hosts = sorted((host_view(s, i) for i, s in enumerate(scans, start=1)), key=_host_order)
     columns: dict[str, str] = {}
@@ -111,16 +119,21 @@ def build_view(scans: list[dict[str, Any]]) -> dict[str, Any]:
             "worst": scoring.worst(totals),
             "rogue_hosts": sum(1 for h in hosts if h["rogue"]),
             "clean_hosts": sum(1 for h in hosts if not h["worst"] or h["worst"] == "info"),
+            "unreachable_hosts": len(missing),
         },
         "finding_types": ordered,
         "hosts": hosts,
+        "unreachable": missing,
     }
 
 
 def render_fleet_report(
-    scans: list[dict[str, Any]], html_path: str | Path, json_path: str | Path | None = None
+    scans: list[dict[str, Any]],
+    html_path: str | Path,
+    json_path: str | Path | None = None,
+    unreachable: Iterable[tuple[str, str]] = (),
 ) -> Path:
     """Write the fleet report (and its JSON twin); returns the HTML path."""
-    view = build_view(scans)
+    view = build_view(scans, unreachable)
     html = _render.render_html("fleet.html.j2", view)
     return _render.write_report(html, view, html_path, json_path)

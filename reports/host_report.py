@@ -15,11 +15,15 @@ from ecap.reports.host import render_host_report
 
 
 def write(
-    docs: list[dict[str, Any]], html_path: str | Path, json_path: str | Path | None = None
+    docs: list[dict[str, Any]],
+    html_path: str | Path,
+    json_path: str | Path | None = None,
+    unreachable: list[tuple[str, str]] | None = None,
 ) -> Path:
-    """Host report for one scan, fleet report for more; returns the HTML path."""
-    if not docs:
+    """Host report for one scan, fleet report for more (or when hosts were
+    unreachable: they are rows of the fleet report); returns the HTML path."""
+    if not docs and not unreachable:
         raise UsageError("no scan documents to report on", hint="pass one or more HOST.json files")
-    if len(docs) == 1:
+    if len(docs) == 1 and not unreachable:
         return render_host_report(docs[0], html_path, json_path)
-    return render_fleet_report(docs, html_path, json_path)
+    return render_fleet_report(docs, html_path, json_path, unreachable or [])

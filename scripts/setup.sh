@@ -12,7 +12,7 @@ APT_PACKAGES=(
   openssl curl nodejs chromium golang-go postgresql gcc libssl-dev
   clang-14 libbpf-dev libcap2-bin android-libboringssl-dev
   selinux-policy-default selinux-policy-dev checkpolicy semodule-utils policycoreutils
-  secilc python3-setools setools
+  secilc python3-setools setools openssh-server ansible-core
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -39,6 +39,10 @@ _MAP_DESC = 16  # map_fd, max_entries, initial_value
 _LOG_SIZE = 1 << 20
 
 
+_INT_CODES = {(1, "u"): "B", (2, "u"): "H", (4, "u"): "I", (8, "u"): "Q",
+              (1, "s"): "b", (2, "s"): "h", (4, "s"): "i", (8, "s"): "q"}  # fmt: skip
+
+
 class LoadError(EnvironmentNotReady):
     """The programs cannot be loaded here; the message says why in one line."""
 
@@ -72,6 +76,25 @@ class Image:
     def constants(self) -> dict[str, int]:
         """``ECAP_*`` macros of the C headers the program includes."""
         return dict(self.header.get("constants", {}))
+
+    def struct_format(self, name: str, fields: tuple[str, ...] | None = None) -> str:
+        """A little-endian :mod:`struct` format for ``struct <name>``'s members (all, with
+        the tail padding, or just ``fields`` in order) — derived from the C, never
+        restated in Python. Byte arrays become ``Ns``."""
+        layout = self.struct(name)
+        members = {m[0]: (m[1], m[2], m[3]) for m in layout["members"]}
+        wanted = fields if fields is not None else tuple(members)
+        fmt, pos = "<", 0
+        for member in wanted:
+            offset, size, kind = members[member]
+            if offset < pos:
+                raise LoadError(f"struct {name}: {member} is not where the order says")
+            fmt += f"{offset - pos}x" if offset > pos else ""
+            fmt += f"{size}s" if kind == "bytes" else _INT_CODES[(size, kind)]
+            pos = offset + size
+        if fields is None and layout["size"] > pos:
+            fmt += f"{layout['size'] - pos}x"
+        return fmt
 
     def struct(self, name: str) -> dict[str, Any]:
         """The BTF layout of ``struct <name>``: ``{size, members: [[name, off, size, kind]]}``."""
@@ -128,14 +151,14 @@ class LoadedObject:
 
     def prog_ids(self) -> list[int]:
         """Kernel ids of the loaded programs (what ``ecap-detect`` sees)."""
-        ids = []
-        for fd in self.prog_fds.values():
-            info = ctypes.create_string_buffer(8)
-            a = sc.attr(16)
-            struct.pack_into("<IIQ", a, 0, fd, len(info), ctypes.addressof(info))
-            sc.bpf(sc.OBJ_GET_INFO_BY_FD, a)
-            ids.append(struct.unpack_from("<I", info, 4)[0])
-        return sorted(ids)
+        return sorted(
+            struct.unpack_from("<I", _prog_info(fd), 4)[0] for fd in self.prog_fds.values()
+        )
+
+    def prog_tags(self) -> dict[str, str]:
+        """Program name → the kernel's tag (a hash of its instructions, map references
+        zeroed): it names the *code*, whatever the program is called."""
+        return {name: _prog_info(fd)[8:16].hex() for name, fd in self.prog_fds.items()}
 
     def close(self) -> None:
         sc.close_quietly([*self.prog_fds.values(), *(m.fd for m in self.maps.values())])
@@ -147,6 +170,15 @@ class LoadedObject:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _prog_info(fd: int) -> bytes:
+    """The head of ``struct bpf_prog_info`` (type, id, tag) of a program fd."""
+    info = ctypes.create_string_buffer(16)
+    a = sc.attr(16)
+    struct.pack_into("<IIQ", a, 0, fd, len(info), ctypes.addressof(info))
+    sc.bpf(sc.OBJ_GET_INFO_BY_FD, a)
+    return info.raw
 
 
 def load(

@@ -122,8 +122,8 @@ def test_missing_loader_falls_back_or_fails_as_asked(monkeypatch):
 
 
 def test_damaged_loader_is_refused_not_run(monkeypatch, tmp_path):
-    real = kernel_walk._loader_bytes()
-    monkeypatch.setattr(kernel_walk, "_loader_bytes", lambda: real[:-100])
+    real = kernel_walk._loader_bytes(kernel_walk.LOADER_NAME)
+    monkeypatch.setattr(kernel_walk, "_loader_bytes", lambda *_: real[:-100])
     with pytest.raises(kernel_walk.KernelWalkUnavailable, match="damaged"):
         kernel_walk.KernelWalker()
 
