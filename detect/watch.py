@@ -171,10 +171,11 @@ class _Output:
         if json_to == "-":
             self._stdout = True
         elif json_to:
-            from ecap.fsutil import open_private
+            from ecap.fsutil import open_append_private
 
             try:
-                self._file = open_private(json_to, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+                fd = open_append_private(json_to, what="--json output")
+                self._file = os.fdopen(fd, "ab")
             except OSError as exc:
                 raise UsageError(
                     f"--json {json_to}: cannot open for appending ({exc.strerror})",
