@@ -138,7 +138,7 @@ class Reassembler:
         self._truncated = abi.FLAG_TRUNCATED
         self._fault = abi.FLAG_FAULT
         self._write_kind = abi.KIND_WRITE
-        self._pending: dict[int, list[Record]] = {}
+        self.pending: dict[int, list[Record]] = {}
         """tid → records of its call in progress."""
         self._since: dict[int, float] = {}
         """tid → when its call's first record arrived."""
@@ -146,25 +146,25 @@ class Reassembler:
     def add(self, rec: Record) -> list[Call]:
         """Feed a data record; returns the calls it completes (usually 0 or 1)."""
         done: list[Call] = []
-        parts = self._pending.get(rec.tid)
+        parts = self.pending.get(rec.tid)
         if parts is not None and parts[0].ts_ns != rec.ts_ns:
             # The thread's previous call lost its last record: it is complete now.
             done.append(self._build(parts))
-            del self._pending[rec.tid]
+            del self.pending[rec.tid]
             parts = None
         if rec.flags & self._last:
             if parts is None:
                 done.append(self._build([rec]))
             else:
                 parts.append(rec)
-                del self._pending[rec.tid]
+                del self.pending[rec.tid]
                 done.append(self._build(parts))
             return done
         if parts is None:
-            self._pending[rec.tid] = [rec]
+            self.pending[rec.tid] = [rec]
             self._since[rec.tid] = time.monotonic()
-            if len(self._since) > 2 * len(self._pending) + 64:  # forget finished threads
-                self._since = {t: self._since[t] for t in self._pending}
+            if len(self._since) > 2 * len(self.pending) + 64:  # forget finished threads
+                self._since = {t: self._since[t] for t in self.pending}
         else:
             parts.append(rec)
         return done
@@ -172,13 +172,13 @@ class Reassembler:
     def stale(self, now: float | None = None) -> list[Call]:
         """Calls whose last record is overdue (it was lost): deliver them now."""
         now = time.monotonic() if now is None else now
-        old = [tid for tid in self._pending if now - self._since.get(tid, now) >= STALE_SECONDS]
-        return [self._build(self._pending.pop(tid)) for tid in old]
+        old = [tid for tid in self.pending if now - self._since.get(tid, now) >= STALE_SECONDS]
+        return [self._build(self.pending.pop(tid)) for tid in old]
 
     def flush(self) -> list[Call]:
         """Every incomplete call (end of session)."""
-        out = [self._build(parts) for parts in self._pending.values()]
-        self._pending.clear()
+        out = [self._build(parts) for parts in self.pending.values()]
+        self.pending.clear()
         return out
 
     def _build(self, parts: list[Record]) -> Call:

@@ -55,8 +55,9 @@ class FdRecord:
     prog_id: int
 
 
-def _loader_bytes(name: str = LOADER_NAME) -> bytes:
-    """A loader file, next to the BPF sources in the ``ecap.bpf`` package."""
+def _loader_bytes(name: str | None = None) -> bytes:
+    """A loader file (the scan's, by default), next to the BPF sources."""
+    name = name or LOADER_NAME
     try:
         return (loader.loader_dir() / name).read_bytes()
     except OSError:

@@ -12,6 +12,9 @@ from __future__ import annotations
 import os
 
 
+_ASCII_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F)} | {ord("\\"): "\\\\"}
+
+
 def printable(value: str | bytes) -> str:
     """Replace control and non-printable characters with visible ``\\xNN`` escapes.
 
@@ -20,6 +23,8 @@ def printable(value: str | bytes) -> str:
     """
     if isinstance(value, bytes):
         value = value.decode("utf-8", errors="backslashreplace")
+    if value.isascii():  # the common case, in C: controls and backslash by table
+        return value.translate(_ASCII_ESCAPES)
     out = []
     for ch in value:
         code = ord(ch)
