@@ -74,9 +74,13 @@ class Fleet:
             f"ecap_controller_detect={VENV_BIN / 'ecap-detect'}",
         ]
 
-    def playbook(self, name: str, *args: str, limit_reachable: bool = False):
+    def playbook(self, name: str, *args: str, limit_reachable: bool = False,
+                 limit: list | None = None):  # fmt: skip
+        """Run a playbook; ``limit`` (hosts) or every reachable host, or all."""
         cmd = ["ansible-playbook", "-i", str(self.inventory), str(ANSIBLE_DIR / name), *args]
-        if limit_reachable:
+        if limit is not None:
+            cmd += ["--limit", ",".join(h.name for h in limit)]
+        elif limit_reachable:
             cmd += ["--limit", ",".join(h.name for h in self.reachable)]
         return subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=600)
 
