@@ -27,7 +27,7 @@
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
 
-#include "capture_abi.h"
+#include "capture_common.h"
 
 #define PA __attribute__((preserve_access_index))
 #define S_IFMT 00170000
@@ -53,10 +53,6 @@ struct fdtable { unsigned int max_fds; struct file **fd; } PA;
 struct files_struct { struct fdtable *fdt; } PA;
 struct task_struct { struct files_struct *files; } PA;
 
-/* Set by user space before load (the loader copies them in; the map is frozen,
- * so the verifier sees constants). */
-const volatile __u32 max_chunks = 16;      /* --max-call-bytes / ECAP_CHUNK */
-const volatile __u32 wakeup_every = 32;    /* wake the reader once per N records per CPU */
 /* Not used at run time: keeps the layout in the object's BTF, whence the loader
  * file records it for the Python side. */
 const struct ecap_sockinfo ecap_abi_sockinfo = {};
@@ -88,13 +84,6 @@ struct conn_state {
 	__u64 pos[2];    /* bytes written [0] and read [1] so far, for stream_off */
 };
 
-/* Authorized processes (the second PID check). */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1024);
-	__type(key, __u32);
-	__type(value, __u8);
-} target_pids SEC(".maps");
 
 /* pid_tgid -> calls in flight on that thread (LRU: a thread that died inside a
  * call cannot pin a slot forever). */
@@ -123,99 +112,6 @@ struct {
 	__type(key, __u64);
 	__type(value, __s32);
 } last_read_fd SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct ecap_record);
-} scratch SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, ECAP_NSTATS);
-	__type(key, __u32);
-	__type(value, __u64);
-} stats SEC(".maps");
-
-/* The size is set by user space at load (--ring-size). */
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1 << 24);
-} events SEC(".maps");
-
-static __always_inline int is_target(__u64 pid_tgid)
-{
-	__u32 tgid = pid_tgid >> 32;
-	return bpf_map_lookup_elem(&target_pids, &tgid) != 0;
-}
-
-static __always_inline void stat_add(__u32 idx, __u64 value)
-{
-	__u64 *slot = bpf_map_lookup_elem(&stats, &idx);
-	if (slot)
-		*slot += value;
-}
-
-/* Waking the reader for every record costs the traced process an IPI per call;
- * wake it every wakeup_every records per CPU (the reader also polls with a short
- * timeout, so latency stays bounded). */
-static __always_inline __u64 wakeup_flags(void)
-{
-	__u32 idx = ECAP_STAT_SINCE_WAKEUP;
-	__u64 *since = bpf_map_lookup_elem(&stats, &idx);
-	if (!since)
-		return 0;
-	*since += 1;
-	if (*since < wakeup_every)
-		return BPF_RB_NO_WAKEUP;
-	*since = 0;
-	return BPF_RB_FORCE_WAKEUP;
-}
-
-static __always_inline void fill_header(struct ecap_record *ev, __u64 pid_tgid, __u8 kind,
-					__u64 conn, __s32 fd)
-{
-	ev->ts_ns = bpf_ktime_get_ns();
-	ev->conn = conn;
-	ev->stream_off = 0;
-	ev->pid = pid_tgid >> 32;
-	ev->tid = (__u32)pid_tgid;
-	ev->uid = (__u32)bpf_get_current_uid_gid();
-	ev->fd = fd;
-	ev->total = 0;
-	ev->offset = 0;
-	ev->len = 0;
-	ev->kind = kind;
-	ev->flags = ECAP_FLAG_LAST;
-	ev->family = 0;
-	bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
-}
-
-/* A record with no payload, written straight into the ring. */
-static __always_inline struct ecap_record *reserve_header(void)
-{
-	struct ecap_record *ev =
-		bpf_ringbuf_reserve(&events, offsetof(struct ecap_record, data), 0);
-	if (!ev)
-		stat_add(ECAP_STAT_LOST_EVENTS, 1);
-	return ev;
-}
-
-static __always_inline void submit_header(struct ecap_record *ev, __u64 wake)
-{
-	bpf_ringbuf_submit(ev, wake);
-	stat_add(ECAP_STAT_EVENTS, 1);
-}
-
-static __always_inline void emit_header(__u64 pid_tgid, __u8 kind, __u64 conn, __s32 fd)
-{
-	struct ecap_record *ev = reserve_header();
-	if (!ev)
-		return;
-	fill_header(ev, pid_tgid, kind, conn, fd);
-	submit_header(ev, wakeup_flags());
-}
 
 /* This process's open file behind fd, or 0. */
 static __always_inline struct file *file_of(int fd)
@@ -395,76 +291,6 @@ static __always_inline __s32 call_fd(__u64 pid_tgid, struct call_frame *f, int i
 
 /* ------------------------------------------------------------ data calls */
 
-struct chunk_ctx {
-	__u64 buf;
-	__u64 capture;   /* bytes to send: min(n, limit) */
-	__u64 wake;
-	__u8 truncated;
-};
-
-static long send_chunk(__u32 i, struct chunk_ctx *c)
-{
-	__u64 off = (__u64)i * ECAP_CHUNK;
-	if (off >= c->capture)
-		return 1;
-	__u32 zero = 0;
-	struct ecap_record *ev = bpf_map_lookup_elem(&scratch, &zero);
-	if (!ev)
-		return 1;
-	__u64 len = c->capture - off;
-	__u8 flags = 0;
-	if (len > ECAP_CHUNK)
-		len = ECAP_CHUNK;
-	else
-		flags = ECAP_FLAG_LAST | (c->truncated ? ECAP_FLAG_TRUNCATED : 0);
-	ev->offset = off;
-	ev->len = len;
-	ev->flags = flags;
-	__u64 wake = flags ? c->wake : BPF_RB_NO_WAKEUP;
-
-	if (len == ECAP_CHUNK) {
-		/* A full chunk is read straight into a reserved ring record: one copy
-		 * instead of two for large calls. */
-		struct ecap_record *r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
-		if (!r) {
-			stat_add(ECAP_STAT_LOST_EVENTS, 1);
-			stat_add(ECAP_STAT_LOST_BYTES, len);
-			return 0;
-		}
-		__builtin_memcpy(r, ev, offsetof(struct ecap_record, data));
-		if (bpf_probe_read_user(&r->data, ECAP_CHUNK, (void *)(c->buf + off)) < 0) {
-			/* Never ship what the failed read left in the record. */
-			bpf_ringbuf_discard(r, BPF_RB_NO_WAKEUP);
-			goto fault;
-		}
-		bpf_ringbuf_submit(r, wake);
-		stat_add(ECAP_STAT_EVENTS, 1);
-		return 0;
-	}
-	/* The mask is a no-op for 1..ECAP_CHUNK-1 and gives the verifier its bound. */
-	if (bpf_probe_read_user(&ev->data, len & (ECAP_CHUNK - 1), (void *)(c->buf + off)) < 0)
-		goto fault;
-	if (bpf_ringbuf_output(&events, ev,
-			       offsetof(struct ecap_record, data) + (len & (ECAP_CHUNK - 1)),
-			       wake) < 0) {
-		stat_add(ECAP_STAT_LOST_EVENTS, 1);
-		stat_add(ECAP_STAT_LOST_BYTES, len);
-	} else {
-		stat_add(ECAP_STAT_EVENTS, 1);
-	}
-	return 0;
-
-fault:
-	/* The bytes exist but are not readable now (a page not present): say so
-	 * with a header-only record, so user space shows a counted gap. */
-	stat_add(ECAP_STAT_FAULT_BYTES, len);
-	ev->flags = flags | ECAP_FLAG_FAULT;
-	if (bpf_ringbuf_output(&events, ev, offsetof(struct ecap_record, data), wake) < 0)
-		stat_add(ECAP_STAT_LOST_EVENTS, 1);
-	else
-		stat_add(ECAP_STAT_EVENTS, 1);
-	return 0;
-}
 
 SEC("uprobe")
 int data_enter(struct pt_regs *ctx)
@@ -511,25 +337,8 @@ int data_return(struct pt_regs *ctx)
 	if (n == 0)
 		return 0;
 
-	__u64 limit = (__u64)ECAP_CHUNK * max_chunks;
-	struct chunk_ctx c = {
-		.buf = f.buf,
-		.capture = n > limit ? limit : n,
-		.truncated = n > limit,
-	};
-	if (n > limit)
-		stat_add(ECAP_STAT_TRUNCATED_BYTES, n - limit);
-
-	__u32 zero = 0;
-	struct ecap_record *ev = bpf_map_lookup_elem(&scratch, &zero);
-	if (!ev)
-		return 0;
 	__u64 stream_off = stream_advance(pid_tgid, f.conn, kind == ECAP_KIND_READ, n);
-	fill_header(ev, pid_tgid, kind, f.conn, fd);
-	ev->stream_off = stream_off;
-	ev->total = n > 0xffffffffULL ? 0xffffffffU : (__u32)n;
-	c.wake = wakeup_flags();
-	bpf_loop(ECAP_MAX_CHUNKS, send_chunk, &c, 0);
+	send_user_bytes(pid_tgid, kind, f.conn, fd, stream_off, f.buf, n);
 	return 0;
 }
 
@@ -678,18 +487,5 @@ int sys_enter(struct bpf_raw_tracepoint_args *ctx)
 	return 0;
 }
 
-/* A target that execs is no longer the program the token named: it leaves the
- * allow-list at once, and user space decides (and journals) what happens next. */
-SEC("raw_tracepoint/sched_process_exec")
-int on_exec(struct bpf_raw_tracepoint_args *ctx)
-{
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u32 tgid = pid_tgid >> 32;
-	if (!bpf_map_lookup_elem(&target_pids, &tgid))
-		return 0;
-	bpf_map_delete_elem(&target_pids, &tgid);
-	emit_header(pid_tgid, ECAP_KIND_EXEC, 0, -1);
-	return 0;
-}
 
 char LICENSE[] SEC("license") = "GPL";
