@@ -33,7 +33,7 @@ from ecap.capture.connections import ConnectionTable, format_endpoint
 from ecap.capture.events import ConnectionEndEvent, DataEvent, HandshakeEvent
 from ecap.capture.hold import TargetHold
 from ecap.capture.kernel import DEFAULT_MAX_CALL_BYTES, DEFAULT_RING_MB, KernelSide
-from ecap.capture.modules.interface import CaptureModule, HookTarget
+from ecap.capture.modules.interface import CaptureModule, HookTarget, ModuleRecords, RecordContext
 from ecap.capture.records import Clock, Decoder, Reassembler, Record
 from ecap.capture.sinks.interface import SinkOptions
 from ecap.capture.summary import summary_lines
@@ -168,6 +168,10 @@ class _Session:
         self.decode: Decoder | None = None
         self.reasm: Reassembler | None = None
         self.handlers: dict[int, Any] = {}
+        self.module_records: ModuleRecords | None = None
+        self.descendants: set[int] = set()
+        """Descendants covered now (added by the kernel at fork, gone at exit)."""
+        self.descendants_seen = 0
         self.last_lost = 0
 
     def bind_kernel(self, kernel: KernelSide) -> None:
@@ -185,8 +189,18 @@ class _Session:
             abi.KIND_CLOSE: self._on_close,
             abi.KIND_EXEC: self._on_exec,
             abi.KIND_SOCKET: self._on_socket,
+            abi.KIND_FORK: self._on_fork,
+            abi.KIND_EXIT: self._on_exit,
         }
-        self._sockinfo = struct_reader(kernel.obj.image, "ecap_sockinfo")[0]
+        if self.module.records is not None:
+            # Module-specific kinds (a shell's lines, a server's statements).
+            self.module_records = self.module.records(
+                RecordContext(abi, kernel.obj.image, self.clock, self.writer.emit,
+                              self.options.max_call_bytes)
+            )  # fmt: skip
+            self.handlers.update(self.module_records.handlers)
+        if "ecap_sockinfo" in kernel.obj.image.header.get("structs", {}):
+            self._sockinfo = struct_reader(kernel.obj.image, "ecap_sockinfo")[0]
 
     # -- records -------------------------------------------------------------------
     def backlogged(self) -> bool:
@@ -242,10 +256,32 @@ class _Session:
         for conn in self.conns.end_fd(rec.pid, rec.fd, self.clock.wall(rec.ts_ns)):
             self.writer.emit(ConnectionEndEvent(conn))
 
+    def _on_fork(self, rec: Record) -> None:
+        """A covered process forked and the token grants descendants: the kernel
+        already put the child (``conn``) on the allow-list."""
+        self.descendants.add(rec.conn)
+        self.descendants_seen += 1
+
+    def _on_exit(self, rec: Record) -> None:
+        """A covered process exited (the kernel took it off the allow-list);
+        ``conn`` is its wait status. A named target's part of the session ends when
+        its pidfd says so (check_targets); a descendant's ends here."""
+        pid = rec.pid
+        if self.module_records is not None:
+            self.module_records.process_left(pid, "exit", rec.conn)
+        if pid in self.descendants:
+            self.descendants.discard(pid)
+            for conn in self.conns.end_pid(pid, self.clock.wall(rec.ts_ns), "process exited"):
+                self.writer.emit(ConnectionEndEvent(conn))
+            assert self.kernel is not None
+            self.kernel.forget_pid(pid)
+
     def _on_exec(self, rec: Record) -> None:
         """The kernel took an exec'ing target off the allow-list: it stays off unless
         the program it runs now is the very executable the token names."""
         pid = rec.pid
+        if self.module_records is not None:
+            self.module_records.process_left(pid, "exec", None)
         claim = self.grant.target_for(pid)
         try:
             now_exe, digest = procfs.exe(pid), procfs.exe_sha256(pid)
@@ -303,6 +339,8 @@ class _Session:
         for pid, ready_at in list(self.exited.items()):
             if force or reader_cycles >= ready_at:
                 self.drain()
+                if self.module_records is not None:  # its EXIT record may have been lost
+                    self.module_records.process_left(pid, "exit", None)
                 for conn in self.conns.end_pid(pid, time.time(), "process left the session"):
                     self.writer.emit(ConnectionEndEvent(conn))
                 assert self.kernel is not None
@@ -321,9 +359,13 @@ class _Session:
     # -- summary ---------------------------------------------------------------------
     def summary(self, stats: dict[str, int]) -> dict[str, Any]:
         stopped = time.time()
+        events = dict(self.counters.events)
+        if self.module_records is not None:
+            events.update(self.module_records.counts())
         return {
             "session_id": self.session_id,
-            "events": dict(self.counters.events),
+            "events": events,
+            "descendants": self.descendants_seen,
             "bytes": dict(self.counters.bytes),
             "connections": self.conns.total,
             "lost_events": stats["lost_events"],
@@ -354,6 +396,7 @@ class _Session:
                 "kernel": host.kernel_release(),
             },
             "pids": [h.pid for h in self.hooks],
+            "descendants": self.grant.descendants,
             "targets": [
                 {
                     "pid": h.pid,
@@ -466,7 +509,8 @@ def run_capture(grant: Grant, pids: list[int], options: CaptureOptions, *, journ
     registered = started = False
     stats: dict[str, int] = {}
     try:
-        kernel = KernelSide(module, ring_mb=options.ring_mb, max_call_bytes=options.max_call_bytes)
+        kernel = KernelSide(module, ring_mb=options.ring_mb, max_call_bytes=options.max_call_bytes,
+                            follow_descendants=grant.descendants)  # fmt: skip
         session.bind_kernel(kernel)
         kernel.authorize_pids(session.live)
         kernel.attach_tracepoints()
@@ -577,6 +621,8 @@ def _finish(session: _Session, stats: dict[str, int], out: IO[bytes]) -> dict[st
     assert session.reasm is not None
     for call in session.reasm.flush():
         session.deliver(call)
+    if session.module_records is not None:
+        session.module_records.finish()
     for conn in session.conns.end_all(time.time(), "capture stopped"):
         session.writer.emit(ConnectionEndEvent(conn))
     summary = session.summary(stats)

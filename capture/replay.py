@@ -60,6 +60,8 @@ def render_session(
             conn.ended_at, conn.end_reason = _ts(rec["ended_at"]), rec["end_reason"]
             conn.bytes = {"write": rec["bytes_written"], "read": rec["bytes_read"]}
             writer.emit(ConnectionEndEvent(conn))
+        elif kind in ("command", "statement"):
+            writer.record_line(rec)
         elif kind == "summary":
             writer.summary(rec)
     writer.flush()

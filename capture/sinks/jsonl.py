@@ -1,4 +1,4 @@
-"""``--format jsonl``: the session record (schema ``ecap.capture/2``).
+"""``--format jsonl``: the session record (schema ``ecap.capture/3``).
 
 One JSON object per line: header, events, connections, summary — documented in
 ``capture/SCHEMA.md``, validated by :mod:`ecap.capture.schema`, read back by
@@ -13,15 +13,18 @@ from typing import IO, Any
 
 from ecap.capture.connections import Connection
 from ecap.capture.events import (
+    COMMAND,
     CONNECTION,
     DATA,
     HANDSHAKE,
+    STATEMENT,
     ConnectionEndEvent,
     DataEvent,
     Event,
     HandshakeEvent,
 )
 from ecap.capture.schema import SCHEMA
+from ecap.capture.sinks._records import command_record, statement_record
 from ecap.capture.sinks.interface import Sink
 from ecap.text import json_safe_str
 from ecap.timefmt import iso_utc
@@ -64,6 +67,8 @@ class JsonlWriter:
             DATA: self._call,
             HANDSHAKE: self._handshake,
             CONNECTION: self._connection_end,
+            COMMAND: lambda e: self._emit(command_record(e)),
+            STATEMENT: lambda e: self._emit(statement_record(e)),
         }
 
     def _emit(self, record: dict[str, Any]) -> None:
@@ -137,6 +142,6 @@ SINK = Sink(
     name="jsonl",
     summary="the session record, one JSON object per line (capture/SCHEMA.md)",
     token_mode="jsonl",
-    consumes=frozenset({DATA, HANDSHAKE, CONNECTION}),
+    consumes=frozenset({DATA, HANDSHAKE, CONNECTION, COMMAND, STATEMENT}),
     open=lambda out, _options: JsonlWriter(out),
 )
