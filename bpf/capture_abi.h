@@ -50,6 +50,7 @@
 #define ECAP_OUTCOME_UNKNOWN 0
 #define ECAP_OUTCOME_OK 1
 #define ECAP_OUTCOME_ERROR 2
+#define ECAP_OUTCOME_ROWS_SENT 3 /* OK: a result set was sent (its rows are not counted here) */
 
 /* Record flags. */
 #define ECAP_FLAG_LAST 1       /* last record of this call */

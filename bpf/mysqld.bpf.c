@@ -16,8 +16,9 @@
  * (COM_DATA's COM_QUERY / COM_STMT_PREPARE members start {const char *, uint};
  * COM_STMT_EXECUTE's with the statement id.)
  *
- * Sessions: acl_authenticate(THD *) → acl_getroot(sctx, user, host, ip, db) names
- * the account a connection logs in as; mysql_change_db(THD *, LEX_CSTRING *) that
+ * Sessions: general_log_print(THD *, COM_CONNECT, fmt, user, host, db) names the
+ * account a connection logs in as (and starts its session afresh: a THD's address
+ * is reused by the next connection); mysql_change_db(THD *, LEX_CSTRING *) that
  * succeeds (returns false) names its database.
  */
 #include <linux/types.h>
@@ -66,13 +67,6 @@ struct {
 	__type(key, __u64);
 	__type(value, struct pending_db);
 } db_calls SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 10240);
-	__type(key, __u64);
-	__type(value, __u64);
-} authenticating SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -157,9 +151,9 @@ int my_eof(struct pt_regs *ctx)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct statement *st = bpf_map_lookup_elem(&statements, &pid_tgid);
-	if (!st)
+	if (!st || st->end.outcome == ECAP_OUTCOME_ERROR)
 		return 0;
-	st->end.outcome = ECAP_OUTCOME_OK;
+	st->end.outcome = ECAP_OUTCOME_ROWS_SENT;
 	return 0;
 }
 
@@ -189,37 +183,31 @@ int my_prepared(struct pt_regs *ctx)
 	return 0;
 }
 
-/* acl_authenticate(THD *, ...) entry: the THD that acl_getroot will name. */
-SEC("uprobe")
-int my_authenticate(struct pt_regs *ctx)
-{
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!is_target(pid_tgid))
-		return 0;
-	__u64 thd = PT_REGS_PARM1(ctx);
-	bpf_map_update_elem(&authenticating, &pid_tgid, &thd, BPF_ANY);
-	return 0;
-}
-
-/* acl_getroot(Security_context *, user, host, ip, db) */
+/* general_log_print(THD *, enum_server_command, const char *format, ...): at
+ * login (COM_CONNECT) and COM_CHANGE_USER the server logs "user@host on db",
+ * with user, host and database as the variadic arguments (rcx, r8, r9) — whether
+ * or not the general log is on. */
+#define COM_CONNECT 11
+#define COM_CHANGE_USER 17
 SEC("uprobe")
 int my_login(struct pt_regs *ctx)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	if (!is_target(pid_tgid))
 		return 0;
-	__u64 *thd = bpf_map_lookup_elem(&authenticating, &pid_tgid);
+	__u32 command = (__u32)PT_REGS_PARM2(ctx);
+	if (command != COM_CONNECT && command != COM_CHANGE_USER)
+		return 0;
 	__u32 zero = 0;
 	struct ecap_login *login = bpf_map_lookup_elem(&login_scratch, &zero);
 	if (!login)
 		return 0;
 	__builtin_memset(login, 0, sizeof(*login));
-	bpf_probe_read_user_str(login->user, sizeof(login->user), (void *)PT_REGS_PARM2(ctx));
-	bpf_probe_read_user_str(login->host, sizeof(login->host), (void *)PT_REGS_PARM3(ctx));
-	__u64 db = PT_REGS_PARM5(ctx);
-	if (db)
-		bpf_probe_read_user_str(login->database, sizeof(login->database), (void *)db);
-	emit_struct(pid_tgid, ECAP_KIND_LOGIN, thd ? *thd : 0, -1, login, sizeof(*login));
+	bpf_probe_read_user_str(login->user, sizeof(login->user), (void *)PT_REGS_PARM4(ctx));
+	bpf_probe_read_user_str(login->host, sizeof(login->host), (void *)PT_REGS_PARM5(ctx));
+	bpf_probe_read_user_str(login->database, sizeof(login->database),
+				(void *)ctx->r9);  /* the sixth argument (x86-64) */
+	emit_struct(pid_tgid, ECAP_KIND_LOGIN, PT_REGS_PARM1(ctx), -1, login, sizeof(*login));
 	return 0;
 }
 
