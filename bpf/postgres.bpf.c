@@ -35,7 +35,7 @@
 const struct ecap_completion ecap_abi_completion = {};
 const struct ecap_login ecap_abi_login = {};
 
-#define STATE_RUNNING 1  /* BackendState */
+#define STATE_RUNNING 2  /* enum BackendState: UNDEFINED, IDLE, RUNNING, ... */
 
 struct backend {
 	__u32 message;     /* type byte of the message being handled */
