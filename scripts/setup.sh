@@ -11,7 +11,7 @@ APT_PACKAGES=(
   python3-venv python3-seccomp apparmor libseccomp-dev
   openssl curl nodejs chromium golang-go postgresql gcc libssl-dev
   clang-14 libbpf-dev libcap2-bin android-libboringssl-dev
-  zsh mariadb-server mariadb-client
+  zsh mariadb-server mariadb-client libmariadb-dev
 )
 
 if [ "$(id -u)" -ne 0 ]; then
