@@ -4,7 +4,8 @@ Hooks (``bpf/mysqld.bpf.c``): ``dispatch_command`` (each client command: its tex
 for COM_QUERY and COM_STMT_PREPARE, the statement id for COM_STMT_EXECUTE), the
 diagnostics area's ``set_ok_status`` / ``set_eof_status`` / ``set_error_status``
 (the statement's real outcome — ``dispatch_command``'s return value only says
-whether to close the connection), ``Prepared_statement::prepare`` / ``::execute``
+whether to close the connection), ``Prepared_statement::prepare`` /
+``::execute_loop`` / ``::execute``
 (which prepared statement an execute ran, so it is shown with its text),
 ``general_log_print`` (called at every login with "user@host on db", whether or
 not the general log is on: the account a connection logs in as) and
@@ -47,6 +48,8 @@ PROBED = (
      "my_prepared", None, False),
     ("_ZN18Prepared_statement7executeE", "_ZN18Prepared_statement7executeEP6Stringb",
      "my_prepared", None, False),
+    ("_ZN18Prepared_statement12execute_loopE",
+     "_ZN18Prepared_statement12execute_loopEP6StringbPhS2_", "my_prepared", None, False),
     ("_Z17general_log_print", "_Z17general_log_printP3THD19enum_server_commandPKcz",
      "my_login", None, False),
     ("_Z15mysql_change_db", "_Z15mysql_change_dbP3THDPK25st_mysql_const_lex_stringb",
@@ -166,6 +169,10 @@ class MysqldRecords(StatementRecords):
         elif outcome in (abi.OUTCOME_OK, abi.OUTCOME_ROWS_SENT):
             status = "ok"
             st.rows = affected if outcome == abi.OUTCOME_OK else None
+        elif command == 22:
+            # A successful COM_STMT_PREPARE answers with the statement's metadata and
+            # leaves the diagnostics area unset; a failed one sets the error.
+            status = "ok"
         else:
             status = "unknown"
         if command == 22 and status == "ok" and stmt_ptr:
