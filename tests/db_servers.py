@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-def _wait(predicate, timeout: float, what: str) -> None:  # noqa: ANN001
+def _wait(predicate, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -54,14 +54,17 @@ class MariaDB:
         return self
 
     def _ping(self) -> bool:
-        return subprocess.run(self.client_argv() + ["-e", "select 1"], capture_output=True).returncode == 0
+        return (
+            subprocess.run([*self.client_argv(), "-e", "select 1"], capture_output=True).returncode
+            == 0
+        )
 
     def client_argv(self, database: str | None = None) -> list[str]:
         argv = ["mariadb", "--no-defaults", f"--socket={self.socket}", "-uroot", "--batch"]
         return argv + ([database] if database else [])
 
     def sql(self, text: str, database: str | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.client_argv(database) + ["-e", text], capture_output=True,
+        return subprocess.run([*self.client_argv(database), "-e", text], capture_output=True,
                               text=True, timeout=60)  # fmt: skip
 
     def stop(self) -> None:

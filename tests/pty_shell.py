@@ -8,6 +8,7 @@ pty buffer would block the shell) and collects the output for :meth:`expect`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pty
 import signal
@@ -95,13 +96,9 @@ class PtyShell:
 
     def close(self) -> None:
         if self.proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         self.proc.wait(10)
-        try:
+        with contextlib.suppress(OSError):
             os.close(self.master)
-        except OSError:
-            pass
         self._reader.join(5)

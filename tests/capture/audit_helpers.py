@@ -23,7 +23,17 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 20, what: str = "co
     raise AssertionError(f"{what} not reached in {timeout}s")
 
 
-def stop_capture(run, timeout: float = 30) -> None:  # noqa: ANN001 - a CaptureRun
+def stop_capture(run, timeout: float = 30) -> None:
     """SIGINT, as an operator's Ctrl-C; the capture must finish cleanly."""
     run.proc.send_signal(2)
     assert run.wait(timeout) == 0, run.stderr
+
+
+def authorized_finding(capture_pid: int) -> dict:
+    """ecap-detect's finding for a running capture: it must be an authorized one."""
+    from tests.detect.conftest import findings_of, scan_until
+
+    doc = scan_until(lambda d: bool(findings_of(d, pid=capture_pid)))
+    (finding,) = findings_of(doc, pid=capture_pid)
+    assert (finding["severity"], finding["authorized"]) == ("info", True), finding["evidence"]
+    return finding

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.capture.audit_helpers import records_of, stop_capture
+from tests.capture.audit_helpers import authorized_finding, records_of, stop_capture
 from tests.db_servers import MariaDB, Postgres
-from tests.detect.conftest import findings_of, scan_until
 
 pytestmark = [pytest.mark.bpf]
 HERE = Path(__file__).parent
@@ -45,16 +44,9 @@ def stmt_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _scan_shows_authorized(capture_pid: int) -> dict:
-    doc = scan_until(lambda d: bool(findings_of(d, pid=capture_pid)))
-    (finding,) = findings_of(doc, pid=capture_pid)
-    return finding
-
-
 def test_mariadb_statements_with_their_outcome(mariadb, stmt_client, start_capture):
     run = start_capture([mariadb.proc.pid], module="mysqld")
-    finding = _scan_shows_authorized(run.proc.pid)
-    assert (finding["severity"], finding["authorized"]) == ("info", True), finding["evidence"]
+    finding = authorized_finding(run.proc.pid)
     assert {h["class"] for h in finding["hooked"]} == {"database"}
 
     def connection(who: str) -> None:
@@ -126,8 +118,7 @@ def _pgbench_extended(pg: Postgres, sql: str) -> None:
 
 def test_postgres_simple_and_extended_protocol(postgres, start_capture):
     run = start_capture([postgres.proc.pid], module="postgres", descendants=True)
-    finding = _scan_shows_authorized(run.proc.pid)
-    assert (finding["severity"], finding["authorized"]) == ("info", True), finding["evidence"]
+    authorized_finding(run.proc.pid)
     assert postgres.psql("insert into t values (1), (2), (3)").returncode == 0
     assert postgres.psql("select x from t order by x").stdout.split() == ["1", "2", "3"]
     assert "42P01" in postgres.psql("select * from nope", "-v", "VERBOSITY=verbose").stderr

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.capture.audit_helpers import records_of, stop_capture
+from tests.capture.audit_helpers import authorized_finding, records_of, stop_capture
 from tests.pty_shell import PtyShell
 
 pytestmark = [pytest.mark.bpf]
@@ -58,6 +58,7 @@ def test_every_command_is_one_event_with_its_status(shell, start_capture, shells
         sh.run(line)
     sh.type("echo typed-while-the-capture-attached")  # Enter comes after the attach
     run = start_capture([sh.pid], module=shell)
+    assert {h["class"] for h in authorized_finding(run.proc.pid)["hooked"]} == {"shell"}
     sh.type("\r")
     sh.prompt()
     other.run("echo from-the-other-shell")
