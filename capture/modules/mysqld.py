@@ -55,9 +55,7 @@ PROBED = (
     ("_Z15mysql_change_db", "_Z15mysql_change_dbP3THDPK25st_mysql_const_lex_stringb",
      "my_change_db", "my_change_db_return", False),
 )  # fmt: skip
-ERROR_STATUS_5 = (
-    "_ZN16Diagnostics_area16set_error_statusEjPKcS1_RK27Sql_user_condition_identityPK13Sql_condition"
-)
+ERROR_STATUS_5 = "_ZN16Diagnostics_area16set_error_statusEjPKcS1_RK27Sql_user_condition_identityPK13Sql_condition"
 """The other overload of set_error_status MariaDB 10.11 calls (also hooked)."""
 HOOKS = (
     *(Hook(name, entry, ret, plaintext=True, required=required)
