@@ -80,15 +80,15 @@ def command_line(rec: dict[str, Any]) -> str:
 
 def statement_line(rec: dict[str, Any]) -> str:
     """One readable line for a ``statement`` record (every field escaped)."""
-    who = f"{rec['user'] or '?'}@{rec['database'] or '?'}"
+    who = f"user {rec['user'] or '?'} db {rec['database'] or '?'}"
     if rec["status"] == "error":
         outcome = f"error {rec['error']}"
     else:
         outcome = rec["status"]
         if rec["tags"]:
             outcome += " " + ", ".join(rec["tags"])
-        elif rec["rows"] is not None:
-            outcome += f" {rec['rows']} rows"
+        if rec["rows"] is not None:
+            outcome += f" ({rec['rows']} rows)"
     took = f" {rec['duration'] * 1000:.3f}ms" if rec["duration"] is not None else ""
     command = rec["command"] + (
         f" #{rec['statement_id']}" if rec.get("statement_id") is not None else ""
