@@ -23,7 +23,8 @@ class Hook:
     function: str
     """Symbol name as the library exports it."""
     program: str
-    """Entry program in the module's BPF object."""
+    """Entry program in the module's BPF object (``""``: the hook only has a return
+    program)."""
     return_program: str | None = None
     """Return program (a uretprobe), None for entry-only hooks."""
     kind: str = ""
@@ -160,7 +161,8 @@ class CaptureModule:
             cookie = getattr(abi, f"KIND_{hook.kind.upper()}") if hook.kind else 0
             for flag in hook.flags:
                 cookie |= getattr(abi, f"COOKIE_{flag}")
-            out.append(Probe(hook.function, offset, hook.program, False, cookie))
+            if hook.program:
+                out.append(Probe(hook.function, offset, hook.program, False, cookie))
             if hook.return_program:
                 out.append(Probe(hook.function, offset, hook.return_program, True, cookie))
         return tuple(out)

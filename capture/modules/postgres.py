@@ -35,17 +35,15 @@ from ecap.capture.records import Record
 
 HOOKS = (
     Hook("pgstat_report_activity", "pg_activity", plaintext=True, required=True),
-    Hook("pq_getbyte", "pg_message", plaintext=True),
+    Hook("pq_getbyte", "", "pg_message", plaintext=True),
     Hook("EndCommand", "pg_end_command", plaintext=True, required=True),
-    Hook("GetCommandTagName", "pg_tag_name", plaintext=True),
+    Hook("GetCommandTagName", "", "pg_tag_name", plaintext=True),
     Hook("errstart", "pg_errstart", plaintext=True),
     Hook("errcode", "pg_errcode", plaintext=True),
     Hook("EmitErrorReport", "pg_error_report", plaintext=True),
     Hook("ReadyForQuery", "pg_ready", plaintext=True, required=True),
     Hook("InitPostgres", "pg_login", plaintext=True),
 )
-RETURN_PROBES = {"pq_getbyte", "GetCommandTagName"}
-"""Hooks whose program runs at the function's return (the others at entry)."""
 EXTENDED = {"P", "B", "E"}
 
 
@@ -86,8 +84,10 @@ def resolve(pid: int, options: dict[str, Any]) -> HookTarget:
         if sym is None:
             continue
         cookie = error_level(major) if hook.function == "errstart" else 0
-        ret = hook.function in RETURN_PROBES
-        probes.append(Probe(hook.function, sym.file_offset, hook.program, ret, cookie))
+        if hook.program:
+            probes.append(Probe(hook.function, sym.file_offset, hook.program, False, cookie))
+        if hook.return_program:
+            probes.append(Probe(hook.function, sym.file_offset, hook.return_program, True, 0))
     offsets = {name: sym.file_offset for name, sym in funcs.items()}
     return HookTarget(pid, _stable_exe_path(pid, exe), exe, "executable", version, tuple(probes),
                       offsets)  # fmt: skip

@@ -116,6 +116,38 @@ def test_a_line_beyond_the_limit_is_counted_as_truncated(start_capture, shells):
     assert records_of(run.output, "summary")[0]["truncated_bytes"] == len(LONG) - 16384
 
 
+def test_session_report_counts_commands_and_statuses_never_their_text(
+    start_capture, shells, ecap_env, tmp_path
+):
+    import json
+
+    sh = _shell(shells, "bash")
+    run = start_capture([sh.pid], module="bash")
+    sh.run("echo secret-value-1")
+    sh.run("false")
+    sh.type("exit 3\r")
+    sh.proc.wait(20)
+    assert run.wait(30) == 0, run.stderr
+    html, twin = tmp_path / "r.html", tmp_path / "r.json"
+    done = ecap_env.run("ecap-audit", "report", str(run.output), "--html", str(html),
+                        "--json", str(twin))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    view = json.loads(twin.read_text())
+    assert view["activity"]["command"]["count"] == 3
+    assert view["activity"]["command"]["outcomes"] == {
+        "exit status 0": 1, "exit status 1": 1, "exit status 3": 1,
+    }  # fmt: skip
+    assert view["verdict_ok"] is True
+    for path in (html, twin):
+        assert "secret-value" not in path.read_text()
+    replay = ecap_env.run("ecap-audit", "replay", str(run.output))
+    lines = [ln for ln in replay.stdout.splitlines() if " bash [" in ln]
+    assert [ln.split(" bash ", 1)[1].split("]")[0] + "]" for ln in lines] == [
+        "[status 0]", "[status 1]", "[status 3 (exit)]",
+    ]  # fmt: skip
+    assert lines[0].endswith("$ echo secret-value-1") and f"pid {sh.pid} uid 0 pts/" in lines[0]
+
+
 @pytest.mark.parametrize("descendants", [True, False], ids=["with-descendants", "without"])
 def test_a_child_shell_is_captured_only_when_descendants_are_granted(
     descendants, start_capture, shells
