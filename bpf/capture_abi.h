@@ -31,7 +31,8 @@
 #define ECAP_KIND_FORK 16      /* a target forked: conn is the child, now a descendant */
 #define ECAP_KIND_EXIT 17      /* a covered process exited: conn is its exit code (wait status) */
 /* Shells (bpf/shell.bpf.c). */
-#define ECAP_KIND_LINE 20      /* one line the shell read interactively (chunked text) */
+#define ECAP_KIND_LINE 20      /* one line the shell read interactively (chunked text);
+				* stream_off: its controlling tty, (major << 20) | minor */
 #define ECAP_KIND_PROMPT 21    /* the shell starts reading a new command: data is struct ecap_prompt */
 /* Databases (bpf/mysqld.bpf.c, bpf/postgres.bpf.c); conn is the server's session object. */
 #define ECAP_KIND_QUERY 24     /* a statement's text (chunked); fd is the protocol command */

@@ -44,6 +44,29 @@
 
 #include "capture_common.h"
 
+/* The controlling terminal, relocated against the running kernel (CO-RE). */
+struct tty_driver___ecap { int major; int minor_start; } __attribute__((preserve_access_index));
+struct tty_struct___ecap {
+	struct tty_driver___ecap *driver;
+	int index;
+} __attribute__((preserve_access_index));
+struct signal_struct___ecap { struct tty_struct___ecap *tty; } __attribute__((preserve_access_index));
+struct task_struct___shell { struct signal_struct___ecap *signal; } __attribute__((preserve_access_index));
+
+/* The shell's controlling terminal as (major << 20) | minor, 0 when it has none:
+ * read here, with the line, because the shell may be gone by the time user space
+ * could look at /proc. */
+static __always_inline __u64 terminal(void)
+{
+	struct task_struct___shell *task = (struct task_struct___shell *)bpf_get_current_task();
+	struct tty_struct___ecap *tty = BPF_CORE_READ(task, signal, tty);
+	if (!tty)
+		return 0;
+	__u32 major = BPF_CORE_READ(tty, driver, major);
+	__u32 minor = BPF_CORE_READ(tty, driver, minor_start) + BPF_CORE_READ(tty, index);
+	return ((__u64)major << 20) | minor;
+}
+
 /* Not used at run time: keeps the layout in the object's BTF. */
 const struct ecap_prompt ecap_abi_prompt = {};
 
@@ -139,7 +162,7 @@ int bash_line(struct pt_regs *ctx)
 	bpf_probe_read_user(&len, sizeof(len), (void *)near_func(ctx, (__s32)(cookie >> 32)));
 	if (!buf || len < 0)
 		return 0;
-	send_user_bytes(pid_tgid, ECAP_KIND_LINE, 0, -1, 0, buf, (__u64)len);
+	send_user_bytes(pid_tgid, ECAP_KIND_LINE, 0, -1, terminal(), buf, (__u64)len);
 	return 0;
 }
 
@@ -212,7 +235,7 @@ int zsh_line(struct pt_regs *ctx)
 	__u64 line = PT_REGS_RC(ctx);
 	if (!line)
 		return 0;
-	send_user_bytes(pid_tgid, ECAP_KIND_LINE, 0, -1, 0, line, user_strlen(line));
+	send_user_bytes(pid_tgid, ECAP_KIND_LINE, 0, -1, terminal(), line, user_strlen(line));
 	return 0;
 }
 

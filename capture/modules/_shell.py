@@ -38,27 +38,17 @@ def delta(to: int, frm: int) -> int:
     return d & _U32
 
 
-def tty_of(pid: int) -> str | None:
-    """The controlling terminal (``pts/3``, ``tty1``) from /proc/PID/stat's tty_nr;
-    without one, the terminal its standard input is (``/proc/PID/fd/0``)."""
-    from ecap import procfs
-
-    try:
-        tty_nr = int(procfs.stat_fields(pid)[4])
-    except (procfs.ProcessGone, IndexError, ValueError):
+def tty_name(device: int) -> str | None:
+    """A terminal device as the kernel side reports it ((major << 20) | minor) →
+    ``pts/3``, ``tty1``; None for 0 (no controlling terminal)."""
+    if not device:
         return None
-    if not tty_nr:
-        try:
-            target = os.readlink(procfs.PROC / str(pid) / "fd" / "0")
-        except OSError:
-            return None
-        return target[len("/dev/") :] if target.startswith(("/dev/pts/", "/dev/tty")) else None
-    major, minor = (tty_nr >> 8) & 0xFFF, (tty_nr & 0xFF) | ((tty_nr >> 12) & 0xFFF00)
+    major, minor = device >> 20, device & 0xFFFFF
     if 136 <= major <= 143:
         return f"pts/{(major - 136) * 256 + minor}"
     if major == 4 and minor < 64:
         return f"tty{minor}"
-    if os.path.exists(f"/sys/dev/char/{major}:{minor}"):
+    if os.path.exists(f"/sys/dev/char/{major}:{minor}"):  # the name the host gives it
         return os.path.basename(os.path.realpath(f"/sys/dev/char/{major}:{minor}"))
     return f"{major}:{minor}"
 
@@ -88,7 +78,6 @@ class ShellRecords:
         self._reasm = Reassembler(ctx.clock, ctx.max_call_bytes, ctx.abi)
         self._prompt = _prompt_reader(ctx.image)
         self._open: dict[int, _Command] = {}
-        self._ttys: dict[int, str | None] = {}
         self._written = 0
         self.handlers = {ctx.abi.KIND_LINE: self._on_line, ctx.abi.KIND_PROMPT: self._on_prompt}
 
@@ -101,10 +90,8 @@ class ShellRecords:
         if text is not None:
             cmd = self._open.get(call.pid)
             if cmd is None:
-                if call.pid not in self._ttys:
-                    self._ttys[call.pid] = tty_of(call.pid)
                 cmd = self._open[call.pid] = _Command(
-                    call.ts, call.uid, call.comm, self._ttys[call.pid]
+                    call.ts, call.uid, call.comm, tty_name(call.stream_offset)
                 )
             cmd.parts.append(text)
             # The line's real length, less what line_text removed (zsh's newline).
@@ -139,7 +126,6 @@ class ShellRecords:
         else:
             status = None if exit_code is None else (exit_code >> 8) & 0xFF
             self._close(pid, time.time(), status, "exit")
-        self._ttys.pop(pid, None)
 
     def finish(self) -> None:
         for call in self._reasm.flush():
