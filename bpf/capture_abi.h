@@ -28,6 +28,31 @@
 #define ECAP_KIND_EXEC 7       /* a target called execve: it left the allow-list */
 #define ECAP_KIND_SOCKET 8     /* a connection's socket learned: data is struct ecap_sockinfo */
 #define ECAP_KIND_THREAD 9     /* a thread's first record: data is struct ecap_threadinfo */
+/* Scope (every object, capture_common.h). */
+#define ECAP_KIND_FORK 16      /* a target forked: conn is the child, now a descendant */
+#define ECAP_KIND_EXIT 17      /* a covered process exited: conn is its exit code (wait status) */
+/* Shells (bpf/shell.bpf.c). */
+#define ECAP_KIND_LINE 20      /* one line the shell read interactively (chunked text);
+				* stream_off: its controlling tty, (major << 20) | minor */
+#define ECAP_KIND_PROMPT 21    /* the shell starts reading a new command: data is struct ecap_prompt */
+/* Databases (bpf/mysqld.bpf.c, bpf/postgres.bpf.c); conn is the server's session object. */
+#define ECAP_KIND_QUERY 24     /* a statement's text (chunked); fd is the protocol command */
+#define ECAP_KIND_QUERY_END 25 /* a statement finished: data is struct ecap_query_end */
+#define ECAP_KIND_LOGIN 26     /* who a session is: data is struct ecap_login */
+#define ECAP_KIND_DATABASE 27  /* the session's database changed: data is the name */
+#define ECAP_KIND_COMPLETION 28 /* postgres: a command completed: data is struct ecap_completion */
+#define ECAP_KIND_SQL_ERROR 29 /* postgres: an error was reported: fd is the encoded SQLSTATE */
+#define ECAP_KIND_READY 30     /* postgres: ready for the next query (the end of a message cycle) */
+
+/* Scope values of the allow-list (target_pids). */
+#define ECAP_SCOPE_TARGET 1     /* named by the token */
+#define ECAP_SCOPE_DESCENDANT 2 /* forked from a covered process (--with-descendants) */
+
+/* Statement outcomes (struct ecap_query_end.outcome). */
+#define ECAP_OUTCOME_UNKNOWN 0
+#define ECAP_OUTCOME_OK 1
+#define ECAP_OUTCOME_ERROR 2
+#define ECAP_OUTCOME_ROWS_SENT 3 /* OK: a result set was sent (its rows are not counted here) */
 
 /* Record flags. */
 #define ECAP_FLAG_LAST 1       /* last record of this call */
@@ -73,6 +98,38 @@ struct ecap_threadinfo {
 	__u32 uid;
 	__u32 gid;
 	char comm[16];
+};
+
+/* ECAP_KIND_PROMPT: the status the shell holds as it starts reading a command
+ * (the status of the command before); `context` says whether the reader is the
+ * command line (0) or something else reading through the line editor. */
+struct ecap_prompt {
+	__s32 status;
+	__u32 context;
+};
+
+/* ECAP_KIND_QUERY_END (mysqld): what the server did with one protocol command. */
+struct ecap_query_end {
+	__u64 duration_ns;
+	__u64 affected_rows;
+	__u64 statement;  /* the prepared statement object executed (0: none) */
+	__u32 command;    /* protocol command (COM_QUERY, COM_STMT_EXECUTE...) */
+	__u32 outcome;    /* ECAP_OUTCOME_* */
+	__u32 error;      /* server error number when outcome is ERROR */
+	__u32 statement_id; /* COM_STMT_EXECUTE: the client's statement id */
+};
+
+/* ECAP_KIND_LOGIN: the account a session authenticates as. */
+struct ecap_login {
+	char user[80];
+	char host[64];
+	char database[64];
+};
+
+/* ECAP_KIND_COMPLETION (postgres): one command's completion tag and row count. */
+struct ecap_completion {
+	__u64 rows;
+	char tag[48];
 };
 
 struct ecap_record {

@@ -27,7 +27,7 @@
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
 
-#include "capture_abi.h"
+#include "capture_common.h"
 
 #define PA __attribute__((preserve_access_index))
 #define S_IFMT 00170000
@@ -53,14 +53,9 @@ struct fdtable { unsigned int max_fds; struct file **fd; } PA;
 struct files_struct { struct fdtable *fdt; } PA;
 struct task_struct { struct files_struct *files; } PA;
 
-/* Set by user space before load (the loader copies them in; the map is frozen,
- * so the verifier sees constants). */
-const volatile __u32 max_chunks = 16;        /* --max-call-bytes / ECAP_CHUNK */
-const volatile __u64 wake_at_bytes = 1 << 20; /* wake the reader once this much is pending */
-/* Not used at run time: keep the layouts in the object's BTF, whence the loader
- * file records them for the Python side. */
+/* Not used at run time: keeps the layout in the object's BTF, whence the loader
+ * file records it for the Python side. */
 const struct ecap_sockinfo ecap_abi_sockinfo = {};
-const struct ecap_threadinfo ecap_abi_threadinfo = {};
 
 struct call_frame {
 	__u64 sp;        /* stack pointer at entry: the return is at sp + 8 */
@@ -75,9 +70,7 @@ struct call_frame {
  * kernel frees it with the thread. */
 struct thread_state {
 	__u32 depth;               /* frames in use */
-	__u32 announced;           /* its ecap_threadinfo was sent */
 	__s32 last_read_fd1;       /* 1 + the socket read last outside any call, 0: none */
-	__u32 pad;
 	struct call_frame frames[ECAP_CALL_DEPTH];
 };
 
@@ -92,14 +85,6 @@ struct conn_state {
 	__u32 pad;
 	__u64 pos[2];    /* bytes written [0] and read [1] so far, for stream_off */
 };
-
-/* Authorized processes (the second PID check). */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1024);
-	__type(key, __u32);
-	__type(value, __u8);
-} target_pids SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
@@ -118,105 +103,10 @@ struct {
 	__type(value, struct conn_state);
 } conns SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct ecap_record);
-} scratch SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, ECAP_NSTATS);
-	__type(key, __u32);
-	__type(value, __u64);
-} stats SEC(".maps");
-
-/* The size is set by user space at load (--ring-size). */
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1 << 24);
-} events SEC(".maps");
-
-#define HDR_SIZE offsetof(struct ecap_record, data)
-
-static __always_inline int is_target(__u64 pid_tgid)
-{
-	__u32 tgid = pid_tgid >> 32;
-	return bpf_map_lookup_elem(&target_pids, &tgid) != 0;
-}
-
-static __always_inline void stat_add(__u32 idx, __u64 value)
-{
-	__u64 *slot = bpf_map_lookup_elem(&stats, &idx);
-	if (slot)
-		*slot += value;
-}
-
-/* Waking the reader for every record costs the traced process an IPI per call:
- * wake it when a good amount is pending; it also polls with a short timeout. */
-static __always_inline __u64 wakeup_flags(void)
-{
-	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wake_at_bytes
-		       ? BPF_RB_FORCE_WAKEUP
-		       : BPF_RB_NO_WAKEUP;
-}
-
 static __always_inline struct thread_state *thread_state(int create)
 {
 	return bpf_task_storage_get(&threads, bpf_get_current_task_btf(), 0,
 				    create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
-}
-
-static __always_inline void fill_header(struct ecap_record *ev, __u64 pid_tgid, __u8 kind,
-					__u64 conn, __s32 fd)
-{
-	ev->ts_ns = bpf_ktime_get_ns();
-	ev->conn = conn;
-	ev->stream_off = 0;
-	ev->pid = pid_tgid >> 32;
-	ev->tid = (__u32)pid_tgid;
-	ev->fd = fd;
-	ev->total = 0;
-	ev->offset = 0;
-	ev->len = 0;
-	ev->kind = kind;
-	ev->flags = ECAP_FLAG_LAST;
-	ev->family = 0;
-	ev->pad = 0;
-}
-
-static __always_inline void emit_header(__u64 pid_tgid, __u8 kind, __u64 conn, __s32 fd)
-{
-	struct ecap_record *ev = bpf_ringbuf_reserve(&events, HDR_SIZE, 0);
-	if (!ev) {
-		stat_add(ECAP_STAT_LOST_EVENTS, 1);
-		return;
-	}
-	fill_header(ev, pid_tgid, kind, conn, fd);
-	bpf_ringbuf_submit(ev, wakeup_flags());
-}
-
-/* A thread's first record is preceded by who it is (uid, comm), once. */
-static __always_inline void announce(struct thread_state *ts, __u64 pid_tgid)
-{
-	if (ts->announced)
-		return;
-	struct ecap_record *ev =
-		bpf_ringbuf_reserve(&events, HDR_SIZE + sizeof(struct ecap_threadinfo), 0);
-	if (!ev) {
-		stat_add(ECAP_STAT_LOST_EVENTS, 1);
-		return;  /* tried again with the next record */
-	}
-	fill_header(ev, pid_tgid, ECAP_KIND_THREAD, 0, -1);
-	struct ecap_threadinfo *info = (struct ecap_threadinfo *)ev->data;
-	__u64 uid_gid = bpf_get_current_uid_gid();
-	info->uid = (__u32)uid_gid;
-	info->gid = uid_gid >> 32;
-	bpf_get_current_comm(&info->comm, sizeof(info->comm));
-	ev->len = sizeof(*info);
-	bpf_ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
-	ts->announced = 1;
 }
 
 /* This process's open file behind fd, or 0. */
@@ -376,71 +266,6 @@ static __always_inline struct conn_state *call_conn(__u64 pid_tgid, struct threa
 
 /* ------------------------------------------------------------ data calls */
 
-struct chunk_ctx {
-	__u64 buf;
-	__u64 capture;   /* bytes to send: min(n, limit) */
-	__u64 wake;
-	__u8 truncated;
-};
-
-/* One chunk of a call (index i): the header is in this CPU's scratch record. */
-static long send_chunk(__u32 i, struct chunk_ctx *c)
-{
-	__u64 off = (__u64)i * ECAP_CHUNK;
-	if (off >= c->capture)
-		return 1;
-	__u32 zero = 0;
-	struct ecap_record *ev = bpf_map_lookup_elem(&scratch, &zero);
-	if (!ev)
-		return 1;
-	__u64 len = c->capture - off;
-	__u8 flags = 0;
-	if (len > ECAP_CHUNK)
-		len = ECAP_CHUNK;
-	else
-		flags = ECAP_FLAG_LAST | (c->truncated ? ECAP_FLAG_TRUNCATED : 0);
-	ev->offset = off;
-	ev->len = len;
-	ev->flags = flags;
-	__u64 wake = flags ? c->wake : BPF_RB_NO_WAKEUP;
-
-	if (len == ECAP_CHUNK) {
-		/* A full chunk is read straight into a reserved ring record: one copy
-		 * instead of two for large calls. */
-		struct ecap_record *r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
-		if (!r) {
-			stat_add(ECAP_STAT_LOST_EVENTS, 1);
-			stat_add(ECAP_STAT_LOST_BYTES, len);
-			return 0;
-		}
-		__builtin_memcpy(r, ev, HDR_SIZE);
-		if (bpf_probe_read_user(&r->data, ECAP_CHUNK, (void *)(c->buf + off)) < 0) {
-			/* Never ship what the failed read left in the record. */
-			bpf_ringbuf_discard(r, BPF_RB_NO_WAKEUP);
-			goto fault;
-		}
-		bpf_ringbuf_submit(r, wake);
-		return 0;
-	}
-	/* The mask is a no-op for 1..ECAP_CHUNK-1 and gives the verifier its bound. */
-	if (bpf_probe_read_user(&ev->data, len & (ECAP_CHUNK - 1), (void *)(c->buf + off)) < 0)
-		goto fault;
-	if (bpf_ringbuf_output(&events, ev, HDR_SIZE + (len & (ECAP_CHUNK - 1)), wake) < 0) {
-		stat_add(ECAP_STAT_LOST_EVENTS, 1);
-		stat_add(ECAP_STAT_LOST_BYTES, len);
-	}
-	return 0;
-
-fault:
-	/* The bytes exist but are not readable now (a page not present): say so
-	 * with a header-only record, so user space shows a counted gap. */
-	stat_add(ECAP_STAT_FAULT_BYTES, len);
-	ev->flags = flags | ECAP_FLAG_FAULT;
-	if (bpf_ringbuf_output(&events, ev, HDR_SIZE, wake) < 0)
-		stat_add(ECAP_STAT_LOST_EVENTS, 1);
-	return 0;
-}
-
 SEC("uprobe")
 int data_enter(struct pt_regs *ctx)
 {
@@ -485,46 +310,10 @@ int data_return(struct pt_regs *ctx)
 	}
 	if (n == 0 || !st)
 		return 0;
-	announce(ts, pid_tgid);
-
 	int is_read = kind == ECAP_KIND_READ;
 	__u64 stream_off = st->pos[is_read];
 	st->pos[is_read] = stream_off + n;
-
-	__u64 limit = (__u64)ECAP_CHUNK * max_chunks;
-	struct chunk_ctx c = {
-		.buf = f.buf,
-		.capture = n > limit ? limit : n,
-		.truncated = n > limit,
-	};
-	if (n > limit)
-		stat_add(ECAP_STAT_TRUNCATED_BYTES, n - limit);
-
-	__u32 zero = 0;
-	struct ecap_record *ev = bpf_map_lookup_elem(&scratch, &zero);
-	if (!ev)
-		return 0;
-	fill_header(ev, pid_tgid, kind, f.conn, st->fd);
-	ev->stream_off = stream_off;
-	ev->total = n > 0xffffffffULL ? 0xffffffffU : (__u32)n;
-	c.wake = wakeup_flags();
-	if (c.capture < ECAP_CHUNK) {
-		/* One record (most calls): no loop. */
-		__u64 len = c.capture;
-		ev->len = len;
-		ev->flags = ECAP_FLAG_LAST | (c.truncated ? ECAP_FLAG_TRUNCATED : 0);
-		if (bpf_probe_read_user(&ev->data, len & (ECAP_CHUNK - 1), (void *)f.buf) < 0) {
-			stat_add(ECAP_STAT_FAULT_BYTES, len);
-			ev->flags |= ECAP_FLAG_FAULT;
-			len = 0;
-		}
-		if (bpf_ringbuf_output(&events, ev, HDR_SIZE + (len & (ECAP_CHUNK - 1)), c.wake) < 0) {
-			stat_add(ECAP_STAT_LOST_EVENTS, 1);
-			stat_add(ECAP_STAT_LOST_BYTES, len);
-		}
-		return 0;
-	}
-	bpf_loop(ECAP_MAX_CHUNKS, send_chunk, &c, 0);
+	send_user_bytes(pid_tgid, kind, f.conn, st->fd, stream_off, f.buf, n);
 	return 0;
 }
 
@@ -564,7 +353,6 @@ int handshake_return(struct pt_regs *ctx)
 	int done = (f.cookie & ECAP_COOKIE_OK_IS_ZERO) ? ret == 0 : ret == 1;
 	if (!done)
 		return 0;  /* in progress (non-blocking) or failed: only completion is an event */
-	announce(ts, pid_tgid);
 	emit_header(pid_tgid, ECAP_KIND_HANDSHAKE, f.conn, st ? st->fd : -1);
 	return 0;
 }
@@ -671,23 +459,6 @@ int sys_enter(struct bpf_raw_tracepoint_args *ctx)
 	bpf_probe_read_kernel(&arg1, sizeof(arg1), &regs->rsi);
 	bpf_probe_read_kernel(&arg2, sizeof(arg2), &regs->rdx);
 	note_connect(pid_tgid, (int)arg0, arg1, arg2);
-	return 0;
-}
-
-/* A target that execs is no longer the program the token named: it leaves the
- * allow-list at once, and user space decides (and journals) what happens next. */
-SEC("raw_tracepoint/sched_process_exec")
-int on_exec(struct bpf_raw_tracepoint_args *ctx)
-{
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u32 tgid = pid_tgid >> 32;
-	if (!bpf_map_lookup_elem(&target_pids, &tgid))
-		return 0;
-	bpf_map_delete_elem(&target_pids, &tgid);
-	struct thread_state *ts = thread_state(0);
-	if (ts)
-		ts->announced = 0;  /* a new program: its name is sent again */
-	emit_header(pid_tgid, ECAP_KIND_EXEC, 0, -1);
 	return 0;
 }
 

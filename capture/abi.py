@@ -20,8 +20,9 @@ from typing import Any
 from ecap.ebpf.loader import Image, image
 
 RECORD_STRUCT = "ecap_record"
-SIDE_STRUCTS = ("ecap_sockinfo", "ecap_threadinfo")
-"""Payloads of some record kinds (a socket's ends, a thread's name)."""
+STRUCT_PREFIX = "ecap_"
+"""Every ``struct ecap_*`` the object's BTF describes (other than the record) is a
+payload of some record kind: a socket's ends, a thread's name, a shell's prompt..."""
 HEADER_FIELDS = (
     "ts_ns", "conn", "stream_off", "pid", "tid", "fd", "total", "offset", "len", "kind", "flags",
     "family",
@@ -108,7 +109,11 @@ def from_image(img: Image) -> Abi:
     if missing:
         raise RuntimeError(f"struct {RECORD_STRUCT} lacks {missing}: rebuild with make setup")
     offsets = {name: off for name, off, *_ in layout["members"]}
-    side = {name: img.struct_format(name) for name in SIDE_STRUCTS}
+    side = {
+        name: img.struct_format(name)
+        for name in img.header.get("structs", {})
+        if name.startswith(STRUCT_PREFIX) and name != RECORD_STRUCT
+    }
     header = img.struct_format(RECORD_STRUCT, HEADER_FIELDS)
     return Abi(img.constants, header, offsets["data"], side, offsets)
 

@@ -22,6 +22,10 @@ from ecap.cli import Parser, run
 from ecap.errors import UsageError
 
 _TOKEN_READ_LIMIT = 64 * 1024
+_DESCENDANTS_HELP = (
+    "also cover the processes the targets fork while captured (child shells, a "
+    "database's backends); off unless asked for in the request and granted"
+)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -69,6 +73,7 @@ def build_parser() -> Parser:
     )
     p.add_argument("--reason", required=True, help="why the capture is needed (ticket, incident)")
     p.add_argument("--out", help="write the request here (default: stdout)")
+    p.add_argument("--with-descendants", action="store_true", help=_DESCENDANTS_HELP)
 
     p = sub.add_parser("authorize", help="sign a capture request into a token")
     p.add_argument("request", nargs="?", help="REQUEST.json from 'ecap-audit request'")
@@ -85,6 +90,7 @@ def build_parser() -> Parser:
     p.add_argument("--mode", action="append", help="grant only these output modes")
     p.add_argument("--ttl", default="2h", help="validity, e.g. 30m, 2h (default 2h, max 24h)")
     p.add_argument("--single-use", action="store_true", help="the token may start one capture only")
+    p.add_argument("--with-descendants", action="store_true", help=_DESCENDANTS_HELP)
     p.add_argument("--out", help="write the token here, 0600 (default: stdout)")
 
     p = sub.add_parser("verify", help="verify a token and print what it authorizes")

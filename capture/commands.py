@@ -81,7 +81,8 @@ def _write_or_print(doc: str, out: str | None, what: str) -> None:
 
 
 def cmd_request(args: argparse.Namespace) -> int:
-    doc = request.build(args.pid, modules=args.module, modes=args.mode, reason=args.reason)
+    doc = request.build(args.pid, modules=args.module, modes=args.mode, reason=args.reason,
+                        descendants=args.with_descendants)  # fmt: skip
     _write_or_print(json.dumps(doc, indent=2), args.out, "request")
     return 0
 
@@ -94,7 +95,8 @@ def cmd_authorize(args: argparse.Namespace) -> int:
             raise UsageError("--this-host needs at least one --pid")
         if not args.module:
             raise UsageError("--this-host needs --module (e.g. --module tls)")
-        req = request.build(args.pid, modules=args.module, modes=args.mode, reason=args.reason)
+        req = request.build(args.pid, modules=args.module, modes=args.mode, reason=args.reason,
+                            descendants=args.with_descendants)  # fmt: skip
     else:
         req = request.load(args.request)
     key = keys.load_private(args.key, keys.read_passphrase(args.passphrase_file))
@@ -109,6 +111,7 @@ def cmd_authorize(args: argparse.Namespace) -> int:
         modules=args.module,
         modes=args.mode,
         single_use=args.single_use,
+        descendants=args.with_descendants,
     )
     _write_or_print(jwt_text, args.out, "token")
     return 0
@@ -148,6 +151,7 @@ def _print_grant(s: dict[str, Any]) -> None:
         ("modules", ", ".join(s["modules"])),
         ("output modes", ", ".join(s["modes"])),
         ("single use", "yes" if s["single_use"] else "no"),
+        ("descendants", "covered" if s.get("descendants") else "not covered"),
     ]
     for label, value in rows:
         console.print(f"  {label:<13} {for_rich(str(value))}")

@@ -239,10 +239,13 @@ def run_checks(*, trial: bool = True, module: str = "tls") -> list[CheckResult]:
     process (``doctor`` does; ``capture``'s preflight does not, because nothing
     may be attached before the gate has decided).
     """
+    from ecap.capture import modules
+
+    # doctor reports on every capture object; a capture needs its module's only.
     results = [
         check_kernel(),
         check_btf(),
-        check_programs_built(),
+        check_programs_built(None if trial else (modules.get(module).bpf_object,)),
         check_capabilities(),
         check_bpf_load(),
     ]

@@ -176,6 +176,7 @@ class _Session:
             self.pipeline = Pipeline(
                 kernel.abi, self.clock, self.options.max_call_bytes, self.module.name,
                 self.writer, on_unknown_socket=self.socket_unknown, on_exec=self._on_exec,
+                on_descendant_exit=self._forget, records=self.module.records,
             )  # fmt: skip
 
     # -- records -------------------------------------------------------------------
@@ -191,8 +192,12 @@ class _Session:
         if self.pipeline is not None:
             return self.pipeline.feed(batch)
         self.writer.records(batch)
+        abi = self.kernel.abi
         for rec in self.raw_counts.count(batch):  # the few kinds a live capture must act on
-            self._on_exec(rec)
+            if rec.kind == abi.KIND_EXEC:
+                self._on_exec(rec)
+            elif rec.kind == abi.KIND_EXIT and rec.pid not in self.live:
+                self._forget(rec.pid)  # a descendant (a target waits for its pidfd)
         return len(batch)
 
     def drain_all(self) -> None:
@@ -206,6 +211,11 @@ class _Session:
         assert self.kernel is not None
         if not self.kernel.syscalls_attached:
             self.kernel.syscalls(True)
+
+    def _forget(self, pid: int) -> None:
+        """A descendant exited: its per-process state leaves the kernel maps."""
+        assert self.kernel is not None
+        self.kernel.forget_pid(pid)
 
     def _on_exec(self, rec: Record) -> None:
         """The kernel took an exec'ing target off the allow-list: it stays off unless
@@ -324,6 +334,7 @@ class _Session:
                 "kernel": host.kernel_release(),
             },
             "pids": [h.pid for h in self.hooks],
+            "descendants": self.grant.descendants,
             "targets": [
                 {
                     "pid": h.pid,
@@ -348,7 +359,8 @@ class _Session:
 
 class RawCounts:
     """Raw mode decodes nothing; it only peeks at each record's kind to count calls
-    and bytes for the summary, and to act on an exec (a live-capture duty)."""
+    and bytes for the summary, and to act on an exec or an exit (live-capture
+    duties: re-authorize, forget a descendant)."""
 
     def __init__(self, abi: Any = None) -> None:
         self.events = {"write": 0, "read": 0}
@@ -358,12 +370,13 @@ class RawCounts:
         self._kind, self._flags = abi.offsets["kind"], abi.offsets["flags"]
         self._len = abi.offsets["len"]
         self._names = {abi.KIND_WRITE: "write", abi.KIND_READ: "read"}
-        self._exec, self._last, self._fault = abi.KIND_EXEC, abi.FLAG_LAST, abi.FLAG_FAULT
+        self._control = {abi.KIND_EXEC, abi.KIND_EXIT}
+        self._last, self._fault = abi.FLAG_LAST, abi.FLAG_FAULT
         self._decode = Decoder(abi, abi.struct("ecap_threadinfo"))
 
     def count(self, batch: list[bytes]) -> list[Record]:
-        """Count the batch; returns the exec records in it, decoded."""
-        execs = []
+        """Count the batch; returns its exec and exit records, decoded."""
+        control = []
         ko, fo, lo, names = self._kind, self._flags, self._len, self._names
         for raw in batch:
             kind = raw[ko]
@@ -373,12 +386,13 @@ class RawCounts:
                     self.bytes[direction] += int.from_bytes(raw[lo : lo + 4], "little")
                 if raw[fo] & self._last:
                     self.events[direction] += 1
-            elif kind == self._exec:
-                execs.append(self._decode(raw))
-        return execs
+            elif kind in self._control:
+                control.append(self._decode(raw))
+        return control
 
     def summary(self) -> dict[str, Any]:
-        return {"events": dict(self.events), "bytes": dict(self.bytes), "connections": None}
+        return {"events": dict(self.events), "bytes": dict(self.bytes), "connections": None,
+                "descendants": None}  # fmt: skip
 
 
 def _stop_self_for_tests() -> None:
@@ -414,7 +428,8 @@ def run_capture(grant: Grant, pids: list[int], options: CaptureOptions, *, journ
     registered = started = False
     stats: dict[str, int] = {}
     try:
-        kernel = KernelSide(module, ring_mb=options.ring_mb, max_call_bytes=options.max_call_bytes)
+        kernel = KernelSide(module, ring_mb=options.ring_mb, max_call_bytes=options.max_call_bytes,
+                            follow_descendants=grant.descendants)  # fmt: skip
         session.bind_kernel(kernel)
         kernel.authorize_pids(session.live)
         kernel.attach_tracepoints()

@@ -11,6 +11,7 @@ kernel removes them all.
 from __future__ import annotations
 
 import mmap
+import os
 import struct
 from collections.abc import Iterable
 
@@ -62,24 +63,28 @@ class KernelSide:
     """The loaded object, its attachments and its ring buffer."""
 
     def __init__(self, module: CaptureModule, *, ring_mb: int = DEFAULT_RING_MB,
-                 max_call_bytes: int = DEFAULT_MAX_CALL_BYTES) -> None:  # fmt: skip
+                 max_call_bytes: int = DEFAULT_MAX_CALL_BYTES,
+                 follow_descendants: bool = False) -> None:  # fmt: skip
+        """``follow_descendants``: the token grants the targets' descendants — the
+        kernel adds each child to the allow-list at fork (capture_common.h)."""
         self.module = module
+        self.follow_descendants = follow_descendants
         image = loader.image(module.bpf_object)
         self.abi = abi_mod.from_image(image)
         check_limits(ring_mb, max_call_bytes, self.abi.CHUNK, self.abi.MAX_CALL_BYTES)
         self.max_call_bytes = max_call_bytes
         ring_bytes = ring_mb * 1024 * 1024
         ring_bytes = max(ring_bytes, mmap.PAGESIZE)
-        self.obj = loader.load(
-            image,
-            max_entries={"events": ring_bytes},
-            rodata={
-                "max_chunks": max_call_bytes // self.abi.CHUNK,
-                "wake_at_bytes": ring_bytes // WAKE_FRACTION,
-            },
-        )
+        rodata = {
+            "max_chunks": max_call_bytes // self.abi.CHUNK,
+            "wake_at_bytes": ring_bytes // WAKE_FRACTION,
+        }
+        if follow_descendants:
+            rodata["follow_descendants"] = 1
+        self.obj = loader.load(image, max_entries={"events": ring_bytes}, rodata=rodata)
         self.attachments: list[attach.Attachment] = []
         self._syscall_links: list[attach.Attachment] = []
+        self._files_attached: set[tuple[int, int]] = set()
         self.probes: list[tuple[int, Probe]] = []
         try:
             self.ring = RingBuffer(self.obj.map("events").fd, ring_bytes)
@@ -95,8 +100,9 @@ class KernelSide:
     # -- scope -------------------------------------------------------------------------
     def authorize_pids(self, pids: Iterable[int]) -> None:
         """Fill the in-kernel allow-list (the second PID check)."""
+        scope = bytes([self.abi.SCOPE_TARGET])
         for pid in pids:
-            self._pids.update(_U32.pack(pid), b"\x01")
+            self._pids.update(_U32.pack(pid), scope)
 
     def revoke_pid(self, pid: int) -> None:
         self._pids.delete(_U32.pack(pid))
@@ -170,8 +176,22 @@ class KernelSide:
         """Attach every probe of ``target`` with its PID; returns how many.
 
         One uprobe_multi link per (program, entry or return): it carries all the
-        offsets that program serves in this file, each with its cookie.
+        offsets that program serves in this file, each with its cookie. With
+        descendants granted, the links are not scoped to the PID — a PID-scoped
+        link never fires in a child (the kernel filters on the target's memory
+        map), and attaching per child from user space would race the child's
+        first calls — so the in-kernel allow-list alone decides: other processes
+        running the same file take the trap (a few µs per hooked call) and are
+        ignored by the programs.
         """
+        link_pid = 0 if self.follow_descendants else target.pid
+        if link_pid == 0:
+            # One set of process-wide links per file: two targets running the same
+            # file must not make every call fire twice.
+            st = os.stat(target.path)
+            if (st.st_dev, st.st_ino) in self._files_attached:
+                return 0
+            self._files_attached.add((st.st_dev, st.st_ino))
         groups: dict[tuple[str, bool], list[Probe]] = {}
         for probe in target.probes:
             groups.setdefault((probe.program, probe.retprobe), []).append(probe)
@@ -182,7 +202,7 @@ class KernelSide:
             self.attachments.append(
                 attach.uprobe_multi(
                     self.obj.prog_fd(program), str(target.path), [p.offset for p in probes],
-                    [p.cookie for p in probes], target.pid, retprobe=retprobe,
+                    [p.cookie for p in probes], link_pid, retprobe=retprobe,
                     what=f"{', '.join(p.function for p in probes)} in {target.display_path}",
                 )
             )  # fmt: skip

@@ -16,6 +16,7 @@ from typing import Any
 from ecap.capture.abi import Abi
 from ecap.capture.connections import ConnectionTable, format_endpoint
 from ecap.capture.events import ConnectionEndEvent, DataEvent, HandshakeEvent
+from ecap.capture.modules.interface import ModuleRecords, RecordContext
 from ecap.capture.records import Call, Clock, Decoder, Reassembler, Record
 from ecap.capture.sinks.interface import SinkWriter
 
@@ -31,7 +32,12 @@ class Pipeline:
 
     def __init__(self, abi: Abi, clock: Clock, max_call_bytes: int, module: str,
                  writer: SinkWriter, *, on_unknown_socket: Callable[[], None] | None = None,
-                 on_exec: Callable[[Record], None] | None = None) -> None:  # fmt: skip
+                 on_exec: Callable[[Record], None] | None = None,
+                 on_descendant_exit: Callable[[int], None] | None = None,
+                 records: Callable[[RecordContext], ModuleRecords] | None = None) -> None:  # fmt: skip
+        """``records``: the module's handlers of its own record kinds (a shell's
+        lines); the callbacks are what only a live capture does (re-authorize after
+        an exec, turn on the syscall tracepoints, forget a descendant's state)."""
         self.abi = abi
         self.clock = clock
         self.writer = writer
@@ -40,7 +46,6 @@ class Pipeline:
         self.conns = ConnectionTable(module)
         self.counters = Counters()
         self.message_id = 0
-        self._sockinfo = abi.struct("ecap_sockinfo")
         # the hot path (feed): one-record calls skip the Record and the reassembler
         self._unpack = abi.unpack_header
         self._start = abi.data_offset
@@ -49,7 +54,11 @@ class Pipeline:
         self._not_simple = abi.FLAG_FAULT | abi.FLAG_TRUNCATED
         self._limit = max_call_bytes
         self._on_unknown_socket = on_unknown_socket or (lambda: None)
-        self._on_exec = on_exec or (lambda _rec: None)
+        self._exec_callback = on_exec or (lambda _rec: None)
+        self._descendant_exit = on_descendant_exit or (lambda _pid: None)
+        self.descendants: set[int] = set()
+        """Descendants covered now (the kernel added them at fork; gone at exit)."""
+        self.descendants_seen = 0
         self.handlers: dict[int, Callable[[Record], None]] = {
             abi.KIND_WRITE: self._on_data,
             abi.KIND_READ: self._on_data,
@@ -60,7 +69,13 @@ class Pipeline:
             abi.KIND_EXEC: self._on_exec,
             abi.KIND_SOCKET: self._on_socket,
             abi.KIND_THREAD: lambda _rec: None,  # the decoder keeps the thread table
+            abi.KIND_FORK: self._on_fork,
+            abi.KIND_EXIT: self._on_exit,
         }
+        self.module_records: ModuleRecords | None = None
+        if records is not None:
+            self.module_records = records(RecordContext(abi, clock, writer.emit, max_call_bytes))
+            self.handlers.update(self.module_records.handlers)
 
     def feed(self, batch: Iterable[bytes]) -> int:
         """Process records in ring order; returns how many.
@@ -108,6 +123,10 @@ class Pipeline:
             self.deliver(call)
 
     def end_pid(self, pid: int, ts: float, reason: str) -> None:
+        """``pid`` left the session: what it had open ends (its EXIT record, had
+        the module needed it, may have been lost)."""
+        if self.module_records is not None:
+            self.module_records.process_left(pid, "exit", None)
         for conn in self.conns.end_pid(pid, ts, reason):
             self.writer.emit(ConnectionEndEvent(conn))
 
@@ -115,6 +134,8 @@ class Pipeline:
         """End of the session: incomplete calls, then every open connection."""
         for call in self.reasm.flush():
             self.deliver(call)
+        if self.module_records is not None:
+            self.module_records.finish()
         for conn in self.conns.end_all(ts, "capture stopped"):
             self.writer.emit(ConnectionEndEvent(conn))
 
@@ -142,9 +163,34 @@ class Pipeline:
         self.conns.note_connect(rec.pid, rec.fd, rec.data)
 
     def _on_socket(self, rec: Record) -> None:
-        family, lport, rport, _pad, laddr, raddr = self._sockinfo.unpack_from(rec.data)
+        family, lport, rport, _pad, laddr, raddr = self.abi.struct("ecap_sockinfo").unpack_from(
+            rec.data
+        )
         self.conns.note_socket(rec.pid, rec.conn, rec.fd, format_endpoint(family, laddr, lport),
                                format_endpoint(family, raddr, rport))  # fmt: skip
+
+    def _on_exec(self, rec: Record) -> None:
+        if self.module_records is not None:  # e.g. ``exec cmd`` ends the shell's command
+            self.module_records.process_left(rec.pid, "exec", None)
+        self._exec_callback(rec)
+
+    def _on_fork(self, rec: Record) -> None:
+        """A covered process forked and the token grants descendants: the kernel
+        already put the child (``conn``) on the allow-list."""
+        self.descendants.add(rec.conn)
+        self.descendants_seen += 1
+
+    def _on_exit(self, rec: Record) -> None:
+        """A covered process exited (the kernel took it off the allow-list); ``conn``
+        is its wait status. A named target's part of the session ends when its pidfd
+        says so (the engine); a descendant's ends here."""
+        pid = rec.pid
+        if self.module_records is not None:
+            self.module_records.process_left(pid, "exit", rec.conn)
+        if pid in self.descendants:
+            self.descendants.discard(pid)
+            self.end_pid(pid, self.clock.wall(rec.ts_ns), "process exited")
+            self._descendant_exit(pid)
 
     def _on_close(self, rec: Record) -> None:
         for conn in self.conns.end_fd(rec.pid, rec.fd, self.clock.wall(rec.ts_ns)):
@@ -153,8 +199,12 @@ class Pipeline:
 
 def summary_counts(pipeline: Pipeline) -> dict[str, Any]:
     """The summary fields user space counts (the kernel's come from its counters)."""
+    events = dict(pipeline.counters.events)
+    if pipeline.module_records is not None:
+        events.update(pipeline.module_records.counts())
     return {
-        "events": dict(pipeline.counters.events),
+        "events": events,
         "bytes": dict(pipeline.counters.bytes),
         "connections": pipeline.conns.total,
+        "descendants": pipeline.descendants_seen,
     }

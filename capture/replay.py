@@ -21,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
+from ecap.capture import modules as module_registry
 from ecap.capture.abi import Abi
 from ecap.capture.connections import Connection
 from ecap.capture.events import ConnectionEndEvent, DataEvent
@@ -125,7 +126,14 @@ def _raw_through(path: Path, f: IO[bytes], header: dict[str, Any],
         raise _bad(path, str(exc)) from None
     writer.header({k: v for k, v in header.items() if k not in (*RAW_ONLY_KEYS, "type", "schema")})
     yield
-    pipeline = Pipeline(abi, clock, int(header["max_call_bytes"]), str(header["module"]), writer)
+    module = str(header["module"])
+    try:
+        records = module_registry.get(module).records
+    except UsageError:
+        raise _bad(
+            path, f"it was captured by the {module!r} module, which this build lacks"
+        ) from None
+    pipeline = Pipeline(abi, clock, int(header["max_call_bytes"]), module, writer, records=records)
     batch: list[bytes] = []
     try:
         for tag, body in _raw_frames(path, f):
@@ -171,6 +179,8 @@ def _render_jsonl(records: Iterator[dict[str, Any]], header: dict[str, Any],
             conn.ended_at, conn.end_reason = _ts(rec["ended_at"]), rec["end_reason"]
             conn.bytes = {"write": rec["bytes_written"], "read": rec["bytes_read"]}
             writer.emit(ConnectionEndEvent(conn))
+        elif kind in ("command", "statement"):
+            writer.record_line(rec)
         elif kind == "summary":
             writer.summary({k: v for k, v in rec.items() if k != "type"})
 

@@ -1,17 +1,22 @@
-"""The session JSONL schema (``ecap.capture/2``) as data, and a validator.
+"""The session JSONL schema (``ecap.capture/3``) as data, and a validator.
 
 ``capture/SCHEMA.md`` explains each field; this module is what code checks
 against — the report reader, the tests, anyone consuming a session file. Adding a
 field is compatible; removing or retyping one means ``ecap.capture/3``.
 /2 generalised /1 beyond OpenSSL: ``ssl`` became ``conn`` (the module's connection
 object), connections name their ``module``, and calls with holes carry ``segments``.
+/3 adds the ``command`` (shells) and ``statement`` (databases) records, the header's
+``descendants`` and the summary's per-kind ``events`` counts and ``descendants``;
+a /2 file is still read (it is a /3 file without those records).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-SCHEMA = "ecap.capture/2"
+SCHEMA = "ecap.capture/3"
+READABLE = ("ecap.capture/2", SCHEMA)
+"""Versions this build reads (replay, report)."""
 
 _STR, _INT, _FLOAT, _BOOL = str, int, (int, float), bool
 _OPT_STR = (str, type(None))
@@ -79,6 +84,43 @@ FIELDS: dict[str, dict[str, Any]] = {
         "bytes_written": _INT,
         "bytes_read": _INT,
     },
+    "command": {
+        "shell": _STR,
+        "ts": _STR,
+        "ended_at": _OPT_STR,
+        "pid": _INT,
+        "uid": _INT,
+        "comm": _STR,
+        "tty": _OPT_STR,
+        "status": _OPT_INT,
+        "ending": _STR,
+        "lines": _INT,
+        "length": _INT,
+        "truncated": _INT,
+        "lost": _INT,
+        "text": _STR,
+    },
+    "statement": {
+        "server": _STR,
+        "ts": _STR,
+        "duration": (int, float, type(None)),
+        "pid": _INT,
+        "tid": _INT,
+        "comm": _STR,
+        "session": _STR,
+        "user": _OPT_STR,
+        "database": _OPT_STR,
+        "command": _STR,
+        "statement_id": _OPT_INT,
+        "status": _STR,
+        "error": _OPT_STR,
+        "rows": _OPT_INT,
+        "tags": list,
+        "length": _INT,
+        "truncated": _INT,
+        "lost": _INT,
+        "text": _STR,
+    },
     "summary": {
         "session_id": _STR,
         "events": dict,
@@ -97,6 +139,8 @@ FIELDS: dict[str, dict[str, Any]] = {
         "duration": _FLOAT,
     },
 }
+ENDINGS = ("status", "exit", "signal", "exec", "running")
+STATUSES = ("ok", "error", "unknown")
 GRANT_FIELDS = ("jti", "operator", "reason", "issuer", "expires_at", "targets", "modules", "modes")
 
 
@@ -122,8 +166,8 @@ def validate_record(record: Any, *, first: bool = False) -> str:
         if not isinstance(value, types):
             raise SchemaError(f"{kind}.{name} has type {type(value).__name__}")
     if kind == "header":
-        if record["schema"] != SCHEMA:
-            raise SchemaError(f"schema {record['schema']!r} is not {SCHEMA}")
+        if record["schema"] not in READABLE:
+            raise SchemaError(f"schema {record['schema']!r} is not one of {', '.join(READABLE)}")
         missing = [f for f in GRANT_FIELDS if f not in record["grant"]]
         if missing:
             raise SchemaError(f"header.grant lacks {', '.join(missing)}")
@@ -131,6 +175,15 @@ def validate_record(record: Any, *, first: bool = False) -> str:
         if record["direction"] not in ("write", "read"):
             raise SchemaError(f"event.direction {record['direction']!r}")
         _check_segments(record)
+    if kind == "command" and record["ending"] not in ENDINGS:
+        raise SchemaError(f"command.ending {record['ending']!r}")
+    if kind == "statement":
+        if record["status"] not in STATUSES:
+            raise SchemaError(f"statement.status {record['status']!r}")
+        if not all(isinstance(tag, str) for tag in record["tags"]):
+            raise SchemaError("statement.tags must be strings")
+    if kind in ("command", "statement") and not isinstance(record.get("text_b64", ""), str):
+        raise SchemaError(f"{kind}.text_b64 has type {type(record['text_b64']).__name__}")
     return kind
 
 

@@ -18,6 +18,11 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         f"truncated: {summary['truncated_bytes']} bytes (limit {summary['max_call_bytes']} "
         f"per call)",
     ]
+    other = {k: v for k, v in ev.items() if k not in ("write", "read")}
+    if other:
+        lines.insert(2, "  " + "; ".join(f"{printable(k)}s: {v}" for k, v in sorted(other.items())))
+    if summary.get("descendants"):
+        lines.append(f"  descendants covered: {summary['descendants']}")
     if summary.get("unreadable_bytes"):
         lines.append(
             f"  unreadable: {summary['unreadable_bytes']} bytes (process memory not present "

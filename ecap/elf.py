@@ -25,6 +25,7 @@ from pathlib import Path
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+STT_OBJECT = 1
 STT_FUNC = 2
 STT_GNU_IFUNC = 10
 SHN_UNDEF = 0
@@ -126,8 +127,11 @@ class ElfImage:
             return None
         return sec.data(), sec
 
-    def _raw_symbols(self, table: str) -> list[tuple[str, int, int]]:
-        """(name, value, size) of defined function symbols in ``.dynsym``/``.symtab``."""
+    def _raw_symbols(
+        self, table: str, types: tuple[int, ...] = (STT_FUNC, STT_GNU_IFUNC)
+    ) -> list[tuple[str, int, int]]:
+        """(name, value, size) of defined symbols of ``types`` (functions by default)
+        in ``.dynsym``/``.symtab``."""
         found = self._section_bytes(table)
         if found is None:
             return []
@@ -142,7 +146,7 @@ class ElfImage:
         out = []
         for ent in struct.iter_unpack(self._endian + fmt, data[:usable]):
             stype = ent[info_i] & 0xF
-            if stype not in (STT_FUNC, STT_GNU_IFUNC) or ent[shndx_i] == SHN_UNDEF:
+            if stype not in types or ent[shndx_i] == SHN_UNDEF:
                 continue
             start = ent[name_i]
             end = strtab.find(b"\0", start)
@@ -172,6 +176,36 @@ class ElfImage:
                     if sym is not None:
                         found[name] = sym
         return found
+
+    def function_names(self) -> list[str]:
+        """Every defined function name (to find a C++ function by its unmangled
+        prefix when its parameter list differs between versions)."""
+        return [n for table in (".dynsym", ".symtab") for n, _, _ in self._raw_symbols(table)]
+
+    def data_addresses(self, names: Iterable[str]) -> dict[str, int]:
+        """Link-time addresses of the named global variables defined here."""
+        wanted = set(names)
+        found: dict[str, int] = {}
+        for table in (".dynsym", ".symtab"):
+            for name, value, _ in self._raw_symbols(table, (STT_OBJECT,)):
+                if name in wanted and name not in found:
+                    found[name] = value
+        return found
+
+    def got_slot(self, name: str) -> int | None:
+        """Link-time address of the GOT slot through which this file reaches the
+        global ``name`` defined elsewhere (its GLOB_DAT relocation), or None."""
+        from elftools.elf.relocation import RelocationSection
+
+        for section in self._elf.iter_sections():
+            if not isinstance(section, RelocationSection) or not section["sh_link"]:
+                continue
+            symtab = self._elf.get_section(section["sh_link"])
+            for reloc in section.iter_relocations():
+                index = reloc["r_info_sym"]
+                if index and symtab.get_symbol(index).name == name:
+                    return int(reloc["r_offset"])
+        return None
 
     @cached_property
     def _by_address(self) -> tuple[list[int], list[tuple[str, int, int]]]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 
-
 _ASCII_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F)} | {ord("\\"): "\\\\"}
 
 

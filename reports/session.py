@@ -23,6 +23,7 @@ from typing import Any
 from ecap import config
 from ecap.authz.token import CLOCK_SKEW_SECONDS, Grant
 from ecap.authz.verify import verify_token
+from ecap.capture.schema import READABLE as CAPTURE_READABLE
 from ecap.capture.schema import SCHEMA as CAPTURE_SCHEMA
 from ecap.errors import AuthorizationRefused, UsageError
 from ecap.journal import Journal, entry_hash, verify_file
@@ -81,6 +82,7 @@ def read_session(path: str | Path) -> dict[str, Any]:
     tallies: dict[Any, dict[str, Any]] = {}
     event_pids: set[int] = set()
     others: dict[str, int] = {}
+    activity: dict[str, dict[str, Any]] = {}
     shown = printable(str(path))
     for number, rec in _records(Path(path)):
         kind = rec.get("type")
@@ -91,7 +93,8 @@ def read_session(path: str | Path) -> dict[str, Any]:
                     f"(line {number} is {printable(repr(kind))})",
                     hint=HINT,
                 )
-            _render.check_schema(rec, CAPTURE_SCHEMA, f"session file {shown} header", HINT)
+            if rec.get("schema") not in CAPTURE_READABLE:
+                _render.check_schema(rec, CAPTURE_SCHEMA, f"session file {shown} header", HINT)
             header = rec
             continue
         if kind == "event":
@@ -138,6 +141,10 @@ def read_session(path: str | Path) -> dict[str, Any]:
             connections[cid] = {**connections.get(cid, {}), **rec, "ended": True}
             if isinstance(rec.get("pid"), int):
                 event_pids.add(rec["pid"])
+        elif kind in ("command", "statement"):
+            _tally_activity(activity, rec)
+            if isinstance(rec.get("pid"), int):
+                event_pids.add(rec["pid"])
         elif kind == "summary":
             summary = rec
         else:
@@ -151,7 +158,33 @@ def read_session(path: str | Path) -> dict[str, Any]:
         "tallies": tallies,
         "event_pids": event_pids,
         "other_records": others,
+        "activity": activity,
     }
+
+
+def _tally_activity(activity: dict[str, dict[str, Any]], rec: dict[str, Any]) -> None:
+    """Counts of commands / statements by outcome — never their text (no plaintext
+    in reports): a command's exit status or how it ended, a statement's status and
+    error code."""
+    kind = str(rec.get("type"))
+    entry = activity.setdefault(kind, {"count": 0, "outcomes": {}, "truncated": 0, "lost": 0})
+    entry["count"] += 1
+    if kind == "command":
+        ending = rec.get("ending")
+        status = rec.get("status")
+        if ending in ("status", "exit") and isinstance(status, int):
+            outcome = f"exit status {status}"
+        elif ending == "signal":
+            outcome = f"killed by signal {status}"
+        else:
+            outcome = str(ending)
+    else:
+        outcome = str(rec.get("status"))
+        if outcome == "error" and rec.get("error") is not None:
+            outcome = f"error {rec.get('error')}"
+    entry["outcomes"][outcome] = entry["outcomes"].get(outcome, 0) + 1
+    entry["truncated"] += _int(rec.get("truncated"))
+    entry["lost"] += _int(rec.get("lost"))
 
 
 def _int(value: Any) -> int:
@@ -228,12 +261,22 @@ def scope_checks(data: dict[str, Any], grant: Grant | None) -> list[Check]:
         )
     )
     strays = sorted(p for p in data["event_pids"] if p not in grant.pids)
+    # With descendants granted, other PIDs are the targets' children (the kernel
+    # adds a process only at its parent's fork).
     checks.append(
         Check(
             "every recorded event comes from an authorized PID",
-            not strays,
+            not strays or grant.descendants,
             f"PIDs seen in records: {', '.join(map(str, sorted(data['event_pids']))) or 'none'}"
-            + (f"; NOT authorized: {', '.join(map(str, strays))}" if strays else ""),
+            + (
+                (
+                    f"; descendants (the token grants them): {', '.join(map(str, strays))}"
+                    if grant.descendants
+                    else f"; NOT authorized: {', '.join(map(str, strays))}"
+                )
+                if strays
+                else ""
+            ),
         )
     )
     module = header.get("module")
@@ -473,6 +516,10 @@ def build_view(
         "connections": conns,
         "journal": j,
         "other_records": data["other_records"],
+        "activity": {
+            kind: {**entry, "outcomes": dict(sorted(entry["outcomes"].items()))}
+            for kind, entry in sorted(data.get("activity", {}).items())
+        },
     }
 
 

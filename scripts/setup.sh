@@ -13,6 +13,7 @@ APT_PACKAGES=(
   clang-14 libbpf-dev libcap2-bin android-libboringssl-dev
   selinux-policy-default selinux-policy-dev checkpolicy semodule-utils policycoreutils
   secilc python3-setools setools openssh-server ansible-core
+  zsh mariadb-server mariadb-client libmariadb-dev
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -52,13 +52,15 @@ class EcapEnv:
         modes: Sequence[str] = ("text", "jsonl"),
         ttl: str = "1h",
         single_use: bool = False,
+        descendants: bool = False,
         operator: str = "test-operator",
         reason: str = "pytest",
         now: float | None = None,
         max_lifetime: int = token.MAX_LIFETIME_SECONDS,
     ) -> str:
         """A token for live PIDs on this host, signed with this env's trusted key."""
-        req = request.build(list(pids), modules=list(modules), modes=list(modes), reason=reason)
+        req = request.build(list(pids), modules=list(modules), modes=list(modes), reason=reason,
+                            descendants=descendants)  # fmt: skip
         return token.issue(
             req,
             keys.load_private(self.key_path),
@@ -67,6 +69,7 @@ class EcapEnv:
             ttl_seconds=token.parse_duration(ttl),
             issuer="pytest",
             single_use=single_use,
+            descendants=descendants,
             now=now,
             max_lifetime=max_lifetime,
         )

@@ -13,7 +13,7 @@ import argparse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,8 @@ class Hook:
     function: str
     """Symbol name as the library exports it."""
     program: str
-    """Entry program in the module's BPF object."""
+    """Entry program in the module's BPF object (``""``: the hook only has a return
+    program)."""
     return_program: str | None = None
     """Return program (a uretprobe), None for entry-only hooks."""
     kind: str = ""
@@ -67,6 +68,41 @@ class HookTarget:
 
 
 @dataclass(frozen=True)
+class RecordContext:
+    """What a module's record handlers get from the engine for one session."""
+
+    abi: Any
+    """The object's :class:`ecap.capture.abi.Abi`: kinds, flags and the layouts of
+    the module's payload structs (``abi.struct("ecap_prompt")``); live, it is the
+    loaded object's, in ``replay`` the one the raw file recorded."""
+    clock: Any
+    """:class:`ecap.capture.records.Clock`: kernel timestamps → wall-clock time."""
+    emit: Callable[[Any], None]
+    """Hands an event (:mod:`ecap.capture.events`) to the session's sink."""
+    max_call_bytes: int
+
+
+class ModuleRecords(Protocol):
+    """A module's own record kinds (a shell's lines, a server's statements), turned
+    into events. The engine routes records of these kinds here and tells it when a
+    process leaves the session, so a command or statement in progress is written
+    with what became of it, never dropped."""
+
+    handlers: dict[int, Callable[[Any], None]]
+    """Record kind number → handler of a :class:`ecap.capture.records.Record`."""
+
+    def process_left(self, pid: int, how: str, exit_code: int | None) -> None:
+        """``pid`` exec'd (``how="exec"``) or exited (``"exit"``, with its wait status
+        when the kernel reported it)."""
+
+    def finish(self) -> None:
+        """The capture stops: write what is still open."""
+
+    def counts(self) -> dict[str, int]:
+        """Events written, by kind (the summary's ``events``)."""
+
+
+@dataclass(frozen=True)
 class ModuleOption:
     """A command-line option only this module takes (e.g. ``--libssl``)."""
 
@@ -100,6 +136,8 @@ class CaptureModule:
     """(pid, module options) → where to attach in that process; raises
     :class:`ecap.errors.UsageError` naming what was looked for."""
     options: tuple[ModuleOption, ...] = ()
+    records: Callable[[RecordContext], ModuleRecords] | None = None
+    """Handlers of the module's own record kinds (None: the engine's data path only)."""
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group(f"{self.name} module")
@@ -123,7 +161,8 @@ class CaptureModule:
             cookie = getattr(abi, f"KIND_{hook.kind.upper()}") if hook.kind else 0
             for flag in hook.flags:
                 cookie |= getattr(abi, f"COOKIE_{flag}")
-            out.append(Probe(hook.function, offset, hook.program, False, cookie))
+            if hook.program:
+                out.append(Probe(hook.function, offset, hook.program, False, cookie))
             if hook.return_program:
                 out.append(Probe(hook.function, offset, hook.return_program, True, cookie))
         return tuple(out)

@@ -1,4 +1,4 @@
-"""``--format jsonl``: the session record (schema ``ecap.capture/2``).
+"""``--format jsonl``: the session record (schema ``ecap.capture/3``).
 
 One JSON object per line: header, events, connections, summary — documented in
 ``capture/SCHEMA.md``, validated by :mod:`ecap.capture.schema`, read back by
@@ -13,9 +13,11 @@ from typing import IO, Any
 
 from ecap.capture.connections import Connection
 from ecap.capture.events import (
+    COMMAND,
     CONNECTION,
     DATA,
     HANDSHAKE,
+    STATEMENT,
     ConnectionEndEvent,
     DataEvent,
     Event,
@@ -23,6 +25,7 @@ from ecap.capture.events import (
 )
 from ecap.capture.records import Call
 from ecap.capture.schema import SCHEMA
+from ecap.capture.sinks._records import command_record, statement_record
 from ecap.capture.sinks.interface import Sink
 from ecap.text import json_safe_str
 from ecap.timefmt import iso_utc
@@ -66,6 +69,8 @@ class JsonlWriter:
             DATA: self._call,
             HANDSHAKE: self._handshake,
             CONNECTION: self._connection_end,
+            COMMAND: lambda e: self._emit(command_record(e)),
+            STATEMENT: lambda e: self._emit(statement_record(e)),
         }
 
     def _emit(self, record: dict[str, Any]) -> None:
@@ -78,6 +83,11 @@ class JsonlWriter:
 
     def header(self, info: dict[str, Any]) -> None:
         self._emit({"type": "header", "schema": SCHEMA, **info})
+
+    def record_line(self, rec: dict[str, Any]) -> None:
+        """A ``command`` or ``statement`` record read back from a session file
+        (replay; the schema validated it), written as it was."""
+        self._emit(rec)
 
     def emit(self, event: Event) -> None:
         self._handlers[event.kind](event)
@@ -147,6 +157,6 @@ SINK = Sink(
     name="jsonl",
     summary="the session record, one JSON object per line (capture/SCHEMA.md)",
     token_mode="jsonl",
-    consumes=frozenset({DATA, HANDSHAKE, CONNECTION}),
+    consumes=frozenset({DATA, HANDSHAKE, CONNECTION, COMMAND, STATEMENT}),
     open=lambda out, _options: JsonlWriter(out),
 )

@@ -1,4 +1,5 @@
-"""``--format text``: each HTTP message (or raw call) under a one-line heading.
+"""``--format text``: each HTTP message (or raw call) under a one-line heading; one
+line per shell command or SQL statement.
 
 For a person watching. Protocols are recognised and rendered by the decoders
 (:mod:`ecap.capture.decoders`); every host-derived string is escaped; colour only
@@ -13,13 +14,21 @@ from typing import IO, Any
 from ecap.capture.connections import Connection
 from ecap.capture.decoders import ConnectionRenderer
 from ecap.capture.events import (
+    COMMAND,
     CONNECTION,
     DATA,
     HANDSHAKE,
+    STATEMENT,
     ConnectionEndEvent,
     DataEvent,
     Event,
     HandshakeEvent,
+)
+from ecap.capture.sinks._records import (
+    command_line,
+    command_record,
+    statement_line,
+    statement_record,
 )
 from ecap.capture.sinks.interface import Sink
 from ecap.capture.summary import summary_lines
@@ -43,7 +52,15 @@ class TextWriter:
             DATA: self._call,
             HANDSHAKE: self._handshake,
             CONNECTION: self._connection_end,
+            COMMAND: lambda e: self.record_line(command_record(e)),
+            STATEMENT: lambda e: self.record_line(statement_record(e)),
         }
+
+    def record_line(self, rec: dict[str, Any]) -> None:
+        """A ``command`` or ``statement`` record as its one line (also for replay)."""
+        line = command_line(rec) if rec["type"] == "command" else statement_line(rec)
+        failed = rec.get("status") not in (0, "ok", None) or rec.get("ending") == "signal"
+        self._line(self._paint("write", line) if failed else line)
 
     def _paint(self, key: str, text: str) -> str:
         return f"{_COLOURS[key]}{text}{_RESET}" if self._colour else text
@@ -139,6 +156,6 @@ SINK = Sink(
     name="text",
     summary="readable: HTTP/1 and HTTP/2 decoded, other data escaped or as hex",
     token_mode="text",
-    consumes=frozenset({DATA, HANDSHAKE, CONNECTION}),
+    consumes=frozenset({DATA, HANDSHAKE, CONNECTION, COMMAND, STATEMENT}),
     open=lambda out, options: TextWriter(out, colour=options.colour, hex_mode=options.hex_mode),
 )

@@ -64,9 +64,11 @@ def validate_choices(values: list[str], allowed: tuple[str, ...], what: str) -> 
 
 
 def build(
-    pids: list[int], *, modules: list[str], modes: list[str] | None, reason: str
-) -> dict[str, Any]:
-    """A request document for live PIDs on this host."""
+    pids: list[int], *, modules: list[str], modes: list[str] | None, reason: str,
+    descendants: bool = False,
+) -> dict[str, Any]:  # fmt: skip
+    """A request document for live PIDs on this host (``descendants``: ask that the
+    processes they fork be covered too)."""
     if not pids:
         raise UsageError("at least one --pid is required")
     if not reason.strip():
@@ -79,6 +81,7 @@ def build(
         "modules": validate_choices(modules, known_modules(), "module"),
         "modes": validate_choices(modes or list(known_modes()), known_modes(), "output mode"),
         "reason": reason.strip(),
+        **({"descendants": True} if descendants else {}),
     }
     return validate(doc, "the request for this host")
 
@@ -95,6 +98,7 @@ def validate(doc: Any, source: str) -> dict[str, Any]:
         claims.names(doc.get("modules"), "modules")
         claims.names(doc.get("modes"), "modes")
         claims.text(doc.get("reason"), "reason", limit=claims.MAX_REASON)
+        claims.flag(doc.get("descendants", False), "descendants")
     except claims.ClaimError as exc:
         raise UsageError(
             f"{source}: {exc}", hint="make the request with 'ecap-audit request' on the target host"

@@ -9,7 +9,9 @@ Claims (DESIGN.md "What a token is"):
 ``iat/nbf/exp``  issue time, validity window
 ``host``         ``{"hostname", "machine_id"}`` of the one host it is valid on
 ``scope``        ``{"targets": [{"pid", "start_time", "exe", "sha256", "exe_dev",
-                 "exe_ino"}], "modules", "modes", "single_use"}``
+                 "exe_ino"}], "modules", "modes", "single_use", "descendants"}``
+                 (``descendants``: the processes the targets fork are covered too;
+                 absent means false)
 
 Every claim's shape is checked by :mod:`ecap.authz.claims` before signing and
 again when a token is verified.
@@ -85,6 +87,8 @@ class Grant:
     modules: tuple[str, ...]
     modes: tuple[str, ...]
     single_use: bool
+    descendants: bool = False
+    """The targets' descendants (processes they fork while captured) are covered."""
 
     @property
     def pids(self) -> tuple[int, ...]:
@@ -110,6 +114,7 @@ class Grant:
             "modules": list(self.modules),
             "modes": list(self.modes),
             "single_use": self.single_use,
+            "descendants": self.descendants,
         }
 
 
@@ -140,6 +145,7 @@ def grant_from_claims(token: str, kid: str, decoded: dict[str, Any]) -> Grant:
         modules=tuple(claims.names(scope.get("modules"), "scope.modules")),
         modes=tuple(claims.names(scope.get("modes"), "scope.modes")),
         single_use=claims.flag(scope.get("single_use", False), "scope.single_use"),
+        descendants=claims.flag(scope.get("descendants", False), "scope.descendants"),
     )
 
 
@@ -154,10 +160,15 @@ def issue(
     modules: list[str] | None = None,
     modes: list[str] | None = None,
     single_use: bool = False,
+    descendants: bool = False,
     max_lifetime: int = MAX_LIFETIME_SECONDS,
     now: float | None = None,
 ) -> str:
-    """Sign a token for the facts in ``request``; may narrow modules/modes, never widen."""
+    """Sign a token for the facts in ``request``; may narrow modules/modes, never widen.
+
+    ``descendants`` grants the targets' descendants; only when the request asked
+    for them (a token may narrow a request, never widen it).
+    """
     if not operator.strip():
         raise UsageError("--operator must name the person who will run the capture")
     if not reason.strip():
@@ -176,6 +187,11 @@ def issue(
         )
     granted_modules = _narrow(request["modules"], modules, "module")
     granted_modes = _narrow(request["modes"], modes, "mode")
+    if descendants and not request.get("descendants", False):
+        raise UsageError(
+            "--with-descendants was not requested",
+            hint="a token may only narrow the request: make the request with --with-descendants",
+        )
     issued = int(now if now is not None else time.time())
     payload = {
         "iss": issuer,
@@ -195,6 +211,7 @@ def issue(
             "modules": granted_modules,
             "modes": granted_modes,
             "single_use": single_use,
+            **({"descendants": True} if descendants else {}),
         },
     }
     headers = {"kid": fingerprint(key.public_key()), "typ": "JWT"}

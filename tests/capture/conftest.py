@@ -131,16 +131,25 @@ def start_capture(ecap_env: EcapEnv, tmp_path: Path) -> Iterator:
         extra: tuple[str, ...] = (),
         token_pids: list[int] | None = None,
         wait_ready: bool = True,
+        module: str = "tls",
+        descendants: bool = False,
     ) -> CaptureRun:
+        """``module``: what to capture (the token grants it); ``descendants``: the
+        token grants the targets' descendants (``--with-descendants``)."""
         token = ecap_env.write_token(
-            ecap_env.authorize(token_pids or pids, modes=sorted({"text", "jsonl", fmt})),
+            ecap_env.authorize(
+                token_pids or pids,
+                modules=(module,),
+                modes=sorted({"text", "jsonl", fmt}),
+                descendants=descendants,
+            ),
             f"token-{len(runs)}.jwt",
         )
         output = tmp_path / f"capture-{len(runs)}.{fmt}"
         args = [
             ecap_cmd("ecap-audit"),
             "capture",
-            "tls",
+            module,
             "--token",
             str(token),
             "--format",
