@@ -8,7 +8,7 @@ the login uid (auid) that loaded it. Records are read with Debian's ``auparse``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_LOG = Path("/var/log/audit/audit.log")
@@ -118,6 +118,8 @@ class History:
     events: list[BpfEvent]
     transient: list[dict]
     """One dict per program id that was loaded and unloaded: load event + unload time."""
+    live_loads: dict[int, dict] = field(default_factory=dict)
+    """prog id → its LOAD record, for programs still loaded (who loaded what is there)."""
 
 
 def summarize(events: list[BpfEvent], live_ids: set[int]) -> History:
@@ -139,7 +141,16 @@ def summarize(events: list[BpfEvent], live_ids: set[int]) -> History:
                     "auid": load.auid if load else None,
                 }
             )
-    return History(events, transient)
+    live = {
+        prog_id: {"prog_id": prog_id, **_who(ev)}
+        for prog_id, ev in loads.items()
+        if prog_id in live_ids
+    }
+    return History(events, transient, live)
+
+
+def _who(ev: BpfEvent) -> dict:
+    return {"loaded_at": ev.time, "pid": ev.pid, "exe": ev.exe, "comm": ev.comm, "auid": ev.auid}
 
 
 def load_history(path: Path | None, live_ids: set[int]) -> tuple[History | None, str | None]:

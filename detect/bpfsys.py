@@ -22,6 +22,7 @@ _NR_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280}.get(os.uname().machine
 T = TypeVar("T")
 
 # enum bpf_cmd
+MAP_LOOKUP_ELEM = 1
 OBJ_PIN = 6
 OBJ_GET = 7
 PROG_GET_NEXT_ID = 11
@@ -33,6 +34,8 @@ BTF_GET_FD_BY_ID = 19
 TASK_FD_QUERY = 20
 LINK_GET_FD_BY_ID = 30
 LINK_GET_NEXT_ID = 31
+ENABLE_STATS = 32
+STATS_RUN_TIME = 0
 
 # enum bpf_task_fd_type
 FD_TYPE_NAMES = {
@@ -123,6 +126,32 @@ def info_by_fd(fd: int, info: ctypes.Array) -> int:
     struct.pack_into("<IIQ", attr, 0, fd, len(info), ctypes.addressof(info))
     bpf(OBJ_GET_INFO_BY_FD, attr)
     return struct.unpack_from("<I", attr, 4)[0]
+
+
+def map_lookup(fd: int, key: bytes, value_size: int) -> bytes | None:
+    """MAP_LOOKUP_ELEM from user space; None for an empty slot (ENOENT)."""
+    kbuf = ctypes.create_string_buffer(key, len(key))
+    vbuf = ctypes.create_string_buffer(max(value_size, 1))
+    attr = _attr(32)
+    struct.pack_into("<IIQQ", attr, 0, fd, 0, ctypes.addressof(kbuf), ctypes.addressof(vbuf))
+    try:
+        bpf(MAP_LOOKUP_ELEM, attr)
+    except BpfError as exc:
+        if exc.errno == errno.ENOENT:
+            return None
+        raise
+    return vbuf.raw[:value_size]
+
+
+def enable_stats() -> int:
+    """BPF_ENABLE_STATS(run time): run counts are kept while the returned fd is open.
+
+    Unlike writing ``kernel.bpf_stats_enabled``, nothing stays changed when the
+    fd is closed (or the scanner dies).
+    """
+    attr = _attr(8)
+    struct.pack_into("<I", attr, 0, STATS_RUN_TIME)
+    return bpf(ENABLE_STATS, attr)
 
 
 def obj_get(path: str) -> int:

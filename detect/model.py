@@ -31,6 +31,16 @@ class Program:
     verified_insns: int | None = None
     source: str = "bpf"
     """``bpf`` (id walk) or ``fdinfo`` (degraded: seen only through a holder's fd)."""
+    xlated_insns: int | None = None
+    """Number of translated instructions read (None: not readable)."""
+    helpers: tuple[str, ...] | None = None
+    """Kernel helpers and kfuncs it calls, by name (None: unknown — degraded mode, or
+    call targets hidden by ``kernel.kptr_restrict``)."""
+    tail_calls: bool = False
+    packet_loads: bool = False
+    capabilities: tuple[str, ...] | None = None
+    """What it can do (:mod:`ecap.detect.capabilities`), tail-call targets included;
+    None when unknown."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,8 @@ class Map:
     event_output: bool = False
     """True for perf-event arrays and ring buffers (user-space readable streams)."""
     source: str = "bpf"
+    prog_ids: tuple[int, ...] = ()
+    """For program arrays: the programs it holds (tail-call targets)."""
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import stat
 from dataclasses import dataclass
 
 from ecap import procfs
-from ecap.detect.classify import classify
+from ecap.detect.classify import OTHER, reach
 from ecap.elf import NotAnElf, open_elf
 from ecap.gopclntab import go_functions
 
@@ -35,6 +35,9 @@ class Resolved:
     inode: tuple[int, int] | None
     """(st_dev, st_ino) of the opened file: how victims are matched across namespaces."""
     note: str | None = None
+    path_problem: str | None = None
+    """Why the path may not name the file the kernel hooked: it is now a symlink,
+    missing, unreadable, or another inode than the kernel holds."""
 
 
 _PROC_ROOT = re.compile(r"^/proc/(?:\d+|self)/root(/.*)$")
@@ -56,25 +59,61 @@ def candidates(path: str, pid: int | None) -> list[str]:
     return out
 
 
-def resolve(path: str, offset: int, pid: int | None = None) -> Resolved:
+def path_problem(cand: str, kernel_inode: tuple[int, int] | None = None) -> str | None:
+    """Why ``cand`` may not be the file a probe was attached to, or None.
+
+    A symlink is a problem only when the kernel's inode is unknown or differs:
+    attaching through ``libz.so.1 -> libz.so.1.2.13`` is ordinary, re-pointing the
+    link after attaching is a path game.
+    """
+    try:
+        lst = os.lstat(cand)
+    except FileNotFoundError:
+        return "the path no longer exists"
+    except OSError as exc:
+        return f"the path cannot be examined ({exc.strerror})"
+    try:
+        st = os.stat(cand)
+    except OSError as exc:
+        return f"the path cannot be followed ({exc.strerror})"
+    if kernel_inode is not None and (st.st_dev, st.st_ino) != kernel_inode:
+        return "the path now names another file than the inode the kernel hooked"
+    if stat.S_ISLNK(lst.st_mode) and kernel_inode is None:
+        target = os.readlink(cand)
+        return f"the path is now a symlink (to {target}); the file hooked cannot be confirmed"
+    if not os.access(cand, os.R_OK):
+        return "the file is not readable"
+    return None
+
+
+def resolve(
+    path: str, offset: int, pid: int | None = None, kernel_inode: tuple[int, int] | None = None
+) -> Resolved:
     """Resolve one (path, offset), trying the holder's root first, then ours.
 
     The file may live in an attacker's container: only regular files are opened
     (a FIFO planted at the path would block the scan), and a malformed ELF gives
-    an unnamed hook with a note, never a failed scan.
+    an unnamed hook with a note, never a failed scan. With ``kernel_inode`` (the
+    (st_dev, st_ino) the kernel hooked, from the in-kernel walk) a path that now
+    names another file is not used to name the function.
     """
     note = None
-    for i, cand in enumerate(candidates(path, pid)):
+    cands = candidates(path, pid)
+    problem = path_problem(cands[0], kernel_inode)
+    for i, cand in enumerate(cands):
         try:
             st = os.stat(cand)
             if not stat.S_ISREG(st.st_mode):
                 note = f"{cand}: not a regular file"
                 continue
+            ident = (st.st_dev, st.st_ino)
+            if kernel_inode is not None and ident != kernel_inode:
+                note = f"{cand}: another file than the inode the kernel hooked"
+                continue
             image = open_elf(cand)
         except (NotAnElf, OSError) as exc:
             note = str(exc)
             continue
-        ident = (st.st_dev, st.st_ino)
         moved = i >= 2 and _PROC_ROOT.match(path) is not None
         how = (
             "the root it was attached through is gone; named from the same path here"
@@ -82,28 +121,47 @@ def resolve(path: str, offset: int, pid: int | None = None) -> Resolved:
             else None
         )
         try:
-            return _name(image, path, offset, cand, ident, how)
+            return _name(image, path, offset, cand, ident, how, problem)
         except Exception as exc:  # malformed ELF from a hostile file: report, don't crash
             return Resolved(
                 path,
                 offset,
                 None,
                 0,
-                classify(None),
+                _reach(None, path, cand),
                 cand,
                 ident,
                 f"could not parse {cand}: {type(exc).__name__}",
+                problem,
             )
-    return Resolved(path, offset, None, 0, classify(None), None, None, note)
+    return Resolved(
+        path, offset, None, 0, _reach(None, path, None), None, kernel_inode, note, problem
+    )
+
+
+def _reach(function: str | None, path: str, opened: str | None) -> str:
+    """Reach by function name, or by the file: as given, or as it really is."""
+    cls = reach(function, path, "uprobe")
+    if cls == OTHER and opened:
+        cls = reach(function, os.path.realpath(opened), "uprobe")
+    return cls
 
 
 def _name(
-    image, path: str, offset: int, cand: str, ident: tuple[int, int], how: str | None
+    image,
+    path: str,
+    offset: int,
+    cand: str,
+    ident: tuple[int, int],
+    how: str | None,
+    problem: str | None,
 ) -> Resolved:
     hit = image.function_at_offset(offset)
     if hit is not None:
         sym, delta = hit
-        return Resolved(path, offset, sym.name, delta, classify(sym.name), cand, ident, how)
+        return Resolved(
+            path, offset, sym.name, delta, _reach(sym.name, path, cand), cand, ident, how, problem
+        )
     table = go_functions(image)
     vaddr = image.offset_to_vaddr(offset)
     if table is not None and vaddr is not None:
@@ -114,18 +172,20 @@ def _name(
                 offset,
                 fn.name,
                 vaddr - fn.entry,
-                classify(fn.name),
+                _reach(fn.name, path, cand),
                 cand,
                 ident,
                 how or "named from .gopclntab",
+                problem,
             )
     return Resolved(
         path,
         offset,
         None,
         0,
-        classify(None),
+        _reach(None, path, cand),
         cand,
         ident,
         how or "no symbol covers this offset (stripped?)",
+        problem,
     )

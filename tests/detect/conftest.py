@@ -87,9 +87,12 @@ def hook() -> Iterator[Callable[..., Hook]]:
         map_name: str | None = None,
         pin: str | None = None,
         capture_args: list[str] = (),
+        program: str = "sniff",
     ) -> Hook:
-        """``capture_args``: hook_helper's --gate/--grant-jti/--session-id options."""
-        cmd = [PY, str(HERE / "hook_helper.py"), "--mode", mode, *capture_args]
+        """``capture_args``: hook_helper's --gate/--grant-jti/--session-id options;
+        ``program``: ``sniff`` (reads and ships the buffer), ``counter`` or ``signal``."""
+        cmd = [PY, str(HERE / "hook_helper.py"), "--mode", mode, "--program", program]
+        cmd += list(capture_args)
         if ret:
             cmd.append("--ret")
         if comm:

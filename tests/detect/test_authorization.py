@@ -230,4 +230,7 @@ def test_malformed_session_file_is_rejected_not_fatal(ecap_env, hook):
     doc = scan()
     (f,) = findings_of(doc, pid=h.pid)
     assert f["severity"] == "critical" and not f["authorized"]
-    assert any("session file" in lim for lim in doc["limitations"])
+    rejected = {s["session_id"]: s for s in doc["inventory"]["sessions"]}
+    assert rejected["junk"]["status"] == "rejected"
+    assert rejected["notjson"]["status"] == "rejected"
+    assert "not JSON" in rejected["notjson"]["reason"]
