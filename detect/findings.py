@@ -167,7 +167,10 @@ def merge_probes(
         )
     out = list(merged.values())
     seen = {(p.type, p.target, p.offset) for p in out}
-    out.extend(t for t in from_tracefs if (t.type, t.target, t.offset) not in seen)
+    # bcc's tracefs fallback defines an event (left disabled) and attaches through a
+    # perf fd, which the fd walk already reports; an *enabled* event records to the
+    # ftrace buffer by itself, whoever else hooks the same place.
+    out.extend(t for t in from_tracefs if t.enabled or (t.type, t.target, t.offset) not in seen)
     return out
 
 

@@ -1,6 +1,7 @@
 """Test (b)'s sniffer: a bcc program of our own on libssl SSL_write / SSL_read.
 
-Attaches a uprobe on SSL_write and a uretprobe on SSL_read the way bcc tools do
+Attaches a uprobe on SSL_write (copying the start of each plaintext buffer to a
+perf buffer, as sslsniff does) and a uretprobe on SSL_read the way bcc tools do
 (perf "uprobe" PMU), prints one JSON line once attached, and sleeps until killed.
 Its C functions have names longer than the kernel's 15 characters so the test can
 check that the detector reads full names from BTF func_info.
@@ -25,9 +26,12 @@ LIBSSL = sys.argv[1] if len(sys.argv) > 1 else "/usr/lib/x86_64-linux-gnu/libssl
 PROGRAM = r"""
 #include <uapi/linux/ptrace.h>
 BPF_PERF_OUTPUT(tls_events);
+struct chunk { u32 len; char data[64]; };
 int probe_SSL_write_plaintext(struct pt_regs *ctx) {
-    u32 len = (u32)PT_REGS_PARM3(ctx);
-    tls_events.perf_submit(ctx, &len, sizeof(len));
+    struct chunk c = {};
+    c.len = (u32)PT_REGS_PARM3(ctx);
+    bpf_probe_read_user(c.data, sizeof(c.data), (void *)PT_REGS_PARM2(ctx));
+    tls_events.perf_submit(ctx, &c, sizeof(c));
     return 0;
 }
 int probe_SSL_read_plaintext(struct pt_regs *ctx) {

@@ -291,8 +291,9 @@ LIBC = "/usr/lib/x86_64-linux-gnu/libc.so.6"
 def test_severity_follows_capability_and_reach(hook, target, function, program, cls, severity):
     h = hook(f"{target}:{function}", program=program)
     (f,) = findings_of(scan(), pid=h.pid)
-    assert functions(f) == {(function, "uprobe")}
-    assert f["hooked"][0]["class"] == cls
+    (hooked,) = f["hooked"]
+    assert hooked["function"] in (function, f"__{function}")  # libc aliases: send/__send
+    assert hooked["class"] == cls
     assert f["severity"] == severity, f["evidence"]
     expected_caps = {
         "sniff": ["read-user-memory", "output-to-user"],
