@@ -100,6 +100,10 @@ def resolve(
     note = None
     cands = candidates(path, pid)
     problem = path_problem(cands[0], kernel_inode)
+    if problem and kernel_inode is not None:
+        mapped = file_by_inode(kernel_inode)
+        if mapped is not None:  # the hooked file itself, through a process that maps it
+            cands.append(mapped)
     for i, cand in enumerate(cands):
         try:
             st = os.stat(cand)
@@ -120,6 +124,10 @@ def resolve(
             if moved
             else None
         )
+        if "/map_files/" in cand:
+            real = os.path.realpath(cand)
+            how = f"named from the inode the kernel hooked ({real}, mapped by another process)"
+            return _name(image, path, offset, cand, ident, how, problem)
         try:
             return _name(image, path, offset, cand, ident, how, problem)
         except Exception as exc:  # malformed ELF from a hostile file: report, don't crash
@@ -137,6 +145,34 @@ def resolve(
     return Resolved(
         path, offset, None, 0, _reach(None, path, None), None, kernel_inode, note, problem
     )
+
+
+def file_by_inode(inode: tuple[int, int]) -> str | None:
+    """A ``/proc/PID/map_files/RANGE`` path that opens this exact file (by inode),
+    from the first process that maps it; None when none does.
+
+    Used only when a probe's path no longer leads to the inode the kernel hooked
+    (a re-pointed symlink, a replaced or deleted file): the memory maps name the
+    real file whatever happened to its path.
+    """
+    dev, ino = inode
+    needle = b" %s " % str(ino).encode()
+    dev_field = f"{os.major(dev):02x}:{os.minor(dev):02x}".encode()
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/maps", "rb") as f:
+                text = f.read()
+        except OSError:
+            continue
+        if needle not in text:
+            continue
+        for line in text.splitlines():
+            parts = line.split(None, 5)
+            if len(parts) >= 5 and parts[3] == dev_field and parts[4] == str(ino).encode():
+                return f"/proc/{name}/map_files/{parts[0].decode()}"
+    return None
 
 
 def _reach(function: str | None, path: str, opened: str | None) -> str:

@@ -18,8 +18,7 @@ import time
 
 from bcc import BPF
 from bcc.libbcc import lib
-
-from ecap.elf import open_elf
+from bcc_corpus import attach_uprobe  # run as a script: its directory is on sys.path
 
 LIBSSL = sys.argv[1] if len(sys.argv) > 1 else "/usr/lib/x86_64-linux-gnu/libssl.so.3"
 
@@ -41,13 +40,6 @@ int probe_SSL_read_plaintext(struct pt_regs *ctx) {
 }
 """
 
-# bcc 0.26's Python attach_uprobe calls libbcc's seven-argument bpf_attach_uprobe
-# with six, so the kernel reads a garbage ref_ctr_offset ("ref_ctr_offset mismatch"
-# in dmesg) and every other uprobe on the same function fails with EINVAL while
-# ours is attached. Call libbcc with its real prototype instead.
-ATTACH = lib.bpf_attach_uprobe
-ATTACH.restype = ct.c_int
-ATTACH.argtypes = [ct.c_int, ct.c_int, ct.c_char_p, ct.c_char_p, ct.c_uint64, ct.c_int, ct.c_uint32]
 DETACH = lib.bpf_detach_uprobe
 DETACH.restype = ct.c_int
 DETACH.argtypes = [ct.c_char_p]
@@ -60,12 +52,8 @@ attached: list[tuple[int, bytes]] = []
 
 def attach(fn_name: str, func: str, ret: bool) -> None:
     fn = b.load_func(fn_name.encode(), BPF.KPROBE)
-    offset = open_elf(LIBSSL).find_functions([func])[func].file_offset
-    ev_name = f"{'r' if ret else 'p'}_ecaptest_{func}_{os.getpid()}".encode()
-    fd = ATTACH(fn.fd, 1 if ret else 0, ev_name, LIBSSL.encode(), offset, -1, 0)
-    if fd < 0:
-        raise OSError(ct.get_errno(), f"bpf_attach_uprobe {func}")
-    attached.append((fd, ev_name))
+    fd = attach_uprobe(fn.fd, LIBSSL, func, ret=ret)
+    attached.append((fd, f"{'r' if ret else 'p'}_ecaptest_{func}_{os.getpid()}".encode()))
 
 
 def detach(*_: object) -> None:

@@ -11,7 +11,9 @@ ways: ``ioctl`` (PERF_EVENT_IOC_SET_BPF, as bcc does), ``link`` (BPF_LINK_CREATE
 on the perf event, as libbpf/cilium do) or ``multi`` (a uprobe_multi link).
 With ``--pin PATH`` it pins the link in bpffs and exits, leaving the hook alive
 with no process holding it. Otherwise it prints one JSON line and sleeps until
-killed. ``--comm`` renames the process (the hostile-name test).
+killed. ``--comm`` renames the process (the hostile-name test); ``--listen`` and
+``--write-file`` give it somewhere to send what it collects. A target may be
+``FILE:0xOFFSET`` (a hook with no symbol).
 
 To stand in for an ecap capture, it can also do what ``ecap-audit capture`` does
 from its own process: ``--gate TOKEN_FILE --gate-pid PID`` passes the real
@@ -20,7 +22,7 @@ journals a grant without the gate (a capture granted before its token expired),
 and ``--session-id`` journals ``capture.start`` with the loaded program ids.
 
 Usage: hook_helper.py [--mode ioctl|link|multi] [--program sniff|counter|signal]
-                      [--ret] [--pin PATH] [--comm NAME]
+                      [--ret] [--pin PATH] [--comm NAME] [--listen] [--write-file PATH]
                       [--map-name NAME] [--gate TOKEN_FILE --gate-pid PID]
                       [--grant-jti JTI] [--session-id SID] FILE:FUNCTION [...]
 """
@@ -196,6 +198,8 @@ def main() -> None:
     ap.add_argument("--map-name")
     ap.add_argument("--program", choices=("sniff", "counter", "signal"), default="sniff")
     ap.add_argument("--name", default="hook_helper")
+    ap.add_argument("--listen", action="store_true", help="listen on 0.0.0.0 (a loot server)")
+    ap.add_argument("--write-file", help="keep this file open for writing (a loot file)")
     ap.add_argument("--gate")
     ap.add_argument("--gate-pid", type=int)
     ap.add_argument("--grant-jti")
@@ -222,6 +226,9 @@ def main() -> None:
     by_file: dict[str, list[int]] = {}
     for target in args.targets:
         path, func = target.rsplit(":", 1)
+        if func.startswith("0x"):  # a bare offset: no symbol needed
+            by_file.setdefault(path, []).append(int(func, 16))
+            continue
         sym = open_elf(path).find_functions([func])[func]
         by_file.setdefault(path, []).append(sym.file_offset)
     links: list[int] = []
@@ -255,7 +262,16 @@ def main() -> None:
             module="tls",
             prog_ids=[prog_id(prog)],
         )
-    print(json.dumps({"pid": os.getpid(), "prog_ids": [prog_id(prog)], "jti": jti}), flush=True)
+    facts: dict = {"pid": os.getpid(), "prog_ids": [prog_id(prog)], "jti": jti}
+    if args.listen:
+        import socket
+
+        server = socket.create_server(("0.0.0.0", 0))
+        facts["port"] = server.getsockname()[1]
+    if args.write_file:
+        loot = open(args.write_file, "a")  # noqa: SIM115 (kept open until killed)
+        facts["file"] = loot.name
+    print(json.dumps(facts), flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     while True:
         time.sleep(3600)
