@@ -614,6 +614,7 @@ def posture_findings(issues: Iterable) -> list[dict]:
             "victims": [],
             "authorized": False,
             "authorization": {},
+            "programs": [],
             "evidence": [f"{i.key}: {_show(i.value)}"],
             "why": i.why,
             "remediation": list(i.remediation),
@@ -638,6 +639,7 @@ def history_findings(transient: list[dict]) -> list[dict]:
             "victims": [],
             "authorized": False,
             "authorization": {},
+            "programs": [],
             "evidence": [
                 f"prog {t['prog_id']} loaded by {t.get('exe')} (pid {t.get('pid')}, auid "
                 f"{t.get('auid')}) and unloaded"

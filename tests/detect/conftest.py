@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -31,6 +31,8 @@ class Hook:
     proc: subprocess.Popen[str] | None
     pid: int
     prog_ids: list[int]
+    facts: dict = field(default_factory=dict)
+    """Everything the helper printed (port, file, jti...)."""
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -108,7 +110,7 @@ def hook() -> Iterator[Callable[..., Hook]]:
         info = read_ready(proc)
         if pin:
             proc.wait(timeout=30)
-        return Hook(proc, info["pid"], info["prog_ids"])
+        return Hook(proc, info["pid"], info["prog_ids"], info)
 
     try:
         yield start
