@@ -14,6 +14,7 @@ import ctypes
 import errno
 import os
 import struct
+import threading
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
@@ -170,6 +171,9 @@ def obj_pin(fd: int, path: str) -> None:
     bpf(OBJ_PIN, attr)
 
 
+_query = threading.local()  # buffers reused per thread: the /proc walk runs several
+
+
 def task_fd_query(pid: int, fd: int) -> tuple[int, str, str, int, int] | None:
     """BPF_TASK_FD_QUERY on a perf-event fd of another process.
 
@@ -177,8 +181,10 @@ def task_fd_query(pid: int, fd: int) -> tuple[int, str, str, int, int] | None:
     target file for uprobes, the symbol for kprobes, the tracepoint name otherwise;
     None when the perf event has no BPF program (an ordinary perf counter).
     """
-    buf = ctypes.create_string_buffer(4096)
-    attr = _attr(48)
+    if not hasattr(_query, "buf"):  # a host may have thousands of perf fds to ask
+        _query.buf, _query.attr = ctypes.create_string_buffer(4096), _attr(48)
+    buf, attr = _query.buf, _query.attr
+    ctypes.memset(attr, 0, len(attr))
     struct.pack_into("<IIIIQ", attr, 0, pid, fd, 0, len(buf), ctypes.addressof(buf))
     try:
         bpf(TASK_FD_QUERY, attr)

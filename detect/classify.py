@@ -25,6 +25,7 @@ functions:
 
 from __future__ import annotations
 
+import functools
 import re
 
 TLS = "tls"
@@ -144,8 +145,11 @@ _IO_FUNCTIONS = frozenset(
         "net.(*conn).Write",
     }
 )
-_IO_PREFIXES = ("__libc_", "__GI___libc_", "__GI___", "__GI_", "__", "_")
-_IO_SUFFIXES = ("_nocancel", "_chk")
+# glibc aliases: __write, __libc_write, __GI___libc_write, __send, write_nocancel, read_chk
+_IO_ALIAS = re.compile(
+    r"^(?:__libc_|__GI___libc_|__GI___|__GI_|__|_)?(?P<base>[A-Za-z0-9_]+?)"
+    r"(?:_nocancel|_chk)?(?:@.*)?$"
+)
 _SYSCALLS_WITH_DATA = (
     "read",
     "write",
@@ -185,15 +189,11 @@ def io_function(function: str) -> bool:
     """True for the C library's (or Go's) read/write/send/recv family, any alias."""
     if function in _IO_FUNCTIONS:
         return True
-    base = function.split("@", 1)[0]
-    for suffix in _IO_SUFFIXES:
-        base = base.removesuffix(suffix)
-    for prefix in _IO_PREFIXES:
-        if base.startswith(prefix) and base[len(prefix) :] in _IO_FUNCTIONS:
-            return True
-    return base in _IO_FUNCTIONS
+    m = _IO_ALIAS.match(function)
+    return m is not None and m["base"] in _IO_FUNCTIONS
 
 
+@functools.lru_cache(maxsize=1024)
 def crypto_file(path: str | None) -> bool:
     """A TLS or crypto library, judged by its file name (any version suffix)."""
     if not path:

@@ -247,6 +247,7 @@ def probe_findings(
         groups.setdefault(key, _Group(key)).probes.append(probe)
 
     resolved: dict[tuple, Resolved] = {}
+    files: dict = {}  # per hooked file, shared by all its offsets
     hooked_by_group: dict[tuple[str, object], list[_Hook]] = {}
     for key, group in groups.items():
         rows = []
@@ -259,7 +260,7 @@ def probe_findings(
                 if rk not in resolved:
                     from ecap.detect.resolve import resolve  # pyelftools: only if hooked
 
-                    resolved[rk] = resolve(p.target, p.offset, root_pid, kino)  # type: ignore[arg-type]
+                    resolved[rk] = resolve(p.target, p.offset, root_pid, kino, files=files)  # type: ignore[arg-type]
                 res = resolved[rk]
             rows.append(_judged(inv, p, res))
         rows = [h for h in rows if h.verdict.report]
@@ -425,7 +426,11 @@ def _probe_finding(
         "remediation": list(dict.fromkeys(remedy)),
         "capabilities": caps,
         "reach": sorted(reaches),
-        "destinations": owners.destinations(ident) if kind == "pid" else None,  # type: ignore[arg-type]
+        # where the loot goes: asked of sniffers' owners only (a decoy counter holding
+        # thousands of fds costs nothing here)
+        "destinations": owners.destinations(ident)  # type: ignore[arg-type]
+        if kind == "pid" and kinds & {SNIFFER, UNKNOWN, TAMPERING}
+        else None,
     }
     if finding["destinations"]:
         finding["evidence"] += owners.destination_evidence(finding["destinations"])

@@ -53,19 +53,54 @@ def _address_of(text: bytes, name: bytes) -> int | None:
         return None
 
 
-def _name_at(text: bytes, address: int) -> str | None:
-    needle = b"%016x " % address
-    at = 0
-    while True:
-        at = text.find(needle, at)
-        if at < 0:
+def _line_at(text: bytes, pos: int) -> tuple[int, int]:
+    """(start, end) of the line containing byte ``pos``."""
+    start = text.rfind(b"\n", 0, pos) + 1
+    end = text.find(b"\n", pos)
+    return start, end if end >= 0 else len(text)
+
+
+def _text_symbol(line: bytes) -> str | None:
+    fields = line.split()
+    if len(fields) >= 3 and fields[1] in (b"t", b"T", b"w", b"W"):
+        return fields[2].decode("ascii", "replace")
+    return None
+
+
+def _name_at(text: bytes, address: int, core_end: int) -> str | None:
+    """The text symbol at ``address``: binary search over the core kernel's lines
+    (kallsyms lists them in address order), then the modules' lines."""
+    lo, hi = 0, core_end
+    while lo < hi:
+        mid = (lo + hi) // 2
+        start, end = _line_at(text, mid)
+        try:
+            addr = int(text[start : start + 16], 16)
+        except ValueError:
             return None
-        if at == 0 or text[at - 1] == 0x0A:  # a line start, not the middle of a name
-            end = text.find(b"\n", at)
-            fields = text[at : end if end >= 0 else None].split()
-            if len(fields) >= 3 and fields[1] in b"tTwW":
-                return fields[2].decode("ascii", "replace")
-        at += 1
+        if addr < address:
+            lo = end + 1
+        elif addr > address:
+            hi = start
+        else:  # several names may share an address: take a text symbol among them
+            while start > 0:
+                prev, _ = _line_at(text, start - 1)
+                if text[prev : prev + 16] != text[start : start + 16]:
+                    break
+                start = prev
+            key = text[start : start + 16]
+            while start < core_end and text[start : start + 16] == key:
+                _, end = _line_at(text, start)
+                name = _text_symbol(text[start:end])
+                if name is not None:
+                    return name
+                start = end + 1
+            return None
+    needle = b"%016x " % address
+    at = text.find(needle, core_end)  # module symbols are not sorted
+    if at < 0:
+        return None
+    return _text_symbol(text[at : _line_at(text, at)[1]])
 
 
 def resolve(offsets: Iterable[int]) -> dict[int, str | None] | None:
@@ -82,8 +117,10 @@ def resolve(offsets: Iterable[int]) -> dict[int, str | None] | None:
         base = _address_of(text, b"__bpf_call_base")
         if not base:  # kptr_restrict hides addresses: they all read as zero
             return None
+        core_end = text.find(b"\t[")  # the first module symbol's line
+        core_end = len(text) if core_end < 0 else text.rfind(b"\n", 0, core_end) + 1
         for off in missing:
-            known[off] = _name_at(text, base + off)
+            known[off] = _name_at(text, base + off, core_end)
     return {off: known[off] for off in wanted}
 
 

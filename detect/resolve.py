@@ -15,7 +15,7 @@ import stat
 from dataclasses import dataclass
 
 from ecap import procfs
-from ecap.detect.classify import OTHER, reach
+from ecap.detect.classify import CRYPTO, OTHER, crypto_file, reach
 from ecap.elf import NotAnElf, open_elf
 from ecap.gopclntab import go_functions
 
@@ -86,16 +86,25 @@ def path_problem(cand: str, kernel_inode: tuple[int, int] | None = None) -> str 
     return None
 
 
-def resolve(
-    path: str, offset: int, pid: int | None = None, kernel_inode: tuple[int, int] | None = None
-) -> Resolved:
-    """Resolve one (path, offset), trying the holder's root first, then ours.
+@dataclass(frozen=True)
+class _File:
+    """What is known about one hooked file, whatever offsets are hooked in it."""
 
-    The file may live in an attacker's container: only regular files are opened
-    (a FIFO planted at the path would block the scan), and a malformed ELF gives
-    an unnamed hook with a note, never a failed scan. With ``kernel_inode`` (the
-    (st_dev, st_ino) the kernel hooked, from the in-kernel walk) a path that now
-    names another file is not used to name the function.
+    opened: str | None
+    inode: tuple[int, int] | None
+    image: object | None
+    how: str | None
+    note: str | None
+    problem: str | None
+    real_name: str | None
+    """The opened file's real path (for reach by file name), resolved once."""
+
+
+def _open_file(path: str, pid: int | None, kernel_inode: tuple[int, int] | None) -> _File:
+    """Find and open the hooked file once per (path, holder root, kernel inode).
+
+    Everything here is per file — a scan with 1,500 decoy probes in one library
+    stats, follows and parses it once, not 1,500 times.
     """
     note = None
     cands = candidates(path, pid)
@@ -118,33 +127,56 @@ def resolve(
         except (NotAnElf, OSError) as exc:
             note = str(exc)
             continue
-        moved = i >= 2 and _PROC_ROOT.match(path) is not None
-        how = (
-            "the root it was attached through is gone; named from the same path here"
-            if moved
-            else None
-        )
+        how = None
+        if i >= 2 and _PROC_ROOT.match(path) is not None:
+            how = "the root it was attached through is gone; named from the same path here"
+        real = os.path.realpath(cand)
         if "/map_files/" in cand:
-            real = os.path.realpath(cand)
             how = f"named from the inode the kernel hooked ({real}, mapped by another process)"
-            return _name(image, path, offset, cand, ident, how, problem)
-        try:
-            return _name(image, path, offset, cand, ident, how, problem)
-        except Exception as exc:  # malformed ELF from a hostile file: report, don't crash
-            return Resolved(
-                path,
-                offset,
-                None,
-                0,
-                _reach(None, path, cand),
-                cand,
-                ident,
-                f"could not parse {cand}: {type(exc).__name__}",
-                problem,
-            )
-    return Resolved(
-        path, offset, None, 0, _reach(None, path, None), None, kernel_inode, note, problem
-    )
+        return _File(cand, ident, image, how, None, problem, real)
+    return _File(None, kernel_inode, None, None, note, problem, None)
+
+
+def resolve(
+    path: str,
+    offset: int,
+    pid: int | None = None,
+    kernel_inode: tuple[int, int] | None = None,
+    *,
+    files: dict | None = None,
+) -> Resolved:
+    """Resolve one (path, offset), trying the holder's root first, then ours.
+
+    The file may live in an attacker's container: only regular files are opened
+    (a FIFO planted at the path would block the scan), and a malformed ELF gives
+    an unnamed hook with a note, never a failed scan. With ``kernel_inode`` (the
+    (st_dev, st_ino) the kernel hooked, from the in-kernel walk) a path that now
+    names another file is not used to name the function. ``files`` caches the
+    per-file work across calls of one scan.
+    """
+    files = {} if files is None else files
+    key = (path, pid, kernel_inode)
+    f = files.get(key)
+    if f is None:
+        f = files[key] = _open_file(path, pid, kernel_inode)
+    if f.image is None:
+        return Resolved(
+            path, offset, None, 0, _reach(None, path, None), None, f.inode, f.note, f.problem
+        )
+    try:
+        return _name(f, path, offset)
+    except Exception as exc:  # malformed ELF from a hostile file: report, don't crash
+        return Resolved(
+            path,
+            offset,
+            None,
+            0,
+            _reach(None, path, f.real_name),
+            f.opened,
+            f.inode,
+            f"could not parse {f.opened}: {type(exc).__name__}",
+            f.problem,
+        )
 
 
 def file_by_inode(inode: tuple[int, int]) -> str | None:
@@ -175,31 +207,32 @@ def file_by_inode(inode: tuple[int, int]) -> str | None:
     return None
 
 
-def _reach(function: str | None, path: str, opened: str | None) -> str:
+def _reach(function: str | None, path: str, real_name: str | None) -> str:
     """Reach by function name, or by the file: as given, or as it really is."""
     cls = reach(function, path, "uprobe")
-    if cls == OTHER and opened:
-        cls = reach(function, os.path.realpath(opened), "uprobe")
+    if cls == OTHER and real_name and crypto_file(real_name):
+        return CRYPTO
     return cls
 
 
-def _name(
-    image,
-    path: str,
-    offset: int,
-    cand: str,
-    ident: tuple[int, int],
-    how: str | None,
-    problem: str | None,
-) -> Resolved:
-    hit = image.function_at_offset(offset)
+def _name(f: _File, path: str, offset: int) -> Resolved:
+    image = f.image
+    hit = image.function_at_offset(offset)  # type: ignore[attr-defined]
     if hit is not None:
         sym, delta = hit
         return Resolved(
-            path, offset, sym.name, delta, _reach(sym.name, path, cand), cand, ident, how, problem
+            path,
+            offset,
+            sym.name,
+            delta,
+            _reach(sym.name, path, f.real_name),
+            f.opened,
+            f.inode,
+            f.how,
+            f.problem,
         )
     table = go_functions(image)
-    vaddr = image.offset_to_vaddr(offset)
+    vaddr = image.offset_to_vaddr(offset)  # type: ignore[attr-defined]
     if table is not None and vaddr is not None:
         fn = table.function_at(vaddr)
         if fn is not None:
@@ -208,20 +241,20 @@ def _name(
                 offset,
                 fn.name,
                 vaddr - fn.entry,
-                _reach(fn.name, path, cand),
-                cand,
-                ident,
-                how or "named from .gopclntab",
-                problem,
+                _reach(fn.name, path, f.real_name),
+                f.opened,
+                f.inode,
+                f.how or "named from .gopclntab",
+                f.problem,
             )
     return Resolved(
         path,
         offset,
         None,
         0,
-        _reach(None, path, cand),
-        cand,
-        ident,
-        how or "no symbol covers this offset (stripped?)",
-        problem,
+        _reach(None, path, f.real_name),
+        f.opened,
+        f.inode,
+        f.how or "no symbol covers this offset (stripped?)",
+        f.problem,
     )

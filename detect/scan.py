@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -161,7 +162,11 @@ def run_scan(options: ScanOptions | None = None) -> dict:
     with kernel or contextlib.nullcontext():
         doc = _scan(objects, kernel, walk_note, my_caps, options)
     doc["scanner"]["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
-    return _clean(doc)
+    try:  # almost always nothing to clean: let the C encoder say so in one pass
+        json.dumps(doc, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return _clean(doc)
+    return doc
 
 
 def _open_kernel_walker(

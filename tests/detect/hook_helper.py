@@ -198,6 +198,7 @@ def main() -> None:
     ap.add_argument("--map-name")
     ap.add_argument("--program", choices=("sniff", "counter", "signal"), default="sniff")
     ap.add_argument("--name", default="hook_helper")
+    ap.add_argument("--best-effort", action="store_true", help="skip targets that fail")
     ap.add_argument("--listen", action="store_true", help="listen on 0.0.0.0 (a loot server)")
     ap.add_argument("--write-file", help="keep this file open for writing (a loot file)")
     ap.add_argument("--gate")
@@ -206,6 +207,10 @@ def main() -> None:
     ap.add_argument("--session-id")
     ap.add_argument("targets", nargs="+")
     args = ap.parse_args()
+    import resource  # one perf fd per target: decoy tests ask for thousands
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     jti = args.grant_jti
     if args.gate:
         from ecap.authz.gate import authorize_capture
@@ -237,7 +242,12 @@ def main() -> None:
             links.append(link_multi(prog, path, offsets, args.ret))
             continue
         for off in offsets:
-            pfd = uprobe_event(path, off, args.ret)
+            try:
+                pfd = uprobe_event(path, off, args.ret)
+            except OSError:
+                if not args.best_effort:
+                    raise
+                continue  # an offset the kernel cannot probe (decoy lists)
             keep.append(pfd)
             if args.mode == "link":
                 links.append(link_perf(prog, pfd))
