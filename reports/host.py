@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ecap.detect import document
+from ecap.detect.views import VIEWS
 from ecap.reports import _render, scoring, tables
 from ecap.reports.remedy import Remedies
 from ecap.reports.tables import as_dict, as_list
@@ -19,70 +20,10 @@ from ecap.reports.tables import as_dict, as_list
 SCHEMA = "ecap.report.host/1"
 HINT = document.HINT
 
-INVENTORY: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...]], ...] = (
-    (
-        "programs",
-        "BPF programs",
-        (
-            "id",
-            "type",
-            "name",
-            "tag",
-            "load_time",
-            "created_by_uid",
-            "holders",
-            "map_ids",
-            "run_cnt",
-            "verified_insns",
-            "source",
-        ),
-        ("id", "created_by_uid", "run_cnt", "verified_insns", "btf_id", "run_time_ns"),
-    ),
-    (
-        "maps",
-        "BPF maps",
-        ("id", "type", "name", "event_output", "key_size", "value_size", "max_entries", "holders"),
-        ("id", "key_size", "value_size", "max_entries", "flags"),
-    ),
-    ("links", "BPF links", ("id", "type", "prog_id", "info", "holders"), ("id", "prog_id")),
-    (
-        "probes",
-        "Probes (uprobes, kprobes, tracepoints)",
-        (
-            "type",
-            "target",
-            "offset",
-            "prog_id",
-            "link_id",
-            "holder_pid",
-            "fd",
-            "source",
-            "event",
-            "enabled",
-            "pid_filter",
-        ),
-        ("offset", "prog_id", "link_id", "holder_pid", "fd", "pid_filter"),
-    ),
-    (
-        "pins",
-        "Pinned objects (bpffs, all mount namespaces)",
-        ("path", "kind", "obj_id", "mount_ns", "via_pid"),
-        ("obj_id", "via_pid"),
-    ),
-    (
-        "holders",
-        "Processes holding BPF objects",
-        ("pid", "fd", "kind", "obj_id", "prog_id"),
-        ("pid", "fd", "obj_id", "prog_id"),
-    ),
-    (
-        "sessions",
-        "Registered ecap capture sessions",
-        ("session_id", "status", "reason", "capture_pid", "prog_ids"),
-        ("capture_pid",),
-    ),
-    ("history", "BPF programs loaded and unloaded (audit log)", (), ("prog_id", "pid")),
+INVENTORY: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...]], ...] = tuple(
+    (v.key, v.title, v.keys, v.numeric) for v in VIEWS
 )
+"""The inventory tables, from the views the terminal prints too (detect/views.py)."""
 
 
 def load_scan(path: str | Path) -> dict[str, Any]:
