@@ -103,53 +103,6 @@ _CRYPTO_NAME = re.compile(
     r"ChaCha20|chacha20_|gcm_|OPENSSL_|BIO_|gnutls_|_gnutls_|nettle_|PK11_|PR_|"
     r"crypto/|vendor/golang\.org/x/crypto/|golang\.org/x/crypto/)"
 )
-_IO_FUNCTIONS = frozenset(
-    {
-        "read",
-        "write",
-        "readv",
-        "writev",
-        "pread",
-        "pwrite",
-        "pread64",
-        "pwrite64",
-        "preadv",
-        "pwritev",
-        "preadv2",
-        "pwritev2",
-        "preadv64",
-        "pwritev64",
-        "send",
-        "sendto",
-        "sendmsg",
-        "sendmmsg",
-        "recv",
-        "recvfrom",
-        "recvmsg",
-        "recvmmsg",
-        "fwrite",
-        "fread",
-        "fputs",
-        "fgets",
-        "splice",
-        "sendfile",
-        "sendfile64",
-        # Go's runtime and net stack: every Read/Write of a net.Conn passes here
-        "syscall.read",
-        "syscall.write",
-        "syscall.Read",
-        "syscall.Write",
-        "internal/poll.(*FD).Read",
-        "internal/poll.(*FD).Write",
-        "net.(*conn).Read",
-        "net.(*conn).Write",
-    }
-)
-# glibc aliases: __write, __libc_write, __GI___libc_write, __send, write_nocancel, read_chk
-_IO_ALIAS = re.compile(
-    r"^(?:__libc_|__GI___libc_|__GI___|__GI_|__|_)?(?P<base>[A-Za-z0-9_]+?)"
-    r"(?:_nocancel|_chk)?(?:@.*)?$"
-)
 _SYSCALLS_WITH_DATA = (
     "read",
     "write",
@@ -170,6 +123,34 @@ _SYSCALLS_WITH_DATA = (
     "splice",
     "vmsplice",
     "sendfile64",
+)
+_IO_FUNCTIONS = frozenset(_SYSCALLS_WITH_DATA) | {
+    # the C library's own names and buffered I/O
+    "pread",
+    "pwrite",
+    "preadv64",
+    "pwritev64",
+    "send",
+    "recv",
+    "fwrite",
+    "fread",
+    "fputs",
+    "fgets",
+    "sendfile",
+    # Go's runtime and net stack: every Read/Write of a net.Conn passes here
+    "syscall.read",
+    "syscall.write",
+    "syscall.Read",
+    "syscall.Write",
+    "internal/poll.(*FD).Read",
+    "internal/poll.(*FD).Write",
+    "net.(*conn).Read",
+    "net.(*conn).Write",
+}
+# glibc aliases: __write, __libc_write, __GI___libc_write, __send, write_nocancel, read_chk
+_IO_ALIAS = re.compile(
+    r"^(?:__libc_|__GI___libc_|__GI___|__GI_|__|_)?(?P<base>[A-Za-z0-9_]+?)"
+    r"(?:_nocancel|_chk)?(?:@.*)?$"
 )
 _SYSCALL_TRACEPOINTS = frozenset(
     [f"sys_{edge}_{name}" for name in _SYSCALLS_WITH_DATA for edge in ("enter", "exit")]

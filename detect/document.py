@@ -107,13 +107,15 @@ def loads(text: str | bytes, what: str = "scan document", hint: str = HINT) -> d
     return validate(doc, what, hint)
 
 
-def load(path: str | os.PathLike[str], hint: str = HINT) -> dict[str, Any]:
-    """Read, parse and validate a scan document file (UsageError, exit 2, otherwise).
+def read_bounded(
+    path: str | os.PathLike[str], what: str, hint: str, limit: int = MAX_BYTES
+) -> bytes:
+    """The bytes of an input document, or UsageError naming what is wrong with it.
 
-    Only a regular file is read (a FIFO would block), and only up to MAX_BYTES.
+    Only a regular file is read (opened non-blocking, so a FIFO cannot hang the
+    reader), and only when it is at most ``limit`` bytes: checked with fstat on
+    the open file, and again while reading. Every ecap reader of documents uses it.
     """
-    shown = printable(str(path))
-    what = f"scan file {shown}"
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -128,17 +130,25 @@ def load(path: str | os.PathLike[str], hint: str = HINT) -> dict[str, Any]:
             raise UsageError(f"{what} is a directory", hint=hint)
         if not stat.S_ISREG(st.st_mode):
             raise UsageError(f"{what} is not a regular file", hint=hint)
-        if st.st_size > MAX_BYTES:
+        if st.st_size > limit:
             raise UsageError(
-                f"{what} is {st.st_size} bytes, larger than any real scan ({MAX_BYTES})",
-                hint=hint,
+                f"{what} is {st.st_size} bytes, larger than any real one ({limit})", hint=hint
             )
         with os.fdopen(os.dup(fd), "rb") as f:
-            raw = f.read(MAX_BYTES + 1)
+            raw = f.read(limit + 1)
     except OSError as exc:
         raise UsageError(f"cannot read {what}: {exc.strerror}", hint=hint) from None
     finally:
         os.close(fd)
+    if len(raw) > limit:
+        raise UsageError(f"{what} grew past {limit} bytes while being read", hint=hint)
+    return raw
+
+
+def load(path: str | os.PathLike[str], hint: str = HINT) -> dict[str, Any]:
+    """Read, parse and validate a scan document file (UsageError, exit 2, otherwise)."""
+    what = f"scan file {printable(str(path))}"
+    raw = read_bounded(path, what, hint)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

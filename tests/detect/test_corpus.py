@@ -312,27 +312,16 @@ def test_where_the_loot_goes(hook, tmp_path):
 def test_a_killed_capture_leaves_a_stale_session_and_an_unfinished_journal_entry(
     ecap_env, hook, tls_victim
 ):
-    import jwt
-
-    from tests.detect.test_authorization import _register
+    """A stand-in capture (the real gate, capture.start, a session file) killed with SIGKILL."""
+    from tests.detect.test_authorization import _as_capture, _register
 
     tok = ecap_env.authorize([tls_victim.pid])
-    claims = jwt.decode(tok, options={"verify_signature": False})
     sid = "feedfacefeedfacefeedfacefeedface"
-    h = hook(
-        f"{LIBSSL}:SSL_write",
-        capture_args=["--grant-jti", claims["jti"], "--gate-pid", str(tls_victim.pid),
-                      "--session-id", sid],
-    )  # fmt: skip
+    h = hook(f"{LIBSSL}:SSL_write", capture_args=_as_capture(ecap_env, tok, tls_victim.pid, sid))
     _register(
-        ecap_env,
-        tok,
-        hook_pid=h.pid,
-        prog_ids=h.prog_ids,
-        victim_pid=tls_victim.pid,
-        jti=claims["jti"],
-        session_id=sid,
-    )
+        ecap_env, tok, hook_pid=h.pid, prog_ids=h.prog_ids, victim_pid=tls_victim.pid,
+        jti=h.facts["jti"], session_id=sid,
+    )  # fmt: skip
     assert h.proc is not None
     h.proc.send_signal(signal.SIGKILL)
     h.proc.wait(timeout=10)
