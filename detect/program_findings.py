@@ -17,6 +17,7 @@ that matter without one:
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 from collections.abc import Iterable
 
@@ -237,6 +238,26 @@ def _ifname(ifindex: int) -> str:
     return f"ifindex {ifindex}"
 
 
+def _packet_socket_interfaces(pid: int) -> list[str]:
+    """Interfaces of the packet sockets ``pid`` holds (its /proc/PID/net/packet,
+    matched by socket inode): where a socket filter taps."""
+    try:
+        with open(f"/proc/{pid}/net/packet") as f:
+            rows = [line.split() for line in f.read().splitlines()[1:]]
+        by_inode = {r[8]: int(r[4]) for r in rows if len(r) >= 9 and r[4].isdigit()}
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return []
+    out = []
+    for name in names:
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{name}")
+            inode = target[len("socket:[") : -1] if target.startswith("socket:[") else None
+            if by_inode.get(inode):
+                out.append(_ifname(by_inode[inode]))
+    return out
+
+
 def packet_tap_findings(inv: Inventory) -> list[dict]:
     """Packet programs that read packet data and can copy it to user space."""
     attached: dict[int, list[str]] = {}
@@ -260,8 +281,13 @@ def packet_tap_findings(inv: Inventory) -> list[dict]:
         if where:
             place = "on " + ", ".join(where)
         elif prog.type == "socket_filter":
-            place = "on the sockets of " + (
-                ", ".join(f"pid {p}" for p in sorted(pids)) or "an unknown process"
+            ifaces = sorted({i for p in pids for i in _packet_socket_interfaces(p)})
+            where = [f"{i} (packet socket)" for i in ifaces] or None
+            holders_txt = ", ".join(f"pid {p}" for p in sorted(pids)) or "an unknown process"
+            place = (
+                f"on {', '.join(where)} through a socket of {holders_txt}"
+                if where
+                else f"on the sockets of {holders_txt}"
             )
         else:
             place = "attached without a BPF link (netlink tc/XDP) or not attached"
@@ -289,7 +315,7 @@ def packet_tap_findings(inv: Inventory) -> list[dict]:
                 remedy=ROGUE,
             )
         )
+        out[-1]["interfaces"] = where or []
         if holders:
             out[-1]["destinations"] = owners.destinations(holders[0]["pid"])
-            out[-1]["interfaces"] = where or []
     return out

@@ -13,7 +13,8 @@ then sleeps until killed — or exits, when leaving the program behind is the po
   are sent over a unix socket (SCM_RIGHTS) and never received; the socket's other
   end goes to a ``sleep``, and the loader exits without bcc's clean-up;
 * ``symlink PATH`` — a sniffer on ``SSL_write`` attached through PATH (a symlink);
-* ``tc`` — a TC program on ``lo`` (tcx ingress link) copying packets to user space.
+* ``tc`` — a TC program on ``lo`` (tcx ingress link) copying packets to user space;
+* ``sockfilter`` — the same tap as a socket filter on a raw packet socket on ``lo``.
 
 Usage: bcc_corpus.py MODE [ARG]
 """
@@ -181,6 +182,14 @@ def tc_mode() -> None:
     sleep_forever()
 
 
+def sockfilter_mode() -> None:
+    b = BPF(text=TC_TAP.replace("return -1; /* TCX_NEXT: let the packet go on */", "return 0;"))
+    fn = b.load_func(b"tap_packets", BPF.SOCKET_FILTER)
+    BPF.attach_raw_socket(fn, "lo")  # an AF_PACKET socket with the program attached
+    ready(prog_ids=[prog_id(fn.fd)], socket_fd=fn.sock)
+    sleep_forever()
+
+
 def main() -> None:
     mode = sys.argv[1]
     arg = sys.argv[2] if len(sys.argv) > 2 else None
@@ -202,6 +211,8 @@ def main() -> None:
         uprobe_mode(SNIFF_ARG, "probe_copy_arg", str(arg), "SSL_write", SSL_ARGS)
     elif mode == "tc":
         tc_mode()
+    elif mode == "sockfilter":
+        sockfilter_mode()
     else:
         raise SystemExit(f"unknown mode {mode}")
 

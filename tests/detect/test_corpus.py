@@ -36,7 +36,7 @@ from tests.detect.conftest import (
 
 pytestmark = pytest.mark.bpf
 
-CORPUS = ("evp", "evp-counter", "write-tp", "write-tp-counter", "ssl-counter", "tc")
+CORPUS = ("evp", "evp-counter", "write-tp", "write-tp-counter", "ssl-counter", "tc", "sockfilter")
 
 
 def start(mode: str, *args: str) -> subprocess.Popen[str]:
@@ -116,6 +116,15 @@ def test_tc_program_copying_packets_is_a_packet_tap_with_its_interface(corpus):
     assert f["interfaces"] == ["lo (tcx)"]
     assert f["owner"]["pid"] == facts["tc"]["pid"]
     assert {"read-socket-data", "output-to-user"} <= set(f["capabilities"])
+
+
+def test_socket_filter_copying_packets_is_a_packet_tap_on_its_socket_interface(corpus):
+    doc, facts = corpus
+    ids = set(facts["sockfilter"]["prog_ids"])
+    (f,) = [x for x in doc["findings"] if set(x["programs"]) == ids]
+    assert f["category"] == "packet-tap" and f["severity"] == "high"
+    assert f["interfaces"] == ["lo (packet socket)"]
+    assert f["owner"]["pid"] == facts["sockfilter"]["pid"]
 
 
 def test_capabilities_reach_every_printer(corpus, tmp_path):
