@@ -2,15 +2,12 @@
 
 Probes are grouped by *actor* — the process holding them, or, when no process
 does, the bpffs pin or tracefs event that keeps them alive — so one finding says
-"pid 4242 (bpftrace) hooks SSL_write in libssl.so.3; 3 processes exposed". The
-severity rules (issue 4):
-
-* hooks a plaintext function, authorized live capture ........ info
-* same, token genuine but expired, still attached ............ high
-* anything else hooking a plaintext function ................. critical
-* uprobe on another function .................................. medium
-* tracefs plaintext probe defined but disabled, kprobes ....... medium / low
-* program pinned with no holder and no attachment seen ........ low
+"pid 4242 (bpftrace) hooks SSL_write in libssl.so.3; 3 processes exposed". Each
+hook is judged by what its program can do and where it hooks
+(:mod:`ecap.detect.judge`, the rule table); an authorized ecap capture makes the
+finding ``info``, a genuine but expired one ``high``. Programs without a visible
+attachment are :mod:`ecap.detect.program_findings`; posture, history and stale
+sessions are :mod:`ecap.detect.host_findings`.
 """
 
 from __future__ import annotations
@@ -598,101 +595,5 @@ def _evidence(
     return ev
 
 
-def _show(value: object) -> str:
-    if isinstance(value, dict):
-        return ", ".join(f"{k}={_show(v)}" for k, v in value.items())
-    if isinstance(value, list):
-        return " ".join(map(str, value)) or "none"
-    return "unknown" if value is None else str(value)
-
-
-def posture_findings(issues: Iterable) -> list[dict]:
-    return [
-        {
-            "id": _finding_id("posture", i.key),
-            "severity": i.severity,
-            "category": "posture",
-            "title": i.title,
-            "summary": f"{i.key}: {_show(i.value)}",
-            "hooked": [],
-            "owner": None,
-            "victims": [],
-            "authorized": False,
-            "authorization": {},
-            "programs": [],
-            "evidence": [f"{i.key}: {_show(i.value)}"],
-            "why": i.why,
-            "remediation": list(i.remediation),
-        }
-        for i in issues
-    ]
-
-
-def history_findings(transient: list[dict]) -> list[dict]:
-    if not transient:
-        return []
-    loaders = sorted({t.get("exe") or "?" for t in transient})
-    return [
-        {
-            "id": _finding_id("history", tuple(t["prog_id"] for t in transient)),
-            "severity": "info",
-            "category": "load-history",
-            "title": f"{len(transient)} BPF program(s) were loaded and unloaded since the audit log began",
-            "summary": "loaded by " + ", ".join(loaders[:10]),
-            "hooked": [],
-            "owner": None,
-            "victims": [],
-            "authorized": False,
-            "authorization": {},
-            "programs": [],
-            "evidence": [
-                f"prog {t['prog_id']} loaded by {t.get('exe')} (pid {t.get('pid')}, auid "
-                f"{t.get('auid')}) and unloaded"
-                for t in transient[:50]
-            ],
-            "why": "a sniffer that ran between scans is visible only in the audit trail",
-            "remediation": [remediation.AUDITD_BPF_SYSCALLS],
-        }
-    ]
-
-
 def sort_findings(findings: list[dict]) -> list[dict]:
     return sorted(findings, key=lambda f: (-RANK[f["severity"]], f["category"], f["title"]))
-
-
-def stale_session_findings(verdicts: Iterable[Verdict]) -> list[dict]:
-    """Session files whose capture process is gone: a capture killed with SIGKILL
-    never removed its file nor journalled its stop (an accountability gap)."""
-    out = []
-    for v in verdicts:
-        if v.capture_alive or not v.capture_pid:
-            continue
-        out.append(
-            {
-                "id": _finding_id("stale-session", v.session_id, v.capture_pid),
-                "severity": "medium",
-                "category": "stale-session",
-                "title": f"Stale capture session {v.session_id}: capture pid {v.capture_pid} "
-                "is gone but its session file remains",
-                "summary": "the capture did not stop cleanly (killed?): its stop is missing "
-                "from the journal (ecap-audit journal verify lists it)",
-                "hooked": [],
-                "owner": None,
-                "victims": [],
-                "authorized": False,
-                "authorization": {},
-                "programs": sorted(v.prog_ids),
-                "evidence": [
-                    f"session file {v.path}" if v.path else f"session {v.session_id}",
-                    f"capture pid {v.capture_pid} is not running",
-                    f"session verdict: {v.status} ({v.reason})",
-                ],
-                "why": "a capture that ends without its stop record leaves an audit trail "
-                "that cannot say when the capture ended or how much it captured",
-                "remediation": [remediation.AUDITD_BPF_SYSCALLS],
-                "capabilities": None,
-                "reach": [],
-                "destinations": None,
-            }
-        )
-    return out

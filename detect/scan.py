@@ -27,6 +27,7 @@ from ecap.detect import (
     capabilities,
     findings,
     holders,
+    host_findings,
     links,
     maps,
     owners,
@@ -277,10 +278,10 @@ def _scan(
             loads=history.live_loads if history is not None else None,
         )
     found += program_findings.packet_tap_findings(inv)
-    found += findings.stale_session_findings(verdicts)
-    found += findings.posture_findings(posture.issues(post))
+    found += host_findings.stale_session_findings(verdicts)
+    found += host_findings.posture_findings(posture.issues(post))
     if history is not None:
-        found += findings.history_findings(history.transient)
+        found += host_findings.history_findings(history.transient)
     found = findings.sort_findings(found)
 
     counts = {s: 0 for s in findings.SEVERITIES}
