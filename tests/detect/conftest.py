@@ -50,13 +50,13 @@ def remove_bcc_tracefs_events(pid: int) -> None:
     ``..._bcc_<pid>`` (our bcc sniffer: ``..._ecaptest_..._<pid>``); a killed tool
     leaves them behind, so tests remove their own."""
     from ecap import host
+    from ecap.detect.tracefs import parse_events  # the one uprobe_events parser
 
     root = host.tracefs_root()
     if root is None:
         return
-    text = (root / "uprobe_events").read_text()
-    for line in text.splitlines():
-        name = line.split()[0].split(":", 1)[1] if line.strip() else ""
+    events = parse_events((root / "uprobe_events").read_text(), uprobe=True)
+    for name in (f"{ev.group}/{ev.event}" for ev in events):
         if name.endswith((f"_bcc_{pid}", f"_{pid}")) and ("_bcc_" in name or "ecaptest" in name):
             fd = os.open(root / "uprobe_events", os.O_WRONLY | os.O_APPEND)
             try:

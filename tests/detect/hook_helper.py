@@ -278,6 +278,9 @@ def main() -> None:
 
         server = socket.create_server(("0.0.0.0", 0))
         facts["port"] = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", facts["port"]))  # a connection out
+        _accepted, _ = server.accept()  # kept open: the other end of the connection
+        facts["client_port"] = client.getsockname()[1]
     if args.write_file:
         loot = open(args.write_file, "a")  # noqa: SIM115 (kept open until killed)
         facts["file"] = loot.name

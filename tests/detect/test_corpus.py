@@ -313,6 +313,10 @@ def test_where_the_loot_goes(hook, tmp_path):
     dest = f["destinations"]
     listening = {(x["address"], x["port"]): x for x in dest["listening"]}
     assert listening[("0.0.0.0", h.facts["port"])]["exposed"] is True
+    peers = {c["peer"]: c for c in dest["connections"]}
+    out = peers[f"127.0.0.1:{h.facts['port']}"]
+    assert out["status"] == "ESTABLISHED" and out["remote"] is False
+    assert any(e.startswith("connected tcp ") for e in f["evidence"])
     assert str(loot) in dest["files_written"]
     assert any(e.startswith("LISTENS on tcp 0.0.0.0:") for e in f["evidence"])
     assert f"writes file {loot}" in f["evidence"]
