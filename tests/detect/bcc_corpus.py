@@ -14,7 +14,8 @@ then sleeps until killed — or exits, when leaving the program behind is the po
   end goes to a ``sleep``, and the loader exits without bcc's clean-up;
 * ``symlink PATH`` — a sniffer on ``SSL_write`` attached through PATH (a symlink);
 * ``tc`` — a TC program on ``lo`` (tcx ingress link) copying packets to user space;
-* ``sockfilter`` — the same tap as a socket filter on a raw packet socket on ``lo``.
+* ``sockfilter`` — the same tap as a socket filter on a raw packet socket on ``lo``;
+* ``xdp`` — an XDP program on ``lo`` (generic mode, XDP link) copying packets out.
 
 Usage: bcc_corpus.py MODE [ARG]
 """
@@ -182,6 +183,28 @@ def tc_mode() -> None:
     sleep_forever()
 
 
+XDP_TAP = r"""
+#include <uapi/linux/bpf.h>
+BPF_PERF_OUTPUT(frames);
+int tap_frames(struct xdp_md *ctx) {
+    u32 len = ctx->data_end - ctx->data;
+    frames.perf_submit_skb(ctx, len, &len, sizeof(len));
+    return XDP_PASS;
+}
+"""
+
+
+def xdp_mode() -> None:
+    b = BPF(text=XDP_TAP)
+    fn = b.load_func(b"tap_frames", BPF.XDP)
+    attr = ct.create_string_buffer(64)
+    # BPF_LINK_CREATE: prog, ifindex, attach type BPF_XDP (37), flags XDP_FLAGS_SKB_MODE (2)
+    struct.pack_into("<IIII", attr, 0, fn.fd, socket.if_nametoindex("lo"), 37, 2)
+    link = bpfsys.bpf(28, attr)
+    ready(prog_ids=[prog_id(fn.fd)], link_fd=link, ifname="lo")
+    sleep_forever()
+
+
 def sockfilter_mode() -> None:
     b = BPF(text=TC_TAP.replace("return -1; /* TCX_NEXT: let the packet go on */", "return 0;"))
     fn = b.load_func(b"tap_packets", BPF.SOCKET_FILTER)
@@ -213,6 +236,8 @@ def main() -> None:
         tc_mode()
     elif mode == "sockfilter":
         sockfilter_mode()
+    elif mode == "xdp":
+        xdp_mode()
     else:
         raise SystemExit(f"unknown mode {mode}")
 

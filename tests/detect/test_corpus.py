@@ -36,7 +36,16 @@ from tests.detect.conftest import (
 
 pytestmark = pytest.mark.bpf
 
-CORPUS = ("evp", "evp-counter", "write-tp", "write-tp-counter", "ssl-counter", "tc", "sockfilter")
+CORPUS = (
+    "evp",
+    "evp-counter",
+    "write-tp",
+    "write-tp-counter",
+    "ssl-counter",
+    "tc",
+    "xdp",
+    "sockfilter",
+)
 
 
 def start(mode: str, *args: str) -> subprocess.Popen[str]:
@@ -108,13 +117,16 @@ def test_a_counting_tracepoint_is_inventory_not_a_finding(corpus):
     )
 
 
-def test_tc_program_copying_packets_is_a_packet_tap_with_its_interface(corpus):
+@pytest.mark.parametrize("mode,where", [("tc", "lo (tcx)"), ("xdp", "lo (xdp)")])
+def test_tc_and_xdp_programs_copying_packets_are_packet_taps_with_their_interface(
+    corpus, mode, where
+):
     doc, facts = corpus
-    ids = set(facts["tc"]["prog_ids"])
+    ids = set(facts[mode]["prog_ids"])
     (f,) = [x for x in doc["findings"] if set(x["programs"]) == ids]
     assert f["category"] == "packet-tap" and f["severity"] == "high"
-    assert f["interfaces"] == ["lo (tcx)"]
-    assert f["owner"]["pid"] == facts["tc"]["pid"]
+    assert f["interfaces"] == [where]
+    assert f["owner"]["pid"] == facts[mode]["pid"]
     assert {"read-socket-data", "output-to-user"} <= set(f["capabilities"])
 
 
