@@ -214,3 +214,21 @@ def test_dormant_and_unheld_programs():
 )
 def test_reach_classification(function, path, ptype, expected):
     assert classify.reach(function, path, ptype) == expected
+
+
+def test_hidden_call_targets_leave_capabilities_unknown(monkeypatch):
+    """Under kernel.kptr_restrict=2 calls read as 0, or kallsyms shows no addresses."""
+    from ecap.detect import kallsyms, programs
+    from ecap.detect.model import Map, Program
+
+    stream = _insn(0x85, imm=-4096) + _insn(0x95)
+    prog = Program(id=1, type="kprobe", name="p", tag="t", map_ids=(7,))
+    monkeypatch.setattr(kallsyms, "resolve", lambda offsets: None)
+    (named,) = programs.name_helpers([(prog, insns.decode(stream))])
+    assert named.helpers is None
+    (hidden,) = programs.name_helpers([(prog, insns.decode(_insn(0x85, imm=0) + _insn(0x95)))])
+    assert hidden.helpers is None
+    (assessed,) = caps.assess([named], {7: Map(id=7, type="ringbuf", name="m")})
+    assert assessed.capabilities is None
+    v = judge.judge_hook(reach="tls", probe_type="uprobe", caps=None, has_program=True)
+    assert (v.severity, v.kind) == ("critical", judge.UNKNOWN)  # judged by name, as before
