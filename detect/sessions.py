@@ -26,6 +26,7 @@ from ecap.errors import AuthorizationRefused
 from ecap.sessions import SessionRecord
 
 if TYPE_CHECKING:
+    from ecap.authz.token import Grant
     from ecap.journal import Journal
 
 # Token verification (PyJWT, cryptography) is imported only when a session file
@@ -231,7 +232,7 @@ def _journal_problem(record: SessionRecord, jti: str, evidence: JournalEvidence)
     return None
 
 
-def verify_claim(record: SessionRecord) -> tuple[str, object]:
+def verify_claim(record: SessionRecord) -> tuple[str, Grant]:
     """(status, grant): the token verified once, with the gate's composable checks.
 
     Signature, host, lifetime and revocation first, then the session's own claims
@@ -283,15 +284,13 @@ def evaluate(
             path=path,
         )
 
-    if record.jti and not isinstance(record.jti, str):
-        return rejected("session jti is not a string")
     try:
         status, grant = verify_claim(record)
     except AuthorizationRefused as refusal:
         return rejected(f"token does not verify: {refusal.message}")
-    if record.jti and record.jti != grant.jti:  # type: ignore[attr-defined]
+    if record.jti and record.jti != grant.jti:
         return rejected("session jti differs from the token's")
-    problem = _journal_problem(record, grant.jti, journal)  # type: ignore[attr-defined]
+    problem = _journal_problem(record, grant.jti, journal)
     if problem:
         return rejected(problem)
     if not record.prog_ids:
@@ -305,14 +304,14 @@ def evaluate(
             f"capture pid {record.capture_pid} does not hold the programs the session names"
         )
     authorization = {
-        "operator": grant.operator,  # type: ignore[attr-defined]
-        "reason": grant.reason,  # type: ignore[attr-defined]
-        "expires_at": grant.expires_at,  # type: ignore[attr-defined]
-        "issuer": grant.issuer,  # type: ignore[attr-defined]
-        "jti": grant.jti,  # type: ignore[attr-defined]
-        "kid": grant.kid,  # type: ignore[attr-defined]
+        "operator": grant.operator,
+        "reason": grant.reason,
+        "expires_at": grant.expires_at,
+        "issuer": grant.issuer,
+        "jti": grant.jti,
+        "kid": grant.kid,
         "session_id": record.session_id,
-        "targets": [{"pid": t.pid, "start_time": t.start_time} for t in grant.targets],  # type: ignore[attr-defined]
+        "targets": [{"pid": t.pid, "start_time": t.start_time} for t in grant.targets],
         "module": record.module,
     }
     reason = "token verified, journal grant found, programs held by the capture process"
