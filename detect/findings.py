@@ -203,6 +203,42 @@ def _claims(inv: Inventory, prog_ids: set[int]) -> list[Verdict]:
     return [v for v in inv.verdicts if prog_ids & v.prog_ids]
 
 
+def make_finding(
+    *,
+    fid: str,
+    severity: str,
+    category: str,
+    title: str,
+    summary: str,
+    evidence: list[str],
+    why: str,
+    remediation: list[str],
+    owner: dict | None = None,
+    programs: list[int] | None = None,
+    capabilities: list[str] | None = None,
+) -> dict:
+    """A finding with every field a hook finding has (readers rely on one shape)."""
+    return {
+        "id": fid,
+        "severity": severity,
+        "category": category,
+        "title": title,
+        "summary": summary,
+        "hooked": [],
+        "owner": owner,
+        "victims": [],
+        "authorized": False,
+        "authorization": {},
+        "programs": programs or [],
+        "evidence": evidence,
+        "why": why,
+        "remediation": remediation,
+        "capabilities": capabilities,
+        "reach": [],
+        "destinations": None,
+    }
+
+
 def _finding_id(*parts: object) -> str:
     digest = hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()
     return f"ECAP-{digest[:12]}"

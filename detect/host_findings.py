@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ecap import remediation
-from ecap.detect.findings import _finding_id
+from ecap.detect.findings import _finding_id, make_finding
 from ecap.detect.sessions import Verdict
 
 
@@ -19,22 +19,16 @@ def _show(value: object) -> str:
 
 def posture_findings(issues: Iterable) -> list[dict]:
     return [
-        {
-            "id": _finding_id("posture", i.key),
-            "severity": i.severity,
-            "category": "posture",
-            "title": i.title,
-            "summary": f"{i.key}: {_show(i.value)}",
-            "hooked": [],
-            "owner": None,
-            "victims": [],
-            "authorized": False,
-            "authorization": {},
-            "programs": [],
-            "evidence": [f"{i.key}: {_show(i.value)}"],
-            "why": i.why,
-            "remediation": list(i.remediation),
-        }
+        make_finding(
+            fid=_finding_id("posture", i.key),
+            severity=i.severity,
+            category="posture",
+            title=i.title,
+            summary=f"{i.key}: {_show(i.value)}",
+            evidence=[f"{i.key}: {_show(i.value)}"],
+            why=i.why,
+            remediation=list(i.remediation),
+        )
         for i in issues
     ]
 
@@ -44,62 +38,46 @@ def history_findings(transient: list[dict]) -> list[dict]:
         return []
     loaders = sorted({t.get("exe") or "?" for t in transient})
     return [
-        {
-            "id": _finding_id("history", tuple(t["prog_id"] for t in transient)),
-            "severity": "info",
-            "category": "load-history",
-            "title": f"{len(transient)} BPF program(s) were loaded and unloaded since the audit log began",
-            "summary": "loaded by " + ", ".join(loaders[:10]),
-            "hooked": [],
-            "owner": None,
-            "victims": [],
-            "authorized": False,
-            "authorization": {},
-            "programs": [],
-            "evidence": [
+        make_finding(
+            fid=_finding_id("history", tuple(t["prog_id"] for t in transient)),
+            severity="info",
+            category="load-history",
+            title=f"{len(transient)} BPF program(s) were loaded and unloaded since the audit "
+            "log began",
+            summary="loaded by " + ", ".join(loaders[:10]),
+            evidence=[
                 f"prog {t['prog_id']} loaded by {t.get('exe')} (pid {t.get('pid')}, auid "
                 f"{t.get('auid')}) and unloaded"
                 for t in transient[:50]
             ],
-            "why": "a sniffer that ran between scans is visible only in the audit trail",
-            "remediation": [remediation.AUDITD_BPF_SYSCALLS],
-        }
+            why="a sniffer that ran between scans is visible only in the audit trail",
+            remediation=[remediation.AUDITD_BPF_SYSCALLS],
+        )
     ]
 
 
 def stale_session_findings(verdicts: Iterable[Verdict]) -> list[dict]:
     """Session files whose capture process is gone: a capture killed with SIGKILL
     never removed its file nor journalled its stop (an accountability gap)."""
-    out = []
-    for v in verdicts:
-        if v.capture_alive or not v.capture_pid:
-            continue
-        out.append(
-            {
-                "id": _finding_id("stale-session", v.session_id, v.capture_pid),
-                "severity": "medium",
-                "category": "stale-session",
-                "title": f"Stale capture session {v.session_id}: capture pid {v.capture_pid} "
-                "is gone but its session file remains",
-                "summary": "the capture did not stop cleanly (killed?): its stop is missing "
-                "from the journal (ecap-audit journal verify lists it)",
-                "hooked": [],
-                "owner": None,
-                "victims": [],
-                "authorized": False,
-                "authorization": {},
-                "programs": sorted(v.prog_ids),
-                "evidence": [
-                    f"session file {v.path}" if v.path else f"session {v.session_id}",
-                    f"capture pid {v.capture_pid} is not running",
-                    f"session verdict: {v.status} ({v.reason})",
-                ],
-                "why": "a capture that ends without its stop record leaves an audit trail "
-                "that cannot say when the capture ended or how much it captured",
-                "remediation": [remediation.AUDITD_BPF_SYSCALLS],
-                "capabilities": None,
-                "reach": [],
-                "destinations": None,
-            }
+    return [
+        make_finding(
+            fid=_finding_id("stale-session", v.session_id, v.capture_pid),
+            severity="medium",
+            category="stale-session",
+            title=f"Stale capture session {v.session_id}: capture pid {v.capture_pid} "
+            "is gone but its session file remains",
+            summary="the capture did not stop cleanly (killed?): its stop is missing "
+            "from the journal (ecap-audit journal verify lists it)",
+            programs=sorted(v.prog_ids),
+            evidence=[
+                f"session file {v.path}" if v.path else f"session {v.session_id}",
+                f"capture pid {v.capture_pid} is not running",
+                f"session verdict: {v.status} ({v.reason})",
+            ],
+            why="a capture that ends without its stop record leaves an audit trail "
+            "that cannot say when the capture ended or how much it captured",
+            remediation=[remediation.AUDITD_BPF_SYSCALLS],
         )
-    return out
+        for v in verdicts
+        if not v.capture_alive and v.capture_pid
+    ]

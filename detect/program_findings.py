@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from ecap import remediation
 from ecap.detect import capabilities as capmod
 from ecap.detect import owners
-from ecap.detect.findings import Inventory, _finding_id, program_evidence
+from ecap.detect.findings import Inventory, _finding_id, make_finding, program_evidence
 from ecap.detect.judge import dormant_program, unheld_program
 from ecap.detect.model import Program
 
@@ -37,40 +37,10 @@ ROGUE = [
 _PACKET_LINKS = ("tcx", "xdp", "netkit")
 
 
-def _base(
-    *,
-    fid: str,
-    severity: str,
-    category: str,
-    title: str,
-    summary: str,
-    owner: dict | None,
-    prog: Program | None,
-    prog_ids: list[int],
-    evidence: list[str],
-    why: str,
-    remedy: list[str],
-) -> dict:
-    """A finding with every field a probe finding has (readers rely on the shape)."""
-    return {
-        "id": fid,
-        "severity": severity,
-        "category": category,
-        "title": title,
-        "summary": summary,
-        "hooked": [],
-        "owner": owner,
-        "victims": [],
-        "authorized": False,
-        "authorization": {},
-        "programs": prog_ids,
-        "evidence": evidence,
-        "why": why,
-        "remediation": remedy,
-        "capabilities": list(prog.capabilities) if prog and prog.capabilities is not None else None,
-        "reach": [],
-        "destinations": None,
-    }
+def _base(*, prog: Program | None, prog_ids: list[int], remedy: list[str], **fields) -> dict:
+    """A finding about one program (its capabilities carried along)."""
+    caps = list(prog.capabilities) if prog and prog.capabilities is not None else None
+    return make_finding(programs=prog_ids, capabilities=caps, remediation=remedy, **fields)
 
 
 def _label(prog: Program | None, prog_id: int) -> str:
