@@ -4,7 +4,10 @@ Scenarios (each measured several times, median reported):
 
 1. this host as it is;
 2. with a uprobe sniffer attached to libssl (victim search reads every maps file);
-3. with 2,000 extra processes each holding 16 open fds (the fd walk is linear in fds).
+3. with 2,000 extra processes each holding 16 open fds (the fd walk is linear in fds);
+4. with 1,500 decoy uprobes (one process, one counter program, 1,500 perf-event
+   uprobes on distinct libc functions): every probe is queried, resolved and
+   classified, so the scan must stay linear in probes (issue 17: it took 5.7 s).
 
 For each, the wall time of the full scan — the library call with each fd walk
 (``auto``, which the command uses, ``procfs`` and ``kernel``), and the
@@ -37,6 +40,8 @@ LIBSSL = "/usr/lib/x86_64-linux-gnu/libssl.so.3"
 RUNS = 7
 EXTRA_PROCS = 2000
 FDS_EACH = 16
+DECOYS = 1500
+LIBC = "/usr/lib/x86_64-linux-gnu/libc.so.6"
 
 
 def _time(fn) -> float:
@@ -124,6 +129,36 @@ def _spawn_fd_holders(n: int) -> list[subprocess.Popen]:
     return procs
 
 
+def _decoy_targets(n: int) -> list[str]:
+    """``LIBC:0xOFFSET`` of n distinct function entries."""
+    from ecap.elf import open_elf
+
+    image = open_elf(LIBC)
+    _addrs, syms = image._by_address
+    offsets = sorted(
+        {image.vaddr_to_offset(v) for _name, v, size in syms if size > 16 and v % 16 == 0} - {None}
+    )
+    return [f"{LIBC}:{off:#x}" for off in offsets[:n]]  # type: ignore[str-format]
+
+
+def _start_decoys(n: int) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "tests/detect/hook_helper.py"),
+            "--program",
+            "counter",
+            "--best-effort",
+            *_decoy_targets(n),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    proc.stdout.readline()
+    return proc
+
+
 def _compile_bytecode() -> None:
     """Byte-compile ecap as a wheel install would: with PYTHONDONTWRITEBYTECODE set
     (as on these machines) an editable install otherwise recompiles every module
@@ -166,6 +201,12 @@ def main() -> int:
     finally:
         sniffer.terminate()
         sniffer.wait()
+    decoys = _start_decoys(DECOYS)
+    try:
+        results.append(measure(f"{DECOYS} decoy uprobes (counters)"))
+    finally:
+        decoys.terminate()  # unregistering 1,500 uprobes takes the kernel a while
+        decoys.wait()
     out = ROOT / "bench" / "out"
     out.mkdir(parents=True, exist_ok=True)
     (out / "detect.json").write_text(

@@ -32,7 +32,7 @@ struct task_struct { int pid; int tgid; struct nsproxy *nsproxy; struct mm_struc
 struct super_block { unsigned long s_magic; __u32 s_dev; } PA;
 struct inode { unsigned long i_ino; struct super_block *i_sb; } PA;
 struct qstr { __u32 len; const unsigned char *name; } PA;
-struct dentry { struct qstr d_name; } PA;
+struct dentry { struct qstr d_name; struct inode *d_inode; } PA;
 struct path { struct dentry *dentry; } PA;
 struct rb_node { unsigned long __rb_parent_color; struct rb_node *rb_right; struct rb_node *rb_left; } PA;
 struct rb_root { struct rb_node *rb_node; } PA;
@@ -47,8 +47,14 @@ struct file {
 struct bpf_prog_aux { __u32 id; } PA;
 struct bpf_prog { struct bpf_prog_aux *aux; } PA;
 struct bpf_map { __u32 id; } PA;
-struct bpf_link { __u32 id; struct bpf_prog *prog; } PA;
-struct perf_event { struct bpf_prog *prog; } PA;
+struct bpf_link { __u32 id; enum bpf_link_type type; struct bpf_prog *prog; } PA;
+struct bpf_perf_link { struct bpf_link link; struct file *perf_file; } PA;
+struct list_head { struct list_head *next; } PA;
+struct trace_event_call { int flags; } PA;
+struct trace_probe_event { struct trace_event_call call; struct list_head probes; } PA;
+struct trace_probe { struct list_head list; } PA;
+struct trace_uprobe { struct path path; struct trace_probe tp; } PA;
+struct perf_event { struct bpf_prog *prog; struct trace_event_call *tp_event; } PA;
 struct vm_area_struct {
 	struct mm_struct *vm_mm;
 	struct { struct rb_node rb; } shared;
@@ -62,9 +68,14 @@ struct bpf_iter__task_file {
 };
 struct bpf_iter__task { struct bpf_iter_meta *meta; struct task_struct *task; };
 
-/* Record layouts: keep in step with ecap/detect/kernel_walk.py. */
+/* Record layouts: keep in step with ecap/detect/kernel_walk.py. For uprobes (a
+ * perf event, or a perf-event link), dev/ino name the inode the kernel hooked:
+ * the path a probe was attached through may have been re-pointed since. */
 enum fd_kind { KIND_PROG = 1, KIND_MAP = 2, KIND_LINK = 3, KIND_PERF = 4 };
-struct fd_record { __u32 tgid; __u32 fd; __u32 kind; __u32 id; __u32 prog_id; __u32 pad; };
+struct fd_record {
+	__u32 tgid; __u32 fd; __u32 kind; __u32 id; __u32 prog_id; __u32 dev; __u64 ino;
+};
+#define TRACE_EVENT_FL_UPROBE 64 /* 1 << TRACE_EVENT_FL_UPROBE_BIT */
 struct task_record { __u32 tgid; __u32 mnt_ns; __u64 maps_files; };
 
 /* counters[0]: files visited by task_files; counters[1]: hooked-file walks that
@@ -130,6 +141,27 @@ static __always_inline int fd_kind(struct file *file)
 	return 0;
 }
 
+/* perf_event -> trace_event_call -> its trace_probe_event -> first trace_probe ->
+ * the trace_uprobe holding it -> path.dentry->d_inode. Addresses from one read
+ * are plain numbers to the verifier, so every step is a fault-safe kernel read. */
+static __always_inline void uprobe_inode(__u64 event, struct fd_record *rec)
+{
+	__u64 call, tpe, first, tu, inode;
+
+	call = (__u64)BPF_CORE_READ((struct perf_event *)event, tp_event);
+	if (!call || !(BPF_CORE_READ((struct trace_event_call *)call, flags) & TRACE_EVENT_FL_UPROBE))
+		return;
+	tpe = call - bpf_core_field_offset(struct trace_probe_event, call);
+	first = (__u64)BPF_CORE_READ((struct trace_probe_event *)tpe, probes.next);
+	tu = first - bpf_core_field_offset(struct trace_probe, list) -
+	     bpf_core_field_offset(struct trace_uprobe, tp);
+	inode = (__u64)BPF_CORE_READ((struct trace_uprobe *)tu, path.dentry, d_inode);
+	if (!inode)
+		return;
+	rec->ino = BPF_CORE_READ((struct inode *)inode, i_ino);
+	rec->dev = BPF_CORE_READ((struct inode *)inode, i_sb, s_dev);
+}
+
 SEC("iter/task_file")
 int task_files(struct bpf_iter__task_file *ctx)
 {
@@ -159,6 +191,9 @@ int task_files(struct bpf_iter__task_file *ctx)
 	case KIND_LINK:
 		rec.id = BPF_CORE_READ((struct bpf_link *)priv, id);
 		rec.prog_id = BPF_CORE_READ((struct bpf_link *)priv, prog, aux, id);
+		if (BPF_CORE_READ((struct bpf_link *)priv, type) == BPF_LINK_TYPE_PERF_EVENT)
+			uprobe_inode((__u64)BPF_CORE_READ((struct bpf_perf_link *)priv, perf_file,
+							  private_data), &rec);
 		break;
 	case KIND_PERF:
 		/* Only perf events with a program attached answer BPF_TASK_FD_QUERY. */
@@ -166,6 +201,7 @@ int task_files(struct bpf_iter__task_file *ctx)
 			return 0;
 		rec.prog_id = BPF_CORE_READ((struct perf_event *)priv, prog, aux, id);
 		rec.id = rec.prog_id;
+		uprobe_inode((__u64)priv, &rec);
 		break;
 	}
 	rec.tgid = task->tgid;

@@ -24,7 +24,7 @@ from ecap.authz.verify import verify_token
 from ecap.capture import doctor
 from ecap.errors import EnvironmentNotReady, UsageError
 from ecap.fsutil import write_private_atomic
-from ecap.journal import TORN_TAIL, Journal, verify_file
+from ecap.journal import TORN_TAIL, Journal, unfinished_sessions, verify_file
 from ecap.text import for_rich, printable
 
 
@@ -172,14 +172,38 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _warn_unfinished(entries: list[dict]) -> list[dict]:
+    """Print one warning line per capture that started and never stopped (stderr)."""
+    unfinished = unfinished_sessions(entries)
+    for u in unfinished:
+        state = "still running" if u["running"] else "not running: killed before it could stop"
+        print(
+            f"warning: capture session {printable(str(u['session_id']))} started at "
+            f"{printable(str(u['ts']))[:19]} (seq {u['seq']}, pid {u['pid']}) has no "
+            f"capture.stop; its process is {state}",
+            file=sys.stderr,
+        )
+    return unfinished
+
+
 def cmd_journal(args: argparse.Namespace) -> int:
     path = config.journal_path(args.journal)
     if args.action == "repair":
         return _repair_journal(path, args.json)
     status = verify_file(path)
     if args.action == "verify":
+        unfinished = _warn_unfinished(Journal(path).read()) if status.ok else []
         if args.json:
-            print(json.dumps({"schema": "ecap.journal-verify/1", **status.__dict__}, indent=2))
+            print(
+                json.dumps(
+                    {
+                        "schema": "ecap.journal-verify/1",
+                        **status.__dict__,
+                        "unfinished_sessions": unfinished,
+                    },
+                    indent=2,
+                )
+            )
         elif status.ok:
             print(f"{path}: {status.entries} entries, chain intact (head {status.head[:16]}…)")
         if not status.ok:
@@ -189,6 +213,7 @@ def cmd_journal(args: argparse.Namespace) -> int:
             )
         return 0
     entries = Journal(path).read()
+    _warn_unfinished(entries)
     if args.json:
         print(json.dumps(entries, indent=2))
         return 0

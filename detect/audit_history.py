@@ -213,6 +213,8 @@ class History:
     """One dict per program id that was loaded and unloaded: load event + unload time."""
     denials: list[AvcDenial] = field(default_factory=list)
     """SELinux denials of BPF/perf permissions, oldest first."""
+    live_loads: dict[int, dict] = field(default_factory=dict)
+    """prog id → its LOAD record, for programs still loaded (who loaded what is there)."""
 
 
 def summarize(
@@ -236,7 +238,17 @@ def summarize(
                     "auid": load.actor.auid if load else None,
                 }
             )
-    return History(events, transient, list(denials or ()))
+    live = {
+        prog_id: {"prog_id": prog_id, **_who(ev)}
+        for prog_id, ev in loads.items()
+        if prog_id in live_ids
+    }
+    return History(events, transient, list(denials or ()), live)
+
+
+def _who(ev: BpfEvent) -> dict:
+    a = ev.actor
+    return {"loaded_at": ev.time, "pid": a.pid, "exe": a.exe, "comm": a.comm, "auid": a.auid}
 
 
 def load_history(path: Path | None, live_ids: set[int]) -> tuple[History | None, str | None]:

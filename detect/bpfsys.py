@@ -15,6 +15,7 @@ import ctypes
 import errno
 import os
 import struct
+import threading
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
@@ -24,6 +25,7 @@ from ecap.ebpf.syscall import bpf as bpf
 T = TypeVar("T")
 
 # enum bpf_cmd
+MAP_LOOKUP_ELEM = 1
 OBJ_PIN = 6
 OBJ_GET = 7
 PROG_GET_NEXT_ID = 11
@@ -35,6 +37,8 @@ BTF_GET_FD_BY_ID = 19
 TASK_FD_QUERY = 20
 LINK_GET_FD_BY_ID = 30
 LINK_GET_NEXT_ID = 31
+ENABLE_STATS = 32
+STATS_RUN_TIME = 0
 
 # enum bpf_task_fd_type
 FD_TYPE_NAMES = {
@@ -109,6 +113,32 @@ def info_by_fd(fd: int, info: ctypes.Array) -> int:
     return struct.unpack_from("<I", attr, 4)[0]
 
 
+def map_lookup(fd: int, key: bytes, value_size: int) -> bytes | None:
+    """MAP_LOOKUP_ELEM from user space; None for an empty slot (ENOENT)."""
+    kbuf = ctypes.create_string_buffer(key, len(key))
+    vbuf = ctypes.create_string_buffer(max(value_size, 1))
+    attr = _attr(32)
+    struct.pack_into("<IIQQ", attr, 0, fd, 0, ctypes.addressof(kbuf), ctypes.addressof(vbuf))
+    try:
+        bpf(MAP_LOOKUP_ELEM, attr)
+    except BpfError as exc:
+        if exc.errno == errno.ENOENT:
+            return None
+        raise
+    return vbuf.raw[:value_size]
+
+
+def enable_stats() -> int:
+    """BPF_ENABLE_STATS(run time): run counts are kept while the returned fd is open.
+
+    Unlike writing ``kernel.bpf_stats_enabled``, nothing stays changed when the
+    fd is closed (or the scanner dies).
+    """
+    attr = _attr(8)
+    struct.pack_into("<I", attr, 0, STATS_RUN_TIME)
+    return bpf(ENABLE_STATS, attr)
+
+
 def obj_get(path: str) -> int:
     """Open a pinned object (BPF_OBJ_GET) read-only."""
     raw = ctypes.create_string_buffer(os.fsencode(path))
@@ -125,6 +155,9 @@ def obj_pin(fd: int, path: str) -> None:
     bpf(OBJ_PIN, attr)
 
 
+_query = threading.local()  # buffers reused per thread: the /proc walk runs several
+
+
 def task_fd_query(pid: int, fd: int) -> tuple[int, str, str, int, int] | None:
     """BPF_TASK_FD_QUERY on a perf-event fd of another process.
 
@@ -132,8 +165,10 @@ def task_fd_query(pid: int, fd: int) -> tuple[int, str, str, int, int] | None:
     target file for uprobes, the symbol for kprobes, the tracepoint name otherwise;
     None when the perf event has no BPF program (an ordinary perf counter).
     """
-    buf = ctypes.create_string_buffer(4096)
-    attr = _attr(48)
+    if not hasattr(_query, "buf"):  # a host may have thousands of perf fds to ask
+        _query.buf, _query.attr = ctypes.create_string_buffer(4096), _attr(48)
+    buf, attr = _query.buf, _query.attr
+    ctypes.memset(attr, 0, len(attr))
     struct.pack_into("<IIIIQ", attr, 0, pid, fd, 0, len(buf), ctypes.addressof(buf))
     try:
         bpf(TASK_FD_QUERY, attr)

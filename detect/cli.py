@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ecap.cli import Parser, run
 from ecap.detect import render_json
-from ecap.detect.findings import RANK, SEVERITIES
+from ecap.detect.document import RANK, SCHEMA, SEVERITIES
 from ecap.detect.scan import WALKS, ScanOptions, run_scan
 from ecap.errors import Error, FindingsAboveThreshold, UsageError
 
@@ -17,15 +17,13 @@ def build_parser() -> Parser:
     parser = Parser(prog="ecap-detect", description="Find eBPF programs that hook plaintext.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     scan = sub.add_parser("scan", help="scan this host for eBPF sniffers and weak posture")
-    scan.add_argument(
-        "--json", metavar="FILE|-", help="write the ecap.scan/1 document ('-': stdout)"
-    )
+    scan.add_argument("--json", metavar="FILE|-", help=f"write the {SCHEMA} document ('-': stdout)")
     scan.add_argument("--html", metavar="FILE", help="write the HTML host report")
     scan.add_argument(
         "--format",
         choices=("ecap", "ocsf"),
         default="ecap",
-        help="what --json writes: the ecap.scan/1 document (default) or one OCSF "
+        help="what --json writes: the ecap.scan/2 document (default) or one OCSF "
         "Detection Finding (class 2004) per line",
     )
     scan.add_argument(
@@ -226,25 +224,11 @@ def _scan(args) -> int:
 
 
 def _report(args) -> int:
-    import json
+    from ecap.detect import document
 
     if not args.scans and not args.unreachable:
         raise UsageError("no scan files given", hint="pass one or more HOST.json files")
-    docs = []
-    for path in args.scans:
-        try:
-            doc = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as exc:
-            raise UsageError(
-                f"{path}: not a readable scan document ({exc})",
-                hint="pass files written by 'ecap-detect scan --json'",
-            ) from exc
-        if not isinstance(doc, dict) or doc.get("schema") != "ecap.scan/1":
-            raise UsageError(
-                f"{path}: schema is not ecap.scan/1",
-                hint="pass files written by 'ecap-detect scan --json'",
-            )
-        docs.append(doc)
+    docs = [document.load(path) for path in args.scans]
     _check_writable(args.html, "--html")
     unreachable = []
     for item in args.unreachable:

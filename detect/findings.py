@@ -2,15 +2,12 @@
 
 Probes are grouped by *actor* — the process holding them, or, when no process
 does, the bpffs pin or tracefs event that keeps them alive — so one finding says
-"pid 4242 (bpftrace) hooks SSL_write in libssl.so.3; 3 processes exposed". The
-severity rules (issue 4):
-
-* hooks a plaintext function, authorized live capture ........ info
-* same, token genuine but expired, still attached ............ high
-* anything else hooking a plaintext function ................. critical
-* uprobe on another function .................................. medium
-* tracefs plaintext probe defined but disabled, kprobes ....... medium / low
-* program pinned with no holder and no attachment seen ........ low
+"pid 4242 (bpftrace) hooks SSL_write in libssl.so.3; 3 processes exposed". Each
+hook is judged by what its program can do and where it hooks
+(:mod:`ecap.detect.judge`, the rule table); an authorized ecap capture makes the
+finding ``info``, a genuine but expired one ``high``. Programs without a visible
+attachment are :mod:`ecap.detect.program_findings`; posture, history and stale
+sessions are :mod:`ecap.detect.host_findings`.
 """
 
 from __future__ import annotations
@@ -21,16 +18,28 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from ecap import remediation
+from ecap.detect import capabilities as capmod
 from ecap.detect import known_tools, owners
-from ecap.detect.classify import PLAINTEXT_CLASSES
+from ecap.detect.classify import DATA_REACH, PARTIAL_PLAINTEXT_REACH, reach
+from ecap.detect.document import RANK, SEVERITIES
+from ecap.detect.judge import (
+    COUNTER,
+    LEGACY,
+    SIGNALS,
+    SNIFFER,
+    TAMPERING,
+    UNKNOWN,
+    HookVerdict,
+    judge_hook,
+    worse,
+)
 from ecap.detect.model import Holder, Link, Map, Pin, Probe, Program
 from ecap.detect.sessions import AUTHORIZED, EXPIRED, Verdict
 
 if TYPE_CHECKING:
     from ecap.detect.resolve import Resolved
 
-SEVERITIES = ("info", "low", "medium", "high", "critical")
-RANK = {s: i for i, s in enumerate(SEVERITIES)}
+__all__ = ["RANK", "SEVERITIES"]  # re-exported: the one severity order (detect/document.py)
 
 ROGUE_REMEDIATION = (
     remediation.RESPOND_ROGUE_SNIFFER,
@@ -52,12 +61,26 @@ class Inventory:
     probes: list[Probe]
     pins: list[Pin]
     verdicts: list[Verdict] = field(default_factory=list)
+    _by_object: dict[tuple[str, int], list[int]] | None = field(default=None, repr=False)
+    _pins_by_object: dict[tuple[str, int], list[Pin]] | None = field(default=None, repr=False)
 
     def holders_of(self, kind: str, obj_id: int) -> list[int]:
-        return sorted({h.pid for h in self.holders if h.kind == kind and h.obj_id == obj_id})
+        """Pids with an fd on this object (indexed once: scans with thousands of
+        probes ask for every one of them)."""
+        if self._by_object is None:
+            index: dict[tuple[str, int], set[int]] = {}
+            for h in self.holders:
+                index.setdefault((h.kind, h.obj_id), set()).add(h.pid)
+            self._by_object = {k: sorted(v) for k, v in index.items()}
+        return self._by_object.get((kind, obj_id), [])
 
     def pins_of(self, kind: str, obj_id: int) -> list[Pin]:
-        return [p for p in self.pins if p.kind == kind and p.obj_id == obj_id]
+        if self._pins_by_object is None:
+            pins: dict[tuple[str, int], list[Pin]] = {}
+            for p in self.pins:
+                pins.setdefault((p.kind, p.obj_id), []).append(p)
+            self._pins_by_object = pins
+        return self._pins_by_object.get((kind, obj_id), [])
 
     def held_progs(self) -> dict[int, set[int]]:
         """pid → ids of programs it keeps alive (directly, via a link or a perf event)."""
@@ -141,7 +164,10 @@ def merge_probes(
         )
     out = list(merged.values())
     seen = {(p.type, p.target, p.offset) for p in out}
-    out.extend(t for t in from_tracefs if (t.type, t.target, t.offset) not in seen)
+    # bcc's tracefs fallback defines an event (left disabled) and attaches through a
+    # perf fd, which the fd walk already reports; an *enabled* event records to the
+    # ftrace buffer by itself, whoever else hooks the same place.
+    out.extend(t for t in from_tracefs if t.enabled or (t.type, t.target, t.offset) not in seen)
     return out
 
 
@@ -177,6 +203,42 @@ def _claims(inv: Inventory, prog_ids: set[int]) -> list[Verdict]:
     return [v for v in inv.verdicts if prog_ids & v.prog_ids]
 
 
+def make_finding(
+    *,
+    fid: str,
+    severity: str,
+    category: str,
+    title: str,
+    summary: str,
+    evidence: list[str],
+    why: str,
+    remediation: list[str],
+    owner: dict | None = None,
+    programs: list[int] | None = None,
+    capabilities: list[str] | None = None,
+) -> dict:
+    """A finding with every field a hook finding has (readers rely on one shape)."""
+    return {
+        "id": fid,
+        "severity": severity,
+        "category": category,
+        "title": title,
+        "summary": summary,
+        "hooked": [],
+        "owner": owner,
+        "victims": [],
+        "authorized": False,
+        "authorization": {},
+        "programs": programs or [],
+        "evidence": evidence,
+        "why": why,
+        "remediation": remediation,
+        "capabilities": capabilities,
+        "reach": [],
+        "destinations": None,
+    }
+
+
 def _finding_id(*parts: object) -> str:
     digest = hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()
     return f"ECAP-{digest[:12]}"
@@ -188,92 +250,123 @@ class _Group:
     probes: list[Probe] = field(default_factory=list)
 
 
-def probe_findings(inv: Inventory, victims: Callable[[dict], dict] = owners.victims) -> list[dict]:
-    """One finding per actor that hooks user functions (or kprobes).
+@dataclass(frozen=True)
+class _Hook:
+    """One probe, resolved and judged."""
+
+    probe: Probe
+    resolved: Resolved | None
+    reach: str
+    caps: tuple[str, ...] | None
+    verdict: HookVerdict
+
+
+def probe_findings(
+    inv: Inventory,
+    victims: Callable[[dict], dict] = owners.victims,
+    kernel_inodes: dict[tuple[int, int], tuple[int, int]] | None = None,
+) -> list[dict]:
+    """One finding per actor whose hooks matter (uprobes, kprobes, data tracepoints).
 
     ``victims`` finds the processes mapping each hooked file ((st_dev, st_ino) →
-    path); the scan
-    passes the in-kernel search when it has loaded one.
+    path); the scan passes the in-kernel search when it has loaded one.
+    ``kernel_inodes`` maps (holder pid, fd) of a perf-event uprobe to the inode the
+    kernel hooked, when the in-kernel walk could read it.
     """
+    kernel_inodes = kernel_inodes or {}
     groups: dict[tuple[str, object], _Group] = {}
     for probe in inv.probes:
-        if probe.type in ("tracepoint", "raw_tracepoint"):
-            continue
         key = _actor(inv, probe)
         groups.setdefault(key, _Group(key)).probes.append(probe)
 
-    resolved: dict[tuple[str, int, int | None], Resolved] = {}
-    hooked_by_group: dict[tuple[str, object], list[tuple[Probe, Resolved | None]]] = {}
+    resolved: dict[tuple, Resolved] = {}
+    files: dict = {}  # per hooked file, shared by all its offsets
+    hooked_by_group: dict[tuple[str, object], list[_Hook]] = {}
     for key, group in groups.items():
         rows = []
         for p in group.probes:
             res = None
             if p.is_uprobe:
                 root_pid = key[1] if key[0] == "pid" else None
-                rk = (p.target, p.offset, root_pid)
+                kino = kernel_inodes.get((p.holder_pid, p.fd)) if p.fd is not None else None
+                rk = (p.target, p.offset, root_pid, kino)
                 if rk not in resolved:
                     from ecap.detect.resolve import resolve  # pyelftools: only if hooked
 
-                    resolved[rk] = resolve(p.target, p.offset, root_pid)  # type: ignore[arg-type]
+                    resolved[rk] = resolve(p.target, p.offset, root_pid, kino, files=files)  # type: ignore[arg-type]
                 res = resolved[rk]
-            rows.append((p, res))
-        hooked_by_group[key] = rows
+            rows.append(_judged(inv, p, res))
+        rows = [h for h in rows if h.verdict.report]
+        if rows:
+            hooked_by_group[key] = rows
 
     files = {
-        r.inode: r.opened for rows in hooked_by_group.values() for _, r in rows if r and r.inode
+        h.resolved.inode: h.resolved.opened
+        for rows in hooked_by_group.values()
+        for h in rows
+        if h.resolved and h.resolved.inode
     }
     victims_by_file = victims(files)
 
-    out = []
-    for key, rows in hooked_by_group.items():
-        out.append(_probe_finding(inv, key, rows, victims_by_file))
-    return out
+    return [
+        _probe_finding(inv, key, rows, victims_by_file) for key, rows in hooked_by_group.items()
+    ]
+
+
+def _judged(inv: Inventory, p: Probe, res: Resolved | None) -> _Hook:
+    cls = res.cls if res is not None else reach(p.target, None, p.type)
+    prog = inv.programs.get(p.prog_id) if p.prog_id else None
+    caps = prog.capabilities if prog is not None else None
+    verdict = judge_hook(
+        reach=cls,
+        probe_type=p.type,
+        caps=caps,
+        has_program=p.source != "tracefs",
+        enabled=p.enabled is not False,
+        path_problem=bool(res and res.path_problem),
+    )
+    return _Hook(p, res, cls, caps, verdict)
+
+
+_WHY = {
+    SNIFFER: "a program that reads user memory and ships it to user space, attached where "
+    "plaintext passes, sees data before encryption or as typed/queried: passwords, tokens, "
+    "session cookies, query text",
+    UNKNOWN: "a probe on this function sees data before encryption or as typed/queried: "
+    "passwords, tokens, session cookies, query text (what the program can do is unknown "
+    "to this scan)",
+    LEGACY: "a probe on this function sees data before encryption or as typed/queried: "
+    "passwords, tokens, session cookies, query text",
+    TAMPERING: "a program that writes the memory of the processes it hooks, or changes "
+    "what their functions return, can alter data, credentials and control flow",
+    SIGNALS: "a program that sends signals from a hook can stop or kill the processes "
+    "that run the hooked code",
+    COUNTER: "it cannot read memory or ship data out (it counts or filters), but it runs "
+    "on every call of another program's function",
+}
 
 
 def _probe_finding(
     inv: Inventory,
     key: tuple[str, object],
-    rows: list[tuple[Probe, Resolved | None]],
+    rows: list[_Hook],
     victims_by_file: dict,
 ) -> dict:
     kind, ident = key
-    prog_ids = {p.prog_id for p, _ in rows if p.prog_id}
+    prog_ids = {h.probe.prog_id for h in rows if h.probe.prog_id}
     owner = owners.describe(ident) if kind == "pid" else None  # type: ignore[arg-type]
     if owner is not None:
         owner = {**owner, "kind": "process"}
-    hooked, classes = [], set()
-    for p, r in rows:
-        function = r.function if r else (p.target if not p.is_uprobe else None)
-        cls = r.cls if r else "other"
-        classes.add(cls)
-        entry = {
-            "path": p.target if p.is_uprobe else None,
-            "offset": p.offset,
-            "function": function,
-            "delta": r.delta if r else 0,
-            "class": cls,
-            "type": p.type,
-            "source": p.source,
-            "prog_id": p.prog_id,
-            "link_id": p.link_id,
-            "fd": p.fd,
-            "event": p.event,
-            "enabled": p.enabled,
-            "pid_filter": p.pid_filter,
-        }
-        if r and r.note:
-            entry["note"] = r.note
-        hooked.append(entry)
-    plaintext = bool(classes & set(PLAINTEXT_CLASSES))
-    uprobe = any(p.is_uprobe for p, _ in rows)
-    # live = attached through BPF, or a tracefs event that is enabled
-    enabled = any(
-        p.enabled is not False for p, r in rows if r is not None and r.cls in PLAINTEXT_CLASSES
-    )
+    hooked = [_hooked_entry(h) for h in rows]
+    reaches = {h.reach for h in rows}
+    plaintext = any(h.verdict.plaintext for h in rows)
+    uprobe = any(h.probe.is_uprobe for h in rows)
+    kinds = {h.verdict.kind for h in rows}
 
     victims: list[dict] = []
     seen_v: set[int] = set()
-    for _p, r in rows:
+    for h in rows:
+        r = h.resolved
         if r and r.inode:
             for v in victims_by_file.get(r.inode, []):
                 if v["pid"] not in seen_v:
@@ -287,14 +380,16 @@ def _probe_finding(
         # the kernel hides a perf uprobe's pid filter; the verified token names the targets
         scope = {t["pid"] for t in verdict.authorization.get("targets", [])}  # type: ignore[union-attr]
         victims = [{**v, "authorized_target": v["pid"] in scope} for v in victims]
-    if plaintext and enabled:
-        severity = "info" if authorized else "high" if expired else "critical"
-    elif plaintext:
-        severity = "medium"
-    elif uprobe:
-        severity = "info" if authorized else "medium"
+    worst = "info"
+    for h in rows:
+        worst = worse(worst, h.verdict.severity)
+    tampering = TAMPERING in kinds
+    if authorized and not tampering:
+        severity = "info"
+    elif expired and not tampering:
+        severity = "high"  # genuine, but nobody may capture on it any more
     else:
-        severity = "low"
+        severity = worst
 
     evidence = _evidence(inv, kind, ident, rows, owner, prog_ids, victims, verdict)
     functions = sorted({h["function"] or f"{h['path']}+{h['offset']:#x}" for h in hooked})
@@ -302,25 +397,44 @@ def _probe_finding(
         f" (+{len(functions) - 4} more)" if len(functions) > 4 else ""
     )
     who = _who(kind, ident, owner)
-    if plaintext:
-        what = "/".join(sorted(classes & set(PLAINTEXT_CLASSES)))
-        title = f"{who} hooks {what} plaintext: {shown}"
+    caps = _union_caps(h.caps for h in rows if h.probe.source != "tracefs")
+    can = f" ({capmod.describe(caps)})" if any(h.probe.source != "tracefs" for h in rows) else ""
+    if tampering:
+        title = f"{who} can tamper with the processes it hooks: {shown}{can}"
+        category = "tampering"
+        why = _WHY[TAMPERING]
+        remedy = list(ROGUE_REMEDIATION)
+    elif plaintext:
+        what = "/".join(sorted(reaches & set(DATA_REACH))) or "plaintext"
+        title = f"{who} hooks {what} plaintext: {shown}{can}"
         if authorized:
             title = f"Authorized ecap capture: {who} hooks {shown}"
         elif expired:
             title = f"Expired ecap authorization still attached: {who} hooks {shown}"
         category = "plaintext-hook"
-        why = (
-            "a probe on this function sees data before encryption or as typed/queried: "
-            "passwords, tokens, session cookies, query text"
-        )
+        why = _WHY[SNIFFER if SNIFFER in kinds else UNKNOWN if UNKNOWN in kinds else LEGACY]
+        if reaches <= set(PARTIAL_PLAINTEXT_REACH):
+            why += (
+                "; at the I/O or syscall level that is everything the process does not "
+                "encrypt itself (files, pipes, plain sockets)"
+            )
         remedy = [remediation.RESPOND_ROGUE_SNIFFER] if authorized else list(ROGUE_REMEDIATION)
     else:
-        title = f"{who} hooks {shown}"
-        category = "uprobe" if uprobe else "kprobe"
-        why = "code running on every call of another program's functions can read its memory"
+        title = f"{who} hooks {shown}{can}"
+        category = "uprobe" if uprobe else "tracepoint" if _only_tracepoints(rows) else "kprobe"
+        if SIGNALS in kinds:
+            why = _WHY[SIGNALS]
+        elif SNIFFER in kinds:
+            why = (
+                "it reads the memory of the processes running the hooked code and ships "
+                "it to user space"
+            )
+        elif COUNTER in kinds:
+            why = _WHY[COUNTER]
+        else:
+            why = "code running on every call of another program's functions can read its memory"
         remedy = [remediation.AUDITD_BPF_SYSCALLS, remediation.SECCOMP_DENY_BPF]
-    if any(p.source == "tracefs" for p, _ in rows):
+    if any(h.probe.source == "tracefs" for h in rows):
         remedy += [remediation.MOUNTS_TRACEFS_DEBUGFS, remediation.AUDITD_TRACING_WATCHES]
     summary = (
         f"{len(hooked)} probe(s) on {len({h['path'] or h['function'] for h in hooked})} "
@@ -343,8 +457,75 @@ def _probe_finding(
         "evidence": evidence,
         "why": why,
         "remediation": list(dict.fromkeys(remedy)),
+        "capabilities": caps,
+        "reach": sorted(reaches),
+        # where the loot goes: asked of sniffers' owners only (a decoy counter holding
+        # thousands of fds costs nothing here)
+        "destinations": owners.destinations(ident)  # type: ignore[arg-type]
+        if kind == "pid" and kinds & {SNIFFER, UNKNOWN, TAMPERING}
+        else None,
     }
+    if finding["destinations"]:
+        finding["evidence"] += owners.destination_evidence(finding["destinations"])
     return finding
+
+
+def _only_tracepoints(rows: list[_Hook]) -> bool:
+    return all(h.probe.type in ("tracepoint", "raw_tracepoint") for h in rows)
+
+
+def _union_caps(caps: Iterable[tuple[str, ...] | None]) -> list[str] | None:
+    """The union of known capabilities; None when none of them is known."""
+    known = [c for c in caps if c is not None]
+    if not known:
+        return None
+    have = {c for cs in known for c in cs}
+    return [c for c in capmod.ALL if c in have]
+
+
+def _hooked_entry(h: _Hook) -> dict:
+    p, r = h.probe, h.resolved
+    function = r.function if r else (p.target if not p.is_uprobe else None)
+    entry = {
+        "path": p.target if p.is_uprobe else None,
+        "offset": p.offset,
+        "function": function,
+        "delta": r.delta if r else 0,
+        "class": h.reach,
+        "type": p.type,
+        "source": p.source,
+        "prog_id": p.prog_id,
+        "link_id": p.link_id,
+        "fd": p.fd,
+        "event": p.event,
+        "enabled": p.enabled,
+        "pid_filter": p.pid_filter,
+        "capabilities": list(h.caps) if h.caps is not None else None,
+        "judged": h.verdict.kind,
+    }
+    if r and r.note:
+        entry["note"] = r.note
+    if r and r.path_problem:
+        entry["path_problem"] = r.path_problem
+    return entry
+
+
+def program_evidence(inv: Inventory, prog_ids: Iterable[int]) -> list[str]:
+    """What each program calls and can do, from its translated instructions."""
+    out = []
+    for i in sorted(prog_ids):
+        prog = inv.programs.get(i)
+        if prog is None:
+            continue
+        if prog.helpers is None:
+            out.append(f"prog {i}: helper calls unknown (instructions or addresses not readable)")
+            continue
+        calls = ", ".join(prog.helpers[:12]) + (" ..." if len(prog.helpers) > 12 else "")
+        out.append(
+            f"prog {i} ({prog.type}) calls {calls or 'no helpers'}: "
+            f"{capmod.describe(prog.capabilities)}"
+        )
+    return out
 
 
 def _who(kind: str, ident: object, owner: dict | None) -> str:
@@ -383,14 +564,15 @@ def _evidence(
     inv: Inventory,
     kind: str,
     ident: object,
-    rows: list[tuple[Probe, Resolved | None]],
+    rows: list[_Hook],
     owner: dict | None,
     prog_ids: set[int],
     victims: list[dict],
     verdict: Verdict | None,
 ) -> list[str]:
     ev: list[str] = []
-    for p, r in rows:
+    for h in rows:
+        p, r = h.probe, h.resolved
         where = f"{p.target}:{p.offset:#x}" if p.is_uprobe else p.target
         via = {
             "perf_event": f"perf_event fd {p.fd} of pid {p.holder_pid} (BPF_TASK_FD_QUERY)",
@@ -403,6 +585,9 @@ def _evidence(
         ev.append(f"{p.type} at {where}{name} via {via}{prog}")
         if r and r.note:
             ev.append(f"{where}: {r.note}")
+        if r and r.path_problem:
+            ev.append(f"{where}: {r.path_problem}")
+    ev += program_evidence(inv, prog_ids)
     names = [inv.programs[i].name for i in sorted(prog_ids) if i in inv.programs]
     map_ids = {m for i in prog_ids if i in inv.programs for m in inv.programs[i].map_ids}
     map_names = [inv.maps[m].name for m in sorted(map_ids) if m in inv.maps]
@@ -410,8 +595,13 @@ def _evidence(
         ev.append(f"program names: {', '.join(names)}")
     outputs = [inv.maps[m] for m in sorted(map_ids) if m in inv.maps and inv.maps[m].event_output]
     if outputs:
+        ships = any(
+            inv.programs[i].capabilities is None or capmod.OUTPUT in inv.programs[i].capabilities
+            for i in prog_ids
+            if i in inv.programs
+        )
         ev.append(
-            "ships data to user space through "
+            ("ships data to user space through " if ships else "refers to (but never writes) ")
             + ", ".join(f"{m.type} map {m.name or m.id}" for m in outputs)
         )
     ev += known_tools.evidence(
@@ -439,157 +629,6 @@ def _evidence(
     if verdict is not None and verdict.status in (AUTHORIZED, EXPIRED):
         ev.append(f"session {verdict.session_id}: {verdict.reason}")
     return ev
-
-
-def pinned_program_findings(inv: Inventory, hooked_progs: set[int]) -> list[dict]:
-    """Programs kept alive only by a pin, with no attachment we could see."""
-    out = []
-    for pin in inv.pins:
-        if pin.kind != "prog" or pin.obj_id in hooked_progs:
-            continue
-        if inv.holders_of("prog", pin.obj_id):
-            continue
-        prog = inv.programs.get(pin.obj_id)
-        out.append(
-            {
-                "id": _finding_id("pinned-program", pin.path, pin.obj_id),
-                "severity": "low",
-                "category": "pinned-program",
-                "title": f"Program {prog.name if prog else pin.obj_id} is pinned at {pin.path} "
-                "and held by no process",
-                "summary": "a pinned program survives its loader; check what attaches it",
-                "hooked": [],
-                "owner": {
-                    "pid": None,
-                    "kind": "pin",
-                    "pinned_at": pin.path,
-                    "mount_ns": pin.mount_ns,
-                    "created_by_uid": [prog.created_by_uid] if prog else [],
-                },
-                "victims": [],
-                "authorized": False,
-                "authorization": {},
-                "programs": [pin.obj_id],
-                "evidence": [f"{pin.kind} {pin.obj_id} pinned at {pin.path} ({pin.mount_ns})"],
-                "why": "pins are how a loader leaves probes behind after it exits",
-                "remediation": [remediation.AUDITD_BPF_SYSCALLS, remediation.SECCOMP_DENY_BPF],
-            }
-        )
-    return out
-
-
-def _show(value: object) -> str:
-    if isinstance(value, dict):
-        return ", ".join(f"{k}={_show(v)}" for k, v in value.items())
-    if isinstance(value, list):
-        return " ".join(map(str, value)) or "none"
-    return "unknown" if value is None else str(value)
-
-
-def _ownerless(
-    id_parts: tuple,
-    severity: str,
-    category: str,
-    title: str,
-    summary: str,
-    evidence: list[str],
-    why: str,
-    fixes: list[str],
-) -> dict:
-    """A finding about the host or its logs rather than a live hook: no owner, no victims."""
-    return {
-        "id": _finding_id(*id_parts),
-        "severity": severity,
-        "category": category,
-        "title": title,
-        "summary": summary,
-        "hooked": [],
-        "owner": None,
-        "victims": [],
-        "authorized": False,
-        "authorization": {},
-        "evidence": evidence,
-        "why": why,
-        "remediation": fixes,
-    }
-
-
-def posture_findings(issues: Iterable) -> list[dict]:
-    return [
-        _ownerless(
-            ("posture", i.key),
-            i.severity,
-            "posture",
-            i.title,
-            f"{i.key}: {_show(i.value)}",
-            [f"{i.key}: {_show(i.value)}"],
-            i.why,
-            list(i.remediation),
-        )
-        for i in issues
-    ]
-
-
-def history_findings(transient: list[dict]) -> list[dict]:
-    if not transient:
-        return []
-    loaders = sorted({t.get("exe") or "?" for t in transient})
-    return [
-        _ownerless(
-            ("history", tuple(t["prog_id"] for t in transient)),
-            "info",
-            "load-history",
-            f"{len(transient)} BPF program(s) were loaded and unloaded since the audit log began",
-            "loaded by " + ", ".join(loaders[:10]),
-            [
-                f"prog {t['prog_id']} loaded by {t.get('exe')} (pid {t.get('pid')}, auid "
-                f"{t.get('auid')}) and unloaded"
-                for t in transient[:50]
-            ],
-            "a sniffer that ran between scans is visible only in the audit trail",
-            [remediation.AUDITD_BPF_SYSCALLS],
-        )
-    ]
-
-
-def denial_findings(denials: list) -> list[dict]:
-    """One finding per SELinux domain refused BPF/perf permissions.
-
-    ``denials`` are :class:`ecap.detect.audit_history.AvcDenial`. A refused attempt is
-    medium (someone tried and failed); one logged with ``permissive=1`` went through
-    and is high.
-    """
-    groups: dict[str, list] = {}
-    for d in denials:
-        groups.setdefault(d.domain or "?", []).append(d)
-    out = []
-    for domain, items in sorted(groups.items()):
-        allowed = [d for d in items if d.permissive]
-        asked = sorted({f"{d.tclass} {p}" for d in items for p in d.perms})
-        who = sorted({d.actor.exe or d.actor.comm or "?" for d in items})
-        pids = sorted({d.actor.pid for d in items if d.actor.pid is not None})
-        verdict = "logged but allowed" if allowed else "denied"
-        out.append(
-            _ownerless(
-                ("selinux-denial", domain),
-                "high" if allowed else "medium",
-                "selinux-denial",
-                f"SELinux {verdict} {', '.join(asked)} to {domain} ({', '.join(who[:3])})",
-                f"{len(items)} AVC record(s), pids {' '.join(map(str, pids)) or '?'}"
-                + (f"; {len(allowed)} in permissive mode (not blocked)" if allowed else ""),
-                [
-                    f"avc denied {{ {' '.join(d.perms)} }} tclass={d.tclass} pid {d.actor.pid} "
-                    f"comm {d.actor.comm} exe {d.actor.exe} scontext={d.scontext} "
-                    f"permissive={int(d.permissive)}"
-                    for d in items[:50]
-                ],
-                "a process tried to load BPF programs, open perf events or use CAP_BPF/"
-                "CAP_PERFMON from a domain that may not: an attempt to install a probe"
-                + (", which permissive mode let through" if allowed else ", refused"),
-                [remediation.RESPOND_ROGUE_SNIFFER, remediation.SELINUX_CONFINE_BPF],
-            )
-        )
-    return out
 
 
 def sort_findings(findings: list[dict]) -> list[dict]:

@@ -34,7 +34,7 @@ _LINK_CREATE, _ITER_CREATE = 28, 33
 _TRACE_ITER = 28
 
 # Record layouts written by bpf/scan_iter.bpf.c
-_FD_RECORD = struct.Struct("<IIIIII")  # tgid, fd, kind, id, prog_id, pad
+_FD_RECORD = struct.Struct("<IIIIIIQ")  # tgid, fd, kind, id, prog_id, dev, ino
 _TASK_RECORD = struct.Struct("<IIQ")  # tgid, mount namespace inode, hooked-file bitmask
 FD_KINDS = {1: "prog", 2: "map", 3: "link", 4: "perf_event"}
 MAX_HOOKED_FILES = 64  # one bit each in a u64 mask
@@ -53,6 +53,13 @@ class FdRecord:
     kind: str
     obj_id: int
     prog_id: int
+    hooked_inode: tuple[int, int] | None = None
+    """For uprobes: (st_dev, st_ino) of the file the kernel hooked."""
+
+
+def _user_dev(kdev: int) -> int:
+    """The kernel's dev_t (major << 20 | minor) as user space's st_dev."""
+    return os.makedev(kdev >> 20, kdev & 0xFFFFF)
 
 
 def _loader_bytes(name: str | None = None) -> bytes:
@@ -133,11 +140,27 @@ class KernelWalker:
         self._counter(0, reset=True)
         raw = self._run("task_files")
         records = [
-            FdRecord(tgid, fd, FD_KINDS[kind], obj_id, prog_id)
-            for tgid, fd, kind, obj_id, prog_id, _ in _FD_RECORD.iter_unpack(raw)
+            FdRecord(
+                tgid,
+                fd,
+                FD_KINDS[kind],
+                obj_id,
+                prog_id,
+                (_user_dev(dev), ino) if ino else None,
+            )
+            for tgid, fd, kind, obj_id, prog_id, dev, ino in _FD_RECORD.iter_unpack(raw)
             if kind in FD_KINDS
         ]
+        self._records = records
         return records, self._counter(0)
+
+    def uprobe_inodes(self) -> dict[tuple[int, int], tuple[int, int]]:
+        """(pid, fd) of each uprobe perf event or perf-event link → the inode the
+        kernel hooked (from this walker's fd walk, run now if it has not run)."""
+        records = getattr(self, "_records", None)
+        if records is None:
+            records, _ = self.fds()
+        return {(r.pid, r.fd): r.hooked_inode for r in records if r.hooked_inode}
 
     def processes(self) -> list[tuple[int, int]]:
         """(pid, mount-namespace inode) of every process (thread-group leader)."""

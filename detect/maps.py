@@ -45,6 +45,8 @@ MAP_TYPES = (
     "arena",
 )
 EVENT_OUTPUT_TYPES = {"perf_event_array", "ringbuf"}
+MAX_PROG_ARRAY_SLOTS = 4096
+"""Program-array slots read for tail-call targets (a lookup each)."""
 
 
 def type_name(value: int) -> str:
@@ -56,6 +58,9 @@ def read_map(fd: int) -> Map:
     bpfsys.info_by_fd(fd, info)
     mtype, map_id, key, value, entries, flags = struct.unpack_from("<6I", info, 0)
     tname = type_name(mtype)
+    prog_ids: tuple[int, ...] = ()
+    if tname == "prog_array" and key == 4 and value == 4:
+        prog_ids = _prog_array_targets(fd, min(entries, MAX_PROG_ARRAY_SLOTS))
     return Map(
         id=map_id,
         type=tname,
@@ -65,7 +70,21 @@ def read_map(fd: int) -> Map:
         max_entries=entries,
         flags=flags,
         event_output=tname in EVENT_OUTPUT_TYPES,
+        prog_ids=prog_ids,
     )
+
+
+def _prog_array_targets(fd: int, slots: int) -> tuple[int, ...]:
+    """Ids of the programs in a program array (user-space lookups return prog ids)."""
+    out = []
+    for slot in range(slots):
+        try:
+            raw = bpfsys.map_lookup(fd, struct.pack("<I", slot), 4)
+        except bpfsys.BpfError:
+            break
+        if raw is not None:
+            out.append(struct.unpack("<I", raw)[0])
+    return tuple(sorted(set(out)))
 
 
 def list_maps() -> list[Map]:

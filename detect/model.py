@@ -8,7 +8,8 @@ raw here and escaped by each renderer for its medium.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import functools
+from dataclasses import dataclass, field, fields
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,16 @@ class Program:
     verified_insns: int | None = None
     source: str = "bpf"
     """``bpf`` (id walk) or ``fdinfo`` (degraded: seen only through a holder's fd)."""
+    xlated_insns: int | None = None
+    """Number of translated instructions read (None: not readable)."""
+    helpers: tuple[str, ...] | None = None
+    """Kernel helpers and kfuncs it calls, by name (None: unknown — degraded mode, or
+    call targets hidden by ``kernel.kptr_restrict``)."""
+    tail_calls: bool = False
+    packet_loads: bool = False
+    capabilities: tuple[str, ...] | None = None
+    """What it can do (:mod:`ecap.detect.capabilities`), tail-call targets included;
+    None when unknown."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +58,8 @@ class Map:
     event_output: bool = False
     """True for perf-event arrays and ring buffers (user-space readable streams)."""
     source: str = "bpf"
+    prog_ids: tuple[int, ...] = ()
+    """For program arrays: the programs it holds (tail-call targets)."""
 
 
 @dataclass(frozen=True)
@@ -112,5 +125,18 @@ class Pin:
 
 
 def to_dict(obj: object) -> dict:
-    """A JSON-ready dict of a record (tuples become lists)."""
-    return asdict(obj)  # type: ignore[call-overload]
+    """A JSON-ready dict of a flat record (tuples become lists).
+
+    Shallow on purpose: records hold scalars, tuples and plain dicts, and
+    ``dataclasses.asdict``'s deep copy costs milliseconds per thousand probes.
+    """
+    out = {}
+    for name in _field_names(type(obj)):
+        value = getattr(obj, name)
+        out[name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))

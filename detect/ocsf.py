@@ -189,7 +189,7 @@ def detection_finding(
 
 
 def from_scan(doc: dict) -> list[dict]:
-    """Every finding of an ``ecap.scan/1`` document as a Detection Finding (Create)."""
+    """Every finding of an ``ecap.scan/2`` document as a Detection Finding (Create)."""
     version = str((doc.get("tool") or {}).get("version") or "")
     return [
         detection_finding(

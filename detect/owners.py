@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import socket
 
 from ecap import caps, procfs
 from ecap.detect.kernel_walk import KernelWalker, KernelWalkUnavailable
@@ -50,9 +51,92 @@ def describe(pid: int, *, hash_exe: bool = True) -> dict | None:
             "parent_chain": parents,
             "container_id": procfs.container_id(pid),
             "capabilities": [c for c in caps.SNIFFER_RELEVANT if c in effective],
+            **_namespaces(pid),
         }
     except (procfs.ProcessGone, PermissionError, StopIteration, KeyError):
         return None
+
+
+def _namespaces(pid: int) -> dict:
+    """Its pid inside its own pid namespace (NSpid) and its namespaces, so a
+    holder in a container is named both ways."""
+    out: dict = {"ns_pid": None, "pid_ns": None, "mnt_ns": None}
+    with contextlib.suppress(OSError):
+        out["pid_ns"] = os.readlink(f"/proc/{pid}/ns/pid")
+        out["mnt_ns"] = os.readlink(f"/proc/{pid}/ns/mnt")
+    with contextlib.suppress(procfs.ProcessGone, KeyError, ValueError):
+        nspid = procfs.status(pid)["NSpid"].split()
+        out["ns_pid"] = int(nspid[-1])
+    return out
+
+
+_LOOPBACK = ("127.", "::1", "::ffff:127.")
+_WRITE_MODES = ("w", "a", "r+", "a+", "w+")
+MAX_DESTINATIONS = 100
+
+
+def _loopback(ip: str) -> bool:
+    return ip.startswith(_LOOPBACK) or ip == "localhost"
+
+
+def destinations(pid: int) -> dict | None:
+    """Where a sniffer's owner can send what it collects: its listening sockets,
+    its established connections (with peers) and the regular files it has open
+    for writing. None when the process is gone.
+
+    eCapture's remote API listens on 28256 on every address by default; a
+    listener on a non-loopback address is marked ``exposed``.
+    """
+    import psutil  # only for owners of findings
+
+    try:
+        proc = psutil.Process(pid)
+        conns = proc.net_connections(kind="inet")
+        files = proc.open_files()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+    except psutil.AccessDenied:
+        return {"error": "access denied", "listening": [], "connections": [], "files_written": []}
+    listening, connected = [], []
+    for c in conns:
+        proto = "tcp" if c.type == socket.SOCK_STREAM else "udp"
+        if c.status == psutil.CONN_LISTEN or (proto == "udp" and not c.raddr):
+            ip, port = c.laddr.ip, c.laddr.port
+            listening.append(
+                {"proto": proto, "address": ip, "port": port, "exposed": not _loopback(ip)}
+            )
+        elif c.raddr:
+            connected.append(
+                {
+                    "proto": proto,
+                    "local": f"{c.laddr.ip}:{c.laddr.port}",
+                    "peer": f"{c.raddr.ip}:{c.raddr.port}",
+                    "status": c.status,
+                    "remote": not _loopback(c.raddr.ip),
+                }
+            )
+    written = sorted({f.path for f in files if getattr(f, "mode", "r") in _WRITE_MODES})
+    return {
+        "listening": listening[:MAX_DESTINATIONS],
+        "connections": connected[:MAX_DESTINATIONS],
+        "files_written": written[:MAX_DESTINATIONS],
+    }
+
+
+def destination_evidence(dest: dict) -> list[str]:
+    """Evidence lines: where the loot goes, exposed listeners first."""
+    out = []
+    for lst in dest.get("listening", []):
+        where = f"{lst['proto']} {lst['address']}:{lst['port']}"
+        if lst["exposed"]:
+            out.append(f"LISTENS on {where}, reachable from other hosts (not loopback)")
+        else:
+            out.append(f"listens on {where}")
+    for c in dest.get("connections", [])[:20]:
+        out.append(f"connected {c['proto']} {c['local']} -> {c['peer']} ({c['status']})")
+    for path in dest.get("files_written", [])[:20]:
+        out.append(f"writes file {path}")
+    return out
 
 
 def _dev_field(dev: int) -> str:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import ctypes
 import struct
 import time
+from dataclasses import replace
 
-from ecap.detect import bpfsys, btf
+from ecap.detect import bpfsys, btf, insns, kallsyms
 from ecap.detect.model import Program
 
 PROG_TYPES = (
@@ -56,20 +57,32 @@ def boot_epoch() -> float:
     return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
-def read_program(fd: int, boot: float) -> Program:
-    """Two-pass OBJ_GET_INFO_BY_FD: counts first, then map ids and func_info."""
+MAX_XLATED_BYTES = 8 << 20
+"""1M instructions (the verifier's limit) is 8 MiB; anything claiming more is not read."""
+
+
+def read_program(fd: int, boot: float) -> tuple[Program, insns.Decoded | None]:
+    """Two-pass OBJ_GET_INFO_BY_FD: counts first, then map ids, func_info and the
+    translated instructions (decoded here; helper names are resolved per scan)."""
     info = ctypes.create_string_buffer(_INFO_SIZE)
     bpfsys.info_by_fd(fd, info)
+    xlated_len = struct.unpack_from("<I", info, 20)[0]
     nr_maps = struct.unpack_from("<I", info, 52)[0]
     btf_id = struct.unpack_from("<I", info, 128)[0]
     nr_func = struct.unpack_from("<I", info, 144)[0]
     map_ids: tuple[int, ...] = ()
     first_func_type = 0
-    if nr_maps or (btf_id and nr_func):
+    decoded = None
+    xlated_len = xlated_len if 0 < xlated_len <= MAX_XLATED_BYTES else 0
+    if nr_maps or (btf_id and nr_func) or xlated_len:
         maps_buf = ctypes.create_string_buffer(4 * max(nr_maps, 1))
         func_buf = ctypes.create_string_buffer(8 * max(nr_func, 1))
+        code_buf = ctypes.create_string_buffer(max(xlated_len, 8))
         second = ctypes.create_string_buffer(_INFO_SIZE)
         struct.pack_into("<IQ", second, 52, nr_maps, ctypes.addressof(maps_buf))
+        if xlated_len:
+            struct.pack_into("<I", second, 20, xlated_len)
+            struct.pack_into("<Q", second, 32, ctypes.addressof(code_buf))
         if btf_id and nr_func:
             struct.pack_into("<IQI", second, 132, 8, ctypes.addressof(func_buf), nr_func)
         bpfsys.info_by_fd(fd, second)
@@ -77,6 +90,9 @@ def read_program(fd: int, boot: float) -> Program:
         map_ids = struct.unpack_from(f"<{got_maps}I", maps_buf, 0) if got_maps else ()
         if btf_id and nr_func:
             first_func_type = struct.unpack_from("<II", func_buf, 0)[1]
+        if xlated_len:
+            got = min(xlated_len, struct.unpack_from("<I", second, 20)[0])
+            decoded = insns.decode(code_buf.raw[:got])
     (
         ptype,
         pid_,
@@ -88,7 +104,7 @@ def read_program(fd: int, boot: float) -> Program:
         name = btf.func_names(btf_id).get(first_func_type, name) or name
     run_time, run_cnt = struct.unpack_from("<QQ", info, 192)
     verified = struct.unpack_from("<I", info, 216)[0]
-    return Program(
+    prog = Program(
         id=pid_,
         type=type_name(ptype),
         name=name,
@@ -101,6 +117,32 @@ def read_program(fd: int, boot: float) -> Program:
         run_time_ns=run_time if run_cnt or run_time else None,
         verified_insns=verified or None,
     )
+    if decoded is not None:
+        prog = replace(
+            prog,
+            xlated_insns=decoded.insns,
+            tail_calls=decoded.tail_calls,
+            packet_loads=decoded.packet_loads,
+        )
+    return prog, decoded
+
+
+def name_helpers(progs: list[tuple[Program, insns.Decoded | None]]) -> list[Program]:
+    """Programs with the names of the helpers and kfuncs they call (one kallsyms read).
+
+    ``helpers`` stays None when the calls cannot be named (addresses hidden by
+    ``kernel.kptr_restrict``, or no instructions readable).
+    """
+    wanted = {off for _p, d in progs if d is not None for off in d.calls}
+    names = kallsyms.resolve(wanted) if wanted else {}
+    out = []
+    for prog, dec in progs:
+        if dec is None or dec.hidden_calls or (dec.calls and names is None):
+            out.append(prog)
+            continue
+        called = [(names or {}).get(off) or f"kernel+{off:#x}" for off in dec.calls]
+        out.append(replace(prog, helpers=tuple(sorted(set(called)))))
+    return out
 
 
 def list_programs() -> list[Program]:
@@ -110,6 +152,23 @@ def list_programs() -> list[Program]:
     degrades to fdinfo.
     """
     boot = boot_epoch()
-    return bpfsys.read_each(
-        bpfsys.PROG_GET_NEXT_ID, bpfsys.PROG_GET_FD_BY_ID, lambda fd: read_program(fd, boot)
+    return name_helpers(
+        bpfsys.read_each(
+            bpfsys.PROG_GET_NEXT_ID, bpfsys.PROG_GET_FD_BY_ID, lambda fd: read_program(fd, boot)
+        )
     )
+
+
+def run_counts(prog_ids: list[int]) -> dict[int, int]:
+    """Current run count of each program still loaded (counts move only while
+    run-time statistics are enabled)."""
+    out = {}
+    for prog_id in prog_ids:
+        try:
+            with bpfsys.Fd(bpfsys.fd_by_id(bpfsys.PROG_GET_FD_BY_ID, prog_id)) as fd:
+                info = ctypes.create_string_buffer(_INFO_SIZE)
+                bpfsys.info_by_fd(fd, info)
+                out[prog_id] = struct.unpack_from("<Q", info, 200)[0]
+        except bpfsys.BpfError:
+            continue
+    return out

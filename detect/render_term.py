@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 from typing import IO
 
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
+from ecap.detect.views import VIEWS, line
 from ecap.text import for_rich
 
 STYLE = {
@@ -60,7 +60,18 @@ def _hook_lines(hooked: list[dict]) -> dict[tuple, list[str]]:
         fn = hk.get("function") or "?"
         if hk.get("delta"):
             fn += f"+{hk['delta']:#x}"
-        key = (fn, hk.get("class"), hk.get("path") or "", hk.get("offset") or 0, hk.get("source"))
+        caps = hk.get("capabilities")
+        can = "unknown" if caps is None else ", ".join(caps) or "nothing but count/filter"
+        if hk.get("source") == "tracefs":
+            can = "ftrace event (no BPF program)"
+        key = (
+            fn,
+            hk.get("class"),
+            hk.get("path") or "",
+            hk.get("offset") or 0,
+            hk.get("source"),
+            can,
+        )
         lines.setdefault(key, []).append(hk.get("type") or "?")
     return lines
 
@@ -95,13 +106,27 @@ def render(doc: dict, out: IO[str], *, inventory: bool = True, color: bool | Non
         )
         if f.get("summary"):
             console.print(f"  {_e(f['summary'])}")
-        for (fn, cls, path, off, src), types in _hook_lines(f.get("hooked", [])).items():
+        for (fn, cls, path, off, src, can), types in _hook_lines(f.get("hooked", [])).items():
             kinds = "+".join(sorted(set(types)))
             times = f" ×{len(types)}" if len(types) > len(set(types)) else ""
+            where = f"in {_e(path)} @ {off:#x} " if path else ""
             console.print(
                 f"  hooks [bold]{_e(fn)}[/bold] ({_e(cls)}; {_e(kinds)}{times}) "
-                f"in {_e(path)} @ {off:#x} via {_e(src)}"
+                f"{where}via {_e(src)}; program can: {_e(can)}"
             )
+        if f.get("capabilities") is not None and not f.get("hooked"):
+            console.print(f"  programs can: {_e(', '.join(f['capabilities']) or 'nothing')}")
+        dest = f.get("destinations") or {}
+        for lst in dest.get("listening", []):
+            flag = "[bold red]EXPOSED[/] " if lst.get("exposed") else ""
+            console.print(
+                f"  loot: {flag}listens on {_e(lst.get('proto'))} "
+                f"{_e(lst.get('address'))}:{_e(lst.get('port'))}"
+            )
+        for c in dest.get("connections", [])[:8]:
+            console.print(f"  loot: connected to {_e(c.get('peer'))} ({_e(c.get('status'))})")
+        for path_w in dest.get("files_written", [])[:8]:
+            console.print(f"  loot: writes {_e(path_w)}")
         if f.get("owner"):
             console.print(f"  owner: {_owner_line(f['owner'])}")
         if f.get("authorized") or f.get("authorization"):
@@ -141,67 +166,13 @@ def render(doc: dict, out: IO[str], *, inventory: bool = True, color: bool | Non
 
 
 def _inventory(console: Console, inv: dict) -> None:
-    console.print()
-    t = Table(title="BPF programs", title_justify="left", show_lines=False)
-    for col in ("id", "type", "name", "tag", "uid", "maps", "holders"):
-        t.add_column(col)
-    for p in inv["programs"]:
-        t.add_row(
-            str(p["id"]),
-            _e(p["type"]),
-            _e(p["name"]),
-            _e(p["tag"]),
-            _e(p.get("created_by_uid")),
-            ",".join(map(str, p.get("map_ids", []))),
-            ",".join(map(str, p.get("holders", []))),
-        )
-    console.print(t)
-    t = Table(title="BPF maps", title_justify="left")
-    for col in ("id", "type", "name", "key", "value", "entries", "holders"):
-        t.add_column(col)
-    for m in inv["maps"]:
-        t.add_row(
-            str(m["id"]),
-            _e(m["type"]) + (" ⇢ user" if m.get("event_output") else ""),
-            _e(m["name"]),
-            str(m.get("key_size")),
-            str(m.get("value_size")),
-            str(m.get("max_entries")),
-            ",".join(map(str, m.get("holders", []))),
-        )
-    console.print(t)
-    if inv["links"]:
-        t = Table(title="BPF links", title_justify="left")
-        for col in ("id", "type", "prog", "info", "holders"):
-            t.add_column(col)
-        for lk in inv["links"]:
-            info = " ".join(f"{k}={v}" for k, v in lk.get("info", {}).items())
-            t.add_row(
-                str(lk["id"]),
-                _e(lk["type"]),
-                str(lk["prog_id"]),
-                _e(info)[:80],
-                ",".join(map(str, lk.get("holders", []))),
-            )
-        console.print(t)
-    if inv["probes"]:
-        t = Table(title="Probes (uprobe / kprobe / tracepoint attachments)", title_justify="left")
-        for col in ("source", "type", "target", "offset", "prog", "holder"):
-            t.add_column(col)
-        for p in inv["probes"]:
-            t.add_row(
-                _e(p["source"]),
-                _e(p["type"]),
-                _e(p["target"]),
-                f"{p.get('offset') or 0:#x}",
-                _e(p.get("prog_id")),
-                _e(p.get("holder_pid") or p.get("event")),
-            )
-        console.print(t)
-    if inv["pins"]:
-        t = Table(title="bpffs pins", title_justify="left")
-        for col in ("path", "kind", "id", "mount ns"):
-            t.add_column(col)
-        for p in inv["pins"]:
-            t.add_row(_e(p["path"]), _e(p["kind"]), str(p["obj_id"]), _e(p["mount_ns"]))
-        console.print(t)
+    """Every inventory kind through its view (detect/views.py): the HTML report
+    prints the same columns, and fields no column names still show as key=value."""
+    for view in VIEWS:
+        records = [r for r in inv.get(view.key) or [] if isinstance(r, dict)]
+        if not records:
+            continue
+        console.print()
+        console.print(f"[bold]{_e(view.title)}[/bold] ({len(records)})")
+        for record in records:
+            console.print(f"  {_e(line(view, record))}")

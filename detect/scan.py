@@ -1,4 +1,4 @@
-"""One scan of this host: collect, reason, and return the ``ecap.scan/1`` document.
+"""One scan of this host: collect, reason, and return the ``ecap.scan/2`` document.
 
 Collection is split by object kind like bpftool (programs, maps, links, fd
 holders and perf attachments, tracefs probes, pins); each step that cannot see
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -24,24 +25,30 @@ from ecap.detect import (
     audit_history,
     bpfsys,
     btf,
+    capabilities,
     findings,
     holders,
+    host_findings,
     links,
     maps,
     owners,
     pins,
     posture,
+    program_findings,
     programs,
     sessions,
     tracefs,
     watchers,
 )
+from ecap.detect.document import SCHEMA
 from ecap.detect.kernel_walk import KernelWalker, KernelWalkUnavailable
 from ecap.detect.model import Link, Map, Program, to_dict
 from ecap.errors import Error, UsageError
 from ecap.text import json_safe_str
 
-SCHEMA = "ecap.scan/1"
+FIRING_WINDOW = 0.3
+"""Seconds between the two run-count reads of an unheld program (only paid when
+there is one)."""
 
 
 @dataclass(frozen=True)
@@ -142,9 +149,9 @@ def _list_objects(options: ScanOptions) -> _Objects:
     if not options.use_bpf:
         return _Objects([], [], [], degraded=True)
     try:
-        return _Objects(
-            programs.list_programs(), maps.list_maps(), links.list_links(), degraded=False
-        )
+        map_list = maps.list_maps()
+        prog_list = capabilities.assess(programs.list_programs(), {m.id: m for m in map_list})
+        return _Objects(prog_list, map_list, links.list_links(), degraded=False)
     except bpfsys.BpfError as exc:
         if exc.errno not in (errno.EPERM, errno.EACCES):
             raise
@@ -171,7 +178,11 @@ def run_scan(options: ScanOptions | None = None) -> dict:
     with kernel or contextlib.nullcontext():
         doc = _scan(objects, kernel, walk_note, my_caps, options, selinux)
     doc["scanner"]["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
-    return _clean(doc)
+    try:  # almost always nothing to clean: let the C encoder say so in one pass
+        json.dumps(doc, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return _clean(doc)
+    return doc
 
 
 def _open_kernel_walker(
@@ -265,7 +276,11 @@ def _scan(
     if hnote:
         limitations.append(hnote)
 
-    found = findings.probe_findings(inv, victims=partial(owners.victims, kernel=kernel))
+    found = findings.probe_findings(
+        inv,
+        victims=partial(owners.victims, kernel=kernel),
+        kernel_inodes=_kernel_inodes(kernel, inv, limitations),
+    )
     if any(p.is_uprobe and p.source == "perf_event" for p in inv.probes):
         limitations.append(
             "the target-process filter of a perf-event uprobe is not exposed by the kernel: "
@@ -273,14 +288,24 @@ def _scan(
             "token names its targets)"
         )
     hooked_progs = {p.prog_id for p in inv.probes if p.prog_id}
-    found += findings.pinned_program_findings(inv, hooked_progs)
-    found += findings.posture_findings(posture.issues(post))
+    found += program_findings.pinned_program_findings(inv, hooked_progs)
+    unheld = [] if degraded else program_findings.unheld_candidates(inv)
+    if unheld:
+        found += program_findings.unheld_program_findings(
+            inv,
+            unheld,
+            firing=_firing(unheld, limitations),
+            loads=history.live_loads if history is not None else None,
+        )
+    found += program_findings.packet_tap_findings(inv)
+    found += host_findings.stale_session_findings(verdicts)
+    found += host_findings.posture_findings(posture.issues(post))
     if history is not None:
-        found += findings.history_findings(history.transient)
-        found += findings.denial_findings(history.denials)
+        found += host_findings.history_findings(history.transient)
+        found += host_findings.denial_findings(history.denials)
     watcher_verdicts = watchers.evaluate(inv)
     ours = watchers.verified_programs(watcher_verdicts)
-    found = [f for f in found if not (f.get("programs") and set(f["programs"]) <= ours)]
+    found = [f for f in found if not (f["programs"] and set(f["programs"]) <= ours)]
     found = findings.sort_findings(found)
 
     counts = {s: 0 for s in findings.SEVERITIES}
@@ -335,6 +360,8 @@ def _scan(
                     "reason": v.reason,
                     "capture_pid": v.capture_pid,
                     "prog_ids": sorted(v.prog_ids),
+                    "capture_alive": v.capture_alive,
+                    "path": v.path,
                 }
                 for v in verdicts
             ],
@@ -357,6 +384,47 @@ def _scan(
         "summary": {"counts": counts, "findings": len(found)},
     }
     return doc
+
+
+def _firing(prog_ids: list[int], limitations: list[str]) -> dict[int, tuple[int, int, float]]:
+    """Run counts of these programs read twice, FIRING_WINDOW apart, with run-time
+    statistics enabled only for that window (BPF_ENABLE_STATS: nothing stays on)."""
+    try:
+        stats_fd = bpfsys.enable_stats()
+    except bpfsys.BpfError as exc:
+        limitations.append(f"cannot enable BPF run-time statistics ({exc.strerror})")
+        return {}
+    try:
+        before = programs.run_counts(prog_ids)
+        started = time.monotonic()
+        time.sleep(FIRING_WINDOW)
+        after = programs.run_counts(prog_ids)
+        window = time.monotonic() - started
+    finally:
+        os.close(stats_fd)
+    return {i: (before[i], after[i], window) for i in prog_ids if i in before and i in after}
+
+
+def _kernel_inodes(
+    kernel: KernelWalker | None, inv: findings.Inventory, limitations: list[str]
+) -> dict[tuple[int, int], tuple[int, int]]:
+    """(pid, fd) of each perf-event uprobe → the inode the kernel hooked."""
+    wanted = {(p.holder_pid, p.fd) for p in inv.probes if p.is_uprobe and p.fd is not None}
+    if not wanted:
+        return {}
+    try:
+        if kernel is not None:
+            found = kernel.uprobe_inodes()
+        else:  # the /proc walk ran; load the iterators for this one question
+            with KernelWalker() as walker:
+                found = walker.uprobe_inodes()
+    except (KernelWalkUnavailable, bpfsys.BpfError) as exc:
+        limitations.append(
+            f"the inode each uprobe hooked could not be read ({exc}): paths are judged as "
+            "they read now"
+        )
+        return {}
+    return {k: v for k, v in found.items() if k in wanted}
 
 
 def _version() -> str:

@@ -14,12 +14,16 @@ file did not exist.
 
 from __future__ import annotations
 
+import json
+import os
+import stat
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ecap import config, procfs
 from ecap.errors import AuthorizationRefused
-from ecap.sessions import SessionRecord, list_sessions
+from ecap.sessions import SessionRecord
 
 if TYPE_CHECKING:
     from ecap.authz.token import Grant
@@ -31,6 +35,9 @@ if TYPE_CHECKING:
 AUTHORIZED = "authorized"
 EXPIRED = "expired"
 REJECTED = "rejected"
+MAX_SESSION_BYTES = 64 * 1024
+"""A session file holds one token (≤ 16 KiB) and a few ids; anything larger is not one."""
+MAX_SESSION_FILES = 1000
 
 
 @dataclass(frozen=True)
@@ -45,24 +52,132 @@ class Verdict:
     prog_ids: frozenset[int]
     authorization: dict = field(default_factory=dict)
     """operator, reason, expiry, jti, issuer, targets — from the verified token only."""
+    capture_alive: bool = True
+    """False when the file names a capture process that no longer runs (a capture
+    killed with SIGKILL cannot remove its session file or journal its stop)."""
+    path: str | None = None
 
 
-def _expired_but_genuine(token: str) -> bool:
-    """True when the token verifies at an instant just before its own expiry."""
-    import jwt
+def _read_session_file(dir_fd: int, name: str) -> SessionRecord:
+    """One session file, opened without following links or blocking on a FIFO.
 
-    from ecap.authz.verify import verify_token
-
+    Raises ValueError (with the reason) for anything that is not a small regular
+    file holding a well-formed session record.
+    """
     try:
-        claims = jwt.decode(token, options={"verify_signature": False})
-        exp = float(claims["exp"])
-    except (jwt.PyJWTError, KeyError, TypeError, ValueError):
-        return False
+        fd = os.open(
+            name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd
+        )
+    except OSError as exc:
+        raise ValueError(f"cannot open ({exc.strerror})") from None
     try:
-        verify_token(token, check_host=True, now=exp - 1)
-    except AuthorizationRefused:
-        return False
-    return True
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("not a regular file")
+        if st.st_size > MAX_SESSION_BYTES:
+            raise ValueError(f"larger than {MAX_SESSION_BYTES} bytes")
+        raw = os.read(fd, MAX_SESSION_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_SESSION_BYTES:
+        raise ValueError(f"larger than {MAX_SESSION_BYTES} bytes")
+    try:
+        data = json.loads(raw)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    try:
+        record = SessionRecord.from_dict(data)
+    except (TypeError, KeyError, ValueError) as exc:
+        raise ValueError(f"not a session record ({type(exc).__name__}: {exc})") from None
+    _check_types(record)
+    return record
+
+
+def _check_types(r: SessionRecord) -> None:
+    def ints(values: object) -> bool:
+        return isinstance(values, list) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in values
+        )
+
+    if not all(isinstance(v, str) for v in (r.session_id, r.token, r.module, r.jti)):
+        raise ValueError("session id, token, module and jti must be strings")
+    if not isinstance(r.capture_pid, int) or isinstance(r.capture_pid, bool):
+        raise ValueError("capture_pid must be an integer")
+    if not ints(r.prog_ids) or not all(
+        isinstance(t.pid, int) and isinstance(t.start_time, int) for t in r.targets
+    ):
+        raise ValueError("prog_ids and targets must be integers")
+
+
+def _directory_problem(st: os.stat_result) -> str | None:
+    """A sessions directory others could write to proves nothing."""
+    if st.st_uid not in (0, os.geteuid()):
+        return f"the sessions directory is owned by uid {st.st_uid}, not root"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"the sessions directory is writable by others (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
+
+
+def read_sessions(
+    directory: Path | None = None,
+) -> tuple[list[tuple[str, SessionRecord]], list[Verdict], list[str]]:
+    """(path, record) for every session file that parses, a rejected verdict for
+    every one that does not, and notes about the directory itself.
+
+    Nothing in the directory can stop or hang the scan: files are opened with
+    O_NOFOLLOW|O_NONBLOCK and checked with fstat, read up to a size cap, parsed
+    with recursion guarded; each failure is that file's rejected claim.
+    """
+    directory = directory or config.sessions_dir()
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return [], [], []
+    except OSError as exc:
+        return [], [], [f"sessions directory {directory}: {exc.strerror}"]
+    records: list[tuple[str, SessionRecord]] = []
+    rejected: list[Verdict] = []
+    notes: list[str] = []
+    try:
+        dir_problem = _directory_problem(os.fstat(dir_fd))
+        if dir_problem:
+            notes.append(f"{directory}: {dir_problem}; every session in it is rejected")
+        names = sorted(n for n in os.listdir(dir_fd) if n.endswith(".json"))
+        if len(names) > MAX_SESSION_FILES:
+            notes.append(f"{directory}: more than {MAX_SESSION_FILES} session files; rest ignored")
+            names = names[:MAX_SESSION_FILES]
+        for name in names:
+            path = str(directory / name)
+            try:
+                record = _read_session_file(dir_fd, name)
+            except ValueError as exc:
+                rejected.append(_rejected_file(name, path, f"session file {exc}"))
+                continue
+            if dir_problem:
+                rejected.append(
+                    Verdict(
+                        record.session_id,
+                        REJECTED,
+                        dir_problem,
+                        record.capture_pid,
+                        frozenset(record.prog_ids),
+                        capture_alive=procfs.pid_exists(record.capture_pid),
+                        path=path,
+                    )
+                )
+                continue
+            records.append((path, record))
+    finally:
+        os.close(dir_fd)
+    return records, rejected, notes
+
+
+def _rejected_file(name: str, path: str, reason: str) -> Verdict:
+    return Verdict(name.removesuffix(".json"), REJECTED, reason, 0, frozenset(), path=path)
 
 
 @dataclass(frozen=True)
@@ -117,14 +232,31 @@ def _journal_problem(record: SessionRecord, jti: str, evidence: JournalEvidence)
     return None
 
 
-def _exec_problem(grant: Grant, pid: int) -> str | None:
-    """Does the target still run what the token names? exec() keeps PID and start
-    time, so compare the live executable (/proc/PID/exe device/inode and SHA-256)
-    with the token's claim."""
-    from ecap.authz.policy import executable_problem
+def verify_claim(record: SessionRecord) -> tuple[str, Grant]:
+    """(status, grant): the token verified once, with the gate's composable checks.
 
-    claimed = grant.target_for(pid)
-    return executable_problem(pid, claimed) if claimed else None
+    Signature, host, lifetime and revocation first, then the session's own claims
+    (its targets with their start times, its module) against the token's scope —
+    the same checks the gate runs, so an empty ``modules`` list grants nothing
+    here either — and the validity window last: a token that passes everything
+    but the window is ``expired``, not forged.
+    """
+    from ecap.authz.policy import AllOf, Allowed, Context, TargetsInScope, TimeWindow, token_checks
+
+    ctx = Context(token=record.token, trust_dir=config.trust_dir())
+    AllOf(
+        *token_checks(check_host=True, check_time=False),
+        TargetsInScope([(t.pid, t.start_time) for t in record.targets]),
+        Allowed("module", record.module),
+    ).verify(ctx)
+    grant = ctx.require_grant()
+    try:
+        TimeWindow().verify(ctx)
+    except AuthorizationRefused:
+        if ctx.now < grant.expires_at:  # not yet valid: not a capture that ran out of time
+            raise
+        return EXPIRED, grant
+    return AUTHORIZED, grant
 
 
 def _journal_override(record: SessionRecord, journal: JournalEvidence) -> str | None:
@@ -144,46 +276,31 @@ def evaluate(
     held_progs: dict[int, set[int]],
     loaded_progs: set[int],
     journal: JournalEvidence,
+    path: str | None = None,
 ) -> Verdict:
     """Judge one session record against the token, journal and live kernel state.
 
     ``held_progs`` maps pid → program ids it holds (prog fds, perf events, links).
     """
-
-    import jwt
-
-    from ecap.authz.verify import verify_token
+    alive = procfs.pid_exists(record.capture_pid)
 
     def rejected(reason: str) -> Verdict:
         return Verdict(
-            record.session_id, REJECTED, reason, record.capture_pid, frozenset(record.prog_ids)
+            record.session_id,
+            REJECTED,
+            reason,
+            record.capture_pid,
+            frozenset(record.prog_ids),
+            capture_alive=alive,
+            path=path,
         )
 
-    status = AUTHORIZED
     try:
-        grant = verify_token(record.token, check_host=True)
+        status, grant = verify_claim(record)
     except AuthorizationRefused as refusal:
-        if not _expired_but_genuine(record.token):
-            return rejected(f"token does not verify: {refusal.message}")
-        status = EXPIRED
-        claims = jwt.decode(record.token, options={"verify_signature": False})
-        grant = verify_token(record.token, check_host=True, now=float(claims["exp"]) - 1)
+        return rejected(f"token does not verify: {refusal.message}")
     if record.jti and record.jti != grant.jti:
         return rejected("session jti differs from the token's")
-    scope = {(t.pid, t.start_time) for t in grant.targets}
-    for target in record.targets:
-        if (target.pid, target.start_time) not in scope:
-            return rejected(f"target pid {target.pid} is not in the token's scope")
-        try:
-            if procfs.start_time(target.pid) != target.start_time:
-                return rejected(f"target pid {target.pid} was recycled")
-            exec_problem = _exec_problem(grant, target.pid)
-        except procfs.ProcessGone:
-            exec_problem = None  # exited; the capture may still be attached (judged by programs)
-        if exec_problem:
-            return rejected(exec_problem)
-    if record.module and grant.modules and record.module not in grant.modules:
-        return rejected(f"module {record.module!r} is not allowed by the token")
     problem = _journal_problem(record, grant.jti, journal)
     if problem:
         return rejected(problem)
@@ -222,41 +339,37 @@ def evaluate(
         record.capture_pid,
         frozenset(record.prog_ids),
         authorization,
+        capture_alive=alive,
+        path=path,
     )
 
 
 def evaluate_all(
     *, held_progs: dict[int, set[int]], loaded_progs: set[int]
 ) -> tuple[list[Verdict], list[str]]:
-    """Verdicts for every registered session, and notes on files that did not parse."""
-    records, problems = list_sessions()
-    notes = [f"session file {p}: {why}" for p, why in problems]
+    """Verdicts for every registered session (a rejected one for each file that is
+    not a session record), and notes about the sessions directory."""
+    records, verdicts, notes = read_sessions()
     if not records:
-        return [], notes
+        return verdicts, notes
     from ecap.journal import Journal
 
     evidence = journal_evidence(Journal())
-    verdicts = []
-    for r in records:
+    for path, r in records:
         try:
             verdicts.append(
-                evaluate(r, held_progs=held_progs, loaded_progs=loaded_progs, journal=evidence)
+                evaluate(
+                    r,
+                    held_progs=held_progs,
+                    loaded_progs=loaded_progs,
+                    journal=evidence,
+                    path=path,
+                )
             )
-        except Exception as exc:  # a hand-made file with wrong types is a rejected claim
-            verdicts.append(_malformed(r, exc))
+        except Exception as exc:  # a hand-made file with odd values is a rejected claim
+            verdicts.append(
+                _rejected_file(
+                    Path(path).name, path, f"session file malformed ({type(exc).__name__})"
+                )
+            )
     return verdicts, notes
-
-
-def _malformed(record: SessionRecord, exc: Exception) -> Verdict:
-    try:
-        progs = frozenset(int(p) for p in record.prog_ids)
-        capture_pid = int(record.capture_pid)
-    except (TypeError, ValueError):
-        progs, capture_pid = frozenset(), 0
-    return Verdict(
-        str(record.session_id),
-        REJECTED,
-        f"session file malformed ({type(exc).__name__})",
-        capture_pid,
-        progs,
-    )

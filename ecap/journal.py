@@ -354,3 +354,36 @@ def _entry_problem(entry: dict[str, Any] | None, raw: str, prev: str, seq: int) 
     if not raw.endswith("\n"):
         return TORN_TAIL  # a whole entry, but the write stopped before its newline
     return None
+
+
+def unfinished_sessions(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Captures whose ``capture.start`` has no ``capture.stop`` (or ``capture.failed``).
+
+    A capture killed with SIGKILL cannot write its stop: the chain stays intact,
+    but the record of that session is open-ended. Each item says whether the
+    process that wrote the start still runs (``running``: the capture may simply
+    still be going) — a PID is only a hint, since PIDs are reused.
+    """
+    open_starts: dict[str, dict[str, Any]] = {}
+    for e in entries:
+        event, sid = e.get("event"), e.get("session_id")
+        if event == "capture.start" and sid:
+            open_starts[str(sid)] = e
+        elif event in ("capture.stop", "capture.failed") and sid:
+            open_starts.pop(str(sid), None)
+    out = []
+    for sid, e in open_starts.items():
+        pid = e.get("pid")
+        running = isinstance(pid, int) and os.path.exists(f"/proc/{pid}")
+        out.append(
+            {
+                "session_id": sid,
+                "seq": e.get("seq"),
+                "ts": e.get("ts"),
+                "pid": pid,
+                "operator": e.get("operator"),
+                "jti": e.get("jti"),
+                "running": running,
+            }
+        )
+    return out

@@ -9,7 +9,6 @@ only carries sysctls, SELinux state and findings; every other fact is then ``Non
 
 from __future__ import annotations
 
-import json
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,14 +16,10 @@ from typing import Any
 
 from ecap import host
 from ecap import selinux as sel
-from ecap.errors import UsageError
 from ecap.remediation import ALL_CONTROL_IDS
-from ecap.text import printable
 
 from . import auditrules
 from .controls import sysctl_controls
-
-SCAN_SCHEMA = "ecap.scan/1"
 
 
 @dataclass(frozen=True)
@@ -98,27 +93,9 @@ def from_scan(path: Path) -> Posture:
 
     Raises UsageError (exit 2) for an unreadable file, bad JSON or another schema.
     """
-    try:
-        data: Any = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(
-            f"scan file {printable(str(path))} not found",
-            hint="pass the JSON written by 'ecap-detect scan --json FILE'",
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read scan file {printable(str(path))}: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise UsageError(
-            f"scan file {printable(str(path))} is not JSON ({exc.msg} at line {exc.lineno})",
-            hint="pass the JSON written by 'ecap-detect scan --json FILE'",
-        ) from None
-    if not isinstance(data, dict) or data.get("schema") != SCAN_SCHEMA:
-        found = data.get("schema") if isinstance(data, dict) else type(data).__name__
-        raise UsageError(
-            f"scan file {printable(str(path))} has schema {printable(repr(found))}, "
-            f"expected {SCAN_SCHEMA!r}",
-            hint="pass the JSON written by 'ecap-detect scan --json FILE'",
-        )
+    from ecap.detect import document
+
+    data: Any = document.load(path)
     hostinfo = data.get("host") if isinstance(data.get("host"), dict) else {}
     posture = data.get("posture") if isinstance(data.get("posture"), dict) else {}
     raw = posture.get("sysctl") if isinstance(posture.get("sysctl"), dict) else {}

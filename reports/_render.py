@@ -166,18 +166,10 @@ def now_iso() -> str:
 
 
 def _read_text(path: Path, what: str, hint: str) -> str:
-    shown = printable(str(path))
-    try:
-        size = path.stat().st_size
-        if size > MAX_INPUT_BYTES:
-            raise UsageError(f"{what} {shown} is {size} bytes, larger than any real one", hint=hint)
-        return path.read_text(encoding="utf-8", errors="surrogateescape")
-    except FileNotFoundError:
-        raise UsageError(f"{what} {shown} not found", hint=hint) from None
-    except IsADirectoryError:
-        raise UsageError(f"{what} {shown} is a directory", hint=hint) from None
-    except OSError as exc:
-        raise UsageError(f"cannot read {what} {shown}: {exc.strerror}", hint=hint) from None
+    from ecap.detect.document import read_bounded  # the one bounded reader of inputs
+
+    raw = read_bounded(path, f"{what} {printable(str(path))}", hint, MAX_INPUT_BYTES)
+    return raw.decode("utf-8", errors="surrogateescape")
 
 
 def load_json(path: str | Path, *, schema: str, what: str, hint: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ecap.detect import document
 from ecap.errors import UsageError
 from ecap.reports import _render, host, scoring
 from ecap.reports.tables import as_dict, as_list
@@ -39,14 +40,9 @@ def finding_type(f: dict[str, Any]) -> str:
     return f["category"]
 
 
-def is_rogue(f: dict[str, Any]) -> bool:
-    """A critical, unauthorized hook on a plaintext function (or anything critical)."""
-    return f["severity"] == "critical" and f["authorized"] is not True
-
-
 def host_view(scan: dict[str, Any], index: int) -> dict[str, Any]:
     """One host's row, matrix cells and section."""
-    _render.check_schema(scan, host.SCAN_SCHEMA, f"scan document #{index}", host.HINT)
+    document.validate(scan, f"scan document #{index}")
     findings = host.sorted_findings(
         [host.finding_view(f, None) for f in as_list(scan.get("findings")) if isinstance(f, dict)]
     )
@@ -68,7 +64,7 @@ def host_view(scan: dict[str, Any], index: int) -> dict[str, Any]:
         "counts": counts,
         "worst": scoring.worst(counts),
         "score": scoring.score(counts),
-        "rogue": sum(1 for f in findings if is_rogue(f)),
+        "rogue": sum(1 for f in findings if f["rogue"]),
         "types": types,
         "findings": findings,
         "limitations": [str(x) for x in as_list(scan.get("limitations"))],

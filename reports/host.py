@@ -11,89 +11,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ecap.detect import document
+from ecap.detect.views import VIEWS
 from ecap.reports import _render, scoring, tables
 from ecap.reports.remedy import Remedies
 from ecap.reports.tables import as_dict, as_list
 
-SCAN_SCHEMA = "ecap.scan/1"
 SCHEMA = "ecap.report.host/1"
-HINT = "pass the JSON written by 'ecap-detect scan --json FILE'"
+HINT = document.HINT
 
-INVENTORY: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...]], ...] = (
-    (
-        "programs",
-        "BPF programs",
-        (
-            "id",
-            "type",
-            "name",
-            "tag",
-            "load_time",
-            "created_by_uid",
-            "holders",
-            "map_ids",
-            "run_cnt",
-            "verified_insns",
-            "source",
-        ),
-        ("id", "created_by_uid", "run_cnt", "verified_insns", "btf_id", "run_time_ns"),
-    ),
-    (
-        "maps",
-        "BPF maps",
-        ("id", "type", "name", "event_output", "key_size", "value_size", "max_entries", "holders"),
-        ("id", "key_size", "value_size", "max_entries", "flags"),
-    ),
-    ("links", "BPF links", ("id", "type", "prog_id", "info", "holders"), ("id", "prog_id")),
-    (
-        "probes",
-        "Probes (uprobes, kprobes, tracepoints)",
-        (
-            "type",
-            "target",
-            "offset",
-            "prog_id",
-            "link_id",
-            "holder_pid",
-            "fd",
-            "source",
-            "event",
-            "enabled",
-            "pid_filter",
-        ),
-        ("offset", "prog_id", "link_id", "holder_pid", "fd", "pid_filter"),
-    ),
-    (
-        "pins",
-        "Pinned objects (bpffs, all mount namespaces)",
-        ("path", "kind", "obj_id", "mount_ns", "via_pid"),
-        ("obj_id", "via_pid"),
-    ),
-    (
-        "holders",
-        "Processes holding BPF objects",
-        ("pid", "fd", "kind", "obj_id", "prog_id"),
-        ("pid", "fd", "obj_id", "prog_id"),
-    ),
-    (
-        "sessions",
-        "Registered ecap capture sessions",
-        ("session_id", "status", "reason", "capture_pid", "prog_ids"),
-        ("capture_pid",),
-    ),
-    ("history", "BPF programs loaded and unloaded (audit log)", (), ("prog_id", "pid")),
-    (
-        "selinux_denials",
-        "SELinux denials of BPF and perf-event permissions (audit log)",
-        ("domain", "tclass", "perms", "permissive", "pid", "comm", "exe", "scontext"),
-        ("pid",),
-    ),
+INVENTORY: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...]], ...] = tuple(
+    (v.key, v.title, v.keys, v.numeric) for v in VIEWS
 )
+"""The inventory tables, from the views the terminal prints too (detect/views.py)."""
 
 
 def load_scan(path: str | Path) -> dict[str, Any]:
-    """A scan document from a file, or UsageError (exit 2)."""
-    return _render.load_json(path, schema=SCAN_SCHEMA, what="scan file", hint=HINT)
+    """A scan document from a file, validated, or UsageError (exit 2)."""
+    return document.load(path)
 
 
 def finding_view(finding: dict[str, Any], remedies: Remedies | None) -> dict[str, Any]:
@@ -119,6 +54,12 @@ def finding_view(finding: dict[str, Any], remedies: Remedies | None) -> dict[str
         "evidence": [tables.cell(e) for e in as_list(finding.get("evidence"))],
         "why": str(finding.get("why") or ""),
         "remediation": remediation,
+        "rogue": document.is_rogue(finding),
+        "capabilities": as_list(finding.get("capabilities"))
+        if finding.get("capabilities") is not None
+        else None,
+        "reach": [str(r) for r in as_list(finding.get("reach"))],
+        "destinations": as_dict(finding.get("destinations")) or None,
     }
 
 
@@ -162,7 +103,7 @@ def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
 
 def build_view(scan: dict[str, Any], *, snippets: bool = True) -> dict[str, Any]:
     """The host report's view model (also its JSON twin)."""
-    _render.check_schema(scan, SCAN_SCHEMA, "scan document", HINT)
+    document.validate(scan)
     remedies = Remedies(snippets=snippets, scan=scan)
     findings = sorted_findings(
         [finding_view(f, remedies) for f in as_list(scan.get("findings")) if isinstance(f, dict)]
@@ -183,11 +124,7 @@ def build_view(scan: dict[str, Any], *, snippets: bool = True) -> dict[str, Any]
         "counts": counts,
         "worst": scoring.worst(counts),
         "score": scoring.score(counts),
-        "rogue": sum(
-            1
-            for f in findings
-            if f["severity"] == "critical" and f["authorized"] is not True and f["hooked"]
-        ),
+        "rogue": sum(1 for f in findings if f["rogue"]),
         "findings": findings,
         "inventory": [
             {"key": key, **tables.table(title, as_list(inventory.get(key)), pref, num)}

@@ -10,7 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-SEVERITIES: tuple[str, ...] = ("critical", "high", "medium", "low", "info")
+from ecap.detect import document
+
+SEVERITIES: tuple[str, ...] = tuple(reversed(document.SEVERITIES))
+"""Display order, most severe first: the scan document's one order, reversed."""
 WEIGHTS: dict[str, int] = {"critical": 50, "high": 20, "medium": 8, "low": 3, "info": 0}
 CRITICAL_CAP = 20
 GRADES: tuple[tuple[int, str], ...] = ((90, "A"), (75, "B"), (60, "C"), (40, "D"), (0, "F"))

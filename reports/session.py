@@ -14,6 +14,7 @@ not. No captured plaintext is put into the report: only sizes and counts.
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,8 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from ecap import config
+from ecap.authz.policy import (
+    AllOf,
+    Allowed,
+    Context,
+    TargetsInScope,
+    TimeWindow,
+    token_checks,
+)
 from ecap.authz.token import CLOCK_SKEW_SECONDS, Grant
-from ecap.authz.verify import verify_token
 from ecap.capture.schema import READABLE as CAPTURE_READABLE
 from ecap.capture.schema import SCHEMA as CAPTURE_SCHEMA
 from ecap.errors import AuthorizationRefused, UsageError
@@ -194,20 +202,41 @@ def _int(value: Any) -> int:
 def verify_grant(
     token: Any, started_at: float | None, trust_dir: Path | None
 ) -> tuple[Grant | None, str, str]:
-    """(grant, status at capture start, status now) — the token checked twice."""
+    """(grant, status at capture start, status now).
+
+    The token is verified once (signature, lifetime, revocation: the gate's
+    checks, the host binding left out since the report may be read elsewhere);
+    only the validity window is then judged at the two instants.
+    """
     if not isinstance(token, str) or not token:
         return None, "no token in the session header", "-"
+    ctx = Context(token=token, trust_dir=config.trust_dir(trust_dir))
     try:
-        grant = verify_token(token, trust_dir=trust_dir, check_host=False, now=started_at)
+        AllOf(*token_checks(check_host=False, check_time=False)).verify(ctx)
+        grant = ctx.require_grant()
+        if started_at is not None:
+            ctx.now = started_at
+        TimeWindow().verify(ctx)
         at_start = "verified: valid when the capture started"
     except AuthorizationRefused as refusal:
         return None, f"NOT verified: {refusal.one_line()}", "-"
+    ctx.now = time.time()
     try:
-        verify_token(token, trust_dir=trust_dir, check_host=False)
+        TimeWindow().verify(ctx)
         now = "still valid now"
     except AuthorizationRefused as refusal:
         now = f"no longer valid now: {refusal.one_line()}"
     return grant, at_start, now
+
+
+def _policy_check(name: str, grant: Grant, check: Any, detail: str) -> Check:
+    """One checklist line decided by one of the gate's policy checks."""
+    ctx = Context(token="", trust_dir=Path("."), grant=grant)
+    try:
+        check.verify(ctx)
+    except AuthorizationRefused as refusal:
+        return Check(name, False, f"{detail}; {refusal.message}")
+    return Check(name, True, detail)
 
 
 def scope_checks(data: dict[str, Any], grant: Grant | None) -> list[Check]:
@@ -245,21 +274,23 @@ def scope_checks(data: dict[str, Any], grant: Grant | None) -> list[Check]:
         )
     )
     targets = [t for t in header.get("targets") or [] if isinstance(t, dict)]
-    bad = []
-    for t in targets:
-        scoped = grant.target_for(t.get("pid")) if isinstance(t.get("pid"), int) else None
-        if scoped is None or (
-            t.get("start_time") is not None and t.get("start_time") != scoped.start_time
-        ):
-            bad.append(str(t.get("pid")))
-    checks.append(
-        Check(
-            "every target process is in scope (PID and start time)",
-            bool(targets) and not bad,
-            f"targets {', '.join(str(t.get('pid')) for t in targets) or 'none recorded'}"
-            + (f"; out of scope: {', '.join(bad)}" if bad else ""),
+    recorded = [
+        (t.get("pid"), t.get("start_time") if isinstance(t.get("start_time"), int) else None)
+        for t in targets
+    ]
+    shown = f"targets {', '.join(str(t.get('pid')) for t in targets) or 'none recorded'}"
+    try:
+        in_scope: Any = TargetsInScope(recorded, live=False)
+    except AuthorizationRefused as refusal:
+        checks.append(
+            Check("every target process is in scope (PID and start time)", False, refusal.message)
         )
-    )
+    else:
+        checks.append(
+            _policy_check(
+                "every target process is in scope (PID and start time)", grant, in_scope, shown
+            )
+        )
     strays = sorted(p for p in data["event_pids"] if p not in grant.pids)
     # With descendants granted, other PIDs are the targets' children (the kernel
     # adds a process only at its parent's fork).
@@ -281,17 +312,19 @@ def scope_checks(data: dict[str, Any], grant: Grant | None) -> list[Check]:
     )
     module = header.get("module")
     checks.append(
-        Check(
+        _policy_check(
             "module allowed",
-            module in grant.modules,
+            grant,
+            Allowed("module", str(module)),
             f"{module!s} (token allows {', '.join(grant.modules)})",
         )
     )
     fmt = header.get("format")
     checks.append(
-        Check(
+        _policy_check(
             "output mode allowed",
-            fmt in grant.modes,
+            grant,
+            Allowed("mode", str(fmt)),
             f"{fmt!s} (token allows {', '.join(grant.modes)})",
         )
     )

@@ -9,9 +9,12 @@ recorded is hidden from the auditor.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from typing import Any
+
+from ecap.detect.views import cell  # one cell format for terminal and HTML
+
+__all__ = ["as_dict", "as_list", "cell", "table"]
 
 
 def as_dict(value: Any) -> dict[str, Any]:
@@ -22,19 +25,6 @@ def as_dict(value: Any) -> dict[str, Any]:
 def as_list(value: Any) -> list[Any]:
     """``value`` if it is a list, else empty."""
     return value if isinstance(value, list) else []
-
-
-def cell(value: Any) -> str:
-    """One table cell as text: lists joined, dicts as compact JSON, None empty."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, list | tuple):
-        return ", ".join(cell(v) for v in value)
-    if isinstance(value, dict):
-        return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
-    return str(value)
 
 
 def table(

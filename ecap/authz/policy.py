@@ -251,6 +251,40 @@ def executable_problem(pid: int, target: Target) -> str | None:
     return None
 
 
+class TargetsInScope:
+    """Recorded targets (PID and start time) are all in the token's scope.
+
+    For claims made after the fact — a session file, a capture record — rather
+    than a capture about to start: a target that has exited since is fine
+    (``live=False`` skips the liveness question entirely), but a live PID with
+    another start time is a recycled PID, and one that runs another executable
+    than the token names exec'd something else: neither is the authorized process.
+    """
+
+    def __init__(self, targets: Sequence[tuple[int, int | None]], *, live: bool = True) -> None:
+        if not targets:
+            raise AuthorizationRefused("no target recorded")
+        self.targets = list(targets)
+        self.live = live
+
+    def verify(self, ctx: Context) -> None:
+        g = ctx.require_grant()
+        for pid, start_time in self.targets:
+            scoped = g.target_for(pid)
+            if scoped is None or (start_time is not None and start_time != scoped.start_time):
+                raise AuthorizationRefused(f"target pid {pid} is not in the token's scope")
+            if not self.live:
+                continue
+            try:
+                if procfs.start_time(pid) != scoped.start_time:
+                    raise AuthorizationRefused(f"target pid {pid} was recycled")
+                problem = executable_problem(pid, scoped)
+            except procfs.ProcessGone:
+                continue  # exited; a capture may still be attached (judged by its programs)
+            if problem:
+                raise AuthorizationRefused(problem)
+
+
 class ExecutableMatches:
     """When the token pins the executable, the running binary must be that one."""
 
@@ -301,13 +335,18 @@ class AllOf:
             check.verify(ctx)
 
 
-def token_checks(*, check_host: bool = True) -> list[Check]:
-    """What makes a token valid on this host, independent of what it is used for."""
+def token_checks(*, check_host: bool = True, check_time: bool = True) -> list[Check]:
+    """What makes a token valid on this host, independent of what it is used for.
+
+    ``check_time=False`` leaves :class:`TimeWindow` out, for callers that judge the
+    window themselves at several instants (a genuine token that has expired is
+    "expired", not "forged") without verifying the signature again for each.
+    """
     checks: list[Check] = [
         WellFormed(),
         PinnedAlgorithm(),
         TrustedSignature(),
-        TimeWindow(),
+        *([TimeWindow()] if check_time else []),
         LifetimeCap(),
         NotRevoked(),
     ]

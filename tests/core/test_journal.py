@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ecap.auditlog import AuditSink
-from ecap.journal import Journal, verify_file
+from ecap.journal import Journal, unfinished_sessions, verify_file
 
 
 class NoAudit(AuditSink):
@@ -206,3 +206,21 @@ def test_audit_disabled_is_said_once(tmp_path):
     finally:
         if "enabled 1" in before:
             subprocess.run(["auditctl", "-e", "1"], capture_output=True)
+
+
+def test_captures_that_started_and_never_stopped_are_listed(tmp_path):
+    j = Journal(tmp_path / "journal.jsonl", audit=NoAudit())
+    j.append("capture.start", session_id="done", jti="a")
+    j.append("capture.stop", session_id="done", reason="duration")
+    j.append("capture.start", session_id="alive", jti="b")  # written by this process: running
+    j.append("capture.start", session_id="killed", jti="c")
+    lines = j.path.read_text().splitlines()
+    killed = json.loads(lines[-1])
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    killed["pid"] = dead.pid  # as if a process that has exited wrote it
+    entries = [json.loads(x) for x in lines[:-1]] + [killed]
+    found = {u["session_id"]: u for u in unfinished_sessions(entries)}
+    assert found.keys() == {"alive", "killed"}
+    assert found["alive"]["running"] is True and found["killed"]["running"] is False
+    assert found["killed"]["jti"] == "c" and found["killed"]["seq"] == killed["seq"]

@@ -1,6 +1,7 @@
 """Test (b)'s sniffer: a bcc program of our own on libssl SSL_write / SSL_read.
 
-Attaches a uprobe on SSL_write and a uretprobe on SSL_read the way bcc tools do
+Attaches a uprobe on SSL_write (copying the start of each plaintext buffer to a
+perf buffer, as sslsniff does) and a uretprobe on SSL_read the way bcc tools do
 (perf "uprobe" PMU), prints one JSON line once attached, and sleeps until killed.
 Its C functions have names longer than the kernel's 15 characters so the test can
 check that the detector reads full names from BTF func_info.
@@ -17,17 +18,19 @@ import time
 
 from bcc import BPF
 from bcc.libbcc import lib
-
-from ecap.elf import open_elf
+from bcc_corpus import attach_uprobe  # run as a script: its directory is on sys.path
 
 LIBSSL = sys.argv[1] if len(sys.argv) > 1 else "/usr/lib/x86_64-linux-gnu/libssl.so.3"
 
 PROGRAM = r"""
 #include <uapi/linux/ptrace.h>
 BPF_PERF_OUTPUT(tls_events);
+struct chunk { u32 len; char data[64]; };
 int probe_SSL_write_plaintext(struct pt_regs *ctx) {
-    u32 len = (u32)PT_REGS_PARM3(ctx);
-    tls_events.perf_submit(ctx, &len, sizeof(len));
+    struct chunk c = {};
+    c.len = (u32)PT_REGS_PARM3(ctx);
+    bpf_probe_read_user(c.data, sizeof(c.data), (void *)PT_REGS_PARM2(ctx));
+    tls_events.perf_submit(ctx, &c, sizeof(c));
     return 0;
 }
 int probe_SSL_read_plaintext(struct pt_regs *ctx) {
@@ -37,13 +40,6 @@ int probe_SSL_read_plaintext(struct pt_regs *ctx) {
 }
 """
 
-# bcc 0.26's Python attach_uprobe calls libbcc's seven-argument bpf_attach_uprobe
-# with six, so the kernel reads a garbage ref_ctr_offset ("ref_ctr_offset mismatch"
-# in dmesg) and every other uprobe on the same function fails with EINVAL while
-# ours is attached. Call libbcc with its real prototype instead.
-ATTACH = lib.bpf_attach_uprobe
-ATTACH.restype = ct.c_int
-ATTACH.argtypes = [ct.c_int, ct.c_int, ct.c_char_p, ct.c_char_p, ct.c_uint64, ct.c_int, ct.c_uint32]
 DETACH = lib.bpf_detach_uprobe
 DETACH.restype = ct.c_int
 DETACH.argtypes = [ct.c_char_p]
@@ -56,12 +52,8 @@ attached: list[tuple[int, bytes]] = []
 
 def attach(fn_name: str, func: str, ret: bool) -> None:
     fn = b.load_func(fn_name.encode(), BPF.KPROBE)
-    offset = open_elf(LIBSSL).find_functions([func])[func].file_offset
-    ev_name = f"{'r' if ret else 'p'}_ecaptest_{func}_{os.getpid()}".encode()
-    fd = ATTACH(fn.fd, 1 if ret else 0, ev_name, LIBSSL.encode(), offset, -1, 0)
-    if fd < 0:
-        raise OSError(ct.get_errno(), f"bpf_attach_uprobe {func}")
-    attached.append((fd, ev_name))
+    fd = attach_uprobe(fn.fd, LIBSSL, func, ret=ret)
+    attached.append((fd, f"{'r' if ret else 'p'}_ecaptest_{func}_{os.getpid()}".encode()))
 
 
 def detach(*_: object) -> None:

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -31,6 +31,8 @@ class Hook:
     proc: subprocess.Popen[str] | None
     pid: int
     prog_ids: list[int]
+    facts: dict = field(default_factory=dict)
+    """Everything the helper printed (port, file, jti...)."""
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -48,13 +50,13 @@ def remove_bcc_tracefs_events(pid: int) -> None:
     ``..._bcc_<pid>`` (our bcc sniffer: ``..._ecaptest_..._<pid>``); a killed tool
     leaves them behind, so tests remove their own."""
     from ecap import host
+    from ecap.detect.tracefs import parse_events  # the one uprobe_events parser
 
     root = host.tracefs_root()
     if root is None:
         return
-    text = (root / "uprobe_events").read_text()
-    for line in text.splitlines():
-        name = line.split()[0].split(":", 1)[1] if line.strip() else ""
+    events = parse_events((root / "uprobe_events").read_text(), uprobe=True)
+    for name in (f"{ev.group}/{ev.event}" for ev in events):
         if name.endswith((f"_bcc_{pid}", f"_{pid}")) and ("_bcc_" in name or "ecaptest" in name):
             fd = os.open(root / "uprobe_events", os.O_WRONLY | os.O_APPEND)
             try:
@@ -87,9 +89,12 @@ def hook() -> Iterator[Callable[..., Hook]]:
         map_name: str | None = None,
         pin: str | None = None,
         capture_args: list[str] = (),
+        program: str = "sniff",
     ) -> Hook:
-        """``capture_args``: hook_helper's --gate/--grant-jti/--session-id options."""
-        cmd = [PY, str(HERE / "hook_helper.py"), "--mode", mode, *capture_args]
+        """``capture_args``: hook_helper's --gate/--grant-jti/--session-id options;
+        ``program``: ``sniff`` (reads and ships the buffer), ``counter`` or ``signal``."""
+        cmd = [PY, str(HERE / "hook_helper.py"), "--mode", mode, "--program", program]
+        cmd += list(capture_args)
         if ret:
             cmd.append("--ret")
         if comm:
@@ -105,7 +110,7 @@ def hook() -> Iterator[Callable[..., Hook]]:
         info = read_ready(proc)
         if pin:
             proc.wait(timeout=30)
-        return Hook(proc, info["pid"], info["prog_ids"])
+        return Hook(proc, info["pid"], info["prog_ids"], info)
 
     try:
         yield start

@@ -111,3 +111,30 @@ def test_program_that_came_and_went_is_in_the_history(private_auditd, hook):
     )
     assert proc.returncode in (0, 1)
     assert f'"prog_id": {prog_id}' in proc.stdout
+
+
+def test_an_unheld_program_names_its_loader_from_the_audit_log(private_auditd):
+    """The loader sent its fds over a unix socket and exited: audit still knows it."""
+    import os
+    import signal
+
+    from tests.detect.conftest import read_ready
+    from tests.detect.test_corpus import start
+
+    proc = start("unheld")
+    facts = read_ready(proc)
+    proc.wait(timeout=30)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            doc = scan(audit_log=private_auditd)
+            (f,) = [x for x in doc["findings"] if x["programs"] == facts["prog_ids"]]
+            if f["owner"].get("loaded_by"):
+                break
+            assert time.monotonic() < deadline, "no LOAD record for the unheld program"
+            time.sleep(0.5)
+        assert f["category"] == "unheld-program"
+        assert f["owner"]["loaded_by"]["pid"] == proc.pid
+        assert any(e.startswith("audit: loaded by ") and "python" in e for e in f["evidence"])
+    finally:
+        os.kill(facts["sleeper"], signal.SIGKILL)

@@ -230,4 +230,33 @@ def test_malformed_session_file_is_rejected_not_fatal(ecap_env, hook):
     doc = scan()
     (f,) = findings_of(doc, pid=h.pid)
     assert f["severity"] == "critical" and not f["authorized"]
-    assert any("session file" in lim for lim in doc["limitations"])
+    rejected = {s["session_id"]: s for s in doc["inventory"]["sessions"]}
+    assert rejected["junk"]["status"] == "rejected"
+    assert rejected["notjson"]["status"] == "rejected"
+    assert "not JSON" in rejected["notjson"]["reason"]
+
+
+def test_a_token_granting_no_module_authorizes_no_session(ecap_env, hook, tls_victim):
+    """The gate refuses a token whose module list is empty; the detector did not (fail-open)."""
+    tok = ecap_env.authorize([tls_victim.pid], modules=())
+    jti = __import__("jwt").decode(tok, options={"verify_signature": False})["jti"]
+    sid = uuid.uuid4().hex
+    h = hook(
+        f"{LIBSSL}:SSL_write",
+        capture_args=["--grant-jti", jti, "--gate-pid", str(tls_victim.pid), "--session-id", sid],
+    )
+    _register(
+        ecap_env,
+        tok,
+        hook_pid=h.pid,
+        prog_ids=h.prog_ids,
+        victim_pid=tls_victim.pid,
+        jti=jti,
+        session_id=sid,
+    )
+    doc = scan()
+    (f,) = findings_of(doc, pid=h.pid)
+    assert f["severity"] == "critical" and f["authorized"] is False
+    (verdict,) = [s for s in doc["inventory"]["sessions"] if s["session_id"] == sid]
+    assert verdict["status"] == "rejected"
+    assert "module 'tls' is not allowed by the token (allowed: none)" in verdict["reason"]

@@ -56,7 +56,7 @@ def test_a_authorized_capture_is_info(ecap_env, tls_victim, tmp_path):
         assert a["expires_at"] > time.time()
         names = {h["function"] for h in f["hooked"]}
         assert {"SSL_write", "SSL_read"} & names or {"SSL_write_ex", "SSL_read_ex"} & names
-        assert all(h["class"] in ("tls", "other") for h in f["hooked"])
+        assert all(h["class"] in ("tls", "crypto", "other") for h in f["hooked"])
         assert f["owner"]["pid"] == proc.pid
         progs = set(f["programs"])
     finally:

@@ -75,7 +75,7 @@ def test_b_bcc_uprobe_and_uretprobe_on_libssl_is_critical(tls_victim):
 
 def test_c_bpftrace_uprobe_on_ssl_write_is_critical():
     proc = subprocess.Popen(
-        ["bpftrace", "-e", f"uprobe:{LIBSSL}:SSL_write {{ @c = count(); }}"],
+        ["bpftrace", "-e", f"uprobe:{LIBSSL}:SSL_write {{ @c[str(arg1, 32)] = count(); }}"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -271,12 +271,37 @@ def test_each_attach_method_is_seen(hook, mode):
     assert not findings_of(scan(), pid=h.pid)
 
 
-def test_uprobe_on_other_function_is_medium(hook):
-    h = hook(f"{LIBSSL}:SSL_CTX_new")
+LIBC = "/usr/lib/x86_64-linux-gnu/libc.so.6"
+
+
+@pytest.mark.parametrize(
+    "target,function,program,cls,severity",
+    [
+        # anywhere in a TLS library: a sniffer is critical, a counter medium
+        (LIBSSL, "SSL_CTX_new", "sniff", "crypto", "critical"),
+        (LIBSSL, "SSL_CTX_new", "counter", "crypto", "medium"),
+        # the C library's I/O: plaintext only where not encrypted
+        (LIBC, "send", "sniff", "io", "high"),
+        # any other function: a sniffer is high, a counter low, signals high
+        (LIBC, "getppid", "sniff", "other", "high"),
+        (LIBC, "getppid", "counter", "other", "low"),
+        (LIBC, "getppid", "signal", "other", "high"),
+    ],
+)
+def test_severity_follows_capability_and_reach(hook, target, function, program, cls, severity):
+    h = hook(f"{target}:{function}", program=program)
     (f,) = findings_of(scan(), pid=h.pid)
-    assert f["severity"] == "medium"
-    assert functions(f) == {("SSL_CTX_new", "uprobe")}
-    assert f["hooked"][0]["class"] == "other"
+    (hooked,) = f["hooked"]
+    assert hooked["function"] in (function, f"__{function}")  # libc aliases: send/__send
+    assert hooked["class"] == cls
+    assert f["severity"] == severity, f["evidence"]
+    expected_caps = {
+        "sniff": ["read-user-memory", "output-to-user"],
+        "counter": [],
+        "signal": ["send-signal"],
+    }[program]
+    assert f["capabilities"] == expected_caps
+    assert f["hooked"][0]["capabilities"] == expected_caps
 
 
 @pytest.mark.parametrize(

@@ -63,7 +63,7 @@ def test_mounts_check_reads_the_real_tracefs_mode() -> None:
 def test_scan_posture_is_never_a_pass_where_unknown(tmp_path) -> None:
     scan = tmp_path / "s.json"
     scan.write_text(json.dumps({"schema": "ecap.scan/1", "host": {}, "posture": {},
-                                "findings": [{"id": "x", "remediation": ["respond-rogue-sniffer"]}]}))  # fmt: skip
+                                "findings": [{"id": "x", "severity": "critical", "remediation": ["respond-rogue-sniffer"]}]}))  # fmt: skip
     results = {r.control: r.status for r in check.evaluate(posture.from_scan(scan), "balanced")}
     assert results["sysctl-kptr-restrict"] == "unknown"
     assert results["apparmor-deny-tracing"] == "unknown"

@@ -6,6 +6,9 @@ import hashlib
 import json
 import stat
 
+import pytest
+
+from ecap.errors import UsageError
 from ecap.harden import generate, posture
 from ecap.harden.artifact import Context
 from ecap.remediation import ALL_CONTROL_IDS
@@ -93,7 +96,7 @@ def test_bad_scan_inputs_exit_2_with_one_line(tmp_path, run_harden) -> None:
     other.write_text('{"schema": "ecap.session/1"}')
     notjson = tmp_path / "bad.json"
     notjson.write_text("{nope")
-    for path, words in ((other, "expected 'ecap.scan/1'"), (notjson, "is not JSON"),
+    for path, words in ((other, "expected 'ecap.scan/2'"), (notjson, "is not JSON"),
                         (tmp_path / "missing.json", "not found")):  # fmt: skip
         out = tmp_path / f"out-{path.stem}"
         proc = run_harden("generate", "--from", str(path), "--out", str(out))
@@ -164,23 +167,28 @@ def test_refuses_a_foreign_non_empty_directory(tmp_path, run_harden) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]
 
 
-def test_odd_but_valid_json_scans_do_not_crash(tmp_path) -> None:
+@pytest.mark.parametrize(
+    "doc,where",
+    [
+        ({"schema": "ecap.scan/1", "host": "x"}, "host"),
+        ({"schema": "ecap.scan/2", "posture": []}, "posture"),
+        ({"schema": "ecap.scan/2", "findings": {"a": 1}}, "findings"),
+        ({"schema": "ecap.scan/2", "findings": "x"}, "findings"),
+        ({"schema": "ecap.scan/2", "findings": [{"id": "a", "severity": "low",
+                                                  "remediation": [1]}]}, "findings/0/remediation/0"),
+    ],
+)  # fmt: skip
+def test_wrongly_typed_scans_are_refused(tmp_path, doc, where) -> None:
     scan = tmp_path / "s.json"
-    scan.write_text(json.dumps({"schema": "ecap.scan/1", "host": "x", "posture": [],
-                                "findings": {"a": 1}}))  # fmt: skip
-    p = posture.from_scan(scan)
-    assert p.sysctl == {} and p.finding_controls == frozenset()
-    scan.write_text(
-        json.dumps(
-            {
-                "schema": "ecap.scan/1",
-                "findings": [
-                    {"remediation": "sysctl-kptr-restrict"},
-                    {"remediation": [1, "seccomp-deny-bpf"]},
-                ],
-            }
-        )
-    )
+    scan.write_text(json.dumps(doc))
+    with pytest.raises(UsageError, match=f"{where}: "):
+        posture.from_scan(scan)
+
+
+def test_unknown_controls_in_a_scan_are_ignored(tmp_path) -> None:
+    scan = tmp_path / "s.json"
+    finding = {"id": "a", "severity": "low", "remediation": ["x-unknown", "seccomp-deny-bpf"]}
+    scan.write_text(json.dumps({"schema": "ecap.scan/1", "findings": [finding]}))
     assert posture.from_scan(scan).finding_controls == {"seccomp-deny-bpf"}
 
 

@@ -48,7 +48,8 @@ def hostile_copy(base: Path, source: str) -> Path:
 def start_rogue_sniffer(exe: Path) -> subprocess.Popen:
     """bpftrace (from ``exe``) hooking SSL_write for every process; returns when attached."""
     proc = subprocess.Popen(
-        [INJECT_ARGV0, "-e", f"uprobe:{LIBSSL}:SSL_write {{ @writes = count(); }}"],
+        # str(arg1) copies each SSL_write buffer: a real sniffer (a counter is medium)
+        [INJECT_ARGV0, "-e", f"uprobe:{LIBSSL}:SSL_write {{ @writes[str(arg1, 32)] = count(); }}"],
         executable=str(exe),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,

@@ -109,7 +109,7 @@ def test_fleet_bad_inputs(tmp_path):
         load_scans([])
     bad = tmp_path / "plan.json"
     bad.write_text('{"schema": "ecap.harden-plan/1"}')
-    with pytest.raises(UsageError, match=r"expected 'ecap\.scan/1'"):
+    with pytest.raises(UsageError, match=r"expected 'ecap\.scan/2'"):
         load_scans([bad])
     with pytest.raises(UsageError, match="not found"):
         load_scans([tmp_path / "missing.json"])

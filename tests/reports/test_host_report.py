@@ -163,7 +163,7 @@ def test_cli_scan_html_writes_private_report(rogue_scan, tmp_path):
     "content, message",
     [
         ("not json", "is not JSON"),
-        ('{"schema": "ecap.capture/1"}', "expected 'ecap.scan/1'"),
+        ('{"schema": "ecap.capture/1"}', "expected 'ecap.scan/2'"),
         ("[1, 2]", "not an object"),
     ],
 )

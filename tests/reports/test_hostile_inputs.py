@@ -23,7 +23,9 @@ from ecap.reports.session import render_session_report
 from tests.reports import browser
 
 EVIL = "<script>alert(1)</script><img src=x onerror=alert(2)>\"'&\x1b[31m\x07\x00\ufffe"
-KEEP = {"schema", "type"}
+KEEP = {"schema", "type", "severity"}
+"""Keys whose values are enumerated by the documents' schemas: a poisoned one is refused
+(test_poisoned_severity_is_refused), so only the free text is poisoned here."""
 
 
 def poison(value: Any, key: str = "") -> Any:
@@ -54,6 +56,18 @@ def test_poisoned_scan_host_and_fleet(rogue_scan, tmp_path):
     check(render_host_report(doc, tmp_path / "host.html", tmp_path / "host.json"))
     json.loads((tmp_path / "host.json").read_text())
     check(render_fleet_report([doc, rogue_scan.doc], tmp_path / "fleet.html"))
+
+
+def test_poisoned_severity_is_refused(rogue_scan, tmp_path):
+    import pytest
+
+    from ecap.errors import UsageError
+
+    doc = json.loads(json.dumps(rogue_scan.doc))
+    doc["findings"][0]["severity"] = EVIL + "critical"
+    with pytest.raises(UsageError, match="findings/0/severity"):
+        render_host_report(doc, tmp_path / "host.html")
+    assert not (tmp_path / "host.html").exists()
 
 
 def test_poisoned_plan(tmp_path):
