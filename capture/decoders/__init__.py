@@ -79,7 +79,9 @@ class ConnectionRenderer:
         self._streams = None
         self.protocol = "raw"
         what = "calls whose records were all lost" if whole_calls else "missing here"
-        yield Rendered(f"[{size} bytes {what}: the protocol view resumes as raw data]")
+        yield Rendered(
+            f"[{size} bytes {what}: raw data until a call starts a message the decoders know]"
+        )
 
     def finish(self) -> Iterator[Rendered]:
         if self._streams:
@@ -87,11 +89,12 @@ class ConnectionRenderer:
                 yield from self._streams[direction].finish()
 
     def _choose(self, direction: str, data: bytes) -> None:
-        if self.protocol == "raw":
-            return
+        """Offer a call to the decoders. Asked again for every call of a raw
+        connection: one joined midway (or after lost bytes) becomes readable at the
+        first call that starts a message or a frame."""
         for decoder in registry():
             if decoder.recognise(data):
                 self.protocol = decoder.name
-                self._streams = decoder.open(direction, self._hex)
+                self._streams = decoder.open(direction, self._hex, data)
                 return
         self.protocol = "raw"

@@ -153,7 +153,7 @@ DECODER = Decoder(
     name="http1",
     priority=20,
     recognise=looks_like_http1,
-    open=lambda _direction, hex_mode: {
+    open=lambda _direction, hex_mode, _first: {
         d: Http1Stream(hex_mode=hex_mode) for d in ("write", "read")
     },
 )

@@ -41,6 +41,9 @@ class Decoder:
     priority: int
     """Lower is asked first (HTTP/2's preface is more specific than an HTTP/1 line)."""
     recognise: Callable[[bytes], bool]
-    """Do these first bytes of a connection (either direction) start this protocol?"""
-    open: Callable[[str, bool], dict[str, Stream]]
-    """(direction the first bytes went, hex mode) → a stream per direction."""
+    """Do these bytes start this protocol? Asked with a connection's first call
+    (either direction) and, while no decoder has it, with each later call — a
+    capture that joined midway sees no protocol start."""
+    open: Callable[[str, bool, bytes], dict[str, Stream]]
+    """(direction the first bytes went, hex mode, those bytes) → a stream per
+    direction; the bytes tell a connection's start from its middle."""

@@ -168,6 +168,61 @@ def test_http2_headers_are_hpack_decoded_per_direction():
     assert ":status: 200" in text and "top secret body" in text and "gzip decoded" in text
 
 
+def test_http2_joined_midway_decodes_what_hpack_allows():
+    """The capture attaches after a first exchange: no preface, HPACK tables
+    half-built. The second request is recognised from its frames; what was indexed
+    before the attach is named as not decodable, the rest decodes exactly."""
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    client.initiate_connection()
+    server.initiate_connection()
+    common = [(":method", "GET"), (":scheme", "https"), (":authority", "example"),
+              ("x-trace", "t-1234")]  # fmt: skip
+    client.send_headers(1, [*common[:1], (":path", "/first"), *common[1:]], end_stream=True)
+    server.receive_data(client.data_to_send())
+    server.send_headers(1, [(":status", "200"), ("content-type", "text/plain")])
+    server.send_data(1, b"x" * 5000 + b"first body", end_stream=True)
+    first_response = server.data_to_send()
+    client.receive_data(first_response)
+    client.data_to_send()
+
+    client.send_headers(3, [*common[:1], (":path", "/second"), *common[1:]], end_stream=True)
+    request = client.data_to_send()
+    server.receive_data(request)
+    server.send_headers(3, [(":status", "200"), ("content-type", "text/plain"),
+                            ("content-encoding", "gzip")])  # fmt: skip
+    server.send_data(3, gzip.compress(b"second body"), end_stream=True)
+    response = server.data_to_send()
+
+    r = ConnectionRenderer()
+    items = list(r.feed("read", first_response[-1000:]))  # inside a DATA frame
+    assert r.protocol == "raw" and items[0].title == "data (1000 bytes)"
+    items += list(r.feed("write", request))
+    assert r.protocol == "http2"
+    items += list(r.feed("read", response[:12]))  # a frame split across calls
+    items += list(r.feed("read", response[12:]))
+    text = "\n".join(i.title + "\n" + "\n".join(i.lines) for i in items)
+    assert "joined this connection midway" in text
+    assert ":path: /second" in text and ":method: GET" in text
+    # :authority and x-trace were indexed by the first request, before the attach
+    assert "t-1234" not in text
+    assert "2 header field(s) not decodable" in text
+    assert ":status: 200" in text and "content-encoding: gzip" in text
+    assert "1 header field(s) not decodable" in text  # content-type, indexed before
+    assert "second body" in text and "gzip decoded" in text
+
+
+def test_http2_frames_are_not_seen_in_text_or_random_bytes():
+    from ecap.capture.decoders.http2 import looks_like_frames
+
+    assert not looks_like_frames(b"GET / HTTP/1.1\r\n")
+    assert not looks_like_frames(b"\x00\x01\x02\x03bin\xff")
+    assert not looks_like_frames(b"\x00\x00\x04\x00\x00\x00\x00\x00\x00")  # DATA, stream 0
+    # SETTINGS (stream 0, length multiple of 6), then the start of the next frame
+    assert looks_like_frames(b"\x00\x00\x06\x04\x00\x00\x00\x00\x00" + b"\0" * 6 + b"\x00\x00")
+    assert not looks_like_frames(b"\x00\x00\x05\x04\x00\x00\x00\x00\x00" + b"\0" * 5)
+
+
 class _Dir:
     """Feed one direction of a ConnectionRenderer through the Http1Stream-like API."""
 
