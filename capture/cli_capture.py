@@ -156,7 +156,7 @@ def _validate(args: argparse.Namespace) -> list[int]:
                 f"output file {args.output} already exists",
                 hint="choose a new --output or pass --force to replace it",
             )
-        if sink.needs_keys:
+        if sink.record_beside:
             from ecap.capture.engine import session_record_path
 
             record = session_record_path(Path(args.output))

@@ -183,12 +183,12 @@ class _Session:
             SinkOptions(hex_mode=self.options.hex, colour=colour, abi=kernel.abi,
                         clock_offset=self.clock.offset),
         )  # fmt: skip
-        if self.sink.needs_keys:
+        if self.sink.record_beside:
             from ecap.capture.wire.tap import WireTap, open_session_record
 
+            ring = kernel.packet_ring(PACKET_RING_BYTES) if self.sink.needs_keys else None
             self.tap = WireTap(
-                self.writer, self.sink.consumes, kernel.packet_ring(PACKET_RING_BYTES),
-                kernel.flow_owner, module=self.module.name,
+                self.writer, self.sink.consumes, ring, kernel.flow_owner, module=self.module.name,
                 record=open_session_record(self.record_out) if self.record_out else None,
             )  # fmt: skip
             self.writer = self.tap
@@ -481,7 +481,7 @@ def run_capture(grant: Grant, pids: list[int], options: CaptureOptions, *, journ
         if sink is not None and sink.needs_keys:
             hooks = with_secret_probes(module, hooks, options)
         out = open_output(options.output, replace=options.replace_output)
-        if sink is not None and sink.needs_keys and options.output is not None:
+        if sink is not None and sink.record_beside and options.output is not None:
             record_out = open_output(session_record_path(options.output),
                                      replace=options.replace_output)  # fmt: skip
     except BaseException as exc:

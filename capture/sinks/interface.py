@@ -57,6 +57,9 @@ class Sink:
     """Its token mode must be asked for by name (``request --mode``): a request
     without ``--mode`` does not include it. Keys decrypt a connection for anyone
     who recorded it, so keylog and pcapng are never granted by default."""
+    record_beside: bool = False
+    """Its file is not a session record (keys, packets): the capture keeps one beside
+    it (``OUTPUT.session.jsonl``, no plaintext, no secret) for ``ecap-audit report``."""
     variants: tuple[tuple[str, Sink], ...] = ()
     """(flag, sink) pairs: ``--format NAME --FLAG`` writes with that other sink
     (``pcapng --plaintext``). A variant is a whole sink: its own events, its own

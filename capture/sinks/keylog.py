@@ -58,4 +58,5 @@ SINK = Sink(
     consumes=frozenset({KEY}),
     open=KeylogWriter,
     explicit=True,
+    record_beside=True,
 )

@@ -202,6 +202,7 @@ PLAINTEXT = Sink(
     consumes=frozenset({DATA, HANDSHAKE, CONNECTION}),
     open=PlaintextPcapngWriter,
     explicit=True,
+    record_beside=True,
 )
 
 SINK = Sink(
@@ -213,5 +214,6 @@ SINK = Sink(
     consumes=frozenset({KEY, PACKET}),
     open=WirePcapngWriter,
     explicit=True,
+    record_beside=True,
     variants=(("plaintext", PLAINTEXT),),
 )

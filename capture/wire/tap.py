@@ -1,11 +1,11 @@
-"""Between the pipeline and a sink that needs keys: the packet tap and the verifier.
+"""Between the pipeline and a keylog or pcapng sink: packet tap, verifier, record.
 
-A :class:`WireTap` is the writer the pipeline writes to when the output consumes
-keys (``keylog``, ``pcapng``). It passes the sink what it consumes, gives every
-:class:`~ecap.capture.events.SecretEvent` to the :class:`KeyVerifier` (a secret
-never reaches a sink unproven), reads the packet ring, and keeps the session
-record beside the output (``OUTPUT.session.jsonl``: header, handshakes,
-connections, each key's verdict without the secret, summary — what
+A :class:`WireTap` is the writer the pipeline writes to for those outputs. It
+passes the sink what it consumes; with a packet ring (keylog, pcapng) it gives
+every :class:`~ecap.capture.events.SecretEvent` to the :class:`KeyVerifier` (a
+secret never reaches a sink unproven) and feeds it the ring's packets; and it
+keeps the session record beside the output (``OUTPUT.session.jsonl``: header,
+handshakes, connections, each key's verdict without the secret, summary — what
 ``ecap-audit report`` reads; no plaintext, no secret).
 """
 
@@ -29,9 +29,10 @@ SESSION_SUFFIX = ".session.jsonl"
 class WireTap:
     """The writer the pipeline sees in keylog/pcapng sessions."""
 
-    def __init__(self, sink: SinkWriter, consumes: frozenset[str], ring: PacketRing,
+    def __init__(self, sink: SinkWriter, consumes: frozenset[str], ring: PacketRing | None,
                  flow_owner: Any, *, module: str, record: SinkWriter | None) -> None:  # fmt: skip
-        """``flow_owner(key bytes) → pid | None`` asks the kernel whose flow it is;
+        """``ring``: the packet tap (None: no keys, no packets — pcapng --plaintext);
+        ``flow_owner(key bytes) → pid | None`` asks the kernel whose flow it is;
         ``record``: the session record's writer (None: none is kept)."""
         self._sink = sink
         self._consumes = consumes
@@ -92,6 +93,8 @@ class WireTap:
     # -- the packet side ----------------------------------------------------------
     def poll(self) -> int:
         """Judge the packets the ring holds; returns how many."""
+        if self._ring is None:
+            return 0
         packets = self._ring.drain()
         for pkt in packets:
             self.verifier.packet(pkt)
@@ -105,9 +108,12 @@ class WireTap:
         self.verifier.forget_settled()
 
     def close(self) -> None:
-        self._ring.close()
+        if self._ring is not None:
+            self._ring.close()
 
     def counts(self) -> dict[str, Any]:
+        if self._ring is None:
+            return {}
         _received, dropped = self._ring.stats()
         out = self.verifier.counts.as_summary()
         out["packets_dropped"] = dropped
