@@ -13,6 +13,7 @@ stamps are nanoseconds.
 from __future__ import annotations
 
 import platform
+import warnings
 from typing import IO
 
 from pcapng import FileWriter, blocks
@@ -24,6 +25,7 @@ EPB_INBOUND, EPB_OUTBOUND = 1, 2
 SNAPLEN = 262144
 
 
+@blocks.register_block
 class DecryptionSecrets(blocks.SectionMemberBlock):
     """pcapng Decryption Secrets Block: secrets a reader applies to the packets after it."""
 
@@ -52,11 +54,15 @@ class PcapngFile:
         """The interface id for ``name`` (declared on first use)."""
         found = self._interfaces.get(name)
         if found is None:
-            idb = self._shb.new_member(
-                blocks.InterfaceDescription, link_type=LINKTYPE_RAW, snaplen=SNAPLEN,
-                options={"if_name": name, "if_tsresol": b"\x09"},
-            )  # fmt: skip
-            self._writer.write_block(idb)
+            with warnings.catch_warnings():
+                # python-pcapng declares if_tsresol without a type and says so when
+                # it is used; the raw byte (9: nanoseconds) is what the format wants.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                idb = self._shb.new_member(
+                    blocks.InterfaceDescription, link_type=LINKTYPE_RAW, snaplen=SNAPLEN,
+                    options={"if_name": name, "if_tsresol": b"\x09"},
+                )  # fmt: skip
+                self._writer.write_block(idb)
             found = self._interfaces[name] = idb.interface_id
         return found
 
