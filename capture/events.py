@@ -167,7 +167,8 @@ class PacketEvent:
     """One packet of an authorized process's TCP connection (from the IP header on)."""
 
     kind: ClassVar[str] = PACKET
-    ts: float
+    ts_ns: int
+    """When the interface saw it (nanoseconds since the epoch)."""
     data: bytes
     wire_len: int
     ifindex: int

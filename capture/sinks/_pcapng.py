@@ -71,9 +71,9 @@ class PcapngFile:
                                      secrets_length=len(key_log))  # fmt: skip
         self._writer.write_block(block)
 
-    def packet(self, interface: int, ts: float, data: bytes, wire_len: int, *, outbound: bool,
+    def packet(self, interface: int, ns: int, data: bytes, wire_len: int, *, outbound: bool,
                comment: str) -> None:  # fmt: skip
-        ns = int(ts * 1e9)
+        """One packet seen at ``ns`` nanoseconds since the epoch."""
         block = self._shb.new_member(
             blocks.EnhancedPacket, interface_id=interface, timestamp_high=ns >> 32,
             timestamp_low=ns & 0xFFFFFFFF, packet_data=data, captured_len=len(data),

@@ -73,7 +73,7 @@ class WirePcapngWriter:
             p: PacketEvent = event  # type: ignore[assignment]
             from ecap.capture.wire.tap import interface_name
 
-            self._file.packet(self._file.interface(interface_name(p.ifindex)), p.ts, p.data,
+            self._file.packet(self._file.interface(interface_name(p.ifindex)), p.ts_ns, p.data,
                               p.wire_len, outbound=p.sent,
                               comment=packet_comment(p.pid, p.comm, p.module, p.connection_id))  # fmt: skip
 
@@ -163,7 +163,7 @@ class PlaintextPcapngWriter:
                 else:
                     src, dst, ack = s.remote, s.local, 1 + s.sent
                 packet = net.build(src, dst, seq, ack, net.ACK | net.PSH, part)
-                self._file.packet(self._iface, call.ts, packet, len(packet), outbound=sent,
+                self._file.packet(self._iface, int(call.ts * 1e9), packet, len(packet), outbound=sent,
                                   comment=comment)  # fmt: skip
         end = call.stream_offset + call.total
         if sent:
@@ -181,7 +181,7 @@ class PlaintextPcapngWriter:
         comment = packet_comment(conn.pid, conn.comm, conn.module, conn.id) + (
             f"; connection ended: {conn.end_reason or 'unknown'}"
         )
-        self._file.packet(self._iface, conn.ended_at or conn.started_at, packet, len(packet),
+        self._file.packet(self._iface, int((conn.ended_at or conn.started_at) * 1e9), packet, len(packet),
                           outbound=True, comment=comment)  # fmt: skip
 
     def records(self, batch: list[bytes]) -> None:  # pragma: no cover - never a raw sink

@@ -324,7 +324,7 @@ class KeyVerifier:
         comm = self._comm(flow.pid, flow.conn)
         cid = flow.conn.id if flow.conn is not None else None
         for pkt, sent in packets:
-            self._emit(PacketEvent(pkt.ts, pkt.data, pkt.wire_len, pkt.ifindex, sent, flow.pid,
+            self._emit(PacketEvent(pkt.ts_ns, pkt.data, pkt.wire_len, pkt.ifindex, sent, flow.pid,
                                    comm, self._module, cid, flow.id))  # fmt: skip
 
     def tick(self) -> None:

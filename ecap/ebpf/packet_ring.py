@@ -50,8 +50,9 @@ _STATS = struct.Struct("III")  # tpacket_stats_v3: packets, drops, freeze_q_cnt
 class Packet:
     """One packet as the interface saw it (from the network header on)."""
 
-    ts: float
-    """Wall-clock time the kernel took it (seconds since the epoch)."""
+    ts_ns: int
+    """Wall-clock time the kernel took it (nanoseconds since the epoch: a float of
+    seconds would round it to a quarter microsecond)."""
     ifindex: int
     outgoing: bool
     """The host sent it (``PACKET_OUTGOING``); otherwise it arrived."""
@@ -130,7 +131,7 @@ class PacketRing:
             for _ in range(count):
                 nxt, sec, nsec, snaplen, length, _st, mac, _net = _PKT.unpack_from(view, at)
                 _fam, _proto, ifindex, _ha, pkttype, _hl = _SLL.unpack_from(view, at + _SLL_AT)
-                out.append(Packet(sec + nsec / 1e9, ifindex, pkttype == PACKET_OUTGOING,
+                out.append(Packet(sec * 1_000_000_000 + nsec, ifindex, pkttype == PACKET_OUTGOING,
                                   view[at + mac : at + mac + snaplen], length))  # fmt: skip
                 at += nxt
             self._status[self._next].value = 0  # TP_STATUS_KERNEL: the block is theirs again

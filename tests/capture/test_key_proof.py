@@ -71,7 +71,7 @@ def _packets(transcript: dict) -> list[Packet]:
             out.append(net.build(src, dst, seq[side] + start, seq[other], net.ACK,
                                  data[start : start + 1400]))  # fmt: skip
         seq[side] += len(data)
-    return [Packet(float(i), 1, False, p, len(p)) for i, p in enumerate(out)]
+    return [Packet(i * 10**9, 1, False, p, len(p)) for i, p in enumerate(out)]
 
 
 def _secrets(transcript: dict) -> list[SecretEvent]:
