@@ -1,4 +1,4 @@
-"""The session JSONL schema (``ecap.capture/3``) as data, and a validator.
+"""The session JSONL schema (``ecap.capture/4``) as data, and a validator.
 
 ``capture/SCHEMA.md`` explains each field; this module is what code checks
 against — the report reader, the tests, anyone consuming a session file. Adding a

@@ -1,4 +1,4 @@
-"""``--format jsonl``: the session record (schema ``ecap.capture/3``).
+"""``--format jsonl``: the session record (schema ``ecap.capture/4``).
 
 One JSON object per line: header, events, connections, summary — documented in
 ``capture/SCHEMA.md``, validated by :mod:`ecap.capture.schema`, read back by
