@@ -44,6 +44,10 @@ struct fdtable { unsigned int max_fds; struct file **fd; } PA;
 struct files_struct { struct fdtable *fdt; } PA;
 struct task_struct { struct files_struct *files; } PA;
 
+/* Set by user space at load: 0 when the output needs no plaintext (keylog, pcapng:
+ * the secrets and the packets are the product), so none leaves the process. */
+const volatile __u8 copy_plaintext = 1;
+
 /* Not used at run time: keeps the layout in the object's BTF, whence the loader
  * file records it for the Python side. */
 const struct ecap_sockinfo ecap_abi_sockinfo = {};
@@ -292,6 +296,8 @@ int data_return(struct pt_regs *ctx)
 	int is_read = kind == ECAP_KIND_READ;
 	__u64 stream_off = st->pos[is_read];
 	st->pos[is_read] = stream_off + n;
+	if (!copy_plaintext)
+		return 0;
 	send_user_bytes(pid_tgid, kind, f.conn, st->fd, stream_off, f.buf, n);
 	return 0;
 }

@@ -503,7 +503,8 @@ def run_capture(grant: Grant, pids: list[int], options: CaptureOptions, *, journ
     try:
         kernel = KernelSide(module, ring_mb=options.ring_mb, max_call_bytes=options.max_call_bytes,
                             follow_descendants=grant.descendants,
-                            packets=session.sink.needs_keys)  # fmt: skip
+                            packets=session.sink.needs_keys,
+                            plaintext=not session.sink.needs_keys)  # fmt: skip
         session.bind_kernel(kernel)
         kernel.authorize_pids(session.live)
         kernel.attach_tracepoints()

@@ -81,11 +81,14 @@ class KernelSide:
 
     def __init__(self, module: CaptureModule, *, ring_mb: int = DEFAULT_RING_MB,
                  max_call_bytes: int = DEFAULT_MAX_CALL_BYTES,
-                 follow_descendants: bool = False, packets: bool = False) -> None:  # fmt: skip
+                 follow_descendants: bool = False, packets: bool = False,
+                 plaintext: bool = True) -> None:  # fmt: skip
         """``follow_descendants``: the token grants the targets' descendants — the
         kernel adds each child to the allow-list at fork (capture_common.h).
         ``packets``: the output needs the targets' packets — the kernel tracks their
-        TCP flows for the packet tap (``bpf/packet_tap.h``)."""
+        TCP flows for the packet tap (``bpf/packet_tap.h``). ``plaintext`` False:
+        the output needs none (keylog, pcapng), so the programs that can skip it
+        (``copy_plaintext``) copy none out of the process."""
         self.module = module
         self.follow_descendants = follow_descendants
         self.packets = packets
@@ -109,6 +112,8 @@ class KernelSide:
                 )
             rodata["track_flows"] = 1
             rodata["loopback_ifindex"] = loopback_ifindex()
+        if not plaintext and "copy_plaintext" in image.header.get("rodata", {}):
+            rodata["copy_plaintext"] = 0
         self.obj = loader.load(image, max_entries={"events": ring_bytes}, rodata=rodata)
         self.attachments: list[attach.Attachment] = []
         self._syscall_links: list[attach.Attachment] = []

@@ -9,11 +9,19 @@ from ecap.text import printable
 
 def summary_lines(summary: dict[str, Any]) -> list[str]:
     ev, by = summary["events"], summary["bytes"]
-    lines = [
-        f"capture stopped: {printable(summary['stop_reason'])} after {summary['duration']:.1f}s",
+    traffic = (
         f"  written: {ev['write']} events, {by['write']} bytes; "
         f"read: {ev['read']} events, {by['read']} bytes; "
-        f"connections: {summary['connections']}",
+        f"connections: {summary['connections']}"
+    )
+    if isinstance(summary.get("keys"), dict):  # keylog/pcapng copy no plaintext at all
+        traffic = (
+            f"  connections: {summary['connections']} (no plaintext copied out of the "
+            "processes: keys and packets are the output)"
+        )
+    lines = [
+        f"capture stopped: {printable(summary['stop_reason'])} after {summary['duration']:.1f}s",
+        traffic,
         f"  lost: {summary['lost_events']} events, {summary['lost_bytes']} bytes; "
         f"truncated: {summary['truncated_bytes']} bytes (limit {summary['max_call_bytes']} "
         f"per call)",

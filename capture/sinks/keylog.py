@@ -39,9 +39,6 @@ class KeylogWriter:
             self._out.write(key_line(event))  # type: ignore[arg-type]
             self._out.flush()
 
-    def records(self, batch: list[bytes]) -> None:  # pragma: no cover - never a raw sink
-        raise TypeError("the keylog sink takes events")
-
     def summary(self, summary: dict[str, Any]) -> None:
         """Nothing: the key log holds keys only (the summary is on stderr, in the
         session record and in the journal)."""

@@ -82,9 +82,6 @@ class WirePcapngWriter:
             self._file.secrets(b"".join(self._keys))
             self._keys.clear()
 
-    def records(self, batch: list[bytes]) -> None:  # pragma: no cover - never a raw sink
-        raise TypeError("the pcapng sink takes events")
-
     def summary(self, summary: dict[str, Any]) -> None:
         self._flush_keys()
 
@@ -183,9 +180,6 @@ class PlaintextPcapngWriter:
         )
         self._file.packet(self._iface, int((conn.ended_at or conn.started_at) * 1e9), packet, len(packet),
                           outbound=True, comment=comment)  # fmt: skip
-
-    def records(self, batch: list[bytes]) -> None:  # pragma: no cover - never a raw sink
-        raise TypeError("the pcapng sink takes events")
 
     def summary(self, summary: dict[str, Any]) -> None:
         """Nothing to add: pcapng has no trailer."""

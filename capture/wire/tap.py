@@ -77,9 +77,6 @@ class WireTap:
         if event.kind in self._consumes:
             self._sink.emit(event)
 
-    def records(self, batch: list[bytes]) -> None:  # pragma: no cover - not a raw sink
-        raise TypeError("the wire tap takes events")
-
     def summary(self, summary: dict[str, Any]) -> None:
         self._sink.summary(summary)
         if self._record is not None:

@@ -14,6 +14,7 @@ import json
 import subprocess
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -153,7 +154,8 @@ def test_keylog_decrypts_an_independent_recording(tls_server, clients, start_cap
 
 
 def _blocks(path: Path) -> list:
-    with open(path, "rb") as f:
+    with open(path, "rb") as f, warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # python-pcapng on its if_tsresol
         return list(FileScanner(f))
 
 
