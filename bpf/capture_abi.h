@@ -93,6 +93,7 @@
 /* Packet tap (bpf/packet_tap.h): how a flow of an authorized process was learned. */
 #define ECAP_FLOW_CONNECT 1     /* the process connected it (inet_sock_set_state) */
 #define ECAP_FLOW_LIBRARY 2     /* the TLS library used the socket (pre-existing, accepted) */
+#define ECAP_FLOW_LINGER_NS 2000000000ULL /* a closed flow's packets still pass this long */
 
 /* The two ends of a TCP socket, read from the kernel's socket when a connection
  * object is first tied to it (so accepted and pre-existing connections have
@@ -122,6 +123,7 @@ struct ecap_secret {
 struct ecap_flow {
 	__u32 tgid;
 	__u32 source;       /* ECAP_FLOW_* */
+	__u64 closed_ns;    /* when its socket closed (0: open); kept a moment for the last packets */
 };
 
 /* Who a thread is, sent once per thread (not in every record: the per-call cost

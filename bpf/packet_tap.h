@@ -19,8 +19,9 @@
  *  - the library used a socket (flow_note, from the capture object's own
  *    socket discovery): connections that existed before the capture, accepted
  *    ones;
- *  - inet_sock_set_state(-> CLOSE): the flow leaves (its 4-tuple may be reused by
- *    anyone later).
+ *  - inet_sock_set_state(-> CLOSE): the flow is marked closed; its packets pass
+ *    for ECAP_FLOW_LINGER_NS more (the last ACKs; user space still finds whose
+ *    it was), then no more (its 4-tuple may be reused by anyone later).
  *
  * Flows are attributed by the socket, never by whatever task happens to run a
  * softirq. The filter runs on ecap's AF_PACKET socket (SOCK_DGRAM: the packet
@@ -66,7 +67,7 @@ struct sk_buff___tap { struct sock *sk; } __attribute__((preserve_access_index))
 static __always_inline void flow_add(struct ecap_sockinfo *key, __u32 tgid, __u32 source)
 {
 	struct ecap_flow value = { .tgid = tgid, .source = source };
-	bpf_map_update_elem(&flows, key, &value, BPF_NOEXIST);
+	bpf_map_update_elem(&flows, key, &value, BPF_ANY);
 }
 
 /* The library uses this socket (the capture object read its ends). */
@@ -107,8 +108,9 @@ int tap_sock_state(struct bpf_raw_tracepoint_args *ctx)
 	}
 	if (newstate == TAP_TCP_CLOSE) {
 		struct ecap_sockinfo info;
-		if (read_sockinfo(sk, &info))
-			bpf_map_delete_elem(&flows, &info);
+		struct ecap_flow *flow = read_sockinfo(sk, &info) ? bpf_map_lookup_elem(&flows, &info) : 0;
+		if (flow && !flow->closed_ns)
+			flow->closed_ns = bpf_ktime_get_ns();
 	}
 	return 0;
 }
@@ -130,17 +132,22 @@ int tap_dev_queue(struct bpf_raw_tracepoint_args *ctx)
 	return 0;
 }
 
-/* 1 when the packet's (src, dst) is a flow in either orientation. */
+static __always_inline int tap_live(struct ecap_flow *flow)
+{
+	return flow && (!flow->closed_ns || bpf_ktime_get_ns() - flow->closed_ns < ECAP_FLOW_LINGER_NS);
+}
+
+/* 1 when the packet's (src, dst) is a live flow in either orientation. */
 static __always_inline int tap_match(struct ecap_sockinfo *key)
 {
-	if (bpf_map_lookup_elem(&flows, key))
+	if (tap_live(bpf_map_lookup_elem(&flows, key)))
 		return 1;
 	struct ecap_sockinfo swapped = {
 		.family = key->family, .lport = key->rport, .rport = key->lport,
 	};
 	__builtin_memcpy(swapped.laddr, key->raddr, 16);
 	__builtin_memcpy(swapped.raddr, key->laddr, 16);
-	return bpf_map_lookup_elem(&flows, &swapped) != 0;
+	return tap_live(bpf_map_lookup_elem(&flows, &swapped));
 }
 
 SEC("socket")

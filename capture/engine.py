@@ -52,8 +52,9 @@ UNSAFE_SECRET_SHIFT = "ECAP_UNSAFE_TEST_SECRET_SHIFT"
 """Test hook: read every secret this many bytes away from where the library has it
 — a deliberately wrong location — to prove that such keys are caught ("not
 verified") and never written. Announced loudly whenever it is set."""
-PACKET_RING_BYTES = 16 << 20
-"""The packet tap's ring (keylog, pcapng): a burst waits there for the reader."""
+PACKET_RING_BYTES = 32 << 20
+"""The packet tap's ring (keylog, pcapng): a burst waits there for the reader (which
+the tap's socket wakes, like the record ring)."""
 TEST_STOP_AFTER_GRANT = "ECAP_TEST_STOP_AFTER_GRANT"
 """Test hook: when set to 1, the capture stops itself (SIGSTOP) right after the
 grant, so a test can reproduce a slow machine. It only ever delays."""
@@ -187,6 +188,8 @@ class _Session:
             from ecap.capture.wire.tap import WireTap, open_session_record
 
             ring = kernel.packet_ring(PACKET_RING_BYTES) if self.sink.needs_keys else None
+            if ring is not None and kernel.ring is not None:
+                kernel.ring.wake_on(ring.fileno())
             self.tap = WireTap(
                 self.writer, self.sink.consumes, ring, kernel.flow_owner, module=self.module.name,
                 record=open_session_record(self.record_out) if self.record_out else None,
@@ -516,6 +519,8 @@ def run_capture(grant: Grant, pids: list[int], options: CaptureOptions, *, journ
             operator=grant.operator, pids=[h.pid for h in hooks],
             targets=session.journal_targets(), module=module.name, format=options.fmt,
             mode=session.sink.token_mode,
+            **({"unsafe_secret_shift": os.environ[UNSAFE_SECRET_SHIFT]}
+               if session.sink.needs_keys and os.environ.get(UNSAFE_SECRET_SHIFT) else {}),
             output=str(options.output) if options.output else None, prog_ids=prog_ids,
         )  # fmt: skip
         sessions.register(

@@ -184,7 +184,9 @@ class KernelSide:
 
     def flow_owner(self, key: bytes) -> int | None:
         """The process a flow belongs to (``key``: its struct ecap_sockinfo, local end
-        first), as the kernel attributed it; None when it is not a flow of ours."""
+        first), as the kernel attributed it; None when it is not a flow of ours. A
+        flow that closed a moment ago still answers: its last packets are still
+        being read."""
         value = self.obj.map("flows").lookup(key)
         return None if value is None else _U32.unpack_from(value)[0]
 

@@ -227,7 +227,7 @@ def test_pcapng_opens_decrypted_and_holds_only_the_targets_packets(ecap_env, tls
     assert not any(secret in html for secret in secrets)
 
 
-def test_a_wrong_secret_location_yields_no_key(tls_server, clients, start_capture):
+def test_a_wrong_secret_location_yields_no_key(ecap_env, tls_server, clients, start_capture):
     """The UNSAFE test hook reads every secret 8 bytes off: each is caught, counted
     and reported, and not one line is written."""
     client = tls_helpers.curl_client(tls_server, "/hello")
@@ -245,6 +245,11 @@ def test_a_wrong_secret_location_yields_no_key(tls_server, clients, start_captur
     summary = records[-1]
     assert summary["keys"]["verified"] == 0 and summary["keys"]["not_verified"] == 5
     assert "5 NOT verified and not written" in run.stderr
+    journal = [json.loads(line) for line in ecap_env.journal.read_text().splitlines()]
+    (start,) = [e for e in journal if e["event"] == "capture.start"]
+    assert start["mode"] == "keylog" and start["unsafe_secret_shift"] == "8"
+    (stop,) = [e for e in journal if e["event"] == "capture.stop"]
+    assert stop["summary"]["keys"]["not_verified"] == 5
 
 
 def test_plaintext_pcapng_is_dissected_as_http1_and_http2(tls_server, clients, start_capture):
