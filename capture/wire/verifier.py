@@ -85,6 +85,11 @@ class Flow:
     def name(self) -> str:
         return f"{self.local} -> {self.remote}"
 
+    @property
+    def judged_all(self) -> bool:
+        """Settled, and every secret it got was judged: its TLS need not be read on."""
+        return self.held is None and all(s.done for s in self.secrets)
+
 
 @dataclass
 class KeyCounts:
@@ -146,7 +151,7 @@ class KeyVerifier:
         self.counts.packets += 1
         self.counts.packet_bytes += pkt.wire_len
         had_hello = flow.tls.client_random is not None
-        records = flow.tls.add(seg)
+        records = [] if flow.judged_all else flow.tls.add(seg)
         if flow.held is not None:
             if self._packets:
                 flow.held.append((pkt, sent))
@@ -328,7 +333,8 @@ class KeyVerifier:
                                    comm, self._module, cid, flow.id))  # fmt: skip
 
     def tick(self) -> None:
-        """Time-outs: orphan secrets fail, connections held too long settle."""
+        """Time-outs: orphan secrets fail, connections held too long settle; what
+        judged connections kept for the proof is let go."""
         now = self._now()
         for item in [s for s in self._orphans if now - s.arrived >= ORPHAN_SECONDS]:
             self._orphans.remove(item)
@@ -341,6 +347,7 @@ class KeyVerifier:
             for item in flow.secrets:  # came after its connection settled
                 if not item.done and now - item.arrived >= HOLD_SECONDS:
                     self._fail(item, flow, "no record of its connection decrypted with it")
+        self.forget_settled()
 
     def finish(self) -> None:
         """The capture stops: everything pending is judged with what there is."""
@@ -351,8 +358,8 @@ class KeyVerifier:
             self._settle(flow)  # a settled one only fails its late secrets
 
     def forget_settled(self) -> None:
-        """Drop what settled connections keep for verification (long sessions)."""
+        """Drop what judged connections kept for verification (long sessions keep
+        only each connection's ends and owner, for the packets still to come)."""
         for flow in self.flows.values():
-            if flow.held is None and all(s.done for s in flow.secrets):
-                for d in flow.tls.directions.values():
-                    d.protected.clear()
+            if flow.judged_all and flow.tls.directions:
+                flow.tls.directions.clear()
