@@ -12,6 +12,7 @@ handshakes, connections, each key's verdict without the secret, summary — what
 from __future__ import annotations
 
 import socket
+import time
 from typing import IO, Any
 
 from ecap import procfs
@@ -23,6 +24,10 @@ from ecap.capture.wire.verifier import KeyVerifier
 from ecap.ebpf.packet_ring import PacketRing
 
 SESSION_SUFFIX = ".session.jsonl"
+FINISH_GRACE_SECONDS = 1.0
+QUIET_MS = 100
+"""At the end, the packet ring is read until it stays empty this long (at most
+``FINISH_GRACE_SECONDS``)."""
 """The session record of a keylog/pcapng capture is written beside its output."""
 
 
@@ -99,8 +104,14 @@ class WireTap:
         return len(packets)
 
     def finish(self) -> None:
-        while self.poll():
-            pass
+        """Read the ring dry — waiting a moment for a connection's last packets (the
+        FIN a process's exit sends, its peer's answer) — then judge what is left."""
+        deadline = time.monotonic() + FINISH_GRACE_SECONDS
+        while self._ring is not None and time.monotonic() < deadline:
+            if not self.poll():
+                self._ring.wait(QUIET_MS)
+                if not self.poll():
+                    break
         self.verifier.finish()
         self.verifier.forget_settled()
 
