@@ -8,6 +8,10 @@ throughput is measured:
   count      a count-only uprobe on SSL_write/SSL_read/SSL_write_ex/SSL_read_ex (the
              floor any uprobe-based tool pays)
   ecap       under ``ecap-audit capture tls --format jsonl`` (full payload copied)
+  ecap-text  the same with ``--format text`` (HTTP-aware rendering)
+  ecap-pcapng  the same with ``--format pcapng``: the connection's packets from the
+             packet tap, through the key verifier, into a pcapng file (the
+             plaintext path runs too: it names the connections)
   bpftrace   under a bpftrace one-liner copying 64 bytes per call
   count-ret  the same with a uretprobe on each as well (what any tool that needs the
              real byte count, or the data SSL_read returns, pays at minimum)
@@ -50,6 +54,8 @@ SIZES = {1024: 200_000, 16 * 1024: 40_000, 64 * 1024: 10_000}
 DATA_FUNCTIONS = ("SSL_write", "SSL_read", "SSL_write_ex", "SSL_read_ex")
 TLS = modules.get("tls")
 COUNT_IMAGE: loader.Image | None = None
+ECAP_FORMATS = {"ecap": "jsonl", "ecap-text": "text", "ecap-pcapng": "pcapng"}
+MODES = ("none", "count", "count-ret", "kernel", "ecap-text", "ecap", "ecap-pcapng", "bpftrace")
 
 
 def count_image() -> loader.Image:
@@ -92,8 +98,16 @@ class Env:
         }
         self.cert, self.keyfile = make_cert(root)
 
+    def last_summary(self) -> dict:
+        """The summary of the last capture, from its journal stop entry (every format)."""
+        entries = [
+            json.loads(line) for line in (self.root / "journal.jsonl").read_text().splitlines()
+        ]
+        return next(e for e in reversed(entries) if e["event"] == "capture.stop")["summary"]
+
     def token_file(self, pid: int) -> Path:
-        req = request.build([pid], modules=["tls"], modes=["jsonl"], reason="benchmark")
+        req = request.build([pid], modules=["tls"], modes=["jsonl", "text", "pcapng"],
+                            reason="benchmark")  # fmt: skip
         text = token.issue(
             req, self.key, operator="bench", reason="benchmark", ttl_seconds=3600, issuer="bench"
         )
@@ -149,8 +163,11 @@ def run_once(binary: Path, env: Env, mode: str, size: int, count: int, ring_mb: 
                     attach.uprobe_multi(counter.prog_fd(program), str(hook.path), offsets,
                                         [0] * len(offsets), client.pid, retprobe=ret)
                 )  # fmt: skip
-        elif mode == "ecap":
-            out = OUT / f"capture-{size}.jsonl"
+        elif mode in ECAP_FORMATS:
+            fmt = ECAP_FORMATS[mode]
+            out = OUT / f"capture-{size}.{fmt}"
+            out.unlink(missing_ok=True)
+            Path(f"{out}.session.jsonl").unlink(missing_ok=True)
             started = time.monotonic()
             tool = subprocess.Popen(
                 [
@@ -162,7 +179,7 @@ def run_once(binary: Path, env: Env, mode: str, size: int, count: int, ring_mb: 
                     "--token",
                     str(env.token_file(client.pid)),
                     "--format",
-                    "jsonl",
+                    fmt,
                     "--output",
                     str(out),
                     "--ring-size",
@@ -215,13 +232,18 @@ def run_once(binary: Path, env: Env, mode: str, size: int, count: int, ring_mb: 
         result["seconds"] = seconds
         result["mb_per_s"] = size * count / seconds / 1e6
         result["calls_per_s"] = count / seconds
-        if mode == "ecap":
+        if mode in ECAP_FORMATS:
             _, err = tool.communicate(timeout=600)
-            summary = json.loads(out.read_text().splitlines()[-1])
+            summary = env.last_summary()
             result["lost_events"] = summary["lost_events"]
             result["captured_writes"] = summary["events"]["write"]
             result["capture_peak_rss_mb"] = rss.result()
+            if "packets" in summary:
+                result["packets"] = summary["packets"]
+                result["packets_dropped"] = summary["packets_dropped"]
+            result["output_bytes"] = out.stat().st_size
             out.unlink(missing_ok=True)
+            Path(f"{out}.session.jsonl").unlink(missing_ok=True)
         elif mode == "bpftrace":
             time.sleep(1.0)
             tool.send_signal(2)
@@ -344,6 +366,8 @@ def main() -> None:
     parser.add_argument("--ring-size", type=int, default=32, help="ecap ring size, MiB")
     parser.add_argument("--quick", action="store_true", help="a tenth of the calls")
     parser.add_argument("--json", help="also write results as JSON here")
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help=f"comma-separated subset of {', '.join(MODES)} (count is always run)")  # fmt: skip
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench: run as root")
@@ -355,10 +379,8 @@ def main() -> None:
         env = Env(Path(tmp))
         for size, count in SIZES.items():
             count = count // 10 if args.quick else count
-            row = {
-                m: run_once(binary, env, m, size, count, args.ring_size)
-                for m in ("none", "count", "count-ret", "kernel", "ecap", "bpftrace")
-            }
+            wanted = [m for m in MODES if m in args.modes.split(",") or m == "count"]
+            row = {m: run_once(binary, env, m, size, count, args.ring_size) for m in wanted}
             results.append(row)
             floor = row["count"]["calls_per_s"]
             print(f"\n{size // 1024} KiB x {count} SSL_write:")
@@ -368,13 +390,20 @@ def main() -> None:
                     extra = f"  lost {r['lost_events']}, calls captured {r['captured_writes']}"
                 if r.get("capture_peak_rss_mb"):
                     extra += f", capture peak RSS {r['capture_peak_rss_mb']:.0f} MiB"
+                if "packets" in r:
+                    extra += f", {r['packets']} packets ({r['packets_dropped']} dropped)"
+                if "output_bytes" in r:
+                    extra += f", output {r['output_bytes'] / 1e6:.0f} MB"
                 print(
                     f"  {mode:9s} {r['calls_per_s']:>10.0f} calls/s {r['mb_per_s']:>8.1f} MB/s"
                     f"  x{r['calls_per_s'] / floor:.2f} of count-only{extra}"
                 )
-            print(
-                f"  ecap / bpftrace: x{row['ecap']['calls_per_s'] / row['bpftrace']['calls_per_s']:.2f}"
-            )
+            if "ecap" in row and "bpftrace" in row:
+                print(f"  ecap / bpftrace: "
+                      f"x{row['ecap']['calls_per_s'] / row['bpftrace']['calls_per_s']:.2f}")  # fmt: skip
+            if "ecap-pcapng" in row and "ecap-text" in row:
+                print(f"  pcapng / text: "
+                      f"x{row['ecap-pcapng']['calls_per_s'] / row['ecap-text']['calls_per_s']:.2f}")  # fmt: skip
         first = time_to_first_event(binary, env)
         print(
             f"\nattached {first['attached_s']:.2f} s after launch; first event at "

@@ -28,6 +28,7 @@
 #define ECAP_KIND_EXEC 7       /* a target called execve: it left the allow-list */
 #define ECAP_KIND_SOCKET 8     /* a connection's socket learned: data is struct ecap_sockinfo */
 #define ECAP_KIND_THREAD 9     /* a thread's first record: data is struct ecap_threadinfo */
+#define ECAP_KIND_SECRET 10    /* a TLS secret the library derived: data is struct ecap_secret */
 /* Scope (every object, capture_common.h). */
 #define ECAP_KIND_FORK 16      /* a target forked: conn is the child, now a descendant */
 #define ECAP_KIND_EXIT 17      /* a covered process exited: conn is its exit code (wait status) */
@@ -80,6 +81,20 @@
 #define ECAP_COOKIE_RET_LONG 0x200        /* the return value is 64-bit (ssize_t) */
 #define ECAP_COOKIE_OK_IS_ZERO 0x400      /* handshake: 0 means done (GnuTLS) */
 
+/* TLS secrets (ECAP_KIND_SECRET): what a library hands its key-log function. */
+#define ECAP_SECRET_MAX 64      /* bytes of a secret read (TLS uses 32 or 48) */
+#define ECAP_SECRET_LABEL 40    /* bytes of its NSS key-log label read */
+/* A secret probe's cookie: the low 32 bits are where the client random lies in the
+ * library's connection object; the high 32 bits a signed shift of the secret's
+ * address, 0 except under the UNSAFE test hook that proves a wrong location is
+ * caught (ECAP_UNSAFE_TEST_SECRET_SHIFT). */
+#define ECAP_SECRET_COOKIE_SHIFT 32
+
+/* Packet tap (bpf/packet_tap.h): how a flow of an authorized process was learned. */
+#define ECAP_FLOW_CONNECT 1     /* the process connected it (inet_sock_set_state) */
+#define ECAP_FLOW_LIBRARY 2     /* the TLS library used the socket (pre-existing, accepted) */
+#define ECAP_FLOW_LINGER_NS 2000000000ULL /* a closed flow's packets still pass this long */
+
 /* The two ends of a TCP socket, read from the kernel's socket when a connection
  * object is first tied to it (so accepted and pre-existing connections have
  * their peer too, with no /proc lookup racing the socket's close). */
@@ -90,6 +105,25 @@ struct ecap_sockinfo {
 	__u16 pad;
 	__u8 laddr[16];  /* AF_INET: the first 4 bytes */
 	__u8 raddr[16];
+};
+
+/* ECAP_KIND_SECRET: one secret as the library passed it to its key-log function.
+ * Nothing here is trusted: user space proves the client random against the
+ * connection's ClientHello and the secret against its records before writing it. */
+struct ecap_secret {
+	__u8 client_random[32];
+	__u8 secret[ECAP_SECRET_MAX];
+	__u32 secret_len;   /* as the library passed it (> ECAP_SECRET_MAX: not read) */
+	__u32 random_read;  /* 1: the client random could be read */
+	char label[ECAP_SECRET_LABEL];
+};
+
+/* A TCP flow of an authorized process (value of the packet tap's `flows` map,
+ * whose key is the flow's struct ecap_sockinfo: local and remote end). */
+struct ecap_flow {
+	__u32 tgid;
+	__u32 source;       /* ECAP_FLOW_* */
+	__u64 closed_ns;    /* when its socket closed (0: open); kept a moment for the last packets */
 };
 
 /* Who a thread is, sent once per thread (not in every record: the per-call cost

@@ -28,6 +28,8 @@
 #include <bpf/bpf_core_read.h>
 
 #include "capture_common.h"
+#include "sockinfo.h"
+#include "packet_tap.h"
 
 #define PA __attribute__((preserve_access_index))
 #define S_IFMT 00170000
@@ -37,25 +39,19 @@
  * kernel's BTF by the loader (CO-RE). */
 struct inode { unsigned short i_mode; } PA;
 struct file { struct inode *f_inode; void *private_data; } PA;
-struct in6_addr { union { __u8 u6_addr8[16]; } in6_u; } PA;
-struct sock_common {
-	__be32 skc_daddr;
-	__be32 skc_rcv_saddr;
-	__be16 skc_dport;
-	__u16 skc_num;
-	unsigned short skc_family;
-	struct in6_addr skc_v6_daddr;
-	struct in6_addr skc_v6_rcv_saddr;
-} PA;
-struct sock { struct sock_common __sk_common; } PA;
 struct socket { struct sock *sk; } PA;
 struct fdtable { unsigned int max_fds; struct file **fd; } PA;
 struct files_struct { struct fdtable *fdt; } PA;
 struct task_struct { struct files_struct *files; } PA;
 
+/* Set by user space at load: 0 when the output needs no plaintext (keylog, pcapng:
+ * the secrets and the packets are the product), so none leaves the process. */
+const volatile __u8 copy_plaintext = 1;
+
 /* Not used at run time: keeps the layout in the object's BTF, whence the loader
  * file records it for the Python side. */
 const struct ecap_sockinfo ecap_abi_sockinfo = {};
+const struct ecap_secret ecap_abi_secret = {};
 
 struct call_frame {
 	__u64 sp;        /* stack pointer at entry: the return is at sp + 8 */
@@ -151,21 +147,8 @@ static __always_inline void emit_socket(__u64 pid_tgid, __u64 conn, int fd)
 	}
 	fill_header(ev, pid_tgid, ECAP_KIND_SOCKET, conn, fd);
 	struct ecap_sockinfo *info = (struct ecap_sockinfo *)ev->data;
-	__builtin_memset(info, 0, sizeof(*info));
-	unsigned short family = BPF_CORE_READ(sk, __sk_common.skc_family);
-	info->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
-	info->rport = __builtin_bswap16(BPF_CORE_READ(sk, __sk_common.skc_dport));
-	if (family == 2) {  /* AF_INET */
-		info->family = family;
-		__be32 l = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
-		__be32 r = BPF_CORE_READ(sk, __sk_common.skc_daddr);
-		__builtin_memcpy(info->laddr, &l, 4);
-		__builtin_memcpy(info->raddr, &r, 4);
-	} else if (family == 10) {  /* AF_INET6 */
-		info->family = family;
-		BPF_CORE_READ_INTO(&info->laddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
-		BPF_CORE_READ_INTO(&info->raddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
-	}
+	read_sockinfo(sk, info);
+	flow_note(info, pid_tgid);
 	ev->len = sizeof(*info);
 	bpf_ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
 }
@@ -313,6 +296,8 @@ int data_return(struct pt_regs *ctx)
 	int is_read = kind == ECAP_KIND_READ;
 	__u64 stream_off = st->pos[is_read];
 	st->pos[is_read] = stream_off + n;
+	if (!copy_plaintext)
+		return 0;
 	send_user_bytes(pid_tgid, kind, f.conn, st->fd, stream_off, f.buf, n);
 	return 0;
 }
@@ -371,6 +356,47 @@ int conn_end(struct pt_regs *ctx)
 	__s32 fd = known->fd;
 	bpf_map_delete_elem(&conns, &key);
 	emit_header(pid_tgid, ECAP_KIND_CONN_END, key.conn, fd);
+	return 0;
+}
+
+/* ----------------------------------------------------------------- secrets */
+
+/* The library's key-log function, fn(conn, label, secret, secret_len) — OpenSSL's
+ * ssl_log_secret, GnuTLS's keylog call — called for every secret it derives whether
+ * or not a key log is configured. The cookie says where the client random lies in
+ * the connection object (see ECAP_SECRET_COOKIE_SHIFT). Read as found: user space
+ * proves each secret before it is written anywhere. */
+SEC("uprobe")
+int secret_enter(struct pt_regs *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!is_target(pid_tgid))
+		return 0;
+	__u64 cookie = bpf_get_attach_cookie(ctx);
+	__u64 conn = PT_REGS_PARM1(ctx);
+	__u64 label = PT_REGS_PARM2(ctx);
+	__u64 secret = PT_REGS_PARM3(ctx) + (__s64)(__s32)(cookie >> ECAP_SECRET_COOKIE_SHIFT);
+	__u64 len = PT_REGS_PARM4(ctx);
+	struct conn_key key = { .tgid = pid_tgid >> 32, .conn = conn };
+	struct conn_state *known = bpf_map_lookup_elem(&conns, &key);
+	__u32 zero = 0;
+	struct ecap_record *ev = bpf_map_lookup_elem(&scratch, &zero);
+	if (!ev)
+		return 0;
+	fill_header(ev, pid_tgid, ECAP_KIND_SECRET, conn, known ? known->fd : -1);
+	struct ecap_secret *s = (struct ecap_secret *)ev->data;
+	__builtin_memset(s, 0, sizeof(*s));
+	s->secret_len = len > 0xffffffffULL ? 0xffffffffU : (__u32)len;
+	if (bpf_probe_read_user(s->client_random, sizeof(s->client_random),
+				(void *)(conn + (__u32)cookie)) == 0)
+		s->random_read = 1;
+	if (len > 0 && len <= ECAP_SECRET_MAX)
+		bpf_probe_read_user(s->secret, len & (2 * ECAP_SECRET_MAX - 1), (void *)secret);
+	bpf_probe_read_user_str(s->label, sizeof(s->label), (void *)label);
+	ev->len = sizeof(*s);
+	ev->total = sizeof(*s);
+	if (bpf_ringbuf_output(&events, ev, HDR_SIZE + sizeof(*s), wakeup_flags()) < 0)
+		stat_add(ECAP_STAT_LOST_EVENTS, 1);
 	return 0;
 }
 

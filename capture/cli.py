@@ -69,7 +69,10 @@ def build_parser() -> Parser:
     )
     p.add_argument("--module", action="append", required=True, help="capture module (tls)")
     p.add_argument(
-        "--mode", action="append", help="output mode(s) wanted: text, jsonl (default both)"
+        "--mode",
+        action="append",
+        help="output mode(s) wanted (default: all but keylog and pcapng, which must be "
+        "named: their keys decrypt a connection for anyone who recorded it)",
     )
     p.add_argument("--reason", required=True, help="why the capture is needed (ticket, incident)")
     p.add_argument("--out", help="write the request here (default: stdout)")

@@ -17,6 +17,8 @@ from pathlib import Path
 from ecap.capture import modules, sinks
 from ecap.capture.events import RECORDS
 from ecap.capture.kernel import DEFAULT_MAX_CALL_BYTES, DEFAULT_RING_MB
+from ecap.capture.modules.interface import CaptureModule
+from ecap.capture.sinks.interface import Sink
 from ecap.errors import UsageError
 
 
@@ -38,6 +40,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="text",
         help=f"output format (default text) — {formats}",
     )
+    for flag, formats in sinks.flags().items():
+        variants = [dict(sinks.get(f).variants)[flag] for f in formats]
+        parser.add_argument(
+            f"--{flag}",
+            action="store_true",
+            help="; ".join(
+                f"with --format {f}: {v.summary}" for f, v in zip(formats, variants, strict=True)
+            ),
+        )
     parser.add_argument("--output", help="write here (created 0600) instead of stdout")
     parser.add_argument(
         "--force", action="store_true", help="replace --output if it exists (default: refuse)"
@@ -86,14 +97,40 @@ def module_options(args: argparse.Namespace, chosen: str) -> dict[str, object]:
     return mine
 
 
+def chosen_sink(args: argparse.Namespace) -> Sink:
+    """The sink ``--format`` and its variant flags (``--plaintext``) name."""
+    chosen = frozenset(f for f in sinks.flags() if getattr(args, f, False))
+    return sinks.get(args.format, chosen)
+
+
+def feeds(module: CaptureModule, sink: Sink) -> bool:
+    """Can this module's sessions produce what the sink writes?"""
+    if sink.needs_keys:
+        return module.secrets is not None
+    return RECORDS in sink.consumes or bool(module.emits & sink.consumes)
+
+
+def check_pair(module: CaptureModule, sink: Sink) -> None:
+    """Refuse (exit 2) a module×format pair that cannot work, saying why."""
+    if feeds(module, sink):
+        return
+    fits = ", ".join(s.name for s in sinks.registry().values() if feeds(module, s))
+    if sink.needs_keys:
+        raise UsageError(
+            f"--format {sink.name} needs TLS secrets, and the {module.name} module cannot give "
+            f"them: {module.no_secrets}",
+            hint="capture its plaintext with --format pcapng --plaintext, text or jsonl",
+        )
+    raise UsageError(
+        f"the {module.name} module produces nothing the {sink.name} format writes",
+        hint=f"choose one of: {fits}",
+    )
+
+
 def _validate(args: argparse.Namespace) -> list[int]:
     module = modules.get(args.module)
-    sink = sinks.get(args.format)
-    if RECORDS not in sink.consumes and not module.emits & sink.consumes:
-        raise UsageError(
-            f"the {module.name} module produces nothing the {sink.name} format writes",
-            hint=f"choose one of: {', '.join(s.name for s in sinks.registry().values() if s.consumes & module.emits)}",
-        )
+    sink = chosen_sink(args)
+    check_pair(module, sink)
     pids = list(dict.fromkeys(args.pid or []))
     if not pids:
         raise UsageError("--pid is required", hint="name each process to capture")
@@ -119,6 +156,15 @@ def _validate(args: argparse.Namespace) -> list[int]:
                 f"output file {args.output} already exists",
                 hint="choose a new --output or pass --force to replace it",
             )
+        if sink.record_beside:
+            from ecap.capture.engine import session_record_path
+
+            record = session_record_path(Path(args.output))
+            if os.path.lexists(record) and not args.force:
+                raise UsageError(
+                    f"the session record {record} already exists",
+                    hint="choose a new --output or pass --force to replace both",
+                )
     return pids
 
 
@@ -134,7 +180,8 @@ def handle(args: argparse.Namespace) -> int:
 
     from ecap.capture.doctor import preflight
 
-    preflight(args.module)
+    sink = chosen_sink(args)
+    preflight(args.module, packets=sink.needs_keys)
 
     from ecap.sessions import prepare_run_dir
 
@@ -148,7 +195,7 @@ def handle(args: argparse.Namespace) -> int:
     trust = Path(args.trust_dir) if getattr(args, "trust_dir", None) else None
     hold = TargetHold.take(pids)
     try:
-        grant = authorize_capture(token, pids=pids, module=args.module, mode=sinks.get(args.format).token_mode,
+        grant = authorize_capture(token, pids=pids, module=args.module, mode=sink.token_mode,
                                   trust_dir=trust, journal=journal)  # fmt: skip
     except BaseException:
         hold.close()
@@ -157,7 +204,7 @@ def handle(args: argparse.Namespace) -> int:
     from ecap.capture.engine import CaptureOptions, run_capture
 
     options = CaptureOptions(
-        module=args.module, fmt=args.format,
+        module=args.module, fmt=sink.name,
         output=Path(args.output) if args.output else None, hex=args.hex,
         duration=args.duration, module_options=options_for_module, ring_mb=args.ring_size,
         max_call_bytes=args.max_call_bytes, quiet=args.quiet, replace_output=args.force,

@@ -168,6 +168,56 @@ def check_attach(trial: Callable[[], str] = _trial_capture) -> CheckResult:
     return CheckResult("attach", True, True, detail)
 
 
+def _open_packet_socket() -> list[str]:
+    """Open (and close) the packet tap's kind of socket; the interfaces it would see."""
+    import socket
+
+    socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0).close()
+    return [name for _index, name in socket.if_nameindex()]
+
+
+def check_packet_capture(opener: Callable[[], list[str]] = _open_packet_socket,
+                         *, required: bool = False) -> CheckResult:  # fmt: skip
+    """keylog and pcapng read the connections' packets from an AF_PACKET socket
+    (CAP_NET_RAW) behind a BPF filter: can this process open one, on which
+    interfaces? Required only when the output needs packets."""
+    try:
+        interfaces = opener()
+    except OSError as exc:
+        return CheckResult(
+            "packet-capture",
+            False,
+            required,
+            f"cannot open a packet socket ({exc.strerror or exc}): --format keylog and pcapng "
+            "cannot work here (text, jsonl, raw and pcapng --plaintext can)",
+            "grant CAP_NET_RAW as well (or run as root)",
+        )
+    if not interfaces:
+        return CheckResult("packet-capture", False, required, "no network interface here",
+                           "keylog and pcapng need the interface the connections use")  # fmt: skip
+    return CheckResult(
+        "packet-capture",
+        True,
+        required,
+        f"packet socket (CAP_NET_RAW) on every interface: {', '.join(interfaces)}; "
+        "keylog and pcapng can work",
+    )
+
+
+def check_modes(packets: CheckResult) -> CheckResult:
+    """Which output modes work here: the ones needing the packet tap only if it opens."""
+    from ecap.capture import sinks
+
+    ready, blocked = [], []
+    for sink in sinks.every().values():
+        label = "pcapng --plaintext" if sink.name == "pcapng-plaintext" else sink.name
+        (blocked if sink.needs_keys and not packets.ok else ready).append(label)
+    detail = f"ready: {', '.join(ready)}"
+    if blocked:
+        detail += f"; not here: {', '.join(blocked)} (no packet capture)"
+    return CheckResult("modes", True, False, detail)
+
+
 def check_tracefs(root: Path | bool | None = False) -> CheckResult:
     """Not needed by capture (raw tracepoints and PMU uprobes bypass it): informational."""
     found = host.tracefs_root() if root is False else root
@@ -232,7 +282,9 @@ def check_unprivileged_bpf(value: str | bool | None = False) -> CheckResult:
     )
 
 
-def run_checks(*, trial: bool = True, module: str = "tls") -> list[CheckResult]:
+def run_checks(
+    *, trial: bool = True, module: str = "tls", packets: bool = False
+) -> list[CheckResult]:
     """All checks against the live host, in the order doctor prints them.
 
     ``trial`` also loads the module's real programs and attaches them to this
@@ -256,7 +308,8 @@ def run_checks(*, trial: bool = True, module: str = "tls") -> list[CheckResult]:
             if ready
             else CheckResult("attach", False, True, "skipped: a check above failed", "")
         )
-    results += [check_tracefs(), check_lockdown(), check_unprivileged_bpf()]
+    tap = check_packet_capture(required=packets)
+    results += [tap, check_modes(tap), check_tracefs(), check_lockdown(), check_unprivileged_bpf()]
     return results
 
 
@@ -264,12 +317,14 @@ def failures(results: list[CheckResult]) -> list[CheckResult]:
     return [r for r in results if r.required and not r.ok]
 
 
-def preflight(module: str = "tls") -> list[CheckResult]:
+def preflight(module: str = "tls", *, packets: bool = False) -> list[CheckResult]:
     """Raise EnvironmentNotReady (exit 4) with the first required failure.
 
-    The same checks as ``doctor`` except the trial attach (see :func:`run_checks`).
+    The same checks as ``doctor`` except the trial attach (see :func:`run_checks`);
+    ``packets``: the output needs the packet tap (keylog, pcapng), so being able to
+    open a packet socket is required.
     """
-    results = run_checks(trial=False, module=module)
+    results = run_checks(trial=False, module=module, packets=packets)
     bad = failures(results)
     if bad:
         raise EnvironmentNotReady(bad[0].message())

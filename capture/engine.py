@@ -12,6 +12,7 @@ SIGINT/SIGTERM), and always detaches and unregisters on the way out.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import signal
@@ -47,6 +48,13 @@ LIVENESS_EVERY = 0.2
 SYSCALLS_IDLE_AFTER = 2.0
 """Seconds without a connection of unknown socket before the system-call
 tracepoints are detached (they cost every process on the host)."""
+UNSAFE_SECRET_SHIFT = "ECAP_UNSAFE_TEST_SECRET_SHIFT"
+"""Test hook: read every secret this many bytes away from where the library has it
+— a deliberately wrong location — to prove that such keys are caught ("not
+verified") and never written. Announced loudly whenever it is set."""
+PACKET_RING_BYTES = 32 << 20
+"""The packet tap's ring (keylog, pcapng): a burst waits there for the reader (which
+the tap's socket wakes, like the record ring)."""
 TEST_STOP_AFTER_GRANT = "ECAP_TEST_STOP_AFTER_GRANT"
 """Test hook: when set to 1, the capture stops itself (SIGSTOP) right after the
 grant, so a test can reproduce a slow machine. It only ever delays."""
@@ -144,8 +152,14 @@ class _Session:
         self.journal = journal
         self.out = out
         self.session_id = uuid.uuid4().hex
-        self.sink = sink_registry.get(options.fmt)
+        sink = sink_registry.by_name(options.fmt)
+        if sink is None:
+            raise UsageError(f"unknown output format {options.fmt!r}")
+        self.sink = sink
         self.raw = RECORDS in self.sink.consumes
+        self.record_out: IO[bytes] | None = None
+        """The session record beside a keylog/pcapng output (OUTPUT.session.jsonl)."""
+        self.tap: Any = None
         self.clock = Clock()
         self.unknown_socket_at = time.monotonic()
         """Last time a call's socket was unknown (then the syscall tracepoints help)."""
@@ -170,6 +184,17 @@ class _Session:
             SinkOptions(hex_mode=self.options.hex, colour=colour, abi=kernel.abi,
                         clock_offset=self.clock.offset),
         )  # fmt: skip
+        if self.sink.record_beside:
+            from ecap.capture.wire.tap import WireTap, open_session_record
+
+            ring = kernel.packet_ring(PACKET_RING_BYTES) if self.sink.needs_keys else None
+            if ring is not None and kernel.ring is not None:
+                kernel.ring.wake_on(ring.fileno())
+            self.tap = WireTap(
+                self.writer, self.sink.consumes, ring, kernel.flow_owner, module=self.module.name,
+                record=open_session_record(self.record_out) if self.record_out else None,
+            )  # fmt: skip
+            self.writer = self.tap
         if self.raw:
             self.raw_counts = RawCounts(kernel.abi)
         else:
@@ -303,6 +328,8 @@ class _Session:
         stopped = time.time()
         counts = (summary_counts(self.pipeline) if self.pipeline is not None
                   else self.raw_counts.summary())  # fmt: skip
+        if self.tap is not None:
+            counts.update(self.tap.counts())
         return {
             "session_id": self.session_id,
             **counts,
@@ -326,6 +353,7 @@ class _Session:
             "module": self.module.name,
             "identity": self.module.identity,
             "format": self.options.fmt,
+            "mode": self.sink.token_mode,
             "token": self.grant.token,
             "grant": self.grant.summary(),
             "host": {
@@ -395,6 +423,42 @@ class RawCounts:
                 "descendants": None}  # fmt: skip
 
 
+def session_record_path(output: Path) -> Path:
+    """Where a keylog/pcapng capture keeps its session record (no plaintext, no
+    secret: what ``ecap-audit report`` reads)."""
+    from ecap.capture.wire.tap import SESSION_SUFFIX
+
+    return output.with_name(output.name + SESSION_SUFFIX)
+
+
+def with_secret_probes(module: CaptureModule, hooks: list[HookTarget],
+                       options: CaptureOptions) -> list[HookTarget]:  # fmt: skip
+    """Each target's probes plus those that report its TLS secrets (exit 2 naming
+    the library when it cannot give them: keys fail closed)."""
+    if module.secrets is None:
+        raise UsageError(
+            f"the {module.name} module cannot give TLS secrets: {module.no_secrets}",
+            hint="capture with --format pcapng --plaintext, text or jsonl",
+        )
+    shift = _unsafe_secret_shift(options)
+    return [dataclasses.replace(h, probes=h.probes + module.secrets.probes(h, shift))
+            for h in hooks]  # fmt: skip
+
+
+def _unsafe_secret_shift(options: CaptureOptions) -> int:
+    raw = os.environ.get(UNSAFE_SECRET_SHIFT)
+    if not raw:
+        return 0
+    try:
+        shift = int(raw, 0)
+    except ValueError as exc:
+        raise UsageError(f"{UNSAFE_SECRET_SHIFT}={raw!r} is not an integer") from exc
+    print(f"ecap-audit: UNSAFE: {UNSAFE_SECRET_SHIFT}={shift}: secrets are read {shift} bytes "
+          "away from where the library keeps them (a test of key verification)",
+          file=sys.stderr, flush=True)  # fmt: skip
+    return shift
+
+
 def _stop_self_for_tests() -> None:
     if os.environ.get(TEST_STOP_AFTER_GRANT) == "1":
         os.kill(os.getpid(), signal.SIGSTOP)
@@ -412,15 +476,27 @@ def run_capture(grant: Grant, pids: list[int], options: CaptureOptions, *, journ
     module = module_registry.get(options.module)
     _stop_self_for_tests()
     out: IO[bytes] | None = None
+    record_out: IO[bytes] | None = None
+    sink = sink_registry.by_name(options.fmt)
     try:
         hold.confirm_grant(grant)
         hooks = resolve_targets(module, pids, options.module_options)
+        if sink is not None and sink.needs_keys:
+            hooks = with_secret_probes(module, hooks, options)
         out = open_output(options.output, replace=options.replace_output)
+        if sink is not None and sink.record_beside and options.output is not None:
+            record_out = open_output(session_record_path(options.output),
+                                     replace=options.replace_output)  # fmt: skip
     except BaseException as exc:
+        if out is not None and out is not sys.stdout.buffer:
+            out.close()
+            assert options.output is not None
+            options.output.unlink(missing_ok=True)
         hold.close()
         _journal_failure(journal, grant, pids, f"error: {exc}")
         raise
     session = _Session(grant, module, hooks, hold, options, out, journal)
+    session.record_out = record_out
     stop = session.stop
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     signal.signal(signal.SIGINT, lambda *_: stop.set("SIGINT"))
@@ -429,7 +505,9 @@ def run_capture(grant: Grant, pids: list[int], options: CaptureOptions, *, journ
     stats: dict[str, int] = {}
     try:
         kernel = KernelSide(module, ring_mb=options.ring_mb, max_call_bytes=options.max_call_bytes,
-                            follow_descendants=grant.descendants)  # fmt: skip
+                            follow_descendants=grant.descendants,
+                            packets=session.sink.needs_keys,
+                            plaintext=not session.sink.needs_keys)  # fmt: skip
         session.bind_kernel(kernel)
         kernel.authorize_pids(session.live)
         kernel.attach_tracepoints()
@@ -440,6 +518,9 @@ def run_capture(grant: Grant, pids: list[int], options: CaptureOptions, *, journ
             "capture.start", session_id=session.session_id, jti=grant.jti,
             operator=grant.operator, pids=[h.pid for h in hooks],
             targets=session.journal_targets(), module=module.name, format=options.fmt,
+            mode=session.sink.token_mode,
+            **({"unsafe_secret_shift": os.environ[UNSAFE_SECRET_SHIFT]}
+               if session.sink.needs_keys and os.environ.get(UNSAFE_SECRET_SHIFT) else {}),
             output=str(options.output) if options.output else None, prog_ids=prog_ids,
         )  # fmt: skip
         sessions.register(
@@ -470,7 +551,10 @@ def run_capture(grant: Grant, pids: list[int], options: CaptureOptions, *, journ
         next_check = 0.0
         ring = kernel.ring
         while stop.reason is None:
-            if not session.drain():
+            busy = session.drain()
+            if session.tap is not None:
+                busy += session.tap.poll()
+            if not busy:
                 session.writer.flush()
                 ring.wait(POLL_MS)
             now = time.monotonic()
@@ -483,6 +567,8 @@ def run_capture(grant: Grant, pids: list[int], options: CaptureOptions, *, journ
         # Whatever the probes produced before the stop is still in the ring.
         session.drain_all()
         session.settle_exited()
+        if session.tap is not None:  # every packet judged while the flow table exists
+            session.tap.finish()
         stats = kernel.stats()
     except BaseException as exc:
         stop.set(f"error: {exc}")
@@ -500,13 +586,19 @@ def run_capture(grant: Grant, pids: list[int], options: CaptureOptions, *, journ
         try:
             summary = _finish(session, stats, out) if started else None
         finally:
+            if session.tap is not None:
+                session.tap.close()
             if out is not sys.stdout.buffer:
                 out.close()
+            if record_out is not None:
+                record_out.close()
             if not started:
                 # Failed between the grant and the start: no empty output file left
                 # behind, and the journal says what became of the grant.
                 if options.output is not None:
                     options.output.unlink(missing_ok=True)
+                    if record_out is not None:
+                        session_record_path(options.output).unlink(missing_ok=True)
                 _journal_failure(journal, grant, pids, stop.reason or "error: stopped before start")
     assert summary is not None
     return summary

@@ -22,6 +22,13 @@ RECORDS = "records"
 in batches (``--format raw``), and the engine decodes nothing for it."""
 COMMAND = "command"
 STATEMENT = "statement"
+SECRET = "secret"
+"""A secret as a library reported it — unproven: only the engine's key verifier
+(:mod:`ecap.capture.wire.verifier`) takes it; no sink ever sees one."""
+KEY = "key"
+"""A secret after the verifier judged it against the wire (verified or not)."""
+PACKET = "packet"
+"""A packet of an authorized process's connection, as the interface saw it."""
 
 
 @dataclass(slots=True)
@@ -118,4 +125,65 @@ class StatementEvent:
     """A prepared statement's id as the client knows it (COM_STMT_EXECUTE)."""
 
 
-Event = DataEvent | HandshakeEvent | ConnectionEndEvent | CommandEvent | StatementEvent
+@dataclass(slots=True)
+class SecretEvent:
+    """One secret the library handed to its key-log function (not yet proven)."""
+
+    kind: ClassVar[str] = SECRET
+    conn: Connection
+    ts: float
+    label: str
+    client_random: bytes
+    """As read from the library's memory (``random_read`` False: it could not be)."""
+    random_read: bool
+    secret: bytes
+    secret_len: int
+    """The length the library passed (``secret`` is empty when it was too long)."""
+
+
+@dataclass(slots=True)
+class KeyEvent:
+    """A secret after its proof. Only a ``verified`` one carries the secret; a sink
+    writes those and counts the others."""
+
+    kind: ClassVar[str] = KEY
+    ts: float
+    pid: int
+    conn: Connection | None
+    """The library's connection it came from."""
+    label: str
+    client_random: bytes
+    secret: bytes
+    """Empty unless ``verified``."""
+    verified: bool
+    reason: str
+    """How it was proven, or why it was not (one clause, no secret in it)."""
+    flow: str | None
+    """``local -> remote`` of the TCP connection it was proven on (None: no match)."""
+
+
+@dataclass(slots=True)
+class PacketEvent:
+    """One packet of an authorized process's TCP connection (from the IP header on)."""
+
+    kind: ClassVar[str] = PACKET
+    ts_ns: int
+    """When the interface saw it (nanoseconds since the epoch)."""
+    data: bytes
+    wire_len: int
+    ifindex: int
+    sent: bool
+    """Sent by the authorized process's end (else received by it)."""
+    pid: int | None
+    comm: str
+    module: str
+    connection_id: int | None
+    """ecap's connection id (the session record's), None when no library call of
+    the connection was seen."""
+    flow_id: int
+
+
+Event = (
+    DataEvent | HandshakeEvent | ConnectionEndEvent | CommandEvent | StatementEvent
+    | SecretEvent | KeyEvent | PacketEvent
+)  # fmt: skip

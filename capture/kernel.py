@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import mmap
 import os
+import socket
 import struct
 from collections.abc import Iterable
 
 from ecap.capture import abi as abi_mod
 from ecap.capture.modules.interface import CaptureModule, HookTarget, Probe
 from ecap.ebpf import attach, loader
+from ecap.ebpf.packet_ring import PacketRing
 from ecap.ebpf.ringbuf import RingBuffer
 from ecap.errors import UsageError
 
@@ -30,6 +32,13 @@ reader polls (a record waits at most one poll interval)."""
 SYSCALL_TRACEPOINTS = ("sys_enter", "sys_exit")
 """Raw tracepoints every system call on the host passes through: attached only
 while some connection's socket is unknown (see :meth:`KernelSide.syscalls`)."""
+PACKET_TRACEPOINTS = ("inet_sock_set_state", "net_dev_queue")
+"""The packet tap's (``bpf/packet_tap.h``): attached only when the output needs the
+connections' packets (keylog, pcapng)."""
+NOT_PER_PROCESS = ("events", "stats", "scratch", "target_pids", "flows", "connecting")
+"""Maps whose keys are not a process's: the packet tap's flows (keyed by both ends,
+kept until the connection closes: its last packets come after its process left)
+and the sockets being connected (keyed by the kernel socket)."""
 _TASK_STORAGE = 29  # BPF_MAP_TYPE_TASK_STORAGE: per thread, freed with the thread
 
 STAT_NAMES = {
@@ -44,6 +53,14 @@ STAT_NAMES = {
 
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
+
+
+def loopback_ifindex() -> int:
+    """The loopback interface's index in this network namespace (1 when unnamed)."""
+    try:
+        return socket.if_nametoindex("lo")
+    except OSError:
+        return 1
 
 
 def check_limits(ring_mb: int, max_call_bytes: int, chunk: int, ceiling: int) -> None:
@@ -64,11 +81,17 @@ class KernelSide:
 
     def __init__(self, module: CaptureModule, *, ring_mb: int = DEFAULT_RING_MB,
                  max_call_bytes: int = DEFAULT_MAX_CALL_BYTES,
-                 follow_descendants: bool = False) -> None:  # fmt: skip
+                 follow_descendants: bool = False, packets: bool = False,
+                 plaintext: bool = True) -> None:  # fmt: skip
         """``follow_descendants``: the token grants the targets' descendants — the
-        kernel adds each child to the allow-list at fork (capture_common.h)."""
+        kernel adds each child to the allow-list at fork (capture_common.h).
+        ``packets``: the output needs the targets' packets — the kernel tracks their
+        TCP flows for the packet tap (``bpf/packet_tap.h``). ``plaintext`` False:
+        the output needs none (keylog, pcapng), so the programs that can skip it
+        (``copy_plaintext``) copy none out of the process."""
         self.module = module
         self.follow_descendants = follow_descendants
+        self.packets = packets
         image = loader.image(module.bpf_object)
         self.abi = abi_mod.from_image(image)
         check_limits(ring_mb, max_call_bytes, self.abi.CHUNK, self.abi.MAX_CALL_BYTES)
@@ -81,6 +104,16 @@ class KernelSide:
         }
         if follow_descendants:
             rodata["follow_descendants"] = 1
+        if packets:
+            if "packet_filter" not in image.program_sections:
+                raise UsageError(
+                    f"the {module.name} module's programs have no packet tap",
+                    hint="use --format text, jsonl, raw or pcapng --plaintext",
+                )
+            rodata["track_flows"] = 1
+            rodata["loopback_ifindex"] = loopback_ifindex()
+        if not plaintext and "copy_plaintext" in image.header.get("rodata", {}):
+            rodata["copy_plaintext"] = 0
         self.obj = loader.load(image, max_entries={"events": ring_bytes}, rodata=rodata)
         self.attachments: list[attach.Attachment] = []
         self._syscall_links: list[attach.Attachment] = []
@@ -115,7 +148,7 @@ class KernelSide:
         is the first 32 bits (struct keys) or the upper half (pid_tgid keys)."""
         out: dict[str, list[bytes]] = {}
         for name, m in self.obj.maps.items():
-            if name in ("events", "stats", "scratch", "target_pids") or "." in name:
+            if name in NOT_PER_PROCESS or "." in name:
                 continue
             if m.type == _TASK_STORAGE:
                 continue  # the kernel frees a thread's entry with the thread
@@ -138,9 +171,24 @@ class KernelSide:
     def attach_tracepoints(self) -> None:
         """Every raw tracepoint program of the object (syscalls, exec)."""
         for name, section in self._raw_tracepoints():
-            if section not in SYSCALL_TRACEPOINTS:
-                self.attachments.append(attach.raw_tracepoint(self.obj.prog_fd(name), section))
+            if section in SYSCALL_TRACEPOINTS:
+                continue
+            if section in PACKET_TRACEPOINTS and not self.packets:
+                continue
+            self.attachments.append(attach.raw_tracepoint(self.obj.prog_fd(name), section))
         self.syscalls(True)
+
+    def packet_ring(self, ring_bytes: int) -> PacketRing:
+        """The packet socket behind the object's flow filter (``packets`` only)."""
+        return PacketRing(self.obj.prog_fd("packet_filter"), ring_bytes)
+
+    def flow_owner(self, key: bytes) -> int | None:
+        """The process a flow belongs to (``key``: its struct ecap_sockinfo, local end
+        first), as the kernel attributed it; None when it is not a flow of ours. A
+        flow that closed a moment ago still answers: its last packets are still
+        being read."""
+        value = self.obj.map("flows").lookup(key)
+        return None if value is None else _U32.unpack_from(value)[0]
 
     def _raw_tracepoints(self) -> list[tuple[str, str]]:
         return [

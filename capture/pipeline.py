@@ -15,7 +15,7 @@ from typing import Any
 
 from ecap.capture.abi import Abi
 from ecap.capture.connections import ConnectionTable, format_endpoint
-from ecap.capture.events import ConnectionEndEvent, DataEvent, HandshakeEvent
+from ecap.capture.events import ConnectionEndEvent, DataEvent, HandshakeEvent, SecretEvent
 from ecap.capture.modules.interface import ModuleRecords, RecordContext
 from ecap.capture.records import Call, Clock, Decoder, Reassembler, Record
 from ecap.capture.sinks.interface import SinkWriter
@@ -71,6 +71,7 @@ class Pipeline:
             abi.KIND_THREAD: lambda _rec: None,  # the decoder keeps the thread table
             abi.KIND_FORK: self._on_fork,
             abi.KIND_EXIT: self._on_exit,
+            abi.KIND_SECRET: self._on_secret,
         }
         self.module_records: ModuleRecords | None = None
         if records is not None:
@@ -158,6 +159,18 @@ class Pipeline:
         conn = self.conns.end(rec.pid, rec.conn, self.clock.wall(rec.ts_ns), "library ended it")
         if conn is not None:
             self.writer.emit(ConnectionEndEvent(conn))
+
+    def _on_secret(self, rec: Record) -> None:
+        """A secret the library derived (struct ecap_secret): to the key verifier."""
+        random, secret, length, random_read, label = self.abi.struct("ecap_secret").unpack_from(
+            rec.data
+        )
+        ts = self.clock.wall(rec.ts_ns)
+        conn = self.conns.get(rec.pid, rec.conn, rec.comm, rec.fd, ts)
+        self.writer.emit(SecretEvent(
+            conn, ts, label.split(b"\0", 1)[0].decode("ascii", "replace"), random,
+            bool(random_read), secret[:length] if 0 < length <= len(secret) else b"", length,
+        ))  # fmt: skip
 
     def _on_connect(self, rec: Record) -> None:
         self.conns.note_connect(rec.pid, rec.fd, rec.data)

@@ -1,21 +1,25 @@
-"""The session JSONL schema (``ecap.capture/3``) as data, and a validator.
+"""The session JSONL schema (``ecap.capture/4``) as data, and a validator.
 
 ``capture/SCHEMA.md`` explains each field; this module is what code checks
 against — the report reader, the tests, anyone consuming a session file. Adding a
-field is compatible; removing or retyping one means ``ecap.capture/3``.
+field is compatible; removing or retyping one means a new version.
 /2 generalised /1 beyond OpenSSL: ``ssl`` became ``conn`` (the module's connection
 object), connections name their ``module``, and calls with holes carry ``segments``.
 /3 adds the ``command`` (shells) and ``statement`` (databases) records, the header's
 ``descendants`` and the summary's per-kind ``events`` counts and ``descendants``;
 a /2 file is still read (it is a /3 file without those records).
+/4 adds the ``key`` record (a TLS secret's verdict, never the secret: the session
+record of a keylog/pcapng capture), the header's ``mode`` and the summary's
+``keys``, ``packets``, ``packet_bytes`` and ``packets_dropped`` (those captures
+only); /2 and /3 files are still read.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-SCHEMA = "ecap.capture/3"
-READABLE = ("ecap.capture/2", SCHEMA)
+SCHEMA = "ecap.capture/4"
+READABLE = ("ecap.capture/2", "ecap.capture/3", SCHEMA)
 """Versions this build reads (replay, report)."""
 
 _STR, _INT, _FLOAT, _BOOL = str, int, (int, float), bool
@@ -120,6 +124,16 @@ FIELDS: dict[str, dict[str, Any]] = {
         "truncated": _INT,
         "lost": _INT,
         "text": _STR,
+    },
+    "key": {
+        "ts": _STR,
+        "connection_id": _OPT_INT,
+        "pid": _INT,
+        "label": _STR,
+        "client_random": _STR,
+        "verified": _BOOL,
+        "reason": _STR,
+        "flow": _OPT_STR,
     },
     "summary": {
         "session_id": _STR,

@@ -265,6 +265,11 @@ class ElfImage:
         return None if found is None else found[0]
 
     @property
+    def raw(self) -> mmap.mmap:
+        """The whole file, mapped read-only (code reading: :mod:`ecap.x86`)."""
+        return self._data
+
+    @property
     def elffile(self) -> ELFFile:
         """The underlying pyelftools object, for format-specific readers."""
         return self._elf

@@ -91,6 +91,7 @@ def read_session(path: str | Path) -> dict[str, Any]:
     event_pids: set[int] = set()
     others: dict[str, int] = {}
     activity: dict[str, dict[str, Any]] = {}
+    keys: dict[Any, dict[str, Any]] = {}
     shown = printable(str(path))
     for number, rec in _records(Path(path)):
         kind = rec.get("type")
@@ -149,6 +150,10 @@ def read_session(path: str | Path) -> dict[str, Any]:
             connections[cid] = {**connections.get(cid, {}), **rec, "ended": True}
             if isinstance(rec.get("pid"), int):
                 event_pids.add(rec["pid"])
+        elif kind == "key":
+            _tally_key(keys, rec)
+            if isinstance(rec.get("pid"), int):
+                event_pids.add(rec["pid"])
         elif kind in ("command", "statement"):
             _tally_activity(activity, rec)
             if isinstance(rec.get("pid"), int):
@@ -167,7 +172,21 @@ def read_session(path: str | Path) -> dict[str, Any]:
         "event_pids": event_pids,
         "other_records": others,
         "activity": activity,
+        "keys": keys,
     }
+
+
+def _tally_key(keys: dict[Any, dict[str, Any]], rec: dict[str, Any]) -> None:
+    """Per connection: how many secrets were proven (and written) or not, and why
+    not — never a secret (the session record holds none)."""
+    entry = keys.setdefault(rec.get("connection_id"), {"verified": 0, "not_verified": 0,
+                                                        "reasons": {}})  # fmt: skip
+    if rec.get("verified") is True:
+        entry["verified"] += 1
+    else:
+        entry["not_verified"] += 1
+        reason = str(rec.get("reason"))
+        entry["reasons"][reason] = entry["reasons"].get(reason, 0) + 1
 
 
 def _tally_activity(activity: dict[str, dict[str, Any]], rec: dict[str, Any]) -> None:
@@ -320,12 +339,14 @@ def scope_checks(data: dict[str, Any], grant: Grant | None) -> list[Check]:
         )
     )
     fmt = header.get("format")
+    mode = header.get("mode") or _mode_of(str(fmt))
     checks.append(
         _policy_check(
             "output mode allowed",
             grant,
-            Allowed("mode", str(fmt)),
-            f"{fmt!s} (token allows {', '.join(grant.modes)})",
+            Allowed("mode", str(mode)),
+            f"{mode!s}{'' if mode == fmt else f' (format {fmt!s})'} "
+            f"(token allows {', '.join(grant.modes)})",
         )
     )
     started = _epoch(header.get("started_at"))
@@ -352,6 +373,14 @@ def scope_checks(data: dict[str, Any], grant: Grant | None) -> list[Check]:
         )
     )
     return checks
+
+
+def _mode_of(fmt: str) -> str:
+    """The token mode a format needs (a file without the header's ``mode``)."""
+    from ecap.capture import sinks
+
+    sink = sinks.by_name(fmt)
+    return sink.token_mode if sink is not None else fmt
 
 
 def journal_view(path: Path, session_id: str, jti: str | None) -> dict[str, Any]:
@@ -484,6 +513,7 @@ def _connections(data: dict[str, Any]) -> list[dict[str, Any]]:
                 "bytes_read": read,
                 "truncated": t.get("truncated", 0),
                 "lost": t.get("lost", 0),
+                "key_counts": data.get("keys", {}).get(cid),
             }
         )
     return sorted(out, key=lambda c: (str(c["started"] or ""), str(c["id"])))
@@ -513,6 +543,10 @@ def build_view(
         "max_call_bytes": s.get("max_call_bytes", header.get("max_call_bytes")),
         "stop_reason": s.get("stop_reason") or "no summary record (interrupted?)",
         "duration": s.get("duration"),
+        "tls_keys": s.get("keys") if isinstance(s.get("keys"), dict) else None,
+        "packets": s.get("packets"),
+        "packet_bytes": s.get("packet_bytes"),
+        "packets_dropped": s.get("packets_dropped"),
     }
     violated = [c for c in checks if c.ok is False]
     unknown = [c for c in checks if c.ok is None]
@@ -524,6 +558,7 @@ def build_view(
             "id": session_id,
             "module": header.get("module"),
             "format": header.get("format"),
+            "mode": header.get("mode") or _mode_of(str(header.get("format"))),
             "started_at": _render.when(started),
             "stopped_at": _render.when(_epoch(s.get("stopped_at"))),
             "host": header.get("host") if isinstance(header.get("host"), dict) else {},

@@ -14,6 +14,7 @@ APT_PACKAGES=(
   selinux-policy-default selinux-policy-dev checkpolicy semodule-utils policycoreutils
   secilc python3-setools setools openssh-server ansible-core
   zsh mariadb-server mariadb-client libmariadb-dev
+  tshark
 )
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -28,6 +29,8 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # wireshark-common (tshark) asks whether non-root users may capture: no.
+  echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
   apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null
   apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi

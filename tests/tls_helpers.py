@@ -371,13 +371,15 @@ def python_client(
     return _waiting(args)
 
 
-def curl_client(server: TlsServer, path: str, *, http2: bool = False) -> subprocess.Popen:
+def curl_client(server: TlsServer, path: str, *, http2: bool = False,
+                tls: tuple[str, ...] = ()) -> subprocess.Popen:  # fmt: skip
     """curl (SSL_write/SSL_read in libssl); its URL arrives on stdin (``-K -``).
 
     curl maps libssl at start-up and then blocks reading its config from stdin, so
-    the PID is authorized and captured before any TLS happens.
+    the PID is authorized and captured before any TLS happens. ``tls``: curl's TLS
+    options (``--tls-max 1.2``, ``--ciphers``...).
     """
-    args = ["curl", "-sS", "-k", "-H", "X-Ecap-Test: curl", "-K", "-"]
+    args = ["curl", "-sS", "-k", "-H", "X-Ecap-Test: curl", *tls, "-K", "-"]
     args.append("--http2" if http2 else "--http1.1")
     return _waiting(args)
 

@@ -103,6 +103,24 @@ class ModuleRecords(Protocol):
 
 
 @dataclass(frozen=True)
+class SecretSource:
+    """How a module obtains a connection's TLS secrets (``--format keylog``/``pcapng``).
+
+    The probes report each secret as an ``ECAP_KIND_SECRET`` record (struct
+    ecap_secret: client random, label, secret). Nothing more is asked of a module:
+    the engine proves every secret against the connection's packets (client random
+    = the ClientHello's, the secret decrypts a record) before any sink sees it.
+    """
+
+    summary: str
+    """How, in one line (doctor, ``--help``)."""
+    probes: Callable[[HookTarget, int], tuple[Probe, ...]]
+    """(a resolved target, the UNSAFE test shift of the secret's address, 0 normally)
+    → the probes to add; raises :class:`ecap.errors.UsageError` (exit 2) naming the
+    library and version it cannot read secrets from."""
+
+
+@dataclass(frozen=True)
 class ModuleOption:
     """A command-line option only this module takes (e.g. ``--libssl``)."""
 
@@ -138,6 +156,10 @@ class CaptureModule:
     options: tuple[ModuleOption, ...] = ()
     records: Callable[[RecordContext], ModuleRecords] | None = None
     """Handlers of the module's own record kinds (None: the engine's data path only)."""
+    secrets: SecretSource | None = None
+    """How it gets TLS secrets; None: it cannot (``no_secrets`` says why)."""
+    no_secrets: str = "it has no way to obtain TLS secrets"
+    """Why ``keylog``/``pcapng`` are refused (exit 2) for this module, in one clause."""
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group(f"{self.name} module")

@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from ecap.capture.events import CONNECTION, DATA, HANDSHAKE
-from ecap.capture.modules.interface import CaptureModule, Hook, HookTarget, ModuleOption
+from ecap.capture.modules import _openssl_secrets
+from ecap.capture.modules.interface import (
+    CaptureModule,
+    Hook,
+    HookTarget,
+    ModuleOption,
+    SecretSource,
+)
 
 HOOKS = (
     Hook("SSL_write", "data_enter", "data_return", "write", plaintext=True, required=True),
@@ -185,5 +192,10 @@ MODULE = CaptureModule(
     resolve=resolve,
     options=(
         ModuleOption("--libssl", "hook this libssl (path as the process sees it, or a host path)"),
+    ),
+    secrets=SecretSource(
+        "OpenSSL 3.0.x: its internal key-log function ssl_log_secret (every secret, "
+        "whether or not the application set a key log)",
+        _openssl_secrets.probes,
     ),
 )

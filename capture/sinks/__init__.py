@@ -31,15 +31,56 @@ def names() -> tuple[str, ...]:
     return tuple(registry())
 
 
+def every() -> dict[str, Sink]:
+    """Every sink by name, variants included (``pcapng-plaintext``)."""
+    out = dict(registry())
+    for sink in registry().values():
+        out.update({variant.name: variant for _flag, variant in sink.variants})
+    return out
+
+
+def flags() -> dict[str, list[str]]:
+    """Variant flag → the formats that take it (``plaintext`` → ``[pcapng]``)."""
+    out: dict[str, list[str]] = {}
+    for sink in registry().values():
+        for flag, _variant in sink.variants:
+            out.setdefault(flag, []).append(sink.name)
+    return out
+
+
 def modes() -> tuple[str, ...]:
     """Token output modes, one per sink (what ``authorize --mode`` may grant)."""
-    return tuple(sorted({s.token_mode for s in registry().values()}))
+    return tuple(sorted({s.token_mode for s in every().values()}))
 
 
-def get(name: str) -> Sink:
+def default_modes() -> tuple[str, ...]:
+    """The modes a request asks for when it names none: all but the explicit ones."""
+    explicit = {s.token_mode for s in every().values() if s.explicit}
+    return tuple(m for m in modes() if m not in explicit)
+
+
+def get(name: str, chosen_flags: frozenset[str] = frozenset()) -> Sink:
+    """The sink for ``--format name`` with these variant flags (exit 2 when a flag
+    does not apply to the format)."""
     try:
-        return registry()[name]
+        sink = registry()[name]
     except KeyError:
         raise UsageError(
             f"unknown output format {name!r}", hint=f"available: {', '.join(names())}"
         ) from None
+    variants = dict(sink.variants)
+    for flag in sorted(chosen_flags):
+        if flag not in variants:
+            takers = flags().get(flag, [])
+            raise UsageError(
+                f"--{flag} does not apply to --format {name}",
+                hint=f"use it with --format {' or '.join(takers)}" if takers else "drop it",
+            )
+    if len(chosen_flags) > 1:
+        raise UsageError(f"choose one of {', '.join('--' + f for f in sorted(chosen_flags))}")
+    return variants[next(iter(chosen_flags))] if chosen_flags else sink
+
+
+def by_name(name: str) -> Sink | None:
+    """The sink a session header's ``format`` names (variants included), or None."""
+    return every().get(name)

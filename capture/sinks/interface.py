@@ -53,3 +53,22 @@ class Sink:
     """Event kinds it writes (:mod:`ecap.capture.events`); a module emitting none of
     them cannot feed it, and the pair is refused before the gate."""
     open: Callable[[IO[bytes], SinkOptions], SinkWriter]
+    explicit: bool = False
+    """Its token mode must be asked for by name (``request --mode``): a request
+    without ``--mode`` does not include it. Keys decrypt a connection for anyone
+    who recorded it, so keylog and pcapng are never granted by default."""
+    record_beside: bool = False
+    """Its file is not a session record (keys, packets): the capture keeps one beside
+    it (``OUTPUT.session.jsonl``, no plaintext, no secret) for ``ecap-audit report``."""
+    variants: tuple[tuple[str, Sink], ...] = ()
+    """(flag, sink) pairs: ``--format NAME --FLAG`` writes with that other sink
+    (``pcapng --plaintext``). A variant is a whole sink: its own events, its own
+    token mode."""
+
+    @property
+    def needs_keys(self) -> bool:
+        """It writes proven TLS keys or wire packets: the capture must run the packet
+        tap and the key verifier, and the module must have a secrets source."""
+        from ecap.capture.events import KEY, PACKET
+
+        return bool(self.consumes & {KEY, PACKET})

@@ -1,4 +1,4 @@
-"""``--format jsonl``: the session record (schema ``ecap.capture/3``).
+"""``--format jsonl``: the session record (schema ``ecap.capture/4``).
 
 One JSON object per line: header, events, connections, summary — documented in
 ``capture/SCHEMA.md``, validated by :mod:`ecap.capture.schema`, read back by
@@ -17,11 +17,13 @@ from ecap.capture.events import (
     CONNECTION,
     DATA,
     HANDSHAKE,
+    KEY,
     STATEMENT,
     ConnectionEndEvent,
     DataEvent,
     Event,
     HandshakeEvent,
+    KeyEvent,
 )
 from ecap.capture.records import Call
 from ecap.capture.schema import SCHEMA
@@ -57,6 +59,23 @@ def connection_record(conn: Connection) -> dict[str, Any]:
     }
 
 
+def key_record(event: KeyEvent) -> dict[str, Any]:
+    """A secret's verdict — never the secret (the session record of a keylog or
+    pcapng capture; the client random is public: it crossed the wire in clear)."""
+    conn = event.conn
+    return {
+        "type": "key",
+        "ts": iso_utc(event.ts),
+        "connection_id": conn.id if conn is not None else None,
+        "pid": event.pid,
+        "label": event.label,
+        "client_random": event.client_random.hex(),
+        "verified": event.verified,
+        "reason": event.reason,
+        "flow": event.flow,
+    }
+
+
 class JsonlWriter:
     """One JSON object per line."""
 
@@ -71,6 +90,7 @@ class JsonlWriter:
             CONNECTION: self._connection_end,
             COMMAND: lambda e: self._emit(command_record(e)),
             STATEMENT: lambda e: self._emit(statement_record(e)),
+            KEY: lambda e: self._emit(key_record(e)),
         }
 
     def _emit(self, record: dict[str, Any]) -> None:

@@ -36,6 +36,15 @@ def known_modes() -> tuple[str, ...]:
     return sinks.modes()
 
 
+def default_modes() -> tuple[str, ...]:
+    """What a request asks for when it names no mode: every mode but those that must
+    be asked for by name (keylog, pcapng: keys decrypt a connection for anyone who
+    recorded it)."""
+    from ecap.capture import sinks
+
+    return sinks.default_modes()
+
+
 def describe_target(pid: int) -> dict[str, Any]:
     """PID, start time, executable (path, device, inode, SHA-256) of one live process."""
     try:
@@ -79,7 +88,7 @@ def build(
         "host": {"hostname": host.hostname(), "machine_id": host.machine_id()},
         "targets": [describe_target(pid) for pid in dict.fromkeys(pids)],
         "modules": validate_choices(modules, known_modules(), "module"),
-        "modes": validate_choices(modes or list(known_modes()), known_modes(), "output mode"),
+        "modes": validate_choices(modes or list(default_modes()), known_modes(), "output mode"),
         "reason": reason.strip(),
         **({"descendants": True} if descendants else {}),
     }

@@ -43,6 +43,11 @@ class RingBuffer:
         self._epoll = select.epoll()
         self._epoll.register(map_fd, select.EPOLLIN)
 
+    def wake_on(self, fd: int) -> None:
+        """Also end :meth:`wait` when ``fd`` is readable (another source the same
+        reader serves, e.g. the packet tap's socket)."""
+        self._epoll.register(fd, select.EPOLLIN)
+
     def pending_bytes(self) -> int:
         """Bytes committed by producers and not yet consumed."""
         return self._prod.value - self._cons.value

@@ -133,9 +133,11 @@ def start_capture(ecap_env: EcapEnv, tmp_path: Path) -> Iterator:
         wait_ready: bool = True,
         module: str = "tls",
         descendants: bool = False,
+        env: dict[str, str] | None = None,
     ) -> CaptureRun:
         """``module``: what to capture (the token grants it); ``descendants``: the
-        token grants the targets' descendants (``--with-descendants``)."""
+        token grants the targets' descendants (``--with-descendants``); ``env``:
+        variables added to the capture's environment."""
         token = ecap_env.write_token(
             ecap_env.authorize(
                 token_pids or pids,
@@ -162,7 +164,7 @@ def start_capture(ecap_env: EcapEnv, tmp_path: Path) -> Iterator:
             args += ["--pid", str(pid)]
         proc = subprocess.Popen(
             args,
-            env=ecap_env.env,
+            env={**ecap_env.env, **(env or {})},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -54,6 +54,21 @@ def test_least_privileged_operator_doctor_and_capture(ecap_env, tls_server, clie
         assert doctor_run.returncode == 0, doctor_run.stdout + doctor_run.stderr
         assert "ready to capture" in doctor_run.stdout
         assert "CAP_SYS_ADMIN" not in doctor_run.stdout  # really only the three
+        # no CAP_NET_RAW: doctor says keylog/pcapng cannot work, and such a capture is
+        # refused at preflight (exit 4), before any token is looked at
+        assert "cannot open a packet socket" in doctor_run.stdout
+        assert "not here: keylog, pcapng" in doctor_run.stdout
+        placeholder = home / "placeholder.jwt"
+        placeholder.write_text("not looked at")
+        placeholder.chmod(0o644)
+        refused = subprocess.run(
+            _least_privileged(f"exec ecap-audit capture tls --pid {os.getpid()} --token "
+                              f"{placeholder} --format keylog --output {state / 'keys'}"),
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert refused.returncode == 4, refused.stderr
+        assert "packet-capture: cannot open a packet socket" in refused.stderr
+        assert not (state / "keys").exists()
 
         client = tls_helpers.python_client(tls_server, "/hello")  # runs as root
         clients.append(client)

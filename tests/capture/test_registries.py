@@ -39,7 +39,10 @@ def test_every_module_declaration_matches_its_bpf_object():
 
 def test_vocabularies_come_from_the_registries():
     assert request.known_modules() == modules.names()
-    assert set(request.known_modes()) == {s.token_mode for s in sinks.registry().values()}
+    assert set(request.known_modes()) == {s.token_mode for s in sinks.every().values()}
+    # keys decrypt a connection for anyone who recorded it: never granted by default
+    assert {"keylog", "pcapng"} <= set(request.known_modes())
+    assert not {"keylog", "pcapng"} & set(request.default_modes())
     # the detector classifies every plaintext hook of every module
     for module in modules.registry().values():
         for function in module.plaintext_functions():
@@ -56,21 +59,21 @@ def _run_cli(argv: list[str], capsys) -> tuple[int, str]:
 def test_a_format_the_module_cannot_feed_is_refused_before_the_gate(
     monkeypatch, capsys, ecap_env, sleeper
 ):
-    keylog = Sink("keylog", "secrets only", "keylog", frozenset({"secret"}), lambda o, _: o)
-    registry = {**sinks.registry(), "keylog": keylog}
+    audit = Sink("audit", "commands only", "audit", frozenset({"command"}), lambda o, _: o)
+    registry = {**sinks.registry(), "audit": audit}
     monkeypatch.setattr(sinks, "registry", lambda: registry)
     for name, value in ecap_env.env.items():
         if name.startswith("ECAP_"):
             monkeypatch.setenv(name, value)
     token = ecap_env.write_token(ecap_env.authorize([sleeper.pid]))
     code, err = _run_cli(
-        ["capture", "tls", "--pid", str(sleeper.pid), "--token", str(token), "--format", "keylog"],
+        ["capture", "tls", "--pid", str(sleeper.pid), "--token", str(token), "--format", "audit"],
         capsys,
     )
     assert code == 2, err
     (line,) = err.strip().splitlines()
-    assert "the tls module produces nothing the keylog format writes" in line
-    assert "choose one of: jsonl, text" in line
+    assert "the tls module produces nothing the audit format writes" in line
+    assert "choose one of: jsonl, keylog, pcapng, raw, text" in line
     assert not ecap_env.journal.exists()  # the gate never ran
 
 

@@ -30,6 +30,18 @@ def test_doctor_passes_here(ecap_env):
     } <= set(names)
     assert names["bpf-load"]["ok"] and names["capabilities"]["ok"]
     assert "attached a uprobe" in names["attach"]["detail"]
+    # as root the packet tap opens: every output mode can work here
+    assert names["packet-capture"]["ok"] and "lo" in names["packet-capture"]["detail"]
+    assert "keylog and pcapng can work" in names["packet-capture"]["detail"]
+    assert (
+        names["modes"]["detail"].startswith("ready: ")
+        and "not here" not in names["modes"]["detail"]
+    )
+    assert "pcapng --plaintext" in names["modes"]["detail"]
+
+
+def _no_packet_socket() -> list[str]:
+    raise PermissionError(1, "Operation not permitted")
 
 
 def _broken_loader() -> None:
@@ -85,6 +97,11 @@ def _broken_trial() -> str:
             lambda: doctor.check_lockdown("confidentiality"),
             "lockdown=confidentiality",
             "lockdown=integrity",
+        ),
+        (
+            lambda: doctor.check_packet_capture(_no_packet_socket, required=True),
+            "cannot open a packet socket (Operation not permitted)",
+            "CAP_NET_RAW",
         ),
         (
             lambda: doctor.check_unprivileged_bpf("0"),

@@ -148,7 +148,7 @@ def test_broken_journal_chain_is_reported(session, tmp_path):
     [
         ("hello\n", "line 1 is not JSON"),
         ('{"schema": "ecap.scan/1", "findings": []}\n', "does not start with a header"),
-        ('{"type": "header", "schema": "ecap.capture/9"}\n', "expected 'ecap.capture/3'"),
+        ('{"type": "header", "schema": "ecap.capture/9"}\n', "expected 'ecap.capture/4'"),
         ("", "is empty"),
         ("[1]\n", "not a JSON object"),
     ],
