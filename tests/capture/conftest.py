@@ -133,13 +133,15 @@ def start_capture(ecap_env: EcapEnv, tmp_path: Path) -> Iterator:
         wait_ready: bool = True,
         module: str = "tls",
         descendants: bool = False,
+        token_modules: tuple[str, ...] | None = None,
     ) -> CaptureRun:
-        """``module``: what to capture (the token grants it); ``descendants``: the
-        token grants the targets' descendants (``--with-descendants``)."""
+        """``module``: what to capture (the token grants it, or ``token_modules``);
+        ``descendants``: the token grants the targets' descendants
+        (``--with-descendants``)."""
         token = ecap_env.write_token(
             ecap_env.authorize(
                 token_pids or pids,
-                modules=(module,),
+                modules=token_modules or (module,),
                 modes=sorted({"text", "jsonl", fmt}),
                 descendants=descendants,
             ),

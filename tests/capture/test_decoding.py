@@ -43,7 +43,7 @@ def _rec(
     tid: int = 11, size: int | None = None,
 ) -> Record:  # fmt: skip
     size = len(data) if size is None else size
-    return Record(ts, 0xABC, 0, 10, tid, 5, total, offset, size, kind, flags, 0, 0, "x", data)
+    return Record(ts, 0xABC, 0, 10, tid, 5, total, offset, size, kind, flags, 0, 0, 0, "x", data)
 
 
 def test_reassembler_joins_chunks_in_order_and_counts_truncation():
