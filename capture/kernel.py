@@ -10,6 +10,7 @@ kernel removes them all.
 
 from __future__ import annotations
 
+import dataclasses
 import mmap
 import os
 import select
@@ -89,6 +90,7 @@ class KernelSide:
         self._module_maps: set[str] = set()
         """Maps the modules filled (HookTarget.map_entries): not per-process state."""
         self.probes: list[tuple[int, Probe]] = []
+        """(pid, probe) as attached, cookies with their source."""
         try:
             self.ring = RingBuffer(self.obj.map("events").fd, ring_bytes)
         except BaseException:
@@ -208,7 +210,8 @@ class KernelSide:
         tag = source << self.abi.COOKIE_SOURCE_SHIFT
         groups: dict[tuple[str, bool], list[Probe]] = {}
         for probe in target.probes:
-            groups.setdefault((probe.program, probe.retprobe), []).append(probe)
+            tagged = dataclasses.replace(probe, cookie=probe.cookie | tag)
+            groups.setdefault((probe.program, probe.retprobe), []).append(tagged)
         # Returns first: a call entered while only its entry probe is attached would
         # leave a frame whose return is never seen (the programs also shed such
         # frames by their stack pointer, but need not).
@@ -216,7 +219,7 @@ class KernelSide:
             self.attachments.append(
                 attach.uprobe_multi(
                     self.obj.prog_fd(program), str(target.path), [p.offset for p in probes],
-                    [p.cookie | tag for p in probes], link_pid, retprobe=retprobe,
+                    [p.cookie for p in probes], link_pid, retprobe=retprobe,
                     what=f"{', '.join(p.function for p in probes)} in {target.display_path}",
                 )
             )  # fmt: skip

@@ -14,7 +14,7 @@ APT_PACKAGES=(
   selinux-policy-default selinux-policy-dev checkpolicy semodule-utils policycoreutils
   secilc python3-setools setools openssh-server ansible-core
   zsh mariadb-server mariadb-client libmariadb-dev
-  gnutls-bin wget libnss3-tools libnss3-dev pkg-config
+  gnutls-bin wget libnss3-tools libnss3-dev pkg-config libgnutls28-dev
 )
 
 if [ "$(id -u)" -ne 0 ]; then

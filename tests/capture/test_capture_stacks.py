@@ -323,6 +323,12 @@ def test_auto_refused_when_the_token_lacks_a_module_it_selects(
                          "--reason", "INC-13")  # fmt: skip
     assert asked.returncode == 0, asked.stderr
     assert json.loads(asked.stdout)["modules"] == ["auto", "gnutls", "tls"]
+    here = ecap_env.run("ecap-audit", "authorize", "--this-host", "--pid", str(client.pid),
+                        "--module", "auto", "--key", str(ecap_env.key_path), "--operator", "op",
+                        "--reason", "INC-13", "--out", str(tmp_path / "here.jwt"))  # fmt: skip
+    assert here.returncode == 0, here.stderr
+    shown = ecap_env.run("ecap-audit", "verify", "--token", str(tmp_path / "here.jwt"), "--json")
+    assert json.loads(shown.stdout)["modules"] == ["auto", "gnutls", "tls"]
 
     # the authorizer strikes gnutls from what the request asked
     narrowed = ecap_env.write_token(
@@ -354,3 +360,31 @@ def test_auto_refused_when_the_token_lacks_a_module_it_selects(
                         str(ecap_env.write_token(stale, "stale.jwt")), "--duration", "10")  # fmt: skip
     assert none.returncode == 2 and "uses no TLS library that ecap captures" in none.stderr
     assert len(ecap_env.journal.read_text().splitlines()) == len(journal)
+
+
+def test_modules_on_two_kernel_objects_load_as_two_sides(tls_server, clients, tmp_path):
+    """The engine's composite kernel side: modules sharing an object share it (told
+    apart by the cookie's upper half), another object gets its own ring."""
+    import os
+
+    from ecap.capture.kernel import KernelSides
+
+    tls, gnutls, bash = (modules.get(n) for n in ("tls", "gnutls", "bash"))
+    wget = stack_clients.wget(tmp_path / "body")
+    clients.append(wget)
+    kernel = KernelSides([tls, gnutls, bash], ring_mb=1)
+    try:
+        assert kernel.sources == [["tls", "gnutls"], ["bash"]]
+        assert [s.module.bpf_object for s in kernel.sides] == ["tls_rw", "shell"]
+        kernel.authorize_pids([os.getpid()])
+        assert all(side.is_authorized(os.getpid()) for side in kernel.sides)
+        kernel.revoke_pid(os.getpid())
+        assert not any(side.is_authorized(os.getpid()) for side in kernel.sides)
+        target = gnutls.resolve(wget.pid, {})
+        assert kernel.attach(gnutls, target) == len(target.probes)
+        shift = kernel.abi.COOKIE_SOURCE_SHIFT
+        assert {p.cookie >> shift for _pid, p in kernel.sides[0].probes} == {1}  # gnutls: 2nd
+        kernel.wait(1)  # polls both rings
+        assert len(kernel.prog_ids()) == sum(len(s.prog_ids()) for s in kernel.sides)
+    finally:
+        kernel.close()
