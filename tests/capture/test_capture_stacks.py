@@ -304,6 +304,13 @@ def test_auto_captures_both_stacks_of_one_process(
     start = [e for e in map(json.loads, ecap_env.journal.read_text().splitlines())
              if e["event"] == "capture.start"]  # fmt: skip
     assert start[-1]["module"] == "auto" and start[-1]["modules"] == ["gnutls", "tls"]
+    text = ecap_env.run("ecap-audit", "replay", str(run.output))
+    assert text.returncode == 0, text.stderr
+    for module, wanted in (("tls", "stack=openssl"), ("gnutls", "stack=gnutls")):
+        (request_line,) = [line for line in text.stdout.splitlines() if f"] pid {target.pid}" in line
+                           and f"[{module}]" in line and "HTTP/1 request" in line]  # fmt: skip
+        after = text.stdout.split(request_line, 1)[1]
+        assert after.lstrip().startswith(f"GET /hello?{wanted}")
     html = tmp_path / "session.html"
     report = ecap_env.run("ecap-audit", "report", str(run.output), "--html", str(html))
     assert report.returncode == 0, report.stderr
