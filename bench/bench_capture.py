@@ -1,20 +1,25 @@
-"""Benchmark of ``ecap-audit capture tls`` (``make bench``; not part of the tests).
+"""Benchmark of ``ecap-audit capture tls`` and ``capture gnutls`` (``make bench``;
+not part of the tests).
 
-A C target (bench/tls_bench.c) does N back-to-back SSL_write calls of 1 KiB,
-16 KiB and 64 KiB to a local C TLS reader. For each size, in one run, the target's
-throughput is measured:
+A C target does N back-to-back writes of 1 KiB, 16 KiB and 64 KiB to a local C TLS
+reader (bench/tls_bench.c): through OpenSSL's SSL_write (bench/tls_bench.c's
+client, module ``tls``) and through GnuTLS's gnutls_record_send
+(bench/gnutls_bench.c, module ``gnutls``). For each module and size, in one run,
+the target's throughput is measured:
 
   none       no probe at all
-  count      a count-only uprobe on SSL_write/SSL_read/SSL_write_ex/SSL_read_ex (the
-             floor any uprobe-based tool pays)
-  ecap       under ``ecap-audit capture tls --format jsonl`` (full payload copied)
-  ecap-text  the same with ``--format text`` (HTTP-aware rendering)
-  ecap-pcapng  the same with ``--format pcapng``: the connection's packets from the
-             packet tap, through the key verifier, into a pcapng file (the
+  count      a count-only uprobe on the functions the module captures data with
+             (tls: SSL_write/SSL_read/SSL_write_ex/SSL_read_ex; gnutls:
+             gnutls_record_send2/_send_range/_recv/_recv_seq): the floor any
+             uprobe-based tool pays
+  ecap       under ``ecap-audit capture MODULE --format jsonl`` (full payload copied)
+  ecap-text  (tls) the same with ``--format text`` (HTTP-aware rendering)
+  ecap-pcapng  (tls) the same with ``--format pcapng``: the connection's packets from
+             the packet tap, through the key verifier, into a pcapng file (the
              plaintext path runs too: it names the connections)
-  bpftrace   under a bpftrace one-liner copying 64 bytes per call
+  bpftrace   (tls only) under a bpftrace one-liner copying 64 bytes per call
   count-ret  the same with a uretprobe on each as well (what any tool that needs the
-             real byte count, or the data SSL_read returns, pays at minimum)
+             real byte count, or the data a read returns, pays at minimum)
   kernel     ecap's programs and probes with a 1 GiB ring nobody reads during the
              run: the in-kernel cost alone, without the capture process competing
              for CPU (these machines have two vCPUs, and the target and its reader
@@ -51,11 +56,28 @@ from tests.tls_helpers import make_cert  # noqa: E402
 OUT = REPO / "bench" / "out"
 ECAP = str(Path(sys.executable).parent / "ecap-audit")
 SIZES = {1024: 200_000, 16 * 1024: 40_000, 64 * 1024: 10_000}
-DATA_FUNCTIONS = ("SSL_write", "SSL_read", "SSL_write_ex", "SSL_read_ex")
+TARGETS = {
+    # module: (C source of its client, libraries to link, header it needs)
+    "tls": ("tls_bench.c", ["-lssl", "-lcrypto"], "/usr/include/openssl/ssl.h", "libssl-dev"),
+    "gnutls": ("gnutls_bench.c", ["-lgnutls"], "/usr/include/gnutls/gnutls.h",
+               "libgnutls28-dev"),
+}  # fmt: skip
+MODES = {
+    "tls": ("none", "count", "count-ret", "kernel", "ecap-text", "ecap", "ecap-pcapng",
+            "bpftrace"),
+    "gnutls": ("none", "count", "count-ret", "kernel", "ecap"),
+}  # fmt: skip
 TLS = modules.get("tls")
 COUNT_IMAGE: loader.Image | None = None
 ECAP_FORMATS = {"ecap": "jsonl", "ecap-text": "text", "ecap-pcapng": "pcapng"}
-MODES = ("none", "count", "count-ret", "kernel", "ecap-text", "ecap", "ecap-pcapng", "bpftrace")
+
+
+def data_offsets(module: modules.CaptureModule, pid: int) -> tuple[str, list[int]]:
+    """(file, offsets) of the functions the module captures data with in ``pid``: the
+    ones the count-only floor probes, exactly where ecap does."""
+    hook = module.resolve(pid, {})
+    names = [h.function for h in module.hooks if h.plaintext and h.kind in ("write", "read")]
+    return str(hook.path), [hook.functions[n] for n in names if n in hook.functions]
 
 
 def count_image() -> loader.Image:
@@ -70,14 +92,16 @@ def count_image() -> loader.Image:
     return loader.read_image("count", blob)
 
 
-def build() -> Path:
+def build(module: str = "tls") -> Path:
+    """The module's C client (tls: also the reader every client writes to)."""
+    source, libs, header, package = TARGETS[module]
     OUT.mkdir(parents=True, exist_ok=True)
-    binary = OUT / "tls_bench"
-    src = REPO / "bench" / "tls_bench.c"
+    src = REPO / "bench" / source
+    binary = OUT / src.stem
     if not binary.exists() or binary.stat().st_mtime < src.stat().st_mtime:
-        if shutil.which("gcc") is None or not Path("/usr/include/openssl/ssl.h").exists():
-            sys.exit("bench: needs gcc and libssl-dev (apt-get install gcc libssl-dev)")
-        subprocess.run(["gcc", "-O2", "-o", str(binary), str(src), "-lssl", "-lcrypto"], check=True)
+        if shutil.which("gcc") is None or not Path(header).exists():
+            sys.exit(f"bench: needs gcc and {package} (apt-get install gcc {package})")
+        subprocess.run(["gcc", "-O2", "-o", str(binary), str(src), *libs], check=True)
     return binary
 
 
@@ -105,8 +129,8 @@ class Env:
         ]
         return next(e for e in reversed(entries) if e["event"] == "capture.stop")["summary"]
 
-    def token_file(self, pid: int) -> Path:
-        req = request.build([pid], modules=["tls"], modes=["jsonl", "text", "pcapng"],
+    def token_file(self, pid: int, module: str = "tls") -> Path:
+        req = request.build([pid], modules=[module], modes=["jsonl", "text", "pcapng"],
                             reason="benchmark")  # fmt: skip
         text = token.issue(
             req, self.key, operator="bench", reason="benchmark", ttl_seconds=3600, issuer="bench"
@@ -116,11 +140,11 @@ class Env:
         return path
 
 
-def start_pair(binary: Path, env: Env, size: int, count: int):
+def start_pair(reader: Path, client_binary: Path, env: Env, size: int, count: int):
     portfile = env.root / "port"
     portfile.unlink(missing_ok=True)
     server = subprocess.Popen(
-        [str(binary), "server", str(env.cert), str(env.keyfile), str(portfile)],
+        [str(reader), "server", str(env.cert), str(env.keyfile), str(portfile)],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -128,7 +152,7 @@ def start_pair(binary: Path, env: Env, size: int, count: int):
         time.sleep(0.01)
     port = portfile.read_text().strip()
     client = subprocess.Popen(
-        [str(binary), "client", port, str(size), str(count)],
+        [str(client_binary), "client", port, str(size), str(count)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -145,9 +169,10 @@ def go(client) -> float:
     return elapsed_ns / 1e9
 
 
-def run_once(binary: Path, env: Env, mode: str, size: int, count: int, ring_mb: int) -> dict:
-    server, client = start_pair(binary, env, size, count)
-    result: dict = {"mode": mode, "size": size, "count": count}
+def run_once(reader: Path, target: Path, module: modules.CaptureModule, env: Env, mode: str,
+             size: int, count: int, ring_mb: int) -> dict:  # fmt: skip
+    server, client = start_pair(reader, target, env, size, count)
+    result: dict = {"module": module.name, "mode": mode, "size": size, "count": count}
     tool = None
     counter = None
     links: list[attach.Attachment] = []
@@ -155,17 +180,16 @@ def run_once(binary: Path, env: Env, mode: str, size: int, count: int, ring_mb: 
     try:
         if mode in ("count", "count-ret"):
             counter = loader.load(COUNT_IMAGE)
-            hook = TLS.resolve(client.pid, {})
-            offsets = [hook.functions[n] for n in DATA_FUNCTIONS if n in hook.functions]
+            path, offsets = data_offsets(module, client.pid)
             programs = [("count_call", False)] + ([("count_return", True)] * (mode == "count-ret"))
             for program, ret in programs:
                 links.append(
-                    attach.uprobe_multi(counter.prog_fd(program), str(hook.path), offsets,
+                    attach.uprobe_multi(counter.prog_fd(program), path, offsets,
                                         [0] * len(offsets), client.pid, retprobe=ret)
                 )  # fmt: skip
         elif mode in ECAP_FORMATS:
             fmt = ECAP_FORMATS[mode]
-            out = OUT / f"capture-{size}.{fmt}"
+            out = OUT / f"capture-{module.name}-{size}.{fmt}"
             out.unlink(missing_ok=True)
             Path(f"{out}.session.jsonl").unlink(missing_ok=True)
             started = time.monotonic()
@@ -173,11 +197,11 @@ def run_once(binary: Path, env: Env, mode: str, size: int, count: int, ring_mb: 
                 [
                     ECAP,
                     "capture",
-                    "tls",
+                    module.name,
                     "--pid",
                     str(client.pid),
                     "--token",
-                    str(env.token_file(client.pid)),
+                    str(env.token_file(client.pid, module.name)),
                     "--format",
                     fmt,
                     "--output",
@@ -193,10 +217,10 @@ def run_once(binary: Path, env: Env, mode: str, size: int, count: int, ring_mb: 
             rss = PeakRss(tool.pid)
             _wait_for_session(env, started)
         elif mode == "kernel":
-            kernel = KernelSide(TLS, ring_mb=1024)
+            kernel = KernelSide(module, ring_mb=1024)
             kernel.authorize_pids([client.pid])
             kernel.attach_tracepoints()
-            kernel.attach(TLS.resolve(client.pid, {}))
+            kernel.attach(module.resolve(client.pid, {}))
         elif mode == "bpftrace":
             lib = TLS.resolve(client.pid, {}).display_path
             prog = (
@@ -366,12 +390,21 @@ def main() -> None:
     parser.add_argument("--ring-size", type=int, default=32, help="ecap ring size, MiB")
     parser.add_argument("--quick", action="store_true", help="a tenth of the calls")
     parser.add_argument("--json", help="also write results as JSON here")
-    parser.add_argument("--modes", default=",".join(MODES),
-                        help=f"comma-separated subset of {', '.join(MODES)} (count is always run)")  # fmt: skip
+    parser.add_argument("--modes", default=",".join(dict.fromkeys(m for ms in MODES.values() for m in ms)),
+                        help="comma-separated subset of each module's modes (count is always run)")  # fmt: skip
+    parser.add_argument("--modules", default=",".join(TARGETS),
+                        help=f"modules to measure, comma-separated (default {','.join(TARGETS)})")  # fmt: skip
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench: run as root")
-    binary = build()
+    chosen = [m for m in args.modules.split(",") if m]
+    unknown = [m for m in chosen if m not in TARGETS]
+    if unknown:
+        sys.exit(
+            f"bench: no benchmark target for {', '.join(unknown)}; choose from {', '.join(TARGETS)}"
+        )
+    reader = build("tls")
+    targets = {m: build(m) for m in chosen}
     global COUNT_IMAGE
     COUNT_IMAGE = count_image()
     results = []
@@ -379,32 +412,39 @@ def main() -> None:
         env = Env(Path(tmp))
         for size, count in SIZES.items():
             count = count // 10 if args.quick else count
-            wanted = [m for m in MODES if m in args.modes.split(",") or m == "count"]
-            row = {m: run_once(binary, env, m, size, count, args.ring_size) for m in wanted}
-            results.append(row)
-            floor = row["count"]["calls_per_s"]
-            print(f"\n{size // 1024} KiB x {count} SSL_write:")
-            for mode, r in row.items():
-                extra = ""
-                if "lost_events" in r:
-                    extra = f"  lost {r['lost_events']}, calls captured {r['captured_writes']}"
-                if r.get("capture_peak_rss_mb"):
-                    extra += f", capture peak RSS {r['capture_peak_rss_mb']:.0f} MiB"
-                if "packets" in r:
-                    extra += f", {r['packets']} packets ({r['packets_dropped']} dropped)"
-                if "output_bytes" in r:
-                    extra += f", output {r['output_bytes'] / 1e6:.0f} MB"
-                print(
-                    f"  {mode:9s} {r['calls_per_s']:>10.0f} calls/s {r['mb_per_s']:>8.1f} MB/s"
-                    f"  x{r['calls_per_s'] / floor:.2f} of count-only{extra}"
-                )
-            if "ecap" in row and "bpftrace" in row:
-                print(f"  ecap / bpftrace: "
-                      f"x{row['ecap']['calls_per_s'] / row['bpftrace']['calls_per_s']:.2f}")  # fmt: skip
-            if "ecap-pcapng" in row and "ecap-text" in row:
-                print(f"  pcapng / text: "
-                      f"x{row['ecap-pcapng']['calls_per_s'] / row['ecap-text']['calls_per_s']:.2f}")  # fmt: skip
-        first = time_to_first_event(binary, env)
+            # the modules side by side for each size: the machine is noisy, ratios
+            # taken minutes apart would not compare
+            for name in chosen:
+                module = modules.get(name)
+                wanted = [m for m in MODES[name] if m in args.modes.split(",") or m == "count"]
+                row = {
+                    m: run_once(reader, targets[name], module, env, m, size, count, args.ring_size)
+                    for m in wanted
+                }  # fmt: skip
+                results.append(row)
+                floor = row["count"]["calls_per_s"]
+                print(f"\n{name}: {size // 1024} KiB x {count} writes:")
+                for mode, r in row.items():
+                    extra = ""
+                    if "lost_events" in r:
+                        extra = f"  lost {r['lost_events']}, calls captured {r['captured_writes']}"
+                    if r.get("capture_peak_rss_mb"):
+                        extra += f", capture peak RSS {r['capture_peak_rss_mb']:.0f} MiB"
+                    if "packets" in r:
+                        extra += f", {r['packets']} packets ({r['packets_dropped']} dropped)"
+                    if "output_bytes" in r:
+                        extra += f", output {r['output_bytes'] / 1e6:.0f} MB"
+                    print(
+                        f"  {mode:9s} {r['calls_per_s']:>10.0f} calls/s {r['mb_per_s']:>8.1f} MB/s"
+                        f"  x{r['calls_per_s'] / floor:.2f} of count-only{extra}"
+                    )
+                if "ecap" in row and "bpftrace" in row:
+                    ratio = row["ecap"]["calls_per_s"] / row["bpftrace"]["calls_per_s"]
+                    print(f"  ecap / bpftrace: x{ratio:.2f}")
+                if "ecap-pcapng" in row and "ecap-text" in row:
+                    ratio = row["ecap-pcapng"]["calls_per_s"] / row["ecap-text"]["calls_per_s"]
+                    print(f"  pcapng / text: x{ratio:.2f}")
+        first = time_to_first_event(reader, env)
         print(
             f"\nattached {first['attached_s']:.2f} s after launch; first event at "
             f"{first['first_event_s']:.2f} s; idle capture peak RSS "

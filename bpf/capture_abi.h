@@ -80,6 +80,18 @@
 #define ECAP_COOKIE_LEN_IN_ARG4 0x100     /* n is *(size_t *)arg4, success is ret == 1 */
 #define ECAP_COOKIE_RET_LONG 0x200        /* the return value is 64-bit (ssize_t) */
 #define ECAP_COOKIE_OK_IS_ZERO 0x400      /* handshake: 0 means done (GnuTLS) */
+#define ECAP_COOKIE_IOVEC 0x800           /* buf is an array of arg3 vectors (PR_Writev) */
+#define ECAP_COOKIE_NSPR_LAYERS 0x1000    /* conn is an NSPR PRFileDesc*: only one whose layer
+					   * chain holds the TLS layer is captured */
+#define ECAP_COOKIE_FD_IN_PTR 0x2000      /* set_fd: arg2 is a pointer-sized transport value,
+					   * a file descriptor only when it is a socket's number */
+/* The upper half of a cookie says which of the session's modules made the attachment
+ * (several modules can share one object in a session: `capture auto`); records carry
+ * it in `source`. */
+#define ECAP_COOKIE_SOURCE_SHIFT 32
+
+/* Vectors of one vectored call the copy walks (NSPR's PR_MAX_IOVECTOR_SIZE). */
+#define ECAP_MAX_IOV 16
 
 /* TLS secrets (ECAP_KIND_SECRET): what a library hands its key-log function. */
 #define ECAP_SECRET_MAX 64      /* bytes of a secret read (TLS uses 32 or 48) */
@@ -134,6 +146,12 @@ struct ecap_threadinfo {
 	char comm[16];
 };
 
+/* The file name of a library whose code implements a TLS layer (the key of
+ * tls_layer_libs in bpf/tls_rw.bpf.c): NUL-padded, cut at 31 bytes. */
+struct ecap_layer_lib {
+	char name[32];
+};
+
 /* ECAP_KIND_PROMPT: the status the shell holds as it starts reading a command
  * (the status of the command before); `context` says whether the reader is the
  * command line (0) or something else reading through the line editor. */
@@ -180,7 +198,8 @@ struct ecap_record {
 	__u8 kind;
 	__u8 flags;
 	__u16 family;     /* KIND_CONNECT: address family */
-	__u32 pad;
+	__u32 source;     /* which of the session's modules sharing this object wrote it
+			   * (ECAP_COOKIE_SOURCE_SHIFT); 0 for a session of one module */
 	__u8 data[ECAP_CHUNK];
 };
 

@@ -124,7 +124,7 @@ static __always_inline void announce(__u64 pid_tgid)
 	ev->kind = ECAP_KIND_THREAD;
 	ev->flags = ECAP_FLAG_LAST;
 	ev->family = 0;
-	ev->pad = 0;
+	ev->source = 0;
 	struct ecap_threadinfo *info = (struct ecap_threadinfo *)ev->data;
 	__u64 uid_gid = bpf_get_current_uid_gid();
 	info->uid = (__u32)uid_gid;
@@ -152,10 +152,12 @@ static __always_inline void fill_header(struct ecap_record *ev, __u64 pid_tgid, 
 	ev->kind = kind;
 	ev->flags = ECAP_FLAG_LAST;
 	ev->family = 0;
-	ev->pad = 0;
+	ev->source = 0;
 }
 
-static __always_inline void emit_header(__u64 pid_tgid, __u8 kind, __u64 conn, __s32 fd)
+/* A header-only record, from the session's module `source` (see capture_abi.h). */
+static __always_inline void emit_header_as(__u64 pid_tgid, __u8 kind, __u64 conn, __s32 fd,
+					   __u32 source)
 {
 	struct ecap_record *ev = bpf_ringbuf_reserve(&events, HDR_SIZE, 0);
 	if (!ev) {
@@ -163,7 +165,13 @@ static __always_inline void emit_header(__u64 pid_tgid, __u8 kind, __u64 conn, _
 		return;
 	}
 	fill_header(ev, pid_tgid, kind, conn, fd);
+	ev->source = source;
 	bpf_ringbuf_submit(ev, wakeup_flags());
+}
+
+static __always_inline void emit_header(__u64 pid_tgid, __u8 kind, __u64 conn, __s32 fd)
+{
+	emit_header_as(pid_tgid, kind, conn, fd, 0);
 }
 
 /* ------------------------------------------------- user memory into records */
@@ -175,53 +183,49 @@ struct chunk_ctx {
 	__u8 truncated;
 };
 
-/* One chunk of a call (index i): the header is in this CPU's scratch record. */
-static long send_chunk(__u32 i, struct chunk_ctx *c)
+/* Sends `len` bytes (1..ECAP_CHUNK) at user address `src` as the record of this
+ * call at offset `off`; the header is in this CPU's scratch record. The record that
+ * reaches the end of what is captured is the call's last. */
+static __always_inline void send_piece(struct chunk_ctx *c, __u64 off, __u64 src, __u64 len)
 {
-	__u64 off = (__u64)i * ECAP_CHUNK;
-	if (off >= c->capture)
-		return 1;
 	__u32 zero = 0;
 	struct ecap_record *ev = bpf_map_lookup_elem(&scratch, &zero);
 	if (!ev)
-		return 1;
-	__u64 len = c->capture - off;
+		return;
 	__u8 flags = 0;
-	if (len > ECAP_CHUNK)
-		len = ECAP_CHUNK;
-	else
+	if (off + len >= c->capture)
 		flags = ECAP_FLAG_LAST | (c->truncated ? ECAP_FLAG_TRUNCATED : 0);
 	ev->offset = off;
 	ev->len = len;
 	ev->flags = flags;
 	__u64 wake = flags ? c->wake : BPF_RB_NO_WAKEUP;
 
-	if (len == ECAP_CHUNK) {
+	if (len >= ECAP_CHUNK) {
 		/* A full chunk is read straight into a reserved ring record: one copy
 		 * instead of two for large calls. */
 		struct ecap_record *r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
 		if (!r) {
 			stat_add(ECAP_STAT_LOST_EVENTS, 1);
-			stat_add(ECAP_STAT_LOST_BYTES, len);
-			return 0;
+			stat_add(ECAP_STAT_LOST_BYTES, ECAP_CHUNK);
+			return;
 		}
 		__builtin_memcpy(r, ev, HDR_SIZE);
-		if (bpf_probe_read_user(&r->data, ECAP_CHUNK, (void *)(c->buf + off)) < 0) {
+		if (bpf_probe_read_user(&r->data, ECAP_CHUNK, (void *)src) < 0) {
 			/* Never ship what the failed read left in the record. */
 			bpf_ringbuf_discard(r, BPF_RB_NO_WAKEUP);
 			goto fault;
 		}
 		bpf_ringbuf_submit(r, wake);
-		return 0;
+		return;
 	}
 	/* The mask is a no-op for 1..ECAP_CHUNK-1 and gives the verifier its bound. */
-	if (bpf_probe_read_user(&ev->data, len & (ECAP_CHUNK - 1), (void *)(c->buf + off)) < 0)
+	if (bpf_probe_read_user(&ev->data, len & (ECAP_CHUNK - 1), (void *)src) < 0)
 		goto fault;
 	if (bpf_ringbuf_output(&events, ev, HDR_SIZE + (len & (ECAP_CHUNK - 1)), wake) < 0) {
 		stat_add(ECAP_STAT_LOST_EVENTS, 1);
 		stat_add(ECAP_STAT_LOST_BYTES, len);
 	}
-	return 0;
+	return;
 
 fault:
 	/* The bytes exist but are not readable now (a page not present): say so
@@ -230,31 +234,58 @@ fault:
 	ev->flags = flags | ECAP_FLAG_FAULT;
 	if (bpf_ringbuf_output(&events, ev, HDR_SIZE, wake) < 0)
 		stat_add(ECAP_STAT_LOST_EVENTS, 1);
+}
+
+/* One chunk of a call (index i). */
+static long send_chunk(__u32 i, struct chunk_ctx *c)
+{
+	__u64 off = (__u64)i * ECAP_CHUNK;
+	if (off >= c->capture)
+		return 1;
+	__u64 len = c->capture - off;
+	if (len > ECAP_CHUNK)
+		len = ECAP_CHUNK;
+	send_piece(c, off, c->buf + off, len);
 	return 0;
 }
 
-/* Sends n bytes at user address buf as one call's records of `kind` (chunks of
- * ECAP_CHUNK, at most max_chunks of them; the rest counted as truncated). The
- * header is filled here. A call of one chunk (most) needs no loop. */
-static __always_inline void send_user_bytes(__u64 pid_tgid, __u8 kind, __u64 conn, __s32 fd,
-					    __u64 stream_off, __u64 buf, __u64 n)
+/* The call's header in this CPU's scratch record, and the copy's bounds; NULL when
+ * there is no scratch record. */
+static __always_inline struct ecap_record *start_call(struct chunk_ctx *c, __u64 pid_tgid,
+						      __u8 kind, __u64 conn, __s32 fd,
+						      __u64 stream_off, __u64 buf, __u64 n,
+						      __u32 source)
 {
 	__u64 limit = (__u64)ECAP_CHUNK * max_chunks;
-	struct chunk_ctx c = {
-		.buf = buf,
-		.capture = n > limit ? limit : n,
-		.truncated = n > limit,
-	};
+	c->buf = buf;
+	c->capture = n > limit ? limit : n;
+	c->truncated = n > limit;
 	if (n > limit)
 		stat_add(ECAP_STAT_TRUNCATED_BYTES, n - limit);
 	__u32 zero = 0;
 	struct ecap_record *ev = bpf_map_lookup_elem(&scratch, &zero);
 	if (!ev)
-		return;
+		return 0;
 	fill_header(ev, pid_tgid, kind, conn, fd);
+	ev->source = source;
 	ev->stream_off = stream_off;
 	ev->total = n > 0xffffffffULL ? 0xffffffffU : (__u32)n;
-	c.wake = wakeup_flags();
+	c->wake = wakeup_flags();
+	return ev;
+}
+
+/* Sends n bytes at user address buf as one call's records of `kind` (chunks of
+ * ECAP_CHUNK, at most max_chunks of them; the rest counted as truncated), from the
+ * session's module `source`. A call of one chunk (most) needs no loop. */
+static __always_inline void send_user_bytes_as(__u64 pid_tgid, __u8 kind, __u64 conn,
+						__s32 fd, __u64 stream_off, __u64 buf, __u64 n,
+						__u32 source)
+{
+	struct chunk_ctx c = {};
+	struct ecap_record *ev =
+		start_call(&c, pid_tgid, kind, conn, fd, stream_off, buf, n, source);
+	if (!ev)
+		return;
 	if (c.capture < ECAP_CHUNK) {
 		__u64 len = c.capture;  /* 0 for an empty call: still one (last) record */
 		ev->len = len;
@@ -271,6 +302,82 @@ static __always_inline void send_user_bytes(__u64 pid_tgid, __u8 kind, __u64 con
 		return;
 	}
 	bpf_loop(ECAP_MAX_CHUNKS, send_chunk, &c, 0);
+}
+
+static __always_inline void send_user_bytes(__u64 pid_tgid, __u8 kind, __u64 conn, __s32 fd,
+					    __u64 stream_off, __u64 buf, __u64 n)
+{
+	send_user_bytes_as(pid_tgid, kind, conn, fd, stream_off, buf, n, 0);
+}
+
+/* A vectored call: its bytes are the concatenation of an array of vectors, each
+ * { void *base; 32-bit length } in 16 bytes (NSPR's PRIOVec; the low half of a
+ * struct iovec's length, too). */
+struct iov_ctx {
+	struct chunk_ctx c;
+	__u64 iov;       /* user address of the vector array */
+	__u64 count;     /* vectors in it */
+};
+
+/* Where the copy of a vectored call is. In map memory, not in the loop context: a
+ * stack value the callback updates is tracked precisely by the verifier, iteration
+ * by iteration, past its instruction limit (see strlen_step). */
+struct iov_cursor {
+	__u64 off;       /* bytes of the call sent so far */
+	__u64 vec;       /* current vector */
+	__u64 vec_off;   /* bytes of it sent so far */
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct iov_cursor);
+} iov_cursors SEC(".maps");
+
+/* One piece: what is left of the current vector, at most a chunk. */
+static long send_iov_piece(__u32 i, struct iov_ctx *v)
+{
+	__u32 zero = 0;
+	struct iov_cursor *at = bpf_map_lookup_elem(&iov_cursors, &zero);
+	if (!at || at->off >= v->c.capture || at->vec >= v->count || at->vec >= ECAP_MAX_IOV)
+		return 1;
+	struct { __u64 base; __u32 len; __u32 pad; } vec;
+	if (bpf_probe_read_user(&vec, sizeof(vec), (void *)(v->iov + at->vec * 16)) < 0)
+		return 1;  /* the vector array itself is unreadable: what is left is counted lost */
+	if (at->vec_off >= vec.len) {
+		at->vec++;
+		at->vec_off = 0;
+		return 0;
+	}
+	__u64 len = vec.len - at->vec_off;
+	if (len > v->c.capture - at->off)
+		len = v->c.capture - at->off;
+	if (len > ECAP_CHUNK)
+		len = ECAP_CHUNK;
+	__u64 off = at->off;
+	__u64 src = vec.base + at->vec_off;
+	at->off = off + len;
+	at->vec_off += len;
+	send_piece(&v->c, off, src, len);
+	return 0;
+}
+
+/* Sends the first n (> 0) bytes of `count` vectors at user address iov as one
+ * call's records, as send_user_bytes_as does for one buffer (records need not be
+ * chunk aligned: each says its offset in the call). */
+static __always_inline void send_user_iov_as(__u64 pid_tgid, __u8 kind, __u64 conn, __s32 fd,
+					     __u64 stream_off, __u64 iov, __u64 count, __u64 n,
+					     __u32 source)
+{
+	struct iov_ctx v = { .iov = iov, .count = count };
+	__u32 zero = 0;
+	struct iov_cursor *at = bpf_map_lookup_elem(&iov_cursors, &zero);
+	if (!at || !start_call(&v.c, pid_tgid, kind, conn, fd, stream_off, 0, n, source))
+		return;
+	at->off = 0;
+	at->vec = 0;
+	at->vec_off = 0;
+	bpf_loop(ECAP_MAX_CHUNKS + ECAP_MAX_IOV, send_iov_piece, &v, 0);
 }
 
 /* Measures a NUL-terminated string chunk by chunk. The running length lives in

@@ -1,10 +1,13 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * ecap capture of TLS library calls of the shape fn(conn, buf, len) -> n:
- * OpenSSL's SSL_write/SSL_read(_ex) (also BoringSSL and static builds), and the
- * same shape in GnuTLS and NSPR. Which call an attachment is (direction, where
- * the byte count comes from, the width of the return value) is its BPF cookie,
- * so one pair of programs serves every library and every function.
+ * OpenSSL's SSL_write/SSL_read(_ex) (also BoringSSL and static builds), GnuTLS's
+ * gnutls_record_send(2)/recv(_seq), NSPR's PR_Write/PR_Read/PR_Send/PR_Recv (and
+ * PR_Writev, whose buffer is a vector array). Which call an attachment is
+ * (direction, where the byte count comes from, the width of the return value, a
+ * vectored buffer, an NSPR descriptor to check) is its BPF cookie, so one pair of
+ * programs serves every library and every function; the cookie's upper half says
+ * which of the session's modules attached it (`capture auto` runs several).
  *
  * Built by `make setup` (scripts/build_bpf.py: clang -target bpf, then libbpf's
  * gen_loader) and loaded at run time through bpf(2) alone (ecap.ebpf.loader):
@@ -38,7 +41,11 @@
 /* Kernel structures, only the fields used; relocated against the running
  * kernel's BTF by the loader (CO-RE). */
 struct inode { unsigned short i_mode; } PA;
-struct file { struct inode *f_inode; void *private_data; } PA;
+struct qstr { const unsigned char *name; } PA;
+struct dentry { struct qstr d_name; } PA;
+struct path { struct dentry *dentry; } PA;
+struct file { struct inode *f_inode; void *private_data; struct path f_path; } PA;
+struct vm_area_struct { struct file *vm_file; } PA;
 struct socket { struct sock *sk; } PA;
 struct fdtable { unsigned int max_fds; struct file **fd; } PA;
 struct files_struct { struct fdtable *fdt; } PA;
@@ -48,18 +55,21 @@ struct task_struct { struct files_struct *files; } PA;
  * the secrets and the packets are the product), so none leaves the process. */
 const volatile __u8 copy_plaintext = 1;
 
-/* Not used at run time: keeps the layout in the object's BTF, whence the loader
- * file records it for the Python side. */
+/* Not used at run time: keep the layouts in the object's BTF, whence the loader
+ * file records them for the Python side. */
 const struct ecap_sockinfo ecap_abi_sockinfo = {};
 const struct ecap_secret ecap_abi_secret = {};
+const struct ecap_layer_lib ecap_abi_layer_lib = {};
 
 struct call_frame {
 	__u64 sp;        /* stack pointer at entry: the return is at sp + 8 */
 	__u64 conn;
 	__u64 buf;
-	__u64 len_ptr;   /* size_t * of the _ex variants, 0 otherwise */
+	__u64 arg;       /* size_t * of the _ex variants, the vector count of a vectored
+			  * call, 0 otherwise */
+	__u64 cookie;
 	__s32 fd;        /* socket fd seen by a syscall made inside this call */
-	__u32 cookie;
+	__u32 pad;
 };
 
 /* Per thread, in task-local storage: no hash lookup on the hot path, and the
@@ -76,10 +86,15 @@ struct conn_key {
 	__u64 conn;
 };
 
+#define LAYERS_UNKNOWN 0
+#define LAYERS_TLS 1
+#define LAYERS_PLAIN 2
+
 struct conn_state {
 	__s32 fd;        /* socket fd, -1 until known */
-	__u32 pad;
+	__u32 layers;    /* NSPR descriptors: LAYERS_* verdict on its layer chain */
 	__u64 pos[2];    /* bytes written [0] and read [1] so far, for stream_off */
+	__u64 top_methods; /* NSPR: the top layer's methods when the verdict was made */
 };
 
 struct {
@@ -98,6 +113,16 @@ struct {
 	__type(key, struct conn_key);
 	__type(value, struct conn_state);
 } conns SEC(".maps");
+
+/* Names of the files whose code implements a TLS layer of NSPR (NSS's libssl3.so,
+ * or libnss3.so where NSS is built into one library): filled by user space from
+ * what the module resolved. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16);
+	__type(key, struct ecap_layer_lib);
+	__type(value, __u8);
+} tls_layer_libs SEC(".maps");
 
 static __always_inline struct thread_state *thread_state(int create)
 {
@@ -205,9 +230,12 @@ static __always_inline void push_frame(struct pt_regs *ctx)
 	f->sp = sp;
 	f->conn = PT_REGS_PARM1(ctx);
 	f->buf = PT_REGS_PARM2(ctx);
-	f->len_ptr = (cookie & ECAP_COOKIE_LEN_IN_ARG4) ? PT_REGS_PARM4(ctx) : 0;
+	/* Both read unconditionally: the verifier refuses a context pointer the
+	 * compiler moved to pick one of them. */
+	__u64 arg3 = PT_REGS_PARM3(ctx), arg4 = PT_REGS_PARM4(ctx);
+	f->arg = (cookie & ECAP_COOKIE_LEN_IN_ARG4) ? arg4 : (cookie & ECAP_COOKIE_IOVEC) ? arg3 : 0;
 	f->fd = -1;
-	f->cookie = (__u32)cookie;
+	f->cookie = cookie;
 }
 
 /* Pops the call returning now (its entry's stack pointer is this return's sp - 8)
@@ -247,6 +275,112 @@ static __always_inline struct conn_state *call_conn(__u64 pid_tgid, struct threa
 	return conn_state(pid_tgid, f->conn, seen);
 }
 
+/* ---------------------------------------------------- NSPR layer chains
+ * An NSPR descriptor is a stack of layers (prio.h, stable public ABI): a
+ * PRFileDesc starts { methods, secret, lower, higher, ... } and its PRIOMethods
+ * { file_type, close, read, write, ... }. PR_Write and its kin serve files, pipes
+ * and plain sockets as well as TLS: only a descriptor with the TLS layer in its
+ * chain is captured, the TLS layer being the one whose write method is code of a
+ * file named in tls_layer_libs. The verdict is kept with the connection state
+ * and made again when the top layer's methods change (a layer pushed later:
+ * STARTTLS), so the chain is walked once per descriptor, not per call. */
+#define NSPR_FD_LOWER 16
+#define NSPR_METHODS_WRITE 24
+#define NSPR_DESC_SOCKET_TCP 2
+#define NSPR_LAYER_DEPTH 8
+
+struct layer_code_ctx {
+	int found;
+};
+
+static long layer_code_file(struct task_struct *task, struct vm_area_struct *vma,
+			    struct layer_code_ctx *c)
+{
+	struct file *file = BPF_CORE_READ(vma, vm_file);
+	if (!file)
+		return 0;
+	struct ecap_layer_lib key = {};
+	const unsigned char *name = BPF_CORE_READ(file, f_path.dentry, d_name.name);
+	if (bpf_probe_read_kernel_str(key.name, sizeof(key.name), name) < 0)
+		return 0;
+	c->found = bpf_map_lookup_elem(&tls_layer_libs, &key) != 0;
+	return 0;
+}
+
+/* What the chain under `desc` is: LAYERS_TLS (a layer of it is the TLS layer),
+ * LAYERS_PLAIN (none is), or LAYERS_UNKNOWN (cannot tell now: the process's memory
+ * map is being changed, and bpf_find_vma only tries its lock).
+ *
+ * A global function: the verifier checks it once, on its own, instead of within
+ * every path of the program that calls it. */
+__noinline int nspr_chain_verdict(__u64 desc)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	int undecided = 0;
+	for (int i = 0; i < NSPR_LAYER_DEPTH; i++) {
+		__u64 methods = 0, write_fn = 0;
+		if (!desc || bpf_probe_read_user(&methods, sizeof(methods), (void *)desc) < 0 ||
+		    !methods ||
+		    bpf_probe_read_user(&write_fn, sizeof(write_fn),
+					(void *)(methods + NSPR_METHODS_WRITE)) < 0)
+			break;
+		struct layer_code_ctx c = {};
+		if (bpf_find_vma(task, write_fn, layer_code_file, &c, 0) == -16 /* EBUSY */)
+			undecided = 1;
+		else if (c.found)
+			return LAYERS_TLS;
+		if (bpf_probe_read_user(&desc, sizeof(desc), (void *)(desc + NSPR_FD_LOWER)) < 0)
+			break;
+	}
+	return undecided ? LAYERS_UNKNOWN : LAYERS_PLAIN;
+}
+
+/* When the chain cannot be checked now: a layered descriptor over a TCP socket
+ * passes (never a file or a pipe); the verdict is not kept. */
+__noinline int nspr_layered_tcp(__u64 desc)
+{
+	__u64 lower = 0, methods = 0;
+	int layers = 0;
+	for (int i = 0; i < NSPR_LAYER_DEPTH; i++) {
+		if (bpf_probe_read_user(&lower, sizeof(lower), (void *)(desc + NSPR_FD_LOWER)) < 0)
+			return 0;
+		if (!lower)
+			break;
+		desc = lower;
+		layers++;
+	}
+	__s32 file_type = 0;
+	if (bpf_probe_read_user(&methods, sizeof(methods), (void *)desc) < 0 || !methods ||
+	    bpf_probe_read_user(&file_type, sizeof(file_type), (void *)methods) < 0)
+		return 0;
+	return layers > 0 && file_type == NSPR_DESC_SOCKET_TCP;
+}
+
+/* Is this NSPR descriptor TLS? */
+static __always_inline int nspr_is_tls(__u64 pid_tgid, __u64 desc)
+{
+	__u64 methods = 0;
+	if (bpf_probe_read_user(&methods, sizeof(methods), (void *)desc) < 0)
+		return 0;
+	struct conn_key key = { .tgid = pid_tgid >> 32, .conn = desc };
+	struct conn_state *st = bpf_map_lookup_elem(&conns, &key);
+	if (st && st->layers != LAYERS_UNKNOWN && st->top_methods == methods)
+		return st->layers == LAYERS_TLS;
+	int verdict = nspr_chain_verdict(desc);
+	if (verdict == LAYERS_UNKNOWN)
+		return nspr_layered_tcp(desc);
+	if (!st) {
+		struct conn_state fresh = { .fd = -1 };
+		bpf_map_update_elem(&conns, &key, &fresh, BPF_NOEXIST);
+		st = bpf_map_lookup_elem(&conns, &key);
+	}
+	if (st) {
+		st->layers = verdict;
+		st->top_methods = methods;
+	}
+	return verdict == LAYERS_TLS;
+}
+
 /* ------------------------------------------------------------ data calls */
 
 SEC("uprobe")
@@ -268,6 +402,8 @@ int data_return(struct pt_regs *ctx)
 	struct call_frame f;
 	if (!ts || !pop_frame(ctx, ts, &f))
 		return 0;
+	if ((f.cookie & ECAP_COOKIE_NSPR_LAYERS) && !nspr_is_tls(pid_tgid, f.conn))
+		return 0;  /* a file, a pipe, a plain socket: not TLS, never captured */
 	__u8 kind = f.cookie & ECAP_COOKIE_KIND_MASK;
 	/* Learn the socket even from calls that failed (a non-blocking SSL_read that
 	 * wants more data still tells us which socket its SSL* sits on). */
@@ -275,8 +411,8 @@ int data_return(struct pt_regs *ctx)
 
 	__u64 n = 0;
 	if (f.cookie & ECAP_COOKIE_LEN_IN_ARG4) {
-		if ((int)PT_REGS_RC(ctx) != 1 || !f.len_ptr ||
-		    bpf_probe_read_user(&n, sizeof(n), (void *)f.len_ptr) < 0) {
+		if ((int)PT_REGS_RC(ctx) != 1 || !f.arg ||
+		    bpf_probe_read_user(&n, sizeof(n), (void *)f.arg) < 0) {
 			stat_add(ECAP_STAT_FAILED_CALLS, 1);
 			return 0;
 		}
@@ -298,19 +434,30 @@ int data_return(struct pt_regs *ctx)
 	st->pos[is_read] = stream_off + n;
 	if (!copy_plaintext)
 		return 0;
-	send_user_bytes(pid_tgid, kind, f.conn, st->fd, stream_off, f.buf, n);
+	__u32 source = f.cookie >> ECAP_COOKIE_SOURCE_SHIFT;
+	if (f.cookie & ECAP_COOKIE_IOVEC)
+		send_user_iov_as(pid_tgid, kind, f.conn, st->fd, stream_off, f.buf, f.arg, n, source);
+	else
+		send_user_bytes_as(pid_tgid, kind, f.conn, st->fd, stream_off, f.buf, n, source);
 	return 0;
 }
 
 /* ------------------------------------------------------ connection lifecycle */
 
+/* The library is told its connection's socket: SSL_set_fd(ssl, fd),
+ * gnutls_transport_set_int2(session, fd, fd), gnutls_transport_set_ptr(session,
+ * ptr) where the pointer is the socket's number (FD_IN_PTR). */
 SEC("uprobe")
 int set_fd(struct pt_regs *ctx)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	if (!is_target(pid_tgid))
 		return 0;
-	conn_state(pid_tgid, PT_REGS_PARM1(ctx), (__s32)PT_REGS_PARM2(ctx));
+	__u64 arg = PT_REGS_PARM2(ctx);
+	if ((bpf_get_attach_cookie(ctx) & ECAP_COOKIE_FD_IN_PTR) &&
+	    (arg > 0x7fffffff || !is_socket((int)arg)))
+		return 0;  /* a real pointer: the application moves the bytes itself */
+	conn_state(pid_tgid, PT_REGS_PARM1(ctx), (__s32)arg);
 	return 0;
 }
 
@@ -338,7 +485,8 @@ int handshake_return(struct pt_regs *ctx)
 	int done = (f.cookie & ECAP_COOKIE_OK_IS_ZERO) ? ret == 0 : ret == 1;
 	if (!done)
 		return 0;  /* in progress (non-blocking) or failed: only completion is an event */
-	emit_header(pid_tgid, ECAP_KIND_HANDSHAKE, f.conn, st ? st->fd : -1);
+	emit_header_as(pid_tgid, ECAP_KIND_HANDSHAKE, f.conn, st ? st->fd : -1,
+		       f.cookie >> ECAP_COOKIE_SOURCE_SHIFT);
 	return 0;
 }
 
@@ -354,8 +502,12 @@ int conn_end(struct pt_regs *ctx)
 	if (!known)
 		return 0;  /* never used for data, or already reported */
 	__s32 fd = known->fd;
+	__u32 layers = known->layers;
 	bpf_map_delete_elem(&conns, &key);
-	emit_header(pid_tgid, ECAP_KIND_CONN_END, key.conn, fd);
+	if (layers == LAYERS_PLAIN)
+		return 0;  /* an NSPR file or plain socket: never a connection */
+	emit_header_as(pid_tgid, ECAP_KIND_CONN_END, key.conn, fd,
+		       bpf_get_attach_cookie(ctx) >> ECAP_COOKIE_SOURCE_SHIFT);
 	return 0;
 }
 

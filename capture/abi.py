@@ -25,7 +25,7 @@ STRUCT_PREFIX = "ecap_"
 payload of some record kind: a socket's ends, a thread's name, a shell's prompt..."""
 HEADER_FIELDS = (
     "ts_ns", "conn", "stream_off", "pid", "tid", "fd", "total", "offset", "len", "kind", "flags",
-    "family",
+    "family", "source",
 )  # fmt: skip
 """Fields before ``data``, in the order :class:`ecap.capture.records.Record` takes them."""
 

@@ -3,7 +3,8 @@
 The order is the security property: arguments are validated (exit 2), the
 environment is checked (exit 4), the targets are held (pidfds), the
 authorization gate decides (exit 3) — and only then is anything resolved in the
-target or loaded into the kernel. Modules and output formats come from their
+target or loaded into the kernel. (``auto`` reads the targets' maps before the
+gate, to show it the modules it will use: the gate must grant each.) Modules and output formats come from their
 registries (:mod:`ecap.capture.modules`, :mod:`ecap.capture.sinks`); a module
 may add options of its own (``--libssl`` belongs to ``tls``).
 """
@@ -142,8 +143,9 @@ def _validate(args: argparse.Namespace) -> list[int]:
     from ecap.capture import abi
     from ecap.capture.kernel import check_limits
 
-    limits = abi.of(module.bpf_object)
-    check_limits(args.ring_size, args.max_call_bytes, limits.CHUNK, limits.MAX_CALL_BYTES)
+    for bpf_object in modules.bpf_objects(module.name):
+        limits = abi.of(bpf_object)
+        check_limits(args.ring_size, args.max_call_bytes, limits.CHUNK, limits.MAX_CALL_BYTES)
     if args.output:
         parent = Path(args.output).absolute().parent
         if not parent.is_dir():
@@ -193,10 +195,18 @@ def handle(args: argparse.Namespace) -> int:
 
     journal = Journal(Path(args.journal) if getattr(args, "journal", None) else None)
     trust = Path(args.trust_dir) if getattr(args, "trust_dir", None) else None
+    from ecap.capture.engine import check_raw_plan
+
     hold = TargetHold.take(pids)
     try:
+        # Which modules hook, read from /proc and the mapped files only: `auto`'s
+        # choice is shown to the gate, which must grant each one.
+        plan = modules.plan(args.module, pids)
+        check_raw_plan(plan, args.format)
+        chosen = [m.name for m in modules.plan_modules(plan)]
         grant = authorize_capture(token, pids=pids, module=args.module, mode=sink.token_mode,
-                                  trust_dir=trust, journal=journal)  # fmt: skip
+                                  trust_dir=trust, journal=journal,
+                                  through=chosen if chosen != [args.module] else ())  # fmt: skip
     except BaseException:
         hold.close()
         raise
@@ -209,5 +219,5 @@ def handle(args: argparse.Namespace) -> int:
         duration=args.duration, module_options=options_for_module, ring_mb=args.ring_size,
         max_call_bytes=args.max_call_bytes, quiet=args.quiet, replace_output=args.force,
     )  # fmt: skip
-    run_capture(grant, pids, options, journal=journal, hold=hold)
+    run_capture(grant, pids, options, journal=journal, hold=hold, plan=plan)
     return 0

@@ -108,7 +108,9 @@ def cmd_authorize(args: argparse.Namespace) -> int:
         reason=args.reason,
         ttl_seconds=ttl,
         issuer=args.issuer or f"authorizer@{host.hostname()}",
-        modules=args.module,
+        # --this-host: the request was built from --module (auto's choice added);
+        # with a request file, --module narrows what it asks for.
+        modules=None if args.this_host else args.module,
         modes=args.mode,
         single_use=args.single_use,
         descendants=args.with_descendants,

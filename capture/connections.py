@@ -126,12 +126,15 @@ class ConnectionTable:
         if conn is not None:
             self._set_fd(conn, fd, "kernel")
 
-    def get(self, pid: int, conn_obj: int, comm: str, fd: int, ts: float) -> Connection:
-        """The connection of this object in this process, created on first sight."""
+    def get(self, pid: int, conn_obj: int, comm: str, fd: int, ts: float,
+            module: str | None = None) -> Connection:  # fmt: skip
+        """The connection of this object in this process, created on first sight
+        (``module``: whose it is, when the session has several)."""
         key = (pid, conn_obj)
         conn = self._by_conn.get(key)
         if conn is None:
-            conn = Connection(self._next_id, pid, conn_obj, comm, self._module, started_at=ts)
+            conn = Connection(self._next_id, pid, conn_obj, comm, module or self._module,
+                              started_at=ts)  # fmt: skip
             self._next_id += 1
             self.total += 1
             self._by_conn[key] = conn

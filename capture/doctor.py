@@ -71,7 +71,8 @@ def check_programs_built(objects: tuple[str, ...] | None = None) -> CheckResult:
     from ecap.capture import modules
     from ecap.ebpf import loader
 
-    wanted = objects or tuple(sorted({m.bpf_object for m in modules.registry().values()}))
+    wanted = objects or tuple(sorted({m.bpf_object for m in modules.registry().values()
+                                      if m.bpf_object}))  # fmt: skip
     bad = []
     for name in wanted:
         try:
@@ -137,6 +138,9 @@ def _trial_capture(module_name: str = "tls") -> str:
     from ecap.elf import open_elf
 
     module = modules.get(module_name)
+    if module.select is not None:  # auto: the first module it may capture through
+        first = modules.bpf_objects(module_name)[0]
+        module = next(m for m in modules.registry().values() if m.bpf_object == first)
     libc = next(p for p in procfs.mapped_files(os.getpid()) if "/libc.so" in p)
     offset = open_elf(libc).find_functions(("getpid",))["getpid"].file_offset
     kernel = KernelSide(module, ring_mb=1)
@@ -297,7 +301,7 @@ def run_checks(
     results = [
         check_kernel(),
         check_btf(),
-        check_programs_built(None if trial else (modules.get(module).bpf_object,)),
+        check_programs_built(None if trial else modules.bpf_objects(module)),
         check_capabilities(),
         check_bpf_load(),
     ]

@@ -29,7 +29,7 @@ from ecap.capture import modules as module_registry
 from ecap.capture import sinks as sink_registry
 from ecap.capture.events import RECORDS
 from ecap.capture.hold import TargetHold
-from ecap.capture.kernel import DEFAULT_MAX_CALL_BYTES, DEFAULT_RING_MB, KernelSide
+from ecap.capture.kernel import DEFAULT_MAX_CALL_BYTES, DEFAULT_RING_MB, KernelSides
 from ecap.capture.modules.interface import CaptureModule, HookTarget
 from ecap.capture.pipeline import Pipeline, summary_counts
 from ecap.capture.records import Clock, Decoder, Record
@@ -112,18 +112,38 @@ def open_output(path: Path | None, *, replace: bool = False) -> IO[bytes]:
     return io.BufferedWriter(io.FileIO(fd, "wb"), buffer_size=1 << 20)
 
 
-def resolve_targets(module: CaptureModule, pids: list[int],
-                    options: dict[str, Any]) -> list[HookTarget]:  # fmt: skip
+Part = tuple[CaptureModule, HookTarget]
+"""One module hooked in one process: what it resolved there."""
+
+
+def resolve_plan(plan: module_registry.Plan, options: dict[str, Any]) -> list[Part]:
+    """Each (pid, module) of the plan resolved to where it attaches."""
     out = []
-    for pid in pids:
+    for pid, module in plan:
         try:
-            out.append(module.resolve(pid, options))
+            out.append((module, module.resolve(pid, options)))
         except procfs.ProcessGone as exc:
             raise UsageError(
                 f"process {pid} exited before the capture started",
                 hint="request a new token for the running process",
             ) from exc
     return out
+
+
+def check_raw_plan(plan: module_registry.Plan, fmt: str) -> None:
+    """A raw file holds one kernel object's records: a session whose modules need
+    several objects cannot be written raw (exit 2). ``fmt``: a sink's name
+    (variants included: ``pcapng-plaintext``)."""
+    sink = sink_registry.by_name(fmt)
+    if sink is None or RECORDS not in sink.consumes:
+        return
+    objects = sorted({m.bpf_object for _pid, m in plan})
+    if len(objects) > 1:
+        raise UsageError(
+            f"--format {fmt} records one BPF object's records; these processes need "
+            f"{', '.join(objects)}",
+            hint="capture each module in its own session, or choose another format",
+        )
 
 
 def _status(options: CaptureOptions, text: str) -> None:
@@ -141,12 +161,16 @@ def _safe_comm(pid: int) -> str:
 class _Session:
     """State of one running capture (kept out of run_capture for readability)."""
 
-    def __init__(self, grant: Grant, module: CaptureModule, hooks: list[HookTarget],
+    def __init__(self, grant: Grant, module: CaptureModule, parts: list[Part],
                  hold: TargetHold, options: CaptureOptions, out: IO[bytes],
                  journal: Any) -> None:  # fmt: skip
         self.grant = grant
         self.module = module
-        self.hooks = hooks
+        """The module the operator named (``auto`` captures through others)."""
+        self.parts = parts
+        self.modules = list({m.name: m for m, _h in parts}.values())
+        """The modules that hook, in first-use order."""
+        self.hooks = [h for _m, h in parts]
         self.hold = hold
         self.options = options
         self.journal = journal
@@ -168,13 +192,13 @@ class _Session:
         self.exited: list[int] = []
         self.stop = _Stop()
         self.started_at = time.time()
-        self.kernel: KernelSide | None = None
+        self.kernel: KernelSides | None = None
         self.writer: Any = None
         self.pipeline: Pipeline | None = None
         self.raw_counts = RawCounts()
         self.last_lost = 0
 
-    def bind_kernel(self, kernel: KernelSide) -> None:
+    def bind_kernel(self, kernel: KernelSides) -> None:
         """The record layout comes from the loaded object's ABI: the writer and the
         pipeline are made once it is known."""
         self.kernel = kernel
@@ -202,20 +226,28 @@ class _Session:
                 kernel.abi, self.clock, self.options.max_call_bytes, self.module.name,
                 self.writer, on_unknown_socket=self.socket_unknown, on_exec=self._on_exec,
                 on_descendant_exit=self._forget, records=self.module.records,
+                sources=kernel.sources,
             )  # fmt: skip
 
     # -- records -------------------------------------------------------------------
     def drain(self) -> int:
-        """Take one batch from the ring and process it; returns the records taken."""
-        assert self.kernel is not None and self.kernel.ring is not None
-        try:
-            batch = self.kernel.ring.drain(BATCH_BYTES)
-        except (OSError, ValueError) as exc:
-            raise EnvironmentNotReady(f"reading the ring buffer failed: {exc}") from exc
-        if not batch:
-            return 0
+        """Take one batch from each ring and process it; returns the records taken."""
+        assert self.kernel is not None
+        taken = 0
+        for index, side in enumerate(self.kernel.sides):
+            assert side.ring is not None
+            try:
+                batch = side.ring.drain(BATCH_BYTES)
+            except (OSError, ValueError) as exc:
+                raise EnvironmentNotReady(f"reading the ring buffer failed: {exc}") from exc
+            if batch:
+                taken += self._take(batch, index)
+        return taken
+
+    def _take(self, batch: list[bytes], side: int) -> int:
         if self.pipeline is not None:
-            return self.pipeline.feed(batch)
+            return self.pipeline.feed(batch, side)
+        assert self.kernel is not None
         self.writer.records(batch)
         abi = self.kernel.abi
         for rec in self.raw_counts.count(batch):  # the few kinds a live capture must act on
@@ -347,11 +379,14 @@ class _Session:
         }
 
     def header(self, attachments: int) -> dict[str, Any]:
+        identity = (self.module.identity if self.module.select is None
+                    else "; ".join(f"{m.name}: {m.identity}" for m in self.modules))  # fmt: skip
         return {
             "session_id": self.session_id,
             "started_at": self.started_at,
             "module": self.module.name,
-            "identity": self.module.identity,
+            "modules": [m.name for m in self.modules],
+            "identity": identity,
             "format": self.options.fmt,
             "mode": self.sink.token_mode,
             "token": self.grant.token,
@@ -361,20 +396,20 @@ class _Session:
                 "machine_id": host.machine_id(),
                 "kernel": host.kernel_release(),
             },
-            "pids": [h.pid for h in self.hooks],
+            "pids": list(dict.fromkeys(h.pid for h in self.hooks)),
             "descendants": self.grant.descendants,
             "targets": [
                 {
                     "pid": h.pid,
                     "start_time": self.live.get(h.pid),
                     "comm": _safe_comm(h.pid),
-                    "module": self.module.name,
+                    "module": m.name,
                     "hooked": h.display_path,
                     "kind": h.kind,
                     "version": h.version,
                     "functions": dict(sorted(h.functions.items())),
                 }
-                for h in self.hooks
+                for m, h in self.parts
             ],
             "max_call_bytes": self.options.max_call_bytes,
             "ring_bytes": self.options.ring_mb * 1024 * 1024,
@@ -431,18 +466,18 @@ def session_record_path(output: Path) -> Path:
     return output.with_name(output.name + SESSION_SUFFIX)
 
 
-def with_secret_probes(module: CaptureModule, hooks: list[HookTarget],
-                       options: CaptureOptions) -> list[HookTarget]:  # fmt: skip
+def with_secret_probes(parts: list[Part], options: CaptureOptions) -> list[Part]:
     """Each target's probes plus those that report its TLS secrets (exit 2 naming
-    the library when it cannot give them: keys fail closed)."""
-    if module.secrets is None:
-        raise UsageError(
-            f"the {module.name} module cannot give TLS secrets: {module.no_secrets}",
-            hint="capture with --format pcapng --plaintext, text or jsonl",
-        )
+    the library when a module cannot give them: keys fail closed)."""
+    for module, _hook in parts:
+        if module.secrets is None:
+            raise UsageError(
+                f"the {module.name} module cannot give TLS secrets: {module.no_secrets}",
+                hint="capture with --format pcapng --plaintext, text or jsonl",
+            )
     shift = _unsafe_secret_shift(options)
-    return [dataclasses.replace(h, probes=h.probes + module.secrets.probes(h, shift))
-            for h in hooks]  # fmt: skip
+    return [(m, dataclasses.replace(h, probes=h.probes + m.secrets.probes(h, shift)))
+            for m, h in parts if m.secrets is not None]  # fmt: skip
 
 
 def _unsafe_secret_shift(options: CaptureOptions) -> int:
@@ -465,12 +500,15 @@ def _stop_self_for_tests() -> None:
 
 
 def run_capture(grant: Grant, pids: list[int], options: CaptureOptions, *, journal: Any,
-                hold: TargetHold | None = None, on_ready: Any = None) -> dict[str, Any]:  # fmt: skip
+                hold: TargetHold | None = None, on_ready: Any = None,
+                plan: module_registry.Plan | None = None) -> dict[str, Any]:  # fmt: skip
     """Run one capture to its end and return the summary.
 
     Call only with a :class:`Grant` from the gate, and the :class:`TargetHold`
-    taken before it. Resolution and the output file come first (input errors
-    exit 2 with nothing loaded), then the kernel side.
+    taken before it; ``plan``: the (pid, module) pairs the gate granted (by
+    default, :func:`ecap.capture.modules.plan` of the options' module). Resolution
+    and the output file come first (input errors exit 2 with nothing loaded), then
+    the kernel side.
     """
     hold = hold or TargetHold.take(pids)
     module = module_registry.get(options.module)
@@ -480,9 +518,12 @@ def run_capture(grant: Grant, pids: list[int], options: CaptureOptions, *, journ
     sink = sink_registry.by_name(options.fmt)
     try:
         hold.confirm_grant(grant)
-        hooks = resolve_targets(module, pids, options.module_options)
+        plan = plan if plan is not None else module_registry.plan(options.module, pids)
+        _check_granted(grant, plan)
+        check_raw_plan(plan, options.fmt)
+        parts = resolve_plan(plan, options.module_options)
         if sink is not None and sink.needs_keys:
-            hooks = with_secret_probes(module, hooks, options)
+            parts = with_secret_probes(parts, options)
         out = open_output(options.output, replace=options.replace_output)
         if sink is not None and sink.record_beside and options.output is not None:
             record_out = open_output(session_record_path(options.output),
@@ -495,7 +536,7 @@ def run_capture(grant: Grant, pids: list[int], options: CaptureOptions, *, journ
         hold.close()
         _journal_failure(journal, grant, pids, f"error: {exc}")
         raise
-    session = _Session(grant, module, hooks, hold, options, out, journal)
+    session = _Session(grant, module, parts, hold, options, out, journal)
     session.record_out = record_out
     stop = session.stop
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -504,21 +545,23 @@ def run_capture(grant: Grant, pids: list[int], options: CaptureOptions, *, journ
     registered = started = False
     stats: dict[str, int] = {}
     try:
-        kernel = KernelSide(module, ring_mb=options.ring_mb, max_call_bytes=options.max_call_bytes,
-                            follow_descendants=grant.descendants,
-                            packets=session.sink.needs_keys,
-                            plaintext=not session.sink.needs_keys)  # fmt: skip
+        kernel = KernelSides(session.modules, ring_mb=options.ring_mb,
+                             max_call_bytes=options.max_call_bytes,
+                             follow_descendants=grant.descendants,
+                             packets=session.sink.needs_keys,
+                             plaintext=not session.sink.needs_keys)  # fmt: skip
         session.bind_kernel(kernel)
         kernel.authorize_pids(session.live)
         kernel.attach_tracepoints()
-        attached = sum(kernel.attach(h) for h in hooks)
+        attached = sum(kernel.attach(m, h) for m, h in parts)
         hold.confirm_attached()
         prog_ids = kernel.prog_ids()
         journal.append(
             "capture.start", session_id=session.session_id, jti=grant.jti,
-            operator=grant.operator, pids=[h.pid for h in hooks],
-            targets=session.journal_targets(), module=module.name, format=options.fmt,
-            mode=session.sink.token_mode,
+            operator=grant.operator, pids=list(dict.fromkeys(h.pid for h in session.hooks)),
+            targets=session.journal_targets(), module=module.name,
+            **({"modules": [m.name for m in session.modules]} if module.select else {}),
+            format=options.fmt, mode=session.sink.token_mode,
             **({"unsafe_secret_shift": os.environ[UNSAFE_SECRET_SHIFT]}
                if session.sink.needs_keys and os.environ.get(UNSAFE_SECRET_SHIFT) else {}),
             output=str(options.output) if options.output else None, prog_ids=prog_ids,
@@ -530,7 +573,8 @@ def run_capture(grant: Grant, pids: list[int], options: CaptureOptions, *, journ
                 targets=[sessions.SessionTarget(pid, st) for pid, st in session.live.items()],
                 prog_ids=prog_ids, capture_pid=os.getpid(), started_at=session.started_at,
                 expires_at=grant.expires_at, jti=grant.jti, journal=os.path.abspath(journal.path),
-                extra={"hooked": sorted({h.display_path for h in hooks}),
+                extra={"hooked": sorted({h.display_path for h in session.hooks}),
+                       "modules": [m.name for m in session.modules],
                        "output": str(options.output) if options.output else None},
             )
         )  # fmt: skip
@@ -538,10 +582,10 @@ def run_capture(grant: Grant, pids: list[int], options: CaptureOptions, *, journ
         started = True
         session.writer.header(session.header(attached))
         session.writer.flush()
-        for hook in hooks:
+        for part_module, hook in parts:
             _status(
                 options,
-                f"capturing {module.name} from pid {hook.pid} "
+                f"capturing {part_module.name} from pid {hook.pid} "
                 f"({printable(_safe_comm(hook.pid))}) via {printable(hook.display_path)} "
                 f"[{printable(hook.version or 'version unknown')}]",
             )
@@ -549,14 +593,13 @@ def run_capture(grant: Grant, pids: list[int], options: CaptureOptions, *, journ
         if on_ready is not None:
             on_ready(session.session_id)
         next_check = 0.0
-        ring = kernel.ring
         while stop.reason is None:
             busy = session.drain()
             if session.tap is not None:
                 busy += session.tap.poll()
             if not busy:
                 session.writer.flush()
-                ring.wait(POLL_MS)
+                kernel.wait(POLL_MS)
             now = time.monotonic()
             if now >= next_check:
                 next_check = now + LIVENESS_EVERY
@@ -602,6 +645,17 @@ def run_capture(grant: Grant, pids: list[int], options: CaptureOptions, *, journ
                 _journal_failure(journal, grant, pids, stop.reason or "error: stopped before start")
     assert summary is not None
     return summary
+
+
+def _check_granted(grant: Grant, plan: module_registry.Plan) -> None:
+    """Every module of the plan is one the token grants (the gate checked the plan it
+    was shown; a plan made here must pass the same check)."""
+    from ecap.authz.policy import AllOf, Allowed, Context
+
+    ctx = Context(token=grant.token, trust_dir=Path(), grant=grant)
+    AllOf(*(Allowed("module", name) for name in dict.fromkeys(m.name for _p, m in plan))).verify(
+        ctx
+    )
 
 
 def _journal_failure(journal: Any, grant: Grant, pids: list[int], reason: str) -> None:

@@ -10,11 +10,13 @@ kernel removes them all.
 
 from __future__ import annotations
 
+import dataclasses
 import mmap
 import os
+import select
 import socket
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from ecap.capture import abi as abi_mod
 from ecap.capture.modules.interface import CaptureModule, HookTarget, Probe
@@ -117,8 +119,11 @@ class KernelSide:
         self.obj = loader.load(image, max_entries={"events": ring_bytes}, rodata=rodata)
         self.attachments: list[attach.Attachment] = []
         self._syscall_links: list[attach.Attachment] = []
-        self._files_attached: set[tuple[int, int]] = set()
+        self._files_attached: set[tuple[int, int, int]] = set()
+        self._module_maps: set[str] = set()
+        """Maps the modules filled (HookTarget.map_entries): not per-process state."""
         self.probes: list[tuple[int, Probe]] = []
+        """(pid, probe) as attached, cookies with their source."""
         try:
             self.ring = RingBuffer(self.obj.map("events").fd, ring_bytes)
         except BaseException:
@@ -149,6 +154,8 @@ class KernelSide:
         out: dict[str, list[bytes]] = {}
         for name, m in self.obj.maps.items():
             if name in NOT_PER_PROCESS or "." in name:
+                continue
+            if name in self._module_maps:
                 continue
             if m.type == _TASK_STORAGE:
                 continue  # the kernel frees a thread's entry with the thread
@@ -220,8 +227,13 @@ class KernelSide:
             attach.detach_all(self._syscall_links)
             self._syscall_links.clear()
 
-    def attach(self, target: HookTarget) -> int:
+    def attach(self, target: HookTarget, source: int = 0) -> int:
         """Attach every probe of ``target`` with its PID; returns how many.
+
+        ``source``: which of the session's modules sharing this object the target
+        belongs to; it goes into the upper half of every cookie, and the kernel
+        copies it into the records (``capture auto``). The target's map entries are
+        written first.
 
         One uprobe_multi link per (program, entry or return): it carries all the
         offsets that program serves in this file, each with its cookie. With
@@ -232,17 +244,22 @@ class KernelSide:
         running the same file take the trap (a few µs per hooked call) and are
         ignored by the programs.
         """
+        for entry in target.map_entries:
+            self.obj.map(entry.map).update(entry.key, entry.value)
+            self._module_maps.add(entry.map)
         link_pid = 0 if self.follow_descendants else target.pid
         if link_pid == 0:
             # One set of process-wide links per file: two targets running the same
             # file must not make every call fire twice.
             st = os.stat(target.path)
-            if (st.st_dev, st.st_ino) in self._files_attached:
+            if (st.st_dev, st.st_ino, source) in self._files_attached:
                 return 0
-            self._files_attached.add((st.st_dev, st.st_ino))
+            self._files_attached.add((st.st_dev, st.st_ino, source))
+        tag = source << self.abi.COOKIE_SOURCE_SHIFT
         groups: dict[tuple[str, bool], list[Probe]] = {}
         for probe in target.probes:
-            groups.setdefault((probe.program, probe.retprobe), []).append(probe)
+            tagged = dataclasses.replace(probe, cookie=probe.cookie | tag)
+            groups.setdefault((probe.program, probe.retprobe), []).append(tagged)
         # Returns first: a call entered while only its entry probe is attached would
         # leave a frame whose return is never seen (the programs also shed such
         # frames by their stack pointer, but need not).
@@ -279,3 +296,124 @@ class KernelSide:
             ring.close()
             self.ring = None
         self.obj.close()
+
+
+class KernelSides:
+    """Every BPF object one session loads — one per object its modules use — driven
+    as one.
+
+    Modules that share an object (``capture auto`` with tls, gnutls and nss, all on
+    ``tls_rw``) share its programs, maps and ring; each module's attachments carry
+    its index among them in the cookie's upper half, which the kernel copies into
+    each record's ``source``: :attr:`sources` turns (side, source) back into the
+    module's name. A module with its own object (another side) has its own ring.
+    """
+
+    def __init__(self, modules: Sequence[CaptureModule], *, ring_mb: int = DEFAULT_RING_MB,
+                 max_call_bytes: int = DEFAULT_MAX_CALL_BYTES,
+                 follow_descendants: bool = False, packets: bool = False,
+                 plaintext: bool = True) -> None:  # fmt: skip
+        """``packets``/``plaintext``: as :class:`KernelSide`. The packet tap has one
+        flow table, so a session that needs packets has one object."""
+        if packets and len({m.bpf_object for m in modules}) > 1:
+            raise UsageError(
+                "keylog and pcapng capture through one BPF object; these modules need "
+                + ", ".join(sorted({m.bpf_object for m in modules})),
+                hint="capture each module in its own session",
+            )
+        self.sides: list[KernelSide] = []
+        self.sources: list[list[str]] = []
+        """Per side: module names by source index."""
+        self._where: dict[str, tuple[int, int]] = {}
+        self._epoll: select.epoll | None = None
+        try:
+            for module in modules:
+                objects = [side.module.bpf_object for side in self.sides]
+                if module.bpf_object not in objects:
+                    self.sides.append(KernelSide(module, ring_mb=ring_mb,
+                                                 max_call_bytes=max_call_bytes,
+                                                 follow_descendants=follow_descendants,
+                                                 packets=packets, plaintext=plaintext))  # fmt: skip
+                    self.sources.append([])
+                index = [side.module.bpf_object for side in self.sides].index(module.bpf_object)
+                self._where[module.name] = (index, len(self.sources[index]))
+                self.sources[index].append(module.name)
+            if len(self.sides) > 1:
+                self._epoll = select.epoll()
+                for side in self.sides:
+                    self._epoll.register(side.obj.map("events").fd, select.EPOLLIN)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def abi(self) -> abi_mod.Abi:
+        """The record layout (``capture_abi.h``: the same in every capture object)."""
+        return self.sides[0].abi
+
+    def authorize_pids(self, pids: Iterable[int]) -> None:
+        pids = list(pids)
+        for side in self.sides:
+            side.authorize_pids(pids)
+
+    def revoke_pid(self, pid: int) -> None:
+        for side in self.sides:
+            side.revoke_pid(pid)
+
+    def forget_pid(self, pid: int) -> int:
+        return sum(side.forget_pid(pid) for side in self.sides)
+
+    def attach_tracepoints(self) -> None:
+        for side in self.sides:
+            side.attach_tracepoints()
+
+    @property
+    def ring(self) -> RingBuffer | None:
+        """The first object's record ring (the one a packet tap wakes)."""
+        return self.sides[0].ring
+
+    def packet_ring(self, ring_bytes: int) -> PacketRing:
+        return self.sides[0].packet_ring(ring_bytes)
+
+    def flow_owner(self, key: bytes) -> int | None:
+        return self.sides[0].flow_owner(key)
+
+    def attach(self, module: CaptureModule, target: HookTarget) -> int:
+        """Attach ``target`` (resolved by ``module``) to its module's object."""
+        index, source = self._where[module.name]
+        return self.sides[index].attach(target, source)
+
+    @property
+    def syscalls_attached(self) -> bool:
+        return any(side.syscalls_attached for side in self.sides)
+
+    def syscalls(self, on: bool) -> None:
+        for side in self.sides:
+            side.syscalls(on)
+
+    def wait(self, timeout_ms: int) -> None:
+        """Until some ring has records, or the timeout."""
+        if self._epoll is None:
+            ring = self.sides[0].ring
+            assert ring is not None
+            ring.wait(timeout_ms)
+        else:
+            self._epoll.poll(timeout_ms / 1000)
+
+    def prog_ids(self) -> list[int]:
+        return [i for side in self.sides for i in side.prog_ids()]
+
+    def stats(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for side in self.sides:
+            for name, value in side.stats().items():
+                out[name] = out.get(name, 0) + value
+        return out
+
+    def close(self) -> None:
+        """Detach everything and unload (idempotent)."""
+        if self._epoll is not None:
+            self._epoll.close()
+            self._epoll = None
+        for side in self.sides:
+            side.close()

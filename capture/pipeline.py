@@ -9,7 +9,7 @@ the syscall tracepoints on — reaches the engine through callbacks.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,19 @@ class Counters:
     bytes: dict[str, int] = field(default_factory=lambda: {"write": 0, "read": 0})
 
 
+class _Side:
+    """What is kept per ring (per kernel object): its thread names, its calls in
+    progress, and the module names of its records' ``source`` values."""
+
+    def __init__(self, abi: Abi, clock: Clock, max_call_bytes: int, names: Sequence[str]) -> None:
+        self.decode = Decoder(abi, abi.struct("ecap_threadinfo"))
+        self.reasm = Reassembler(clock, max_call_bytes, abi)
+        self.names = list(names)
+
+    def module(self, source: int) -> str:
+        return self.names[source] if 0 <= source < len(self.names) else self.names[0]
+
+
 class Pipeline:
     """Turns records into events for one sink writer."""
 
@@ -34,15 +47,21 @@ class Pipeline:
                  writer: SinkWriter, *, on_unknown_socket: Callable[[], None] | None = None,
                  on_exec: Callable[[Record], None] | None = None,
                  on_descendant_exit: Callable[[int], None] | None = None,
-                 records: Callable[[RecordContext], ModuleRecords] | None = None) -> None:  # fmt: skip
+                 records: Callable[[RecordContext], ModuleRecords] | None = None,
+                 sources: Sequence[Sequence[str]] | None = None) -> None:  # fmt: skip
         """``records``: the module's handlers of its own record kinds (a shell's
         lines); the callbacks are what only a live capture does (re-authorize after
-        an exec, turn on the syscall tracepoints, forget a descendant's state)."""
+        an exec, turn on the syscall tracepoints, forget a descendant's state).
+        ``sources``: per ring fed to :meth:`feed`, the module names of its records'
+        ``source`` values (default: one ring, all ``module``'s)."""
         self.abi = abi
         self.clock = clock
         self.writer = writer
-        self.decode = Decoder(abi, abi.struct("ecap_threadinfo"))
-        self.reasm = Reassembler(clock, max_call_bytes, abi)
+        self.sides = [_Side(abi, clock, max_call_bytes, names) for names in sources or [[module]]]
+        self._side = self.sides[0]
+        """The side whose records are being fed."""
+        self.decode = self._side.decode
+        self.reasm = self._side.reasm
         self.conns = ConnectionTable(module)
         self.counters = Counters()
         self.message_id = 0
@@ -78,17 +97,18 @@ class Pipeline:
             self.module_records = records(RecordContext(abi, clock, writer.emit, max_call_bytes))
             self.handlers.update(self.module_records.handlers)
 
-    def feed(self, batch: Iterable[bytes]) -> int:
-        """Process records in ring order; returns how many.
+    def feed(self, batch: Iterable[bytes], side: int = 0) -> int:
+        """Process records in ring order (of ring ``side``); returns how many.
 
         Most calls fit one record (the whole call, from offset 0, readable, within
         the limit) and no call of their thread is pending: those become a Call
         straight from the header tuple. Everything else takes the general path.
         """
-        decode, handlers = self.decode, self.handlers
+        self._side = current = self.sides[side]
+        decode, handlers = current.decode, self.handlers
         unpack, start, directions = self._unpack, self._start, self._directions
         whole, not_simple = self._whole, self._not_simple
-        pending, threads, wall = self.reasm.pending, self.decode.threads, self.clock.wall
+        pending, threads, wall = current.reasm.pending, decode.threads, self.clock.wall
         count = 0
         for raw in batch:
             count += 1
@@ -101,7 +121,8 @@ class Pipeline:
                     self._on_unknown_socket()
                 uid, comm = threads.get(f[4], Decoder.UNKNOWN)
                 self.deliver(Call(direction, wall(f[0]), f[3], f[4], uid, comm, f[5], f[1],
-                                  f[6], raw[start : start + f[8]], 0, 0, 0, None, f[2]))  # fmt: skip
+                                  f[6], raw[start : start + f[8]], 0, 0, 0, None, f[2],
+                                  f[12]), current)  # fmt: skip
                 continue
             rec = decode(raw)
             handler = handlers.get(rec.kind)
@@ -109,8 +130,10 @@ class Pipeline:
                 handler(rec)
         return count
 
-    def deliver(self, call: Call) -> None:
-        conn = self.conns.get(call.pid, call.conn, call.comm, call.fd, call.ts)
+    def deliver(self, call: Call, side: _Side | None = None) -> None:
+        side = side or self.sides[0]
+        conn = self.conns.get(call.pid, call.conn, call.comm, call.fd, call.ts,
+                              side.module(call.source))  # fmt: skip
         self.message_id += 1
         conn.messages += 1
         conn.bytes[call.direction] += len(call.data)
@@ -120,8 +143,9 @@ class Pipeline:
 
     def deliver_stale(self) -> None:
         """Calls whose last record is overdue (lost): deliver them now."""
-        for call in self.reasm.stale():
-            self.deliver(call)
+        for side in self.sides:
+            for call in side.reasm.stale():
+                self.deliver(call, side)
 
     def end_pid(self, pid: int, ts: float, reason: str) -> None:
         """``pid`` left the session: what it had open ends (its EXIT record, had
@@ -133,8 +157,9 @@ class Pipeline:
 
     def finish(self, ts: float) -> None:
         """End of the session: incomplete calls, then every open connection."""
-        for call in self.reasm.flush():
-            self.deliver(call)
+        for side in self.sides:
+            for call in side.reasm.flush():
+                self.deliver(call, side)
         if self.module_records is not None:
             self.module_records.finish()
         for conn in self.conns.end_all(ts, "capture stopped"):
@@ -144,14 +169,16 @@ class Pipeline:
     def _on_data(self, rec: Record) -> None:
         if rec.fd < 0:
             self._on_unknown_socket()
-        for call in self.reasm.add(rec):
-            self.deliver(call)
+        side = self._side
+        for call in side.reasm.add(rec):
+            self.deliver(call, side)
 
     def _on_handshake(self, rec: Record) -> None:
         if rec.fd < 0:
             self._on_unknown_socket()
         ts = self.clock.wall(rec.ts_ns)
-        conn = self.conns.get(rec.pid, rec.conn, rec.comm, rec.fd, ts)
+        conn = self.conns.get(rec.pid, rec.conn, rec.comm, rec.fd, ts,
+                              self._side.module(rec.source))  # fmt: skip
         conn.handshake = True
         self.writer.emit(HandshakeEvent(conn, ts))
 

@@ -44,6 +44,8 @@ class Record:
     kind: int
     flags: int
     family: int
+    source: int
+    """Which of the session's modules sharing the object wrote it (0: the first)."""
     uid: int
     """From the thread's one-time announcement (not sent in every record)."""
     comm: str
@@ -114,6 +116,9 @@ class Call:
     """Where the call starts in its direction of the connection (bytes moved since
     the capture first saw it): a jump past the previous call's end is a call whose
     records were all lost."""
+    source: int = 0
+    """Which of the session's modules sharing the kernel object made the call (the
+    record's ``source``)."""
 
 
 class Clock:
@@ -216,4 +221,5 @@ class Reassembler:
             unreadable=unreadable,
             segments=None if whole else segments,
             stream_offset=first.stream_off,
+            source=first.source,
         )

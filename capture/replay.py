@@ -133,7 +133,10 @@ def _raw_through(path: Path, f: IO[bytes], header: dict[str, Any],
         raise _bad(
             path, f"it was captured by the {module!r} module, which this build lacks"
         ) from None
-    pipeline = Pipeline(abi, clock, int(header["max_call_bytes"]), module, writer, records=records)
+    used = header.get("modules")
+    sources = [[str(m) for m in used]] if isinstance(used, list) and used else None
+    pipeline = Pipeline(abi, clock, int(header["max_call_bytes"]), module, writer, records=records,
+                        sources=sources)  # fmt: skip
     batch: list[bytes] = []
     try:
         for tag, body in _raw_frames(path, f):

@@ -107,6 +107,11 @@ def _check_types(r: SessionRecord) -> None:
         raise ValueError("session id, token, module and jti must be strings")
     if not isinstance(r.capture_pid, int) or isinstance(r.capture_pid, bool):
         raise ValueError("capture_pid must be an integer")
+    if not isinstance(r.extra, dict):
+        raise ValueError("extra must be an object")
+    used = r.extra.get("modules", [])
+    if not isinstance(used, list) or not all(isinstance(m, str) for m in used):
+        raise ValueError("extra.modules must be a list of module names")
     if not ints(r.prog_ids) or not all(
         isinstance(t.pid, int) and isinstance(t.start_time, int) for t in r.targets
     ):
@@ -238,16 +243,18 @@ def verify_claim(record: SessionRecord) -> tuple[str, Grant]:
     Signature, host, lifetime and revocation first, then the session's own claims
     (its targets with their start times, its module) against the token's scope —
     the same checks the gate runs, so an empty ``modules`` list grants nothing
-    here either — and the validity window last: a token that passes everything
-    but the window is ``expired``, not forged.
+    here either; a session that hooks through other modules (``auto``) names them
+    in ``extra.modules``, and each must be granted too — and the validity window
+    last: a token that passes everything but the window is ``expired``, not forged.
     """
     from ecap.authz.policy import AllOf, Allowed, Context, TargetsInScope, TimeWindow, token_checks
 
     ctx = Context(token=record.token, trust_dir=config.trust_dir())
+    used = dict.fromkeys([record.module, *record.extra.get("modules", [])])
     AllOf(
         *token_checks(check_host=True, check_time=False),
         TargetsInScope([(t.pid, t.start_time) for t in record.targets]),
-        Allowed("module", record.module),
+        *(Allowed("module", name) for name in used),
     ).verify(ctx)
     grant = ctx.require_grant()
     try:
@@ -324,6 +331,7 @@ def evaluate(
         "session_id": record.session_id,
         "targets": [{"pid": t.pid, "start_time": t.start_time} for t in grant.targets],
         "module": record.module,
+        **({"modules": record.extra["modules"]} if record.extra.get("modules") else {}),
     }
     reason = "token verified, journal grant found, programs held by the capture process"
     if status == EXPIRED:

@@ -240,10 +240,15 @@ class ElfImage:
     # -- identification -----------------------------------------------------------
     def ssl_version(self) -> str | None:
         """OpenSSL/BoringSSL/LibreSSL version string from ``.rodata``, if any."""
+        return self.rodata_search(_VERSION_RE)
+
+    def rodata_search(self, pattern: re.Pattern[bytes]) -> str | None:
+        """The first group of ``pattern``'s first match in ``.rodata`` (a library's
+        own version string), None when there is none."""
         found = self._section_bytes(".rodata")
         if found is None:
             return None
-        m = _VERSION_RE.search(found[0])
+        m = pattern.search(found[0])
         return m.group(1).decode("ascii", "replace") if m else None
 
     def build_id(self) -> str | None:

@@ -330,12 +330,18 @@ def scope_checks(data: dict[str, Any], grant: Grant | None) -> list[Check]:
         )
     )
     module = header.get("module")
+    # `auto` captures through other modules: each one that hooked must be granted too.
+    used = [str(module)] + [
+        str(t.get("module")) for t in header.get("targets") or []
+        if isinstance(t, dict) and t.get("module") not in (None, module)
+    ]  # fmt: skip
+    used = list(dict.fromkeys(used))
     checks.append(
         _policy_check(
-            "module allowed",
+            "module allowed" if len(used) == 1 else "modules allowed",
             grant,
-            Allowed("module", str(module)),
-            f"{module!s} (token allows {', '.join(grant.modules)})",
+            AllOf(*(Allowed("module", name) for name in used)),
+            f"{', '.join(used)} (token allows {', '.join(grant.modules)})",
         )
     )
     fmt = header.get("format")
@@ -491,6 +497,11 @@ def override_warnings(j: dict[str, Any]) -> list[str]:
     return out
 
 
+def _list(value: Any) -> list[Any]:
+    """A field a session file should hold as a list (anything else: empty)."""
+    return value if isinstance(value, list) else []
+
+
 def _connections(data: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for cid, conn in data["connections"].items():
@@ -502,6 +513,7 @@ def _connections(data: dict[str, Any]) -> list[dict[str, Any]]:
                 "id": cid,
                 "pid": conn.get("pid"),
                 "comm": conn.get("comm"),
+                "module": conn.get("module"),
                 "peer": conn.get("peer") or "?",
                 "local": conn.get("local"),
                 "protocol": conn.get("protocol"),
@@ -557,6 +569,7 @@ def build_view(
         "session": {
             "id": session_id,
             "module": header.get("module"),
+            "modules": [m for m in _list(header.get("modules")) if isinstance(m, str)],
             "format": header.get("format"),
             "mode": header.get("mode") or _mode_of(str(header.get("format"))),
             "started_at": _render.when(started),

@@ -15,6 +15,7 @@ APT_PACKAGES=(
   secilc python3-setools setools openssh-server ansible-core
   zsh mariadb-server mariadb-client libmariadb-dev
   tshark
+  gnutls-bin wget libnss3-tools libnss3-dev pkg-config libgnutls28-dev
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -57,8 +57,10 @@ class EcapEnv:
         reason: str = "pytest",
         now: float | None = None,
         max_lifetime: int = token.MAX_LIFETIME_SECONDS,
+        grant_modules: Sequence[str] | None = None,
     ) -> str:
-        """A token for live PIDs on this host, signed with this env's trusted key."""
+        """A token for live PIDs on this host, signed with this env's trusted key
+        (``grant_modules``: the authorizer narrows the request's modules to these)."""
         req = request.build(list(pids), modules=list(modules), modes=list(modes), reason=reason,
                             descendants=descendants)  # fmt: skip
         return token.issue(
@@ -72,6 +74,7 @@ class EcapEnv:
             descendants=descendants,
             now=now,
             max_lifetime=max_lifetime,
+            modules=list(grant_modules) if grant_modules else None,
         )
 
     def write_token(self, text: str, name: str = "token.jwt") -> Path:

@@ -15,6 +15,9 @@ import pkgutil
 from ecap.capture.modules.interface import CaptureModule
 from ecap.errors import UsageError
 
+Plan = list[tuple[int, CaptureModule]]
+"""(pid, module) pairs a session captures with, in order."""
+
 
 @functools.cache
 def registry() -> dict[str, CaptureModule]:
@@ -49,3 +52,40 @@ def plaintext_functions() -> dict[str, str]:
         for function in module.plaintext_functions():
             out.setdefault(function, module.classification)
     return out
+
+
+def plan(name: str, pids: list[int]) -> Plan:
+    """What a capture of ``pids`` with module ``name`` hooks: each PID with that
+    module, or, for a module that captures through others (``auto``), with each one
+    it selects for that PID. Reads only /proc and the files the processes map."""
+    from ecap import procfs
+
+    module = get(name)
+    if module.select is None:
+        return [(pid, module) for pid in pids]
+    out: Plan = []
+    for pid in pids:
+        try:
+            chosen = module.select(pid)
+        except procfs.ProcessGone as exc:
+            raise UsageError(
+                f"process {pid} exited before the capture started",
+                hint="request a new token for the running process",
+            ) from exc
+        out += [(pid, get(n)) for n in chosen]
+    return out
+
+
+def plan_modules(plan: Plan) -> list[CaptureModule]:
+    """The distinct modules of a plan, in first-use order."""
+    return list({m.name: m for _pid, m in plan}.values())
+
+
+def bpf_objects(name: str) -> tuple[str, ...]:
+    """The BPF objects a capture with module ``name`` may load (for a selecting
+    module: those of every module it may select)."""
+    module = get(name)
+    if module.select is None:
+        return (module.bpf_object,)
+    return tuple(sorted({m.bpf_object for m in registry().values()
+                         if m.select is None and m.classification == module.classification}))  # fmt: skip

@@ -26,7 +26,7 @@ GLOBALS = ("rl_line_buffer", "rl_end", "last_command_exit_value")
 def resolve(pid: int, options: dict[str, Any]) -> HookTarget:
     """The bash executable of ``pid`` and the probes, with the globals' distances."""
     from ecap import procfs
-    from ecap.capture.modules.tls import _stable_exe_path
+    from ecap.capture.modules._libraries import stable_exe_path
     from ecap.elf import NotAnElf, open_elf
     from ecap.errors import UsageError
 
@@ -57,7 +57,7 @@ def resolve(pid: int, options: dict[str, Any]) -> HookTarget:
         Probe("read_command", read_command.file_offset, "bash_command_read", True, 0),
     )
     offsets = {name: sym.file_offset for name, sym in funcs.items()}
-    return HookTarget(pid, _stable_exe_path(pid, exe), exe, "executable", None, probes, offsets)
+    return HookTarget(pid, stable_exe_path(pid, exe), exe, "executable", None, probes, offsets)
 
 
 def _records(ctx: RecordContext) -> ShellRecords:

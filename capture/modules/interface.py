@@ -50,6 +50,17 @@ class Probe:
 
 
 @dataclass(frozen=True)
+class MapEntry:
+    """A value a module puts in one of its BPF object's maps before attaching: what
+    its programs must know about this target that no cookie can carry (NSS: the name
+    of the library whose code is the TLS layer)."""
+
+    map: str
+    key: bytes
+    value: bytes
+
+
+@dataclass(frozen=True)
 class HookTarget:
     """One file in one process to attach to, and the probes to put there."""
 
@@ -65,6 +76,8 @@ class HookTarget:
     probes: tuple[Probe, ...]
     functions: dict[str, int] = field(default_factory=dict)
     """Function name → file offset (the session header's record of what was hooked)."""
+    map_entries: tuple[MapEntry, ...] = ()
+    """Written into the object's maps before the probes are attached."""
 
 
 @dataclass(frozen=True)
@@ -160,11 +173,34 @@ class CaptureModule:
     """How it gets TLS secrets; None: it cannot (``no_secrets`` says why)."""
     no_secrets: str = "it has no way to obtain TLS secrets"
     """Why ``keylog``/``pcapng`` are refused (exit 2) for this module, in one clause."""
+    applies_to: Callable[[int], bool] | None = None
+    """Does process ``pid`` use this module's library? ``capture auto`` asks every
+    TLS module; None: the module applies when :attr:`resolve` finds its library."""
+    select: Callable[[int], tuple[str, ...]] | None = None
+    """A module that captures through others (``auto``): the names of the modules to
+    capture process ``pid`` with; raises :class:`ecap.errors.UsageError` when none
+    applies. Such a module has no hooks and no BPF object of its own."""
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group(f"{self.name} module")
         for opt in self.options:
             group.add_argument(opt.flag, metavar=opt.metavar, help=opt.help)
+
+    def applies(self, pid: int) -> bool:
+        """Whether ``capture auto`` should capture ``pid`` with this module: a TLS
+        module whose library the process uses. A process that is gone raises
+        :class:`ecap.procfs.ProcessGone`."""
+        from ecap.errors import UsageError
+
+        if self.select is not None or self.classification != "tls":
+            return False
+        if self.applies_to is not None:
+            return self.applies_to(pid)
+        try:
+            self.resolve(pid, {})
+        except UsageError:
+            return False
+        return True
 
     def plaintext_functions(self) -> tuple[str, ...]:
         return tuple(h.function for h in self.hooks if h.plaintext)

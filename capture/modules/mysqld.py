@@ -96,7 +96,7 @@ def find_probes(elf: Any) -> tuple[list[Probe], dict[str, int]]:
 
 def resolve(pid: int, options: dict[str, Any]) -> HookTarget:
     from ecap import procfs
-    from ecap.capture.modules.tls import _stable_exe_path
+    from ecap.capture.modules._libraries import stable_exe_path
     from ecap.elf import NotAnElf, open_elf
     from ecap.errors import UsageError
 
@@ -117,7 +117,7 @@ def resolve(pid: int, options: dict[str, Any]) -> HookTarget:
     version = binary_version(host_path, rb"(\d+\.\d+\.\d+-MariaDB)") or binary_version(
         host_path, rb"\x00(8\.\d+\.\d+|5\.7\.\d+)\x00"
     )
-    return HookTarget(pid, _stable_exe_path(pid, exe), exe, "executable", version, tuple(probes),
+    return HookTarget(pid, stable_exe_path(pid, exe), exe, "executable", version, tuple(probes),
                       offsets)  # fmt: skip
 
 

@@ -58,7 +58,7 @@ def sqlstate(code: int) -> str:
 
 def resolve(pid: int, options: dict[str, Any]) -> HookTarget:
     from ecap import procfs
-    from ecap.capture.modules.tls import _stable_exe_path
+    from ecap.capture.modules._libraries import stable_exe_path
     from ecap.elf import NotAnElf, open_elf
     from ecap.errors import UsageError
 
@@ -88,7 +88,7 @@ def resolve(pid: int, options: dict[str, Any]) -> HookTarget:
         if hook.return_program:
             probes.append(Probe(hook.function, sym.file_offset, hook.return_program, True, 0))
     offsets = {name: sym.file_offset for name, sym in funcs.items()}
-    return HookTarget(pid, _stable_exe_path(pid, exe), exe, "executable", version, tuple(probes),
+    return HookTarget(pid, stable_exe_path(pid, exe), exe, "executable", version, tuple(probes),
                       offsets)  # fmt: skip
 
 

@@ -1,12 +1,9 @@
 """``capture tls``: the OpenSSL API — libssl, BoringSSL builds, static OpenSSL (node).
 
-Which file to hook comes from the process itself, never from the host's library
-path: a container's libssl is reached through ``/proc/PID/root``, and a process
-that links OpenSSL statically is hooked in its own executable. Offsets come from
-:mod:`ecap.elf` (symbol table → PT_LOAD → file offset), the same resolver the
-detector uses the other way round, so both always agree on what an offset means.
-NSS's ``libssl3.so`` is a different library with a different API: it is never
-taken for OpenSSL (it defines no ``SSL_write``).
+How the file is found is :mod:`ecap.capture.modules._libraries`'s (the process's
+own maps, through ``/proc/PID/root``; its executable for static builds). NSS's
+``libssl3.so`` is a different library with a different API: it is never taken for
+OpenSSL — its name does not match ``libssl.so*`` and it defines no ``SSL_write``.
 """
 
 from __future__ import annotations
@@ -17,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ecap.capture.events import CONNECTION, DATA, HANDSHAKE
-from ecap.capture.modules import _openssl_secrets
+from ecap.capture.modules import _libraries, _openssl_secrets
 from ecap.capture.modules.interface import (
     CaptureModule,
     Hook,
@@ -66,12 +63,7 @@ def _find_version(pid: int, ssl_path: str, maps_paths: list[str]) -> str | None:
 
 
 def _offsets_in(path: Path) -> dict[str, int]:
-    from ecap.elf import NotAnElf, open_elf
-
-    try:
-        return {n: s.file_offset for n, s in open_elf(path).find_functions(FUNCTIONS).items()}
-    except NotAnElf:
-        return {}
+    return _libraries.offsets_in(path, FUNCTIONS)
 
 
 def _target(pid: int, path: Path, shown: str, kind: str, version: str | None,
@@ -93,44 +85,20 @@ def resolve(pid: int, options: dict[str, Any]) -> HookTarget:
     paths = procfs.mapped_files(pid)
     if options.get("libssl"):
         return _resolve_override(pid, options["libssl"], paths)
-    for mapped in paths:
-        if _LIBSSL_RE.search(mapped):
-            host_path = procfs.in_root(pid, mapped)
-            offsets = _offsets_in(host_path)
-            if all(name in offsets for name in REQUIRED):
-                version = _find_version(pid, mapped, paths)
-                return _target(pid, host_path, mapped, "library", version, offsets)
-    exe = procfs.exe(pid)
-    if exe:
-        host_path = procfs.PROC / str(pid) / "exe"
-        offsets = _offsets_in(host_path)
-        if all(name in offsets for name in REQUIRED):
-            version = open_elf(host_path).ssl_version()
-            return _target(pid, _stable_exe_path(pid, exe), exe, "executable", version, offsets)
+    found = _libraries.find_mapped(pid, _LIBSSL_RE, FUNCTIONS, REQUIRED, paths)
+    if found is not None:
+        version = _find_version(pid, found.shown, paths)
+        return _target(pid, found.host_path, found.shown, found.kind, version, found.offsets)
+    found = _libraries.find_in_executable(pid, FUNCTIONS, REQUIRED)
+    if found is not None:
+        version = open_elf(procfs.PROC / str(pid) / "exe").ssl_version()
+        return _target(pid, found.host_path, found.shown, found.kind, version, found.offsets)
     raise UsageError(
         f"process {pid} ({procfs.comm(pid)!r}) maps no libssl and its executable "
         f"exports no {'/'.join(REQUIRED)}",
-        hint="it may not use OpenSSL (Go, GnuTLS, NSS need other modules), or pass "
-        "--libssl PATH if it loads OpenSSL under another name",
+        hint="it may not use OpenSSL (Go, GnuTLS, NSS need other modules: try 'capture "
+        "auto'), or pass --libssl PATH if it loads OpenSSL under another name",
     )
-
-
-def _stable_exe_path(pid: int, exe: str) -> Path:
-    """A path for the executable that names the same inode the process runs.
-
-    ``/proc/PID/exe`` resolves to the right file even inside containers, but the
-    uprobe layer needs a real path; the process's root-relative path is that, as
-    long as it still names the same inode (it may have been replaced since).
-    """
-    from ecap import procfs
-
-    candidate = procfs.in_root(pid, exe)
-    try:
-        if os.stat(candidate).st_ino == os.stat(procfs.PROC / str(pid) / "exe").st_ino:
-            return candidate
-    except OSError:
-        pass
-    return procfs.PROC / str(pid) / "exe"
 
 
 def _resolve_override(pid: int, libssl: str, paths: list[str]) -> HookTarget:

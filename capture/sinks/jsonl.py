@@ -144,7 +144,8 @@ class JsonlWriter:
         comm = json.dumps(json_safe_str(call.comm), ensure_ascii=False)
         return (
             f'"pid":{call.pid},"tid":{call.tid},"uid":{call.uid},"comm":{comm},"fd":{conn.fd},'
-            f'"conn":"0x{call.conn:x}","direction":"{call.direction}",'
+            f'"conn":"0x{call.conn:x}","module":{json.dumps(conn.module)},'
+            f'"direction":"{call.direction}",'
             f'"local":{_json_opt(conn.local)},"peer":{_json_opt(conn.peer)},'
         ).encode("utf-8", "backslashreplace")
 

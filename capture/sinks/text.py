@@ -47,6 +47,8 @@ class TextWriter:
         self._out = out
         self._colour = colour
         self._hex = hex_mode
+        self._session_module: str | None = None
+        """The module named on the command line (from the header)."""
         self._renderers: dict[int, ConnectionRenderer] = {}
         self._handlers = {
             DATA: self._call,
@@ -82,20 +84,27 @@ class TextWriter:
             f"token {printable(str(grant.get('jti')))} "
             f"expires {printable(str(iso_utc(grant.get('expires_at'))))}"
         )
+        self._session_module = info.get("module")
         for t in info.get("targets", []):
             self._line(
-                f"  pid {t['pid']} {printable(t['comm'])}: {printable(t['hooked'])} "
-                f"({printable(t['kind'])}, {printable(str(t['version']))})"
+                f"  pid {t['pid']} {printable(t['comm'])}{self._tag(t.get('module'))}: "
+                f"{printable(t['hooked'])} ({printable(t['kind'])}, {printable(str(t['version']))})"
             )
         self._line()
+
+    def _tag(self, module: str | None) -> str:
+        """`` [gnutls]`` where the session captures through several modules (auto)."""
+        if not module or module == self._session_module:
+            return ""
+        return f" [{printable(module)}]"
 
     def _heading(self, conn: Connection, direction: str, ts: float, title: str) -> str:
         when = time.strftime("%H:%M:%S", time.localtime(ts)) + f".{int(ts * 1e6) % 1000000:06d}"
         peer = printable(conn.peer or "?")
         arrow = _ARROWS.get(direction, "·")
         text = (
-            f"{when} conn#{conn.id} pid {conn.pid} {printable(conn.comm)} fd {conn.fd} "
-            f"{arrow} {peer}  {title}"
+            f"{when} conn#{conn.id}{self._tag(conn.module)} pid {conn.pid} "
+            f"{printable(conn.comm)} fd {conn.fd} {arrow} {peer}  {title}"
         )
         return self._paint(direction if direction in _COLOURS else "dim", text)
 

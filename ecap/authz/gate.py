@@ -40,8 +40,13 @@ def authorize_capture(
     mode: str,
     trust_dir: Path | None = None,
     journal: Journal | None = None,
+    through: Sequence[str] = (),
 ) -> Grant:
     """Grant or refuse a capture of ``pids`` with ``module`` writing ``mode``.
+
+    ``through``: the modules ``module`` captures with (``auto``'s choice for these
+    processes); the token must grant each of them too, and a refusal names the
+    first one it does not.
 
     No grant leaves the gate unjournaled: when ``gate.granted`` cannot be written
     (a full disk) the capture fails with exit 4 and a single-use token is given
@@ -49,7 +54,9 @@ def authorize_capture(
     """
     journal = journal or Journal()
     ctx = Context(token=token, trust_dir=config.trust_dir(trust_dir))
-    request = {"pids": list(pids), "module": module, "mode": mode}
+    request: dict = {"pids": list(pids), "module": module, "mode": mode}
+    if through:
+        request["modules"] = list(through)
     spent: SpentToken | None = None
     try:
         policy = AllOf(
@@ -57,6 +64,7 @@ def authorize_capture(
             PidsInScope(pids),
             ExecutableMatches(pids),
             Allowed("module", module),
+            *(Allowed("module", name) for name in through),
             Allowed("mode", mode),
         )
         policy.verify(ctx)

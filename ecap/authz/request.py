@@ -72,6 +72,19 @@ def validate_choices(values: list[str], allowed: tuple[str, ...], what: str) -> 
     return sorted(set(values))
 
 
+def with_selected(modules: list[str], pids: list[int]) -> list[str]:
+    """``modules`` and, for a module that captures through others (``auto``), the
+    ones it selects for these processes now: the request names each, so the
+    authorizer sees — and may strike — every library that will be hooked."""
+    from ecap.capture import modules as registry
+
+    out = list(modules)
+    for name in modules:
+        if registry.get(name).select is not None:
+            out += [m.name for m in registry.plan_modules(registry.plan(name, list(pids)))]
+    return sorted(set(out))
+
+
 def build(
     pids: list[int], *, modules: list[str], modes: list[str] | None, reason: str,
     descendants: bool = False,
@@ -87,7 +100,7 @@ def build(
         "created_at": int(time.time()),
         "host": {"hostname": host.hostname(), "machine_id": host.machine_id()},
         "targets": [describe_target(pid) for pid in dict.fromkeys(pids)],
-        "modules": validate_choices(modules, known_modules(), "module"),
+        "modules": with_selected(validate_choices(modules, known_modules(), "module"), pids),
         "modes": validate_choices(modes or list(default_modes()), known_modes(), "output mode"),
         "reason": reason.strip(),
         **({"descendants": True} if descendants else {}),

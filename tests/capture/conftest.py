@@ -134,14 +134,16 @@ def start_capture(ecap_env: EcapEnv, tmp_path: Path) -> Iterator:
         module: str = "tls",
         descendants: bool = False,
         env: dict[str, str] | None = None,
+        token_modules: tuple[str, ...] | None = None,
     ) -> CaptureRun:
-        """``module``: what to capture (the token grants it); ``descendants``: the
-        token grants the targets' descendants (``--with-descendants``); ``env``:
-        variables added to the capture's environment."""
+        """``module``: what to capture (the token grants it, or ``token_modules``);
+        ``descendants``: the token grants the targets' descendants
+        (``--with-descendants``); ``env``: variables added to the capture's
+        environment."""
         token = ecap_env.write_token(
             ecap_env.authorize(
                 token_pids or pids,
-                modules=(module,),
+                modules=token_modules or (module,),
                 modes=sorted({"text", "jsonl", fmt}),
                 descendants=descendants,
             ),

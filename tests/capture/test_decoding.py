@@ -43,7 +43,7 @@ def _rec(
     tid: int = 11, size: int | None = None,
 ) -> Record:  # fmt: skip
     size = len(data) if size is None else size
-    return Record(ts, 0xABC, 0, 10, tid, 5, total, offset, size, kind, flags, 0, 0, "x", data)
+    return Record(ts, 0xABC, 0, 10, tid, 5, total, offset, size, kind, flags, 0, 0, 0, "x", data)
 
 
 def test_reassembler_joins_chunks_in_order_and_counts_truncation():
@@ -407,3 +407,41 @@ def test_resolution_finds_libssl_and_static_node():
         for p in (py, node):
             p.kill()
             p.wait()
+
+
+def _raw(kind: int, tid: int, conn: int, offset: int, data: bytes, total: int, flags: int,
+         source: int = 0, ts: int = 1000) -> bytes:  # fmt: skip
+    """A ring record as the kernel writes it (header laid out by the ABI)."""
+    fields = (ts, conn, 0, 10, tid, 5, total, offset, len(data), kind, flags, 0, source)
+    return struct.pack(ABI.header_format, *fields).ljust(ABI.data_offset, b"\0") + data
+
+
+class _Events:
+    def __init__(self) -> None:
+        self.events: list = []
+
+    def emit(self, event) -> None:
+        self.events.append(event)
+
+
+def test_a_session_of_several_modules_keeps_each_ring_apart_and_names_each_module():
+    """``capture auto``: modules sharing an object are told apart by the record's
+    source; a module on another object has its own ring, whose calls must not cut
+    into the first ring's call in progress on the same thread."""
+    from ecap.capture.pipeline import Pipeline
+
+    out = _Events()
+    pipeline = Pipeline(ABI, Clock(0.0), 1 << 20, "auto", out,
+                        sources=[["gnutls", "tls"], ["other"]])  # fmt: skip
+    body = bytes(range(20))
+    pipeline.feed([_raw(WRITE, 7, 0x1, 0, body[:10], 20, 0, source=1)], side=0)
+    pipeline.feed([_raw(READ, 7, 0x2, 0, b"from the other ring", 19, LAST)], side=1)
+    pipeline.feed([_raw(WRITE, 7, 0x1, 10, body[10:], 20, LAST, source=1),
+                   _raw(READ, 8, 0x3, 0, b"gnutls", 6, LAST, source=0)], side=0)  # fmt: skip
+    got = {e.conn.conn: e for e in out.events}
+    assert got[0x1].call.data == body and got[0x1].call.lost == 0  # one call, not cut
+    assert {conn: e.conn.module for conn, e in got.items()} == {
+        0x1: "tls",
+        0x2: "other",
+        0x3: "gnutls",
+    }
