@@ -36,6 +36,10 @@ class Hook:
     """True when the function sees plaintext (the detector rates hooks on it)."""
     required: bool = False
     """The target is not this library unless it defines this function."""
+    at_returns: str | None = None
+    """Program attached by a plain uprobe on each of the function's return
+    instructions, for code where a uretprobe is unsafe (Go: the runtime copies
+    goroutine stacks, return address and all); the module finds those offsets."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,10 @@ class CaptureModule:
     options: tuple[ModuleOption, ...] = ()
     records: Callable[[RecordContext], ModuleRecords] | None = None
     """Handlers of the module's own record kinds (None: the engine's data path only)."""
+    detect: Callable[[int], bool] | None = None
+    """Does this module apply to process ``pid``? (``capture auto`` asks every module
+    that has this.) Cheap, and never raises for a process that merely does not use
+    the library; a process that is gone is ``False``."""
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group(f"{self.name} module")
