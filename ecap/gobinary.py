@@ -20,6 +20,7 @@ import functools
 import re
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 from ecap.elf import ElfImage
 from ecap.gopclntab import GoFunc
@@ -139,7 +140,7 @@ def calling_convention(info: BuildInfo) -> str | None:
 # -- code -----------------------------------------------------------------------------
 
 
-def _capstone(detail: bool = False):  # noqa: ANN202 - capstone's Cs
+def _capstone(detail: bool = False) -> Any:
     import capstone
 
     md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
@@ -229,7 +230,7 @@ def struct_offsets(image: ElfImage, wanted: tuple[tuple[str, str], ...]) -> dict
     try:
         dwarf = elf.get_dwarf_info()
         info = elf.get_section_by_name(".debug_info").data()
-    except Exception:  # noqa: BLE001 - a DWARF pyelftools cannot read is no DWARF
+    except Exception:  # pyelftools raises many kinds: a DWARF it cannot read is no DWARF
         return None
     out: dict[tuple[str, str], int] = {}
     for name in {s for s, _ in wanted}:
@@ -244,16 +245,17 @@ def struct_offsets(image: ElfImage, wanted: tuple[tuple[str, str], ...]) -> dict
     return out
 
 
-def _members(dwarf, info: bytes, name: str) -> dict[str, int] | None:  # noqa: ANN001
+def _members(dwarf: Any, info: bytes, name: str) -> dict[str, int] | None:
+    """Member name → offset of the structure type ``name`` (None if not found)."""
     needle = name.encode() + b"\0"
     pos = info.find(needle)
     while pos > 0:
         try:
             die = dwarf.get_DIE_from_refaddr(pos - 1)
-        except Exception:  # noqa: BLE001 - not a DIE start: try the next occurrence
+        except Exception:  # not the start of a DIE (the name in another string)
             die = None
         attr = die.attributes.get("DW_AT_name") if die is not None else None
-        if die is not None and die.tag == "DW_TAG_structure_type" and attr and attr.value == needle[:-1]:
+        if die is not None and die.tag == "DW_TAG_structure_type" and attr and attr.value == needle[:-1]:  # fmt: skip
             out = {}
             for child in die.iter_children():
                 loc = child.attributes.get("DW_AT_data_member_location")

@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from ecap.capture.modules import gotls
 from ecap.capture.schema import validate_lines
 from tests import tls_helpers
+from tests.capture.audit_helpers import authorized_finding
 from tests.go_programs import VARIANTS
 
 pytestmark = [pytest.mark.bpf, pytest.mark.slow]
@@ -83,6 +86,17 @@ def _assert_each_connection_exact(conns: dict[int, dict], server: tls_helpers.Tl
         pid_port.add(port)
 
 
+def _assert_detector_sees_an_authorized_gotls_capture(capture_pid: int) -> None:
+    """ecap-detect names every probe from .gopclntab (entries and return
+    instructions: the same function at a delta) and rates the capture as the
+    authorized one it is (info)."""
+    finding = authorized_finding(capture_pid)
+    hooked = {(h["function"], h["class"], h["delta"] > 0) for h in finding["hooked"]}
+    for function in ("crypto/tls.(*Conn).Read", "crypto/tls.(*Conn).Write"):
+        assert {(function, "tls", False), (function, "tls", True)} <= hooked
+    assert {h["note"] for h in finding["hooked"]} == {"named from .gopclntab"}
+
+
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_http2_and_http1_requests_captured_byte_exact(
     variant, gotls_clients, tls_server, start_capture, clients, ecap_env
@@ -95,6 +109,8 @@ def test_http2_and_http1_requests_captured_byte_exact(
     bystander = _start(binary, *args)  # the same program at the same time, not authorized
     clients += [target, bystander]
     run = start_capture([target.pid], module="gotls")
+    if variant == "stripped-pie":  # the hardest to name: no .symtab, relocated
+        _assert_detector_sees_an_authorized_gotls_capture(run.proc.pid)
     for proc in (target, bystander):
         tls_helpers.release(proc)
     # the target runs normally under capture: the same output as with nobody watching
@@ -128,3 +144,105 @@ def test_http2_and_http1_requests_captured_byte_exact(
     assert ":method: POST" in text and ":path: /echo" in text and ":path: /hello" in text
     assert "POST /echo HTTP/1.1" in text and "GET /hello HTTP/1.1" in text
     assert tls_helpers.HELLO.decode().strip() in text
+
+
+def _moved(stderr: bytes) -> tuple[int, int]:
+    """(reads, reads that moved) as the client reports them on stderr."""
+    m = re.search(rb"reads (\d+) moved (\d+)", stderr)
+    assert m, stderr
+    return int(m.group(1)), int(m.group(2))
+
+
+def _assert_one_connection_exact(records: list[dict], server: tls_helpers.TlsServer) -> None:
+    conns = _by_connection(records)
+    assert len(conns) == 1
+    _assert_each_connection_exact(conns, server, set())
+
+
+def test_a_read_that_resumes_on_another_thread_is_one_call(
+    gotls_clients, tls_server, start_capture, clients
+):
+    """A Read parks while the response is on its way and the scheduler resumes the
+    goroutine on whichever thread is free: the entry and the return probe fire on
+    different threads. The client keeps going until it saw that happen."""
+    binary = gotls_clients["stripped"]
+    target = _start(binary, "pingpong", f"127.0.0.1:{tls_server.port}", "200",
+                    env={"GOMAXPROCS": "4"})  # fmt: skip
+    clients.append(target)
+    run = start_capture([target.pid], module="gotls")
+    tls_helpers.release(target)
+    assert target.stdout.read().startswith(b"pingpong ")
+    reads, moved = _moved(target.stderr.read())
+    records = _finish(run, target)
+    assert moved >= 1, f"no Read resumed on another thread in {reads} reads"
+    _assert_one_connection_exact(records, tls_server)
+    assert len({e["tid"] for e in records if e["type"] == "event"}) > 1
+
+
+def test_stack_growth_reruns_the_entry_and_moves_buffers(
+    gotls_clients, tls_server, start_capture, clients
+):
+    """Writes from fresh goroutines at every stack depth: some Write prologues find
+    the stack too small, and runtime.morestack copies it and runs the entry again
+    (the count-only probe sees more entries than calls). Reads into buffers on the
+    goroutine's stack, which grows inside Read: the buffer moves with the stack.
+    GODEBUG=efence=1 makes the runtime unmap every old stack, so a probe that read
+    the buffer where it was at entry would get nothing."""
+    from tests.count_probe import CallCounter
+
+    binary = gotls_clients["pie"]
+    lines = 100
+    target = _start(binary, "grow", f"127.0.0.1:{tls_server.port}", str(lines),
+                    env={"GODEBUG": "efence=1"})  # fmt: skip
+    clients.append(target)
+    write_entry = gotls.resolve(target.pid, {}).functions["crypto/tls.(*Conn).Write"]
+    with CallCounter(str(binary), [write_entry], target.pid) as entries:
+        run = start_capture([target.pid], module="gotls")
+        tls_helpers.release(target)
+        out = target.stdout.read()
+        reads, moved = _moved(target.stderr.read())
+        records = _finish(run, target)
+        entered = entries.count()
+    assert out.startswith(b"grow %d writes, 300083 bytes back" % (lines + 2)), out
+    writes = [r for r in records if r["type"] == "event" and r["direction"] == "write"]
+    assert len(writes) == lines + 2, "each Write is one call, however often its entry ran"
+    assert entered > len(writes), "no Write prologue grew the stack: the case was not made"
+    assert moved > 0, f"no Read buffer moved in {reads} reads: the case was not made"
+    assert records[-1]["unreadable_bytes"] == 0
+    _assert_one_connection_exact(records, tls_server)
+
+
+@pytest.mark.parametrize(("variant", "through_structs"), [("plain", True), ("stripped", False)])
+def test_the_socket_is_read_through_the_structs_when_dwarf_says_where(
+    variant, through_structs, gotls_clients, tls_server, clients
+):
+    """With DWARF (and the *net.TCPConn itab from .symtab) the kernel side reads each
+    connection's fd through tls.Conn → net.TCPConn → netFD → poll.FD at the first
+    call; a stripped binary has neither, and without the syscall tracepoints (which
+    a capture turns on while a socket is unknown) the fd stays unknown."""
+    from ecap.capture import modules
+    from ecap.capture.kernel import KernelSide
+    from ecap.capture.records import Decoder
+
+    binary = gotls_clients[variant]
+    target = _start(binary, "requests", f"https://127.0.0.1:{tls_server.port}", "100")
+    clients.append(target)
+    kernel = KernelSide(modules.get("gotls"))
+    try:
+        kernel.authorize_pids([target.pid])
+        kernel.attach(gotls.resolve(target.pid, {}))  # uprobes only: no syscall tracepoints
+        tls_helpers.release(target)
+        target.wait(30)
+        decode = Decoder(kernel.abi, kernel.abi.struct("ecap_threadinfo"))
+        records = [decode(raw) for raw in kernel.ring.drain(1 << 24)]
+    finally:
+        kernel.close()
+    data = [r for r in records if r.kind in (kernel.abi.KIND_WRITE, kernel.abi.KIND_READ)]
+    assert len({r.conn for r in data}) == 2
+    fds = {r.fd for r in data}
+    sockets = [r for r in records if r.kind == kernel.abi.KIND_SOCKET]
+    if through_structs:
+        assert -1 not in fds and len(fds) == 2
+        assert {s.conn for s in sockets} == {r.conn for r in data}  # peers read at once
+    else:
+        assert fds == {-1} and not sockets

@@ -149,8 +149,9 @@ func grow(addr string, n int) {
 		<-done
 	}
 	var got []byte
-	moved := 0
+	moved, reads := 0, 0
 	for i := 0; ; i++ {
+		reads++
 		result := make(chan int)
 		go func() {
 			deep(i%n, func() {
@@ -169,7 +170,7 @@ func grow(addr string, n int) {
 		}
 	}
 	fmt.Printf("grow %d writes, %d bytes back, sha256 %x\n", len(lines), len(got), sha256.Sum256(got))
-	fmt.Fprintf(os.Stderr, "reads whose buffer moved: %d\n", moved)
+	fmt.Fprintf(os.Stderr, "reads %d moved %d\n", reads, moved)
 }
 
 func main() {
