@@ -1,24 +1,29 @@
-"""Benchmark of ``ecap-audit capture tls`` (``make bench``; not part of the tests).
+"""Benchmark of ``ecap-audit capture tls`` and ``capture gotls`` (``make bench``; not
+part of the tests).
 
-A C target (bench/tls_bench.c) does N back-to-back SSL_write calls of 1 KiB,
-16 KiB and 64 KiB to a local C TLS reader. For each size, in one run, the target's
-throughput is measured:
+Two targets write back-to-back to the same local C TLS reader (bench/tls_bench.c's
+server): a C client (bench/tls_bench.c) doing N SSL_write calls of 1 KiB, 16 KiB and
+64 KiB (``tls``), and a Go client (bench/gotls_bench.go, Go's crypto/tls) doing N
+(*tls.Conn).Write calls of 1 KiB and 64 KiB (``gotls``). For each size, in one run,
+the target's throughput is measured:
 
   none       no probe at all
-  count      a count-only uprobe on SSL_write/SSL_read/SSL_write_ex/SSL_read_ex (the
-             floor any uprobe-based tool pays)
-  ecap       under ``ecap-audit capture tls --format jsonl`` (full payload copied)
-  bpftrace   under a bpftrace one-liner copying 64 bytes per call
-  count-ret  the same with a uretprobe on each as well (what any tool that needs the
-             real byte count, or the data SSL_read returns, pays at minimum)
+  count      a count-only uprobe on the module's data functions' entries (tls:
+             SSL_write/SSL_read/SSL_write_ex/SSL_read_ex; gotls: (*Conn).Write and
+             (*Conn).Read) — the floor any uprobe-based tool pays
+  ecap       under ``ecap-audit capture MODULE --format jsonl`` (full payload copied)
+  bpftrace   (tls only) under a bpftrace one-liner copying 64 bytes per call
+  count-ret  the same with a probe on each return as well: a uretprobe for tls, a
+             uprobe on every RET instruction for gotls (what gotls attaches; any tool
+             that needs the real byte count, or the data a read returns, pays it)
   kernel     ecap's programs and probes with a 1 GiB ring nobody reads during the
              run: the in-kernel cost alone, without the capture process competing
              for CPU (these machines have two vCPUs, and the target and its reader
              already keep both busy)
 
-It prints ratios and lost events, then time from launching ``ecap-audit capture``
-to its first captured event, and the capture process's peak RSS. Results are
-appended to BENCHMARKS.md by hand (the numbers depend on the machine).
+It prints ratios and lost events, then (tls) time from launching ``ecap-audit
+capture`` to its first captured event, and the capture process's peak RSS. Results
+are appended to BENCHMARKS.md by hand (the numbers depend on the machine).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,26 +48,37 @@ from ecap.authz import keys, request, token  # noqa: E402
 from ecap.capture import modules  # noqa: E402
 from ecap.capture.kernel import KernelSide  # noqa: E402
 from ecap.ebpf import attach, loader  # noqa: E402
+from tests.count_probe import count_image  # noqa: E402
+from tests.go_programs import build_go  # noqa: E402
 from tests.tls_helpers import make_cert  # noqa: E402
 
 OUT = REPO / "bench" / "out"
 ECAP = str(Path(sys.executable).parent / "ecap-audit")
-SIZES = {1024: 200_000, 16 * 1024: 40_000, 64 * 1024: 10_000}
-DATA_FUNCTIONS = ("SSL_write", "SSL_read", "SSL_write_ex", "SSL_read_ex")
-TLS = modules.get("tls")
-COUNT_IMAGE: loader.Image | None = None
 
 
-def count_image() -> loader.Image:
-    """bench/count.bpf.c, built here with the project's own build script."""
-    import importlib.util
+@dataclass(frozen=True)
+class Target:
+    """A program that writes back-to-back, the module that captures it, and the
+    functions a count-only probe counts."""
 
-    spec = importlib.util.spec_from_file_location("build_bpf", REPO / "scripts" / "build_bpf.py")
-    build_bpf = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(build_bpf)
-    OUT.mkdir(parents=True, exist_ok=True)
-    blob = build_bpf.build(REPO / "bench" / "count.bpf.c", OUT / "count.loader")
-    return loader.read_image("count", blob)
+    module: str
+    client: Path
+    sizes: dict[int, int]
+    """Write size → calls per run."""
+    counted: tuple[str, ...]
+    modes: tuple[str, ...]
+
+    def count_offsets(self, pid: int, with_returns: bool) -> tuple[str, list[int], list[int]]:
+        """(path, entry offsets, return offsets) of the counted functions in ``pid``:
+        the returns are what the module itself probes (RET instructions for gotls;
+        for tls the same entries, counted with a uretprobe)."""
+        hook = modules.get(self.module).resolve(pid, {})
+        entries = [hook.functions[n] for n in self.counted if n in hook.functions]
+        returns = []
+        if with_returns:
+            returns = [p.offset for p in hook.probes
+                       if p.function in self.counted and p.program.endswith("return")]  # fmt: skip
+        return str(hook.path), entries, returns
 
 
 def build() -> Path:
@@ -73,6 +90,20 @@ def build() -> Path:
             sys.exit("bench: needs gcc and libssl-dev (apt-get install gcc libssl-dev)")
         subprocess.run(["gcc", "-O2", "-o", str(binary), str(src), "-lssl", "-lcrypto"], check=True)
     return binary
+
+
+def targets(c_binary: Path, which: list[str]) -> list[Target]:
+    out = []
+    if "tls" in which:
+        out.append(Target("tls", c_binary, {1024: 200_000, 16 * 1024: 40_000, 64 * 1024: 10_000},
+                          ("SSL_write", "SSL_read", "SSL_write_ex", "SSL_read_ex"),
+                          ("none", "count", "count-ret", "kernel", "ecap", "bpftrace")))  # fmt: skip
+    if "gotls" in which:
+        go_client = build_go((REPO / "bench" / "gotls_bench.go").read_text(), "gotls_bench")
+        out.append(Target("gotls", go_client, {1024: 200_000, 64 * 1024: 10_000},
+                          ("crypto/tls.(*Conn).Write", "crypto/tls.(*Conn).Read"),
+                          ("none", "count", "count-ret", "kernel", "ecap")))  # fmt: skip
+    return out
 
 
 class Env:
@@ -92,8 +123,8 @@ class Env:
         }
         self.cert, self.keyfile = make_cert(root)
 
-    def token_file(self, pid: int) -> Path:
-        req = request.build([pid], modules=["tls"], modes=["jsonl"], reason="benchmark")
+    def token_file(self, pid: int, module: str = "tls") -> Path:
+        req = request.build([pid], modules=[module], modes=["jsonl"], reason="benchmark")
         text = token.issue(
             req, self.key, operator="bench", reason="benchmark", ttl_seconds=3600, issuer="bench"
         )
@@ -102,7 +133,7 @@ class Env:
         return path
 
 
-def start_pair(binary: Path, env: Env, size: int, count: int):
+def start_pair(binary: Path, env: Env, size: int, count: int, target: Target | None = None):
     portfile = env.root / "port"
     portfile.unlink(missing_ok=True)
     server = subprocess.Popen(
@@ -113,12 +144,11 @@ def start_pair(binary: Path, env: Env, size: int, count: int):
     while not portfile.exists():
         time.sleep(0.01)
     port = portfile.read_text().strip()
-    client = subprocess.Popen(
-        [str(binary), "client", port, str(size), str(count)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    if target is None or target.module == "tls":
+        args = [str(binary), "client", port, str(size), str(count)]
+    else:
+        args = [str(target.client), port, str(size), str(count)]
+    client = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     time.sleep(0.3)  # handshake done; the client now waits for "go"
     return server, client
 
@@ -131,8 +161,10 @@ def go(client) -> float:
     return elapsed_ns / 1e9
 
 
-def run_once(binary: Path, env: Env, mode: str, size: int, count: int, ring_mb: int) -> dict:
-    server, client = start_pair(binary, env, size, count)
+def run_once(binary: Path, env: Env, target: Target, mode: str, size: int, count: int,
+             ring_mb: int) -> dict:  # fmt: skip
+    server, client = start_pair(binary, env, size, count, target)
+    module = modules.get(target.module)
     result: dict = {"mode": mode, "size": size, "count": count}
     tool = None
     counter = None
@@ -140,27 +172,30 @@ def run_once(binary: Path, env: Env, mode: str, size: int, count: int, ring_mb: 
     kernel = None
     try:
         if mode in ("count", "count-ret"):
-            counter = loader.load(COUNT_IMAGE)
-            hook = TLS.resolve(client.pid, {})
-            offsets = [hook.functions[n] for n in DATA_FUNCTIONS if n in hook.functions]
-            programs = [("count_call", False)] + ([("count_return", True)] * (mode == "count-ret"))
-            for program, ret in programs:
+            counter = loader.load(count_image())
+            path, entries, returns = target.count_offsets(client.pid, mode == "count-ret")
+            probes = [("count_call", False, entries)]
+            if mode == "count-ret" and target.module == "tls":
+                probes.append(("count_return", True, entries))  # uretprobes
+            elif mode == "count-ret":
+                probes.append(("count_call", False, returns))  # uprobes on RET instructions
+            for program, ret, offsets in probes:
                 links.append(
-                    attach.uprobe_multi(counter.prog_fd(program), str(hook.path), offsets,
+                    attach.uprobe_multi(counter.prog_fd(program), path, offsets,
                                         [0] * len(offsets), client.pid, retprobe=ret)
                 )  # fmt: skip
         elif mode == "ecap":
-            out = OUT / f"capture-{size}.jsonl"
+            out = OUT / f"capture-{target.module}-{size}.jsonl"
             started = time.monotonic()
             tool = subprocess.Popen(
                 [
                     ECAP,
                     "capture",
-                    "tls",
+                    target.module,
                     "--pid",
                     str(client.pid),
                     "--token",
-                    str(env.token_file(client.pid)),
+                    str(env.token_file(client.pid, target.module)),
                     "--format",
                     "jsonl",
                     "--output",
@@ -176,12 +211,12 @@ def run_once(binary: Path, env: Env, mode: str, size: int, count: int, ring_mb: 
             rss = PeakRss(tool.pid)
             _wait_for_session(env, started)
         elif mode == "kernel":
-            kernel = KernelSide(TLS, ring_mb=1024)
+            kernel = KernelSide(module, ring_mb=1024)
             kernel.authorize_pids([client.pid])
             kernel.attach_tracepoints()
-            kernel.attach(TLS.resolve(client.pid, {}))
+            kernel.attach(module.resolve(client.pid, {}))
         elif mode == "bpftrace":
-            lib = TLS.resolve(client.pid, {}).display_path
+            lib = module.resolve(client.pid, {}).display_path
             prog = (
                 f'uprobe:{lib}:SSL_write {{ printf("%r\\n", buf(arg1, 64)); }} '
                 f'uprobe:{lib}:SSL_read {{ printf("%r\\n", buf(arg1, 64)); }}'
@@ -343,46 +378,50 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ring-size", type=int, default=32, help="ecap ring size, MiB")
     parser.add_argument("--quick", action="store_true", help="a tenth of the calls")
+    parser.add_argument("--targets", default="tls,gotls", help="tls, gotls or both (default)")
     parser.add_argument("--json", help="also write results as JSON here")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench: run as root")
     binary = build()
-    global COUNT_IMAGE
-    COUNT_IMAGE = count_image()
-    results = []
+    count_image()  # built before any timing
+    results: dict[str, list] = {}
+    first = None
     with tempfile.TemporaryDirectory(prefix="ecap-bench-") as tmp:
         env = Env(Path(tmp))
-        for size, count in SIZES.items():
-            count = count // 10 if args.quick else count
-            row = {
-                m: run_once(binary, env, m, size, count, args.ring_size)
-                for m in ("none", "count", "count-ret", "kernel", "ecap", "bpftrace")
-            }
-            results.append(row)
-            floor = row["count"]["calls_per_s"]
-            print(f"\n{size // 1024} KiB x {count} SSL_write:")
-            for mode, r in row.items():
-                extra = ""
-                if "lost_events" in r:
-                    extra = f"  lost {r['lost_events']}, calls captured {r['captured_writes']}"
-                if r.get("capture_peak_rss_mb"):
-                    extra += f", capture peak RSS {r['capture_peak_rss_mb']:.0f} MiB"
-                print(
-                    f"  {mode:9s} {r['calls_per_s']:>10.0f} calls/s {r['mb_per_s']:>8.1f} MB/s"
-                    f"  x{r['calls_per_s'] / floor:.2f} of count-only{extra}"
-                )
+        for target in targets(binary, args.targets.split(",")):
+            call = "SSL_write" if target.module == "tls" else "(*tls.Conn).Write"
+            for size, count in target.sizes.items():
+                count = count // 10 if args.quick else count
+                row = {
+                    m: run_once(binary, env, target, m, size, count, args.ring_size)
+                    for m in target.modes
+                }
+                results.setdefault(target.module, []).append(row)
+                floor = row["count"]["calls_per_s"]
+                print(f"\n{target.module}: {size // 1024} KiB x {count} {call}:")
+                for mode, r in row.items():
+                    extra = ""
+                    if "lost_events" in r:
+                        extra = f"  lost {r['lost_events']}, calls captured {r['captured_writes']}"
+                    if r.get("capture_peak_rss_mb"):
+                        extra += f", capture peak RSS {r['capture_peak_rss_mb']:.0f} MiB"
+                    print(
+                        f"  {mode:9s} {r['calls_per_s']:>10.0f} calls/s {r['mb_per_s']:>8.1f} MB/s"
+                        f"  x{r['calls_per_s'] / floor:.2f} of count-only{extra}"
+                    )
+                if "bpftrace" in row:
+                    ratio = row["ecap"]["calls_per_s"] / row["bpftrace"]["calls_per_s"]
+                    print(f"  ecap / bpftrace: x{ratio:.2f}")
+        if "tls" in args.targets.split(","):
+            first = time_to_first_event(binary, env)
             print(
-                f"  ecap / bpftrace: x{row['ecap']['calls_per_s'] / row['bpftrace']['calls_per_s']:.2f}"
+                f"\nattached {first['attached_s']:.2f} s after launch; first event at "
+                f"{first['first_event_s']:.2f} s; idle capture peak RSS "
+                f"{first['idle_peak_rss_mb']:.0f} MiB"
             )
-        first = time_to_first_event(binary, env)
-        print(
-            f"\nattached {first['attached_s']:.2f} s after launch; first event at "
-            f"{first['first_event_s']:.2f} s; idle capture peak RSS "
-            f"{first['idle_peak_rss_mb']:.0f} MiB"
-        )
     if args.json:
-        Path(args.json).write_text(json.dumps({"sizes": results, "startup": first}, indent=2))
+        Path(args.json).write_text(json.dumps({"targets": results, "startup": first}, indent=2))
 
 
 if __name__ == "__main__":

@@ -65,10 +65,12 @@ struct go_call {
 };
 
 /* Data calls (Read, Write) and handshakes apart: a Write that must finish the
- * handshake first runs it inside, on the same goroutine. */
+ * handshake first runs it inside, on the same goroutine. A server parks one
+ * goroutine in Read per idle connection: room for that many, allocated as used. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 65536);
 	__type(key, struct go_key);
 	__type(value, struct go_call);
 } go_calls SEC(".maps");

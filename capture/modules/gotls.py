@@ -28,8 +28,9 @@ READ = "crypto/tls.(*Conn).Read"
 HOOKS = (
     Hook(WRITE, "go_data_enter", kind="write", plaintext=True, required=True,
          at_returns="go_data_return"),
-    Hook(READ, "go_data_enter", kind="read", plaintext=True, required=True,
-         at_returns="go_data_return"),
+    # The linker drops a method nothing calls: a program that only writes has no
+    # Read. Either data function makes a Go program one this module captures.
+    Hook(READ, "go_data_enter", kind="read", plaintext=True, at_returns="go_data_return"),
     Hook("crypto/tls.(*Conn).clientHandshake", "go_handshake_enter", kind="handshake",
          at_returns="go_handshake_return"),
     Hook("crypto/tls.(*Conn).serverHandshake", "go_handshake_enter", kind="handshake",
@@ -72,7 +73,7 @@ def _go_program(pid: int) -> tuple[Any, Any, Any]:
     except NotAnElf:
         image = None
     table = go_functions(image) if image is not None else None
-    if table is None or not all(table.find(h.function) for h in HOOKS if h.required):
+    if table is None or not any(table.find(h.function) for h in HOOKS if h.plaintext):
         what = "is not a Go program" if table is None else "does not use Go's crypto/tls"
         raise UsageError(
             f"process {pid} ({procfs.comm(pid)!r}, {exe or '?'}) {what}",
@@ -96,17 +97,17 @@ def detect(pid: int) -> bool:
 
 def _convention(image: Any, table: Any) -> tuple[str, str]:
     """(calling convention, Go version) from the build info, checked against the
-    prologue of Read (which says it too: r14 is g in ABIInternal)."""
+    prologue of Write (which says it too: r14 is g in ABIInternal)."""
     from ecap import gobinary
     from ecap.errors import UsageError
 
     info = gobinary.build_info(image)
     declared = gobinary.calling_convention(info) if info is not None else None
-    seen = gobinary.prologue_convention(image, table.find(READ))
+    seen = gobinary.prologue_convention(image, table.find(WRITE) or table.find(READ))
     version = info.version if info is not None else "Go version unknown"
     if declared and seen and declared != seen:
         raise UsageError(
-            f"{version} says the {declared} calling convention, but {READ} is compiled "
+            f"{version} says the {declared} calling convention, but its crypto/tls is compiled "
             f"for the {seen} one",
             hint="this Go build is not one ecap knows how to read; report it",
         )
@@ -188,7 +189,7 @@ def probes_for(image: Any, table: Any, convention: str) -> tuple[list[Probe], di
                     f"cannot find where {hook.function} returns: {exc}",
                     hint="a uretprobe is never used on Go code; report this binary",
                 ) from exc
-            if not rets and hook.required:
+            if not rets and hook.plaintext:
                 raise UsageError(f"{hook.function} has no return instruction")
             returns += [Probe(hook.function, r, hook.at_returns, False, at_ret) for r in rets]
     return returns + entries, functions

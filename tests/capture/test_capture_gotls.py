@@ -144,6 +144,13 @@ def test_http2_and_http1_requests_captured_byte_exact(
     assert ":method: POST" in text and ":path: /echo" in text and ":path: /hello" in text
     assert "POST /echo HTTP/1.1" in text and "GET /hello HTTP/1.1" in text
     assert tls_helpers.HELLO.decode().strip() in text
+    if variant == "plain":  # the session report names the module and what it hooked
+        html = run.output.with_suffix(".html")
+        report = ecap_env.run("ecap-audit", "report", str(run.output), "--html", str(html))
+        assert report.returncode == 0, report.stderr
+        page = html.read_text()
+        assert "gotls / jsonl" in page and hooked["version"] in page
+        assert hooked["hooked"] in page and "crypto/tls.(*Conn).Write" in page
 
 
 def _moved(stderr: bytes) -> tuple[int, int]:
@@ -246,3 +253,25 @@ def test_the_socket_is_read_through_the_structs_when_dwarf_says_where(
         assert {s.conn for s in sockets} == {r.conn for r in data}  # peers read at once
     else:
         assert fds == {-1} and not sockets
+
+
+def test_a_process_that_is_not_go_is_refused_in_one_line(ecap_env, sleeper, gotls_clients):
+    """Granted, resolved, refused (exit 2): nothing attached, no output file, and the
+    journal closes the grant. A token for tls does not grant gotls (exit 3)."""
+    from ecap.journal import Journal
+
+    token = ecap_env.write_token(ecap_env.authorize([sleeper.pid], modules=("gotls",)))
+    output = ecap_env.root / "never.jsonl"
+    proc = ecap_env.run("ecap-audit", "capture", "gotls", "--pid", str(sleeper.pid),
+                        "--token", str(token), "--output", str(output))  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert f"process {sleeper.pid} ('sleep', /usr/bin/sleep) is not a Go program" in line
+    assert not output.exists()
+    events = [e["event"] for e in Journal(ecap_env.journal).read()
+              if not e["event"].startswith("journal.")]  # fmt: skip
+    assert events == ["gate.granted", "capture.failed"]
+    tls_only = ecap_env.write_token(ecap_env.authorize([sleeper.pid]), "tls.jwt")
+    proc = ecap_env.run("ecap-audit", "capture", "gotls", "--pid", str(sleeper.pid),
+                        "--token", str(tls_only))  # fmt: skip
+    assert proc.returncode == 3 and "gotls" in proc.stderr, proc.stderr
