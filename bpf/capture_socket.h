@@ -145,6 +145,17 @@ static __always_inline struct conn_state *conn_state(__u64 pid_tgid, __u64 conn,
 	return st;
 }
 
+/* One call's plaintext on a connection: where it starts in its direction of the
+ * stream (the position moves past it), then the bytes. */
+static __always_inline void send_conn_bytes(__u64 pid_tgid, struct conn_state *st, __u8 kind,
+					    __u64 conn, __u64 buf, __u64 n)
+{
+	int is_read = kind == ECAP_KIND_READ;
+	__u64 stream_off = st->pos[is_read];
+	st->pos[is_read] = stream_off + n;
+	send_user_bytes(pid_tgid, kind, conn, st->fd, stream_off, buf, n);
+}
+
 /* The socket fd this process's connection object is known to use, or -1. */
 static __always_inline __s32 known_fd(__u64 pid_tgid, __u64 conn)
 {

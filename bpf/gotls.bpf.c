@@ -253,13 +253,8 @@ int go_data_return(struct pt_regs *ctx)
 		    bounds[1] != c.stack_hi)
 			c.buf += bounds[1] - c.stack_hi;
 	}
-	if (!st)
-		return 0;
-	__u8 kind = c.cookie & ECAP_COOKIE_KIND_MASK;
-	int is_read = kind == ECAP_KIND_READ;
-	__u64 stream_off = st->pos[is_read];
-	st->pos[is_read] = stream_off + n;
-	send_user_bytes(pid_tgid, kind, c.conn, st->fd, stream_off, c.buf, n);
+	if (st)
+		send_conn_bytes(pid_tgid, st, c.cookie & ECAP_COOKIE_KIND_MASK, c.conn, c.buf, n);
 	return 0;
 }
 

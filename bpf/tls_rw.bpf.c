@@ -178,10 +178,7 @@ int data_return(struct pt_regs *ctx)
 	}
 	if (n == 0 || !st)
 		return 0;
-	int is_read = kind == ECAP_KIND_READ;
-	__u64 stream_off = st->pos[is_read];
-	st->pos[is_read] = stream_off + n;
-	send_user_bytes(pid_tgid, kind, f.conn, st->fd, stream_off, f.buf, n);
+	send_conn_bytes(pid_tgid, st, kind, f.conn, f.buf, n);
 	return 0;
 }
 
