@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from ecap.detect.document import SCHEMA as SCAN_SCHEMA
 from tests.conftest import ecap_cmd
 from tests.fleet.conftest import Fleet
 
@@ -54,9 +55,7 @@ def test_scan_playbook_installs_scans_and_reports_every_host(scanned):
         assert rows[h.name]["failed"] == 0 and rows[h.name]["unreachable"] == 0, log[-3000:]
         assert Path(h.paths()["ecap_prefix"], "bin", "ecap-detect").exists()
         doc = json.loads((out / "scans" / f"{h.name}.json").read_text())
-        from ecap.detect.document import SCHEMA
-
-        assert doc["schema"] == SCHEMA
+        assert doc["schema"] == SCAN_SCHEMA
         assert doc["host"]["hostname"] == h.name  # scanned inside that host's UTS namespace
     assert rows["fleet-4"]["unreachable"] == 1
     assert rows["localhost"]["failed"] == 0
