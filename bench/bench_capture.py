@@ -70,14 +70,13 @@ class Target:
 
     def count_offsets(self, pid: int, with_returns: bool) -> tuple[str, list[int], list[int]]:
         """(path, entry offsets, return offsets) of the counted functions in ``pid``:
-        the returns are what the module itself probes (RET instructions for gotls;
-        for tls the same entries, counted with a uretprobe)."""
+        where the module itself probes them (for gotls the entry probe is on the
+        prologue's branch and the returns are the RET instructions; tls counts its
+        returns with a uretprobe on the entries)."""
         hook = modules.get(self.module).resolve(pid, {})
-        entries = [hook.functions[n] for n in self.counted if n in hook.functions]
-        returns = []
-        if with_returns:
-            returns = [p.offset for p in hook.probes
-                       if p.function in self.counted and p.program.endswith("return")]  # fmt: skip
+        ours = [p for p in hook.probes if p.function in self.counted and not p.retprobe]
+        entries = [p.offset for p in ours if not p.program.endswith("return")]
+        returns = [p.offset for p in ours if p.program.endswith("return")] if with_returns else []
         return str(hook.path), entries, returns
 
 

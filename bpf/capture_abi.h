@@ -93,8 +93,11 @@
  *   bits 16-21 tls.Conn.conn (the net.Conn interface)
  *   bits 22-26 *net.TCPConn -> its *net.netFD
  *   bits 27-31 net.netFD -> poll.FD.Sysfd
- *   bits 32-63 signed distance from the probed function to the itab of
- *              *net.TCPConn as a net.Conn (only then is the fd read that way) */
+ *   bits 32-63 signed distance from the probe's address to the itab of
+ *              *net.TCPConn as a net.Conn (only then is the fd read that way)
+ * Entry probes sit on the branch of the function's stack-bound check, not on its
+ * first instruction: they fire on the same passes, and the kernel emulates the
+ * branch instead of single-stepping the compare (one trap instead of two). */
 #define ECAP_GO_STACK_ABI 0x100
 #define ECAP_GO_FD_LAYOUT 0x200
 #define ECAP_GO_TLS_G_SHIFT 10

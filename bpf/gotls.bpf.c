@@ -19,6 +19,9 @@
  *   is too small, the prologue calls runtime.morestack, which copies the stack and
  *   starts the function again from its first instruction. The second entry
  *   replaces the first (same goroutine, same call, arguments moved with the stack).
+ *   The "entry" probe sits on the prologue's branch to morestack, which runs on
+ *   both passes with the arguments still in their registers (or on the stack): the
+ *   kernel emulates a branch, where it single-steps the first instruction.
  * - A buffer on the goroutine's stack moves when the stack is copied during the
  *   call; the return finds it where it is now (the runtime moves stack memory by
  *   the difference of the stacks' upper bounds).

@@ -172,6 +172,36 @@ def return_offsets(image: ElfImage, fn: GoFunc) -> list[int]:
     return found
 
 
+def stack_check_branch(image: ElfImage, fn: GoFunc) -> int | None:
+    """File offset of the conditional jump of ``fn``'s stack-bound check, None when
+    its prologue has none.
+
+    A Go function starts by comparing the stack pointer with ``g.stackguard0``
+    (``[r14 + 16]``, or ``[reg + 16]`` after loading g from TLS) and jumping to its
+    ``runtime.morestack`` call when the stack is too small. A uprobe there fires
+    exactly when one at the entry would (once per pass: twice for a call whose stack
+    grows), with the arguments still in place, and costs one trap instead of two:
+    the kernel emulates a conditional jump, but single-steps the compare or ``lea``
+    a Go function starts with.
+    """
+    from capstone import x86
+
+    offset, code = _code(image, fn)
+    previous = None
+    for n, insn in enumerate(_capstone(detail=True).disasm(code[:64], fn.entry)):
+        if n >= 6:
+            break
+        if (insn.id in (x86.X86_INS_JBE, x86.X86_INS_JB) and previous is not None
+                and previous.id == x86.X86_INS_CMP):  # fmt: skip
+            ops = previous.operands
+            target = insn.operands[0].imm if insn.operands else 0
+            if (len(ops) == 2 and ops[1].type == x86.X86_OP_MEM and ops[1].mem.disp == 16
+                    and fn.entry <= target < fn.end):  # fmt: skip
+                return offset + insn.address - fn.entry
+        previous = insn
+    return None
+
+
 def prologue_convention(image: ElfImage, fn: GoFunc) -> str | None:
     """What the function's stack-bound check says: ABIInternal compares against
     ``[r14 + 16]`` (r14 is g), the stack ABI first loads g from ``fs:``."""

@@ -120,7 +120,7 @@ def _convention(image: Any, table: Any) -> tuple[str, str]:
     return convention, version
 
 
-def _fd_layout(image: Any, abi: Any, entry: int) -> int:
+def _fd_layout(image: Any, abi: Any, probe_vaddr: int) -> int:
     """The entry cookie's path to the socket fd (ECAP_GO_FD_LAYOUT and its fields),
     0 when the binary has no DWARF or no *net.TCPConn itab (stripped)."""
     from ecap import gobinary
@@ -141,7 +141,7 @@ def _fd_layout(image: Any, abi: Any, entry: int) -> int:
         if value % 8 or value // 8 > mask:
             return 0
         cookie |= (value // 8) << shift
-    distance = itab - entry
+    distance = itab - probe_vaddr
     if not -(1 << 31) <= distance < 1 << 31:
         return 0
     return cookie | ((distance & 0xFFFFFFFF) << abi.GO_ITAB_SHIFT)
@@ -149,7 +149,7 @@ def _fd_layout(image: Any, abi: Any, entry: int) -> int:
 
 def probes_for(image: Any, table: Any, convention: str) -> tuple[list[Probe], dict[str, int]]:
     """Every probe (returns first: a call entered before its returns are attached
-    would leave a record behind) and the hooked functions' entry offsets."""
+    would leave a record behind) and, per hooked function, where its entry probe is."""
     from ecap import gobinary
     from ecap.capture import abi as abi_mod
     from ecap.errors import UsageError
@@ -166,7 +166,9 @@ def probes_for(image: Any, table: Any, convention: str) -> tuple[list[Probe], di
         fn = table.find(hook.function)
         if fn is None:
             continue
-        entry = image.vaddr_to_offset(fn.entry)
+        # On the stack check's branch rather than the first instruction: the same
+        # passes, one trap instead of two (gobinary.stack_check_branch).
+        entry = gobinary.stack_check_branch(image, fn) or image.vaddr_to_offset(fn.entry)
         if entry is None:
             continue
         functions[hook.function] = entry
@@ -176,7 +178,8 @@ def probes_for(image: Any, table: Any, convention: str) -> tuple[list[Probe], di
             base |= getattr(abi, f"KIND_{hook.kind.upper()}")
         cookie = base
         if hook.kind in ("write", "read", "handshake"):
-            cookie |= _fd_layout(image, abi, fn.entry)
+            # the itab's distance is from the probe (bpf_get_func_ip is its address)
+            cookie |= _fd_layout(image, abi, image.offset_to_vaddr(entry))
         entries.append(Probe(hook.function, entry, hook.program, False, cookie))
         if hook.at_returns:
             at_ret = base

@@ -29,12 +29,17 @@ HOOKED = [h.function for h in gotls.HOOKS if h.function != "crypto/tls.(*Conn).s
 """What a client program links (the linker drops serverHandshake from it)."""
 
 
-def _objdump_returns(binary: Path, function: str) -> list[int]:
-    """Addresses of RET in ``function`` as Go's own disassembler lists them."""
+def _objdump(binary: Path, function: str) -> list[tuple[int, str]]:
+    """(address, instruction) of ``function`` as Go's own disassembler lists them."""
     pattern = "^" + re.escape(function) + "$"
     out = subprocess.run([shutil.which("go") or "go", "tool", "objdump", "-s", pattern,
                           str(binary)], capture_output=True, text=True, check=True).stdout  # fmt: skip
-    return [int(line.split()[1], 16) for line in out.splitlines() if line.split()[-1:] == ["RET"]]
+    rows = []
+    for line in out.splitlines()[1:]:
+        cols = [c.strip() for c in line.split("\t") if c.strip()]  # file:line, address, bytes, insn
+        if len(cols) >= 4:
+            rows.append((int(cols[1], 16), cols[3]))
+    return rows
 
 
 @pytest.mark.parametrize("variant", ["plain", "stripped", "pie", "stripped-pie"])
@@ -64,15 +69,22 @@ def test_every_variant_is_read_the_same_way(variant, gotls_clients):
 
 @pytest.mark.parametrize("variant", ["plain", "pie"])
 def test_return_instructions_match_gos_own_disassembler(variant, gotls_clients):
+    """Every RET capstone finds, and only those, is a RET for ``go tool objdump``;
+    the entry probe's branch is the JBE right after the compare with g's stack guard."""
     binary = gotls_clients[variant]
     image = open_elf(binary)
     table = go_functions(image)
     for name in HOOKED:
         fn = table.find(name)
-        found = gobinary.return_offsets(image, fn)
-        expected = _objdump_returns(binary, name)
+        listing = _objdump(binary, name)
+        expected = [addr for addr, text in listing if text == "RET"]
         assert expected, name
+        found = gobinary.return_offsets(image, fn)
         assert [image.offset_to_vaddr(o) for o in found] == expected, name
+        branch = image.offset_to_vaddr(gobinary.stack_check_branch(image, fn))
+        at = [addr for addr, _ in listing].index(branch)
+        assert listing[at][1].startswith("JBE "), listing[: at + 1]
+        assert listing[at - 1][1].startswith("CMPQ") and "0x10(R14)" in listing[at - 1][1]
 
 
 LAYOUT_ORACLE = """package main
@@ -175,7 +187,9 @@ def test_gotls_probes_and_cookies(variant, gotls_clients):
         hook = next(h for h in gotls.HOOKS if h.function == name)
         assert rets == (set(gobinary.return_offsets(image, fn)) if hook.at_returns else set())
         (entry,) = [p for p in probes if p.function == name and p not in returns]
-        assert entry.offset == functions[name] == image.vaddr_to_offset(fn.entry)
+        # on the branch of the stack check: a jbe right after a compare with g's guard
+        assert entry.offset == functions[name] == gobinary.stack_check_branch(image, fn)
+        assert 0 < image.offset_to_vaddr(entry.offset) - fn.entry < 16
         cookie = entry.cookie
         assert not cookie & abi.GO_STACK_ABI
         assert (cookie >> abi.GO_TLS_G_SHIFT) & abi.GO_TLS_G_MASK == 1
@@ -183,7 +197,7 @@ def test_gotls_probes_and_cookies(variant, gotls_clients):
             assert cookie & abi.GO_FD_LAYOUT
             itab = image.data_addresses(gotls.TCPCONN_ITABS)
             distance = struct.unpack("<i", struct.pack("<I", cookie >> abi.GO_ITAB_SHIFT))[0]
-            assert fn.entry + distance in itab.values()
+            assert image.offset_to_vaddr(entry.offset) + distance in itab.values()
             assert (cookie >> abi.GO_SYSFD_SHIFT) & abi.GO_SYSFD_MASK == 2  # Sysfd at 16
         else:
             assert not cookie & abi.GO_FD_LAYOUT
