@@ -7,7 +7,8 @@
 * **Return instructions**, found by disassembling a function's range with
   capstone: Go code must never get a uretprobe (the runtime copies goroutine
   stacks, and a rewritten return address breaks it), so results are read by
-  uprobes on each ``RET``.
+  uprobes on each ``RET``; and the branch of the prologue's stack check, where an
+  entry probe costs one trap instead of two.
 * **Where the runtime keeps the current goroutine** (``g``) in thread-local
   storage, read off ``runtime.morestack``'s first ``fs:`` access.
 * **Struct layouts from DWARF** when the binary has it (not ``-ldflags=-w``):

@@ -4,8 +4,9 @@ Go programs link crypto/tls into their own executable, with no exported symbols
 and often stripped (``-ldflags=-s -w``) or PIE. The functions are found through
 ``.gopclntab`` (:mod:`ecap.gopclntab`, the reader the detector uses), which
 stripping keeps; the same table gives each function's end, and capstone finds its
-return instructions in between (:mod:`ecap.gobinary`). What the kernel side does
-with them, and why never a uretprobe, is in ``bpf/gotls.bpf.c``.
+return instructions in between, and the branch of its stack check where the entry
+probe goes (:mod:`ecap.gobinary`). What the kernel side does with them, and why
+never a uretprobe, is in ``bpf/gotls.bpf.c``.
 
 The calling convention comes from the binary's build info (Go ≥ 1.17 on amd64:
 registers; older: the stack), checked against the function's own prologue. The
