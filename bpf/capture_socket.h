@@ -225,9 +225,9 @@ static __always_inline void note_connect(__u64 pid_tgid, int fd, __u64 uaddr, __
 		stat_add(ECAP_STAT_LOST_EVENTS, 1);
 }
 
-/* connect(2) and close(2) of a target, for any module: the peer of a connection
- * (exact, even for a socket that closes at once) and the end of a socket. Returns
- * 1 when the syscall was one of them. */
+/* connect(2) and close(2) of a target: the peer of a connection (exact, even for
+ * a socket that closes at once) and the end of a socket. Returns 1 when the
+ * syscall was one of them. */
 static __always_inline int note_connect_or_close(__u64 pid_tgid, int class, struct pt_regs *regs)
 {
 	unsigned long arg0 = 0, arg1 = 0, arg2 = 0;
@@ -244,6 +244,27 @@ static __always_inline int note_connect_or_close(__u64 pid_tgid, int class, stru
 	bpf_probe_read_kernel(&arg2, sizeof(arg2), &regs->rdx);
 	note_connect(pid_tgid, (int)arg0, arg1, arg2);
 	return 1;
+}
+
+/* A module's raw sys_enter starts here: a target's connect and close are recorded;
+ * for a target's read or write (*is_read says which) the fd is returned, for
+ * anything else -1. */
+static __always_inline int data_syscall_fd(struct bpf_raw_tracepoint_args *ctx,
+					   __u64 *pid_tgid, int *is_read)
+{
+	int class = syscall_class((long)ctx->args[1]);
+	if (class == SYSCALL_OTHER)
+		return -1;  /* cheap for every other syscall on the host */
+	*pid_tgid = bpf_get_current_pid_tgid();
+	if (!is_target(*pid_tgid))
+		return -1;
+	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+	if (note_connect_or_close(*pid_tgid, class, regs))
+		return -1;
+	unsigned long arg0 = 0;
+	bpf_probe_read_kernel(&arg0, sizeof(arg0), &regs->rdi);
+	*is_read = class == SYSCALL_READ;
+	return (int)arg0;
 }
 
 #endif

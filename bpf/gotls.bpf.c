@@ -308,14 +308,10 @@ int go_close(struct pt_regs *ctx)
 SEC("raw_tracepoint/sys_enter")
 int sys_enter(struct bpf_raw_tracepoint_args *ctx)
 {
-	int class = syscall_class((long)ctx->args[1]);
-	if (class == SYSCALL_OTHER)
-		return 0;  /* cheap for every other syscall on the host */
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!is_target(pid_tgid))
-		return 0;
-	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
-	if (note_connect_or_close(pid_tgid, class, regs))
+	__u64 pid_tgid;
+	int is_read;
+	int fd = data_syscall_fd(ctx, &pid_tgid, &is_read);
+	if (fd < 0)
 		return 0;
 	__u32 tgid = pid_tgid >> 32;
 	__u32 *slot = bpf_map_lookup_elem(&go_tls_slot, &tgid);
@@ -325,12 +321,8 @@ int sys_enter(struct bpf_raw_tracepoint_args *ctx)
 	struct go_call *call = bpf_map_lookup_elem(&go_calls, &key);
 	if (!call)
 		call = bpf_map_lookup_elem(&go_handshakes, &key);
-	if (!call || call->fd >= 0)
-		return 0;
-	unsigned long fd = 0;
-	bpf_probe_read_kernel(&fd, sizeof(fd), &regs->rdi);
-	if (is_socket((int)fd))
-		call->fd = (int)fd;
+	if (call && call->fd < 0 && is_socket(fd))
+		call->fd = fd;
 	return 0;
 }
 

@@ -260,18 +260,11 @@ static __always_inline void note_fd(int fd, int is_read)
 SEC("raw_tracepoint/sys_enter")
 int sys_enter(struct bpf_raw_tracepoint_args *ctx)
 {
-	int class = syscall_class((long)ctx->args[1]);
-	if (class == SYSCALL_OTHER)
-		return 0;  /* cheap for every other syscall on the host */
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!is_target(pid_tgid))
-		return 0;
-	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
-	if (note_connect_or_close(pid_tgid, class, regs))
-		return 0;
-	unsigned long arg0 = 0;
-	bpf_probe_read_kernel(&arg0, sizeof(arg0), &regs->rdi);
-	note_fd((int)arg0, class == SYSCALL_READ);
+	__u64 pid_tgid;
+	int is_read;
+	int fd = data_syscall_fd(ctx, &pid_tgid, &is_read);
+	if (fd >= 0)
+		note_fd(fd, is_read);
 	return 0;
 }
 
