@@ -107,6 +107,38 @@
 #define ECAP_FLOW_LIBRARY 2     /* the TLS library used the socket (pre-existing, accepted) */
 #define ECAP_FLOW_LINGER_NS 2000000000ULL /* a closed flow's packets still pass this long */
 
+/* Go crypto/tls (bpf/gotls.bpf.c): the attach cookie of each probe. Go code is
+ * probed at function entries and at its RET instructions (never a uretprobe:
+ * Go moves goroutine stacks, and a uretprobe's rewritten return address would
+ * be copied with them).
+ *   bits 0-7   record kind (ECAP_COOKIE_KIND_MASK): WRITE, READ, HANDSHAKE; 0 for Close
+ *   bit 8      arguments and results on the stack (Go < 1.17), else in registers
+ *   bits 10-15 where the runtime keeps the current goroutine (g) in thread-local
+ *              storage, in 8-byte units below the fs base (stack ABI, syscalls)
+ * At a RET (stack ABI): bits 16-23, the first result's distance from sp, in 8-byte units.
+ * At an entry with ECAP_GO_FD_LAYOUT (offsets from DWARF, in 8-byte units):
+ *   bits 16-21 tls.Conn.conn (the net.Conn interface)
+ *   bits 22-26 *net.TCPConn -> its *net.netFD
+ *   bits 27-31 net.netFD -> poll.FD.Sysfd
+ *   bits 32-63 signed distance from the probe's address to the itab of
+ *              *net.TCPConn as a net.Conn (only then is the fd read that way)
+ * Entry probes sit on the branch of the function's stack-bound check, not on its
+ * first instruction: they fire on the same passes, and the kernel emulates the
+ * branch instead of single-stepping the compare (one trap instead of two). */
+#define ECAP_GO_STACK_ABI 0x100
+#define ECAP_GO_FD_LAYOUT 0x200
+#define ECAP_GO_TLS_G_SHIFT 10
+#define ECAP_GO_TLS_G_MASK 0x3f
+#define ECAP_GO_RESULTS_SHIFT 16
+#define ECAP_GO_RESULTS_MASK 0xff
+#define ECAP_GO_CONN_SHIFT 16
+#define ECAP_GO_CONN_MASK 0x3f
+#define ECAP_GO_NETFD_SHIFT 22
+#define ECAP_GO_NETFD_MASK 0x1f
+#define ECAP_GO_SYSFD_SHIFT 27
+#define ECAP_GO_SYSFD_MASK 0x1f
+#define ECAP_GO_ITAB_SHIFT 32
+
 /* The two ends of a TCP socket, read from the kernel's socket when a connection
  * object is first tied to it (so accepted and pre-existing connections have
  * their peer too, with no /proc lookup racing the socket's close). */

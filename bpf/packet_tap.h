@@ -34,6 +34,8 @@
 #ifndef ECAP_PACKET_TAP_H
 #define ECAP_PACKET_TAP_H
 
+#include "sockinfo.h"
+
 const volatile __u8 track_flows = 0;
 const volatile __u32 loopback_ifindex = 1;
 

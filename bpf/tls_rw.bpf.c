@@ -31,25 +31,10 @@
 #include <bpf/bpf_core_read.h>
 
 #include "capture_common.h"
-#include "sockinfo.h"
 #include "packet_tap.h"
+#include "capture_socket.h"
 
-#define PA __attribute__((preserve_access_index))
-#define S_IFMT 00170000
-#define S_IFSOCK 0140000
-
-/* Kernel structures, only the fields used; relocated against the running
- * kernel's BTF by the loader (CO-RE). */
-struct inode { unsigned short i_mode; } PA;
-struct qstr { const unsigned char *name; } PA;
-struct dentry { struct qstr d_name; } PA;
-struct path { struct dentry *dentry; } PA;
-struct file { struct inode *f_inode; void *private_data; struct path f_path; } PA;
 struct vm_area_struct { struct file *vm_file; } PA;
-struct socket { struct sock *sk; } PA;
-struct fdtable { unsigned int max_fds; struct file **fd; } PA;
-struct files_struct { struct fdtable *fdt; } PA;
-struct task_struct { struct files_struct *files; } PA;
 
 /* Set by user space at load: 0 when the output needs no plaintext (keylog, pcapng:
  * the secrets and the packets are the product), so none leaves the process. */
@@ -57,7 +42,6 @@ const volatile __u8 copy_plaintext = 1;
 
 /* Not used at run time: keep the layouts in the object's BTF, whence the loader
  * file records them for the Python side. */
-const struct ecap_sockinfo ecap_abi_sockinfo = {};
 const struct ecap_secret ecap_abi_secret = {};
 const struct ecap_layer_lib ecap_abi_layer_lib = {};
 
@@ -80,39 +64,12 @@ struct thread_state {
 	struct call_frame frames[ECAP_CALL_DEPTH];
 };
 
-struct conn_key {
-	__u32 tgid;
-	__u32 pad;
-	__u64 conn;
-};
-
-#define LAYERS_UNKNOWN 0
-#define LAYERS_TLS 1
-#define LAYERS_PLAIN 2
-
-struct conn_state {
-	__s32 fd;        /* socket fd, -1 until known */
-	__u32 layers;    /* NSPR descriptors: LAYERS_* verdict on its layer chain */
-	__u64 pos[2];    /* bytes written [0] and read [1] so far, for stream_off */
-	__u64 top_methods; /* NSPR: the top layer's methods when the verdict was made */
-};
-
 struct {
 	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, int);
 	__type(value, struct thread_state);
 } threads SEC(".maps");
-
-/* (tgid, connection object) -> its socket and stream positions. Keyed by process
- * too: forked workers share heap addresses, so the same SSL* names different
- * connections in different processes. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct conn_key);
-	__type(value, struct conn_state);
-} conns SEC(".maps");
 
 /* Names of the files whose code implements a TLS layer of NSPR (NSS's libssl3.so,
  * or libnss3.so where NSS is built into one library): filled by user space from
@@ -128,76 +85,6 @@ static __always_inline struct thread_state *thread_state(int create)
 {
 	return bpf_task_storage_get(&threads, bpf_get_current_task_btf(), 0,
 				    create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
-}
-
-/* This process's open file behind fd, or 0. */
-static __always_inline struct file *file_of(int fd)
-{
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
-	if (!fdt || fd < 0 || (unsigned int)fd >= BPF_CORE_READ(fdt, max_fds))
-		return 0;
-	struct file **fds = BPF_CORE_READ(fdt, fd);
-	struct file *file = 0;
-	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) < 0)
-		return 0;
-	return file;
-}
-
-static __always_inline int is_socket_file(struct file *file)
-{
-	return file && (BPF_CORE_READ(file, f_inode, i_mode) & S_IFMT) == S_IFSOCK;
-}
-
-static __always_inline int is_socket(int fd)
-{
-	return is_socket_file(file_of(fd));
-}
-
-/* Tell user space both ends of the socket a connection object now uses. */
-static __always_inline void emit_socket(__u64 pid_tgid, __u64 conn, int fd)
-{
-	struct file *file = file_of(fd);
-	if (!is_socket_file(file))
-		return;
-	struct socket *sock = BPF_CORE_READ(file, private_data);
-	struct sock *sk = BPF_CORE_READ(sock, sk);
-	if (!sk)
-		return;
-	struct ecap_record *ev =
-		bpf_ringbuf_reserve(&events, HDR_SIZE + sizeof(struct ecap_sockinfo), 0);
-	if (!ev) {
-		stat_add(ECAP_STAT_LOST_EVENTS, 1);
-		return;
-	}
-	fill_header(ev, pid_tgid, ECAP_KIND_SOCKET, conn, fd);
-	struct ecap_sockinfo *info = (struct ecap_sockinfo *)ev->data;
-	read_sockinfo(sk, info);
-	flow_note(info, pid_tgid);
-	ev->len = sizeof(*info);
-	bpf_ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
-}
-
-/* The state of a connection object in this process (created on first sight), with
- * its socket updated when this call saw one; a newly learned socket is described
- * to user space once. One map lookup on the hot path. */
-static __always_inline struct conn_state *conn_state(__u64 pid_tgid, __u64 conn, __s32 seen)
-{
-	struct conn_key key = { .tgid = pid_tgid >> 32, .conn = conn };
-	struct conn_state *st = bpf_map_lookup_elem(&conns, &key);
-	if (!st) {
-		struct conn_state fresh = { .fd = seen };
-		bpf_map_update_elem(&conns, &key, &fresh, BPF_NOEXIST);
-		st = bpf_map_lookup_elem(&conns, &key);
-		if (st && seen >= 0)
-			emit_socket(pid_tgid, conn, seen);
-		return st;
-	}
-	if (seen >= 0 && st->fd != seen) {
-		st->fd = seen;
-		emit_socket(pid_tgid, conn, seen);
-	}
-	return st;
 }
 
 /* ------------------------------------------------------------ call frames */
@@ -429,9 +316,7 @@ int data_return(struct pt_regs *ctx)
 	}
 	if (n == 0 || !st)
 		return 0;
-	int is_read = kind == ECAP_KIND_READ;
-	__u64 stream_off = st->pos[is_read];
-	st->pos[is_read] = stream_off + n;
+	__u64 stream_off = advance_stream(st, kind, n);
 	if (!copy_plaintext)
 		return 0;
 	__u32 source = f.cookie >> ECAP_COOKIE_SOURCE_SHIFT;
@@ -497,17 +382,8 @@ int conn_end(struct pt_regs *ctx)
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	if (!is_target(pid_tgid))
 		return 0;
-	struct conn_key key = { .tgid = pid_tgid >> 32, .conn = PT_REGS_PARM1(ctx) };
-	struct conn_state *known = bpf_map_lookup_elem(&conns, &key);
-	if (!known)
-		return 0;  /* never used for data, or already reported */
-	__s32 fd = known->fd;
-	__u32 layers = known->layers;
-	bpf_map_delete_elem(&conns, &key);
-	if (layers == LAYERS_PLAIN)
-		return 0;  /* an NSPR file or plain socket: never a connection */
-	emit_header_as(pid_tgid, ECAP_KIND_CONN_END, key.conn, fd,
-		       bpf_get_attach_cookie(ctx) >> ECAP_COOKIE_SOURCE_SHIFT);
+	end_conn(pid_tgid, PT_REGS_PARM1(ctx),
+		 bpf_get_attach_cookie(ctx) >> ECAP_COOKIE_SOURCE_SHIFT);
 	return 0;
 }
 
@@ -576,67 +452,14 @@ static __always_inline void note_fd(int fd, int is_read)
 	}
 }
 
-static __always_inline void note_connect(__u64 pid_tgid, int fd, __u64 uaddr, __u64 addrlen)
-{
-	__u32 zero = 0;
-	struct ecap_record *ev = bpf_map_lookup_elem(&scratch, &zero);
-	if (!ev)
-		return;
-	fill_header(ev, pid_tgid, ECAP_KIND_CONNECT, 0, fd);
-	/* Constant sizes only: 28 bytes is a sockaddr_in6, 16 a sockaddr_in (when
-	 * the 28-byte read would cross into an unmapped page). */
-	if (bpf_probe_read_user(&ev->data, 28, (void *)uaddr) < 0 &&
-	    bpf_probe_read_user(&ev->data, 16, (void *)uaddr) < 0)
-		return;
-	ev->len = addrlen > 28 ? 28 : (__u32)addrlen;
-	ev->family = *(__u16 *)ev->data;
-	if (bpf_ringbuf_output(&events, ev, HDR_SIZE + 32, wakeup_flags()) < 0)
-		stat_add(ECAP_STAT_LOST_EVENTS, 1);
-}
-
 SEC("raw_tracepoint/sys_enter")
 int sys_enter(struct bpf_raw_tracepoint_args *ctx)
 {
-	long id = (long)ctx->args[1];
+	__u64 pid_tgid;
 	int is_read;
-	switch (id) {
-	case __NR_read:
-	case __NR_readv:
-	case __NR_recvfrom:
-	case __NR_recvmsg:
-		is_read = 1;
-		break;
-	case __NR_write:
-	case __NR_writev:
-	case __NR_sendto:
-	case __NR_sendmsg:
-		is_read = 0;
-		break;
-	case __NR_connect:
-	case __NR_close:
-		is_read = -1;
-		break;
-	default:
-		return 0;  /* cheap for every other syscall on the host */
-	}
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!is_target(pid_tgid))
-		return 0;
-	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
-	unsigned long arg0 = 0, arg1 = 0, arg2 = 0;
-	bpf_probe_read_kernel(&arg0, sizeof(arg0), &regs->rdi);
-	if (is_read >= 0) {
-		note_fd((int)arg0, is_read);
-		return 0;
-	}
-	if (id == __NR_close) {
-		if (is_socket((int)arg0))  /* only the end of a socket ends a connection */
-			emit_header(pid_tgid, ECAP_KIND_CLOSE, 0, (int)arg0);
-		return 0;
-	}
-	bpf_probe_read_kernel(&arg1, sizeof(arg1), &regs->rsi);
-	bpf_probe_read_kernel(&arg2, sizeof(arg2), &regs->rdx);
-	note_connect(pid_tgid, (int)arg0, arg1, arg2);
+	int fd = data_syscall_fd(ctx, &pid_tgid, &is_read);
+	if (fd >= 0)
+		note_fd(fd, is_read);
 	return 0;
 }
 

@@ -261,6 +261,10 @@ class ElfImage:
                 return str(note["n_desc"])
         return None
 
+    def read(self, offset: int, size: int) -> bytes:
+        """``size`` bytes of the file at ``offset`` (code to disassemble, strings)."""
+        return bytes(self._data[offset : offset + size])
+
     def has_section(self, name: str) -> bool:
         return self._elf.get_section_by_name(name) is not None
 

@@ -3,8 +3,10 @@
 Go programs carry their own symbol table for stack traces and ``runtime.FuncForPC``.
 Stripping removes ``.symtab`` but never ``.gopclntab``, so eCapture-style ``gotls``
 hooks on ``crypto/tls.(*Conn).Read`` in a stripped binary can still be named —
-and the capture side can still find where to attach. Both directions live here:
-:meth:`GoFuncTable.function_at` (vaddr → name) and :meth:`GoFuncTable.find`.
+and ``capture gotls`` can still find where to attach (entry and end of each
+function: it disassembles the range for the return instructions). Both directions
+live here: :meth:`GoFuncTable.function_at` (vaddr → name, the detector) and
+:meth:`GoFuncTable.find` (name → range, the capture).
 
 Supported layouts (``runtime/symtab.go``): Go 1.2–1.15 (magic 0xfffffffb),
 1.16–1.17 (0xfffffffa), 1.18–1.19 (0xfffffff0) and 1.20+ (0xfffffff1).
@@ -135,7 +137,8 @@ def go_functions(image: ElfImage) -> GoFuncTable | None:
         return _CACHE[key]
     little = image.elffile.little_endian
     table = None
-    data = image.section_data(".gopclntab")
+    # Internally linked PIE binaries name the section .data.rel.ro.gopclntab.
+    data = image.section_data(".gopclntab") or image.section_data(".data.rel.ro.gopclntab")
     if data is not None:
         table = _try_parse(data, little)
     else:

@@ -126,8 +126,16 @@ def sleeper() -> Iterator[subprocess.Popen[bytes]]:
 
 
 @pytest.fixture(scope="session")
-def go_tls_binaries(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def go_tls_binaries() -> tuple[Path, Path]:
     """(with .symtab, stripped) builds of a small Go crypto/tls client."""
     from tests.go_programs import build_go_tls_client
 
-    return build_go_tls_client(tmp_path_factory.mktemp("go"))
+    return build_go_tls_client()
+
+
+@pytest.fixture(scope="session")
+def gotls_clients() -> dict[str, Path]:
+    """The gotls test client built plain, stripped, PIE and stripped PIE (cached)."""
+    from tests.go_programs import build_gotls_clients
+
+    return build_gotls_clients()

@@ -195,6 +195,25 @@ def _serve_h2(conn: ssl.SSLSocket, log: _Transcript) -> None:
 
     flush()
     requests: dict[int, dict] = {}
+    unsent: dict[int, bytes] = {}  # stream → response body bytes not sent yet
+
+    def send_bodies() -> None:
+        """As much of each response body as the frame size and the peer's flow
+        control window allow; the rest waits for a WINDOW_UPDATE."""
+        for stream_id, rest in list(unsent.items()):
+            while rest:
+                room = min(h2c.local_flow_control_window(stream_id),
+                           h2c.max_outbound_frame_size)  # fmt: skip
+                if room <= 0:
+                    break
+                h2c.send_data(stream_id, rest[:room])
+                rest = rest[room:]
+            if rest:
+                unsent[stream_id] = rest
+            else:
+                del unsent[stream_id]
+                h2c.end_stream(stream_id)
+
     while True:
         data = conn.recv(65536)
         log.received(data)
@@ -214,10 +233,11 @@ def _serve_h2(conn: ssl.SSLSocket, log: _Transcript) -> None:
                     event.stream_id,
                     [(":status", str(status)), *extra, ("content-length", str(len(payload)))],
                 )
-                h2c.send_data(event.stream_id, payload, end_stream=True)
+                unsent[event.stream_id] = payload
             elif isinstance(event, h2.events.ConnectionTerminated):
                 flush()
                 return
+        send_bodies()
         flush()
 
 

@@ -36,6 +36,10 @@ class Hook:
     """True when the function sees plaintext (the detector rates hooks on it)."""
     required: bool = False
     """The target is not this library unless it defines this function."""
+    at_returns: str | None = None
+    """Program attached by a plain uprobe on each of the function's return
+    instructions, for code where a uretprobe is unsafe (Go: the runtime copies
+    goroutine stacks, return address and all); the module finds those offsets."""
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,8 @@ def test_every_module_declaration_matches_its_bpf_object():
                 assert sections.get(hook.program) == "uprobe", (module.name, hook.function)
             if hook.return_program:
                 assert sections[hook.return_program] == "uretprobe"
+            if hook.at_returns:  # a plain uprobe on each return instruction
+                assert sections[hook.at_returns] == "uprobe"
             if hook.kind:  # the cookie's record kind exists in capture_abi.h
                 assert getattr(abi.of(module.bpf_object), f"KIND_{hook.kind.upper()}")
         assert any(h.required for h in module.hooks)

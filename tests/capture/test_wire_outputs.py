@@ -271,7 +271,10 @@ def test_plaintext_pcapng_is_dissected_as_http1_and_http2(tls_server, clients, s
     assert ["/hello"] in h2_paths
     bodies = _fields(out, "http2.data.data", "http2.data.data",
                      options=("-d", f"tcp.port=={tls_server.port},http2"))  # fmt: skip
-    assert bodies and bytes.fromhex(bodies[0][0].replace(":", "")) == tls_helpers.HELLO
+    # the server ends the stream with an empty DATA frame; tshark then shows the body
+    # once for the frame and once reassembled
+    shown = {bytes.fromhex(part.replace(":", "")) for part in bodies[0][0].split(",") if part}
+    assert shown == {tls_helpers.HELLO}, bodies
     comments = {r[0] for r in _fields(out, "frame", "frame.comment")}
     assert {c.split()[1] for c in comments} == {str(h1.pid), str(h2.pid)}
     # real addresses and ports: the server's port, the clients' own
