@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
@@ -171,13 +172,16 @@ class ConnectionTable:
             conn.ended_at, conn.end_reason = ts, reason
         return conn
 
-    def end_fd(self, pid: int, fd: int, ts: float) -> list[Connection]:
-        """A socket closed: its connections end and the fd may be reused."""
+    def end_fd(self, pid: int, fd: int, ts: float,
+               modules: Sequence[str] | None = None) -> list[Connection]:  # fmt: skip
+        """A socket closed: its connections (of ``modules``, when given) end and the
+        fd may be reused."""
         self._connects.pop((pid, fd), None)
         recent = self._recent_connects.get(pid)
         if recent and fd in recent:
             recent.remove(fd)
-        ended = [c for c in self._by_conn.values() if c.pid == pid and c.fd == fd]
+        ended = [c for c in self._by_conn.values() if c.pid == pid and c.fd == fd
+                 and (modules is None or c.module in modules)]  # fmt: skip
         return [c for c in (self.end(pid, c.conn, ts, "socket closed") for c in ended) if c]
 
     def end_pid(self, pid: int, ts: float, reason: str) -> list[Connection]:

@@ -233,7 +233,11 @@ class Pipeline:
             self._descendant_exit(pid)
 
     def _on_close(self, rec: Record) -> None:
-        for conn in self.conns.end_fd(rec.pid, rec.fd, self.clock.wall(rec.ts_ns)):
+        # Only this ring's connections: every kernel object of the session sees the
+        # process's close(2), and the rings are read in turn, so another object's
+        # record of it can come before this ring's last calls on the socket.
+        ended = self.conns.end_fd(rec.pid, rec.fd, self.clock.wall(rec.ts_ns), self._side.names)
+        for conn in ended:
             self.writer.emit(ConnectionEndEvent(conn))
 
 

@@ -275,3 +275,33 @@ def test_a_process_that_is_not_go_is_refused_in_one_line(ecap_env, sleeper, gotl
     proc = ecap_env.run("ecap-audit", "capture", "gotls", "--pid", str(sleeper.pid),
                         "--token", str(tls_only))  # fmt: skip
     assert proc.returncode == 3 and "gotls" in proc.stderr, proc.stderr
+
+
+def test_auto_captures_a_go_program_and_an_openssl_one_through_two_objects(
+    gotls_clients, tls_server, start_capture, clients
+):
+    """``auto`` picks gotls from the registry for a Go program and tls for a Python
+    one: two BPF objects, two rings read in one loop, each connection exact and
+    named by its module."""
+    url = f"https://127.0.0.1:{tls_server.port}"
+    go = _start(gotls_clients["plain"], "requests", url, str(BODY))
+    python = tls_helpers.python_client(tls_server, "/hello")
+    clients += [go, python]
+    tls_helpers.wait_for_tls_mapped(python.pid)
+    run = start_capture([go.pid, python.pid], module="auto",
+                        token_modules=("auto", "gotls", "tls"))  # fmt: skip
+    for proc in (go, python):
+        tls_helpers.release(proc)
+    assert go.stdout.read().count(b" 200 ") == 4
+    assert python.stdout.read() == tls_helpers.HELLO
+    records = _finish(run, go, python)
+    header = records[0]
+    assert sorted(header["modules"]) == ["gotls", "tls"]
+    assert {(t["pid"], t["module"]) for t in header["targets"]} == {
+        (go.pid, "gotls"), (python.pid, "tls"),
+    }  # fmt: skip
+    by_module = {}
+    for conn in (r for r in records if r["type"] == "connection"):
+        by_module.setdefault(conn["module"], set()).add(conn["pid"])
+    assert by_module == {"gotls": {go.pid}, "tls": {python.pid}}
+    _assert_each_connection_exact(_by_connection(records), tls_server)
