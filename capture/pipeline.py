@@ -53,6 +53,9 @@ class Pipeline:
         self._whole = abi.FLAG_LAST
         self._not_simple = abi.FLAG_FAULT | abi.FLAG_TRUNCATED
         self._limit = max_call_bytes
+        self._whole_call = getattr(writer, "whole_call", None)
+        """A writer's shortcut for a call captured whole (see SinkWriter): no Call and
+        no DataEvent object for nearly every call."""
         self._on_unknown_socket = on_unknown_socket or (lambda: None)
         self._exec_callback = on_exec or (lambda _rec: None)
         self._descendant_exit = on_descendant_exit or (lambda _pid: None)
@@ -88,6 +91,10 @@ class Pipeline:
         unpack, start, directions = self._unpack, self._start, self._directions
         whole, not_simple = self._whole, self._not_simple
         pending, threads, wall = self.reasm.pending, self.decode.threads, self.clock.wall
+        settled, conns, emit = self.conns.settled, self.conns, self.writer.emit
+        whole_call = self._whole_call
+        events, nbytes = self.counters.events, self.counters.bytes
+        unknown = Decoder.UNKNOWN
         count = 0
         for raw in batch:
             count += 1
@@ -96,11 +103,25 @@ class Pipeline:
             direction = directions.get(f[9])
             if (direction is not None and f[10] & whole and not f[10] & not_simple
                     and not f[7] and f[8] == f[6] and f[4] not in pending):  # fmt: skip
-                if f[5] < 0:
+                # deliver(), inlined: this runs for nearly every record
+                pid, tid, fd, n = f[3], f[4], f[5], f[8]
+                if fd < 0:
                     self._on_unknown_socket()
-                uid, comm = threads.get(f[4], Decoder.UNKNOWN)
-                self.deliver(Call(direction, wall(f[0]), f[3], f[4], uid, comm, f[5], f[1],
-                                  f[6], raw[start : start + f[8]], 0, 0, 0, None, f[2]))  # fmt: skip
+                uid, comm = threads.get(tid, unknown)
+                ts = wall(f[0])
+                conn = settled.get((pid, f[1], fd)) or conns.get(pid, f[1], comm, fd, ts)
+                self.message_id += 1
+                conn.messages += 1
+                conn.bytes[direction] += n
+                events[direction] += 1
+                nbytes[direction] += n
+                if whole_call is not None:
+                    whole_call(conn, self.message_id, direction, ts, pid, tid, uid, comm, f[2],
+                               raw[start : start + n])  # fmt: skip
+                else:
+                    emit(DataEvent(conn, self.message_id, Call(direction, ts, pid, tid, uid, comm,
+                                                               fd, f[1], n, raw[start : start + n],
+                                                               0, 0, 0, None, f[2])))  # fmt: skip
                 continue
             rec = decode(raw)
             handler = handlers.get(rec.kind)

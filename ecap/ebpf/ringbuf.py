@@ -17,10 +17,13 @@ from __future__ import annotations
 import ctypes
 import mmap
 import select
+import struct
 
 _BUSY = 1 << 31
 _DISCARD = 1 << 30
+_LEN = _DISCARD - 1
 _HDR = 8
+_U32 = struct.Struct("<I")
 
 
 class RingBuffer:
@@ -30,18 +33,30 @@ class RingBuffer:
         if size <= 0 or size & (size - 1) or size % mmap.PAGESIZE:
             raise ValueError(f"ring size {size} is not a power-of-two number of pages")
         page = mmap.PAGESIZE
+        cons_map = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        prod_map = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+        self._bind(cons_map, prod_map, size)
+        self._epoll: select.epoll | None = select.epoll()
+        self._epoll.register(map_fd, select.EPOLLIN)
+
+    @classmethod
+    def over(cls, cons_map: mmap.mmap, prod_map: mmap.mmap, size: int) -> RingBuffer:
+        """A reader of a ring laid out in ordinary memory, as the kernel maps one
+        (the consumer page; the producer page then the data pages twice): for
+        tests and benchmarks of the reader itself. It cannot ``wait``."""
+        ring = cls.__new__(cls)
+        ring._bind(cons_map, prod_map, size)
+        ring._epoll = None
+        return ring
+
+    def _bind(self, cons_map: mmap.mmap, prod_map: mmap.mmap, size: int) -> None:
         self.size = size
         self._mask = size - 1
-        self._cons_map = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        self._prod_map = mmap.mmap(
-            map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page
-        )
+        self._page = mmap.PAGESIZE
+        self._cons_map, self._prod_map = cons_map, prod_map
         # Aligned 8-byte loads and stores through ctypes (one mov each on x86-64).
-        self._cons = ctypes.c_uint64.from_buffer(self._cons_map, 0)
-        self._prod = _ReadOnlyU64(self._prod_map)
-        self._data = memoryview(self._prod_map)[page:]
-        self._epoll = select.epoll()
-        self._epoll.register(map_fd, select.EPOLLIN)
+        self._cons = ctypes.c_uint64.from_buffer(cons_map, 0)
+        self._prod = _ReadOnlyU64(prod_map)
 
     def pending_bytes(self) -> int:
         """Bytes committed by producers and not yet consumed."""
@@ -49,24 +64,30 @@ class RingBuffer:
 
     def wait(self, timeout_ms: int) -> None:
         """Sleep until the kernel wakes readers or ``timeout_ms`` passes."""
+        assert self._epoll is not None
         self._epoll.poll(timeout_ms / 1000)
 
     def drain(self, max_bytes: int = 1 << 30) -> list[bytes]:
-        """Copy out every complete record (up to about ``max_bytes``), in order."""
+        """Copy out every complete record (up to about ``max_bytes``), in order.
+
+        Each record is one slice of the mapping (one copy, no intermediate view):
+        this loop runs for every record the kernel writes.
+        """
         out: list[bytes] = []
+        append = out.append
         cons = self._cons.value
         prod = self._prod.value
-        data = self._data
-        mask = self._mask
+        ring, base, mask = self._prod_map, self._page, self._mask
+        head_at = _U32.unpack_from
         taken = 0
         while cons < prod and taken < max_bytes:
-            off = cons & mask
-            head = int.from_bytes(data[off : off + 4], "little")
+            off = base + (cons & mask)
+            head = head_at(ring, off)[0]
             if head & _BUSY:
                 break  # a producer is still writing it; records after it wait too
-            length = head & ~(_BUSY | _DISCARD)
+            length = head & _LEN
             if not head & _DISCARD:
-                out.append(bytes(data[off + _HDR : off + _HDR + length]))
+                append(ring[off + _HDR : off + _HDR + length])
                 taken += length
             cons += (length + _HDR + 7) & ~7
             if cons >= prod:
@@ -75,8 +96,8 @@ class RingBuffer:
         return out
 
     def close(self) -> None:
-        self._epoll.close()
-        self._data.release()
+        if self._epoll is not None:
+            self._epoll.close()
         del self._cons, self._prod
         self._cons_map.close()
         self._prod_map.close()
