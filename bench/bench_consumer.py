@@ -1,21 +1,34 @@
 """CPU per captured event in user space (``make bench``; not part of the tests).
 
-The capture's consumer — decode a ring record, put the call together, track its
-connection, write it — measured on records built with the real record layout (the
-installed ``tls_rw`` loader's), so no kernel and no other process competes: the
-number is CPU time of this process per event, steady whatever the machine does.
+The capture's consumer — take a record out of the ring, put the call together,
+track its connection, write it — on records built with the real record layout
+(the installed ``tls_rw`` loader's), laid out in memory exactly as the kernel
+maps a ring buffer and read by the real reader (``RingBuffer.over``). No kernel
+and no other process competes: the number is this process's CPU time per event.
 
-  jsonl   the live jsonl path: Pipeline.feed → JsonlWriter, to /dev/null
+  jsonl   ring drain → Pipeline.feed → JsonlWriter, to /dev/null (the live path)
   text    the same with the text writer (HTTP/1 recognised, then raw)
-  raw     the raw path: RawWriter.records + the engine's per-record peek (RawCounts)
+  raw     ring drain → RawWriter.records + the engine's per-record peek (RawCounts)
+  drain   the ring drain alone (part of each of the above)
+
+The machine is shared (other engineers' test suites run on its two vCPUs), so
+each figure is the *minimum* over many short trials — the trial least disturbed
+by other work; the median is printed beside it. ``--profile`` prints where the
+jsonl path spends its time (cProfile).
 
 Targets (issue 11): jsonl ≤ 4 µs per 1 KiB event, raw ≤ 1 µs per event.
 """
 
 from __future__ import annotations
 
+import argparse
+import cProfile
 import io
+import json
+import mmap
 import os
+import pstats
+import statistics
 import struct
 import sys
 import time
@@ -25,15 +38,19 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from ecap.capture import abi as abi_mod  # noqa: E402
-from ecap.capture.engine import RawCounts  # noqa: E402
+from ecap.capture.engine import BATCH_BYTES, RawCounts  # noqa: E402
 from ecap.capture.pipeline import Pipeline  # noqa: E402
 from ecap.capture.records import Clock  # noqa: E402
 from ecap.capture.sinks.interface import SinkOptions  # noqa: E402
 from ecap.capture.sinks.jsonl import JsonlWriter  # noqa: E402
 from ecap.capture.sinks.raw import RawWriter  # noqa: E402
 from ecap.capture.sinks.text import TextWriter  # noqa: E402
+from ecap.ebpf.ringbuf import RingBuffer  # noqa: E402
 
-N = 200_000
+TRIALS = 30
+"""Short trials per figure; the least disturbed one is the figure."""
+RING = 4 << 20
+"""One batch (BATCH_BYTES) of records: what the engine takes from the ring at a time."""
 
 
 def records(abi: abi_mod.Abi, size: int, count: int) -> list[bytes]:
@@ -42,7 +59,7 @@ def records(abi: abi_mod.Abi, size: int, count: int) -> list[bytes]:
     pad = abi.data_offset - header.size
 
     def rec(kind: int, data: bytes, *, total: int = 0, off: int = 0, fd: int = 7) -> bytes:
-        fields = (10**9, 0x5555AAAA, off, 4242, 4243, fd, total, 0, len(data), kind,
+        fields = (10**9 + off, 0x5555AAAA, off, 4242, 4243, fd, total, 0, len(data), kind,
                   abi.FLAG_LAST, 0)  # fmt: skip
         return header.pack(*fields) + bytes(pad) + data
 
@@ -55,40 +72,120 @@ def records(abi: abi_mod.Abi, size: int, count: int) -> list[bytes]:
     return out
 
 
-def cpu_per_event(run, count: int) -> float:
-    start = time.process_time()
-    run()
-    return (time.process_time() - start) / count * 1e6
+class MemoryRing:
+    """A ring buffer in ordinary memory, laid out as the kernel maps one, filled
+    once with records and re-read from the start for every trial."""
+
+    def __init__(self, recs: list[bytes]) -> None:
+        page = mmap.PAGESIZE
+        self.cons = mmap.mmap(-1, page)
+        self.prod = mmap.mmap(-1, page + 2 * RING)
+        pos = 0
+        for raw in recs:
+            step = (8 + len(raw) + 7) & ~7
+            if pos + step > RING:
+                break
+            struct.pack_into("<II", self.prod, page + pos, len(raw), 0)
+            self.prod[page + pos + 8 : page + pos + 8 + len(raw)] = raw
+            pos += step
+        self.end = pos
+        self.reader = RingBuffer.over(self.cons, self.prod, RING)
+
+    def rewind(self) -> None:
+        struct.pack_into("<Q", self.cons, 0, 0)
+        struct.pack_into("<Q", self.prod, 0, self.end)
+
+
+def cpu_per_event(ring: MemoryRing, consume, events: int) -> tuple[float, float]:
+    """(min, median) µs of CPU per event over TRIALS drains of the whole ring."""
+    samples = []
+    for _ in range(TRIALS):
+        ring.rewind()
+        start = time.process_time()
+        while batch := ring.reader.drain(BATCH_BYTES):
+            consume(batch)
+        samples.append((time.process_time() - start) / events * 1e6)
+    return min(samples), statistics.median(samples)
+
+
+def consumers(abi: abi_mod.Abi, out: io.BufferedWriter) -> dict:
+    """name → a fresh consumer of drained batches (as the engine runs it)."""
+
+    def pipeline(writer) -> object:
+        p = Pipeline(abi, Clock(), 1 << 20, "tls", writer)
+        return p.feed
+
+    def raw() -> object:
+        writer, counts = RawWriter(out, SinkOptions(abi=abi)), RawCounts(abi)
+
+        def consume(batch: list[bytes]) -> None:
+            writer.records(batch)
+            counts.count(batch)
+
+        return consume
+
+    return {
+        "jsonl": lambda: pipeline(JsonlWriter(out)),
+        "text": lambda: pipeline(TextWriter(out, colour=False, hex_mode=False)),
+        "raw": raw,
+        "drain": lambda: lambda batch: None,
+    }
+
+
+def measure(sizes: tuple[int, ...]) -> dict[int, dict[str, tuple[float, float]]]:
+    abi = abi_mod.of("tls_rw")
+    sink = os.open(os.devnull, os.O_WRONLY)
+    out = io.BufferedWriter(io.FileIO(sink, "wb"), 1 << 20)
+    results: dict[int, dict[str, tuple[float, float]]] = {}
+    for size in sizes:
+        count = max(64, min(8192, (RING // 2) // (size + 64)))
+        ring = MemoryRing(records(abi, size, count))
+        results[size] = {}
+        for name, make in consumers(abi, out).items():
+            consume = make()
+            ring.rewind()
+            consume(ring.reader.drain(BATCH_BYTES))  # the thread and the socket: warm
+            results[size][name] = cpu_per_event(ring, consume, count + 2)
+        out.flush()
+    return results
+
+
+def profile(size: int = 1024) -> None:
+    """Where the jsonl path's time goes (cProfile, by own time)."""
+    abi = abi_mod.of("tls_rw")
+    out = io.BufferedWriter(io.FileIO(os.open(os.devnull, os.O_WRONLY), "wb"), 1 << 20)
+    ring = MemoryRing(records(abi, size, 8192))
+    feed = Pipeline(abi, Clock(), 1 << 20, "tls", JsonlWriter(out)).feed
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(10):
+        ring.rewind()
+        while batch := ring.reader.drain(BATCH_BYTES):
+            feed(batch)
+    prof.disable()
+    pstats.Stats(prof).sort_stats("tottime").print_stats(12)
 
 
 def main() -> None:
-    abi = abi_mod.of("tls_rw")
-    sink = open(os.devnull, "wb")  # noqa: SIM115
-    out = io.BufferedWriter(io.FileIO(sink.fileno(), "wb", closefd=False), 1 << 20)
-    print(f"user-space CPU per event ({N} one-record calls, this process only):")
-    for size in (1024, 16 * 1024):
-        batch = records(abi, size, N)
-        results = {}
-        for name in ("jsonl", "text"):
-            writer = JsonlWriter(out) if name == "jsonl" else TextWriter(out, colour=False,
-                                                                         hex_mode=False)  # fmt: skip
-            pipeline = Pipeline(abi, Clock(), 1 << 20, "tls", writer)
-            chunks = [batch[i : i + 4096] for i in range(0, len(batch), 4096)]
-            results[name] = cpu_per_event(lambda p=pipeline, c=chunks: [p.feed(b) for b in c], N)
-        raw = RawWriter(out, SinkOptions(abi=abi))
-        counts = RawCounts(abi)
-        chunks = [batch[i : i + 4096] for i in range(0, len(batch), 4096)]
-
-        def raw_run(chunks=chunks, raw=raw, counts=counts) -> None:
-            for b in chunks:
-                raw.records(b)
-                counts.count(b)
-
-        results["raw"] = cpu_per_event(raw_run, N)
-        out.flush()
-        print(f"  {size // 1024:>2} KiB:  jsonl {results['jsonl']:.2f} µs   "
-              f"text {results['text']:.2f} µs   raw {results['raw']:.2f} µs")  # fmt: skip
-    print("targets: jsonl ≤ 4 µs per 1 KiB event; raw ≤ 1 µs per event")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", action="store_true", help="cProfile the jsonl path too")
+    parser.add_argument("--json", help="also write the results as JSON here")
+    args = parser.parse_args()
+    results = measure((1024, 16 * 1024, 64 * 1024))
+    print(f"user-space CPU per event, µs (min / median of {TRIALS} trials, this process only):")
+    for size, row in results.items():
+        cells = "   ".join(f"{name} {lo:.2f} / {mid:.2f}" for name, (lo, mid) in row.items())
+        print(f"  {size // 1024:>2} KiB:  {cells}")
+    one = results[1024]
+    print(f"targets: jsonl ≤ 4 µs per 1 KiB event: {one['jsonl'][0]:.2f} "
+          f"({'met' if one['jsonl'][0] <= 4 else 'NOT met'}); raw ≤ 1 µs per event: "
+          f"{one['raw'][0]:.2f} ({'met' if one['raw'][0] <= 1 else 'NOT met'})")  # fmt: skip
+    if args.profile:
+        profile()
+    if args.json:
+        doc = {str(size): {n: {"min_us": lo, "median_us": mid} for n, (lo, mid) in row.items()}
+               for size, row in results.items()}  # fmt: skip
+        Path(args.json).write_text(json.dumps(doc, indent=2))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import contextlib
 import io
 import os
 import signal
+import struct
 import sys
 import time
 import uuid
@@ -367,9 +368,11 @@ class RawCounts:
         self.bytes = {"write": 0, "read": 0}
         if abi is None:
             return
-        self._kind, self._flags = abi.offsets["kind"], abi.offsets["flags"]
-        self._len = abi.offsets["len"]
-        self._names = {abi.KIND_WRITE: "write", abi.KIND_READ: "read"}
+        lo, ko, fo = abi.offsets["len"], abi.offsets["kind"], abi.offsets["flags"]
+        # len, kind and flags in one unpack (the header lays them out in this order)
+        assert lo + 4 <= ko < fo, "record header layout: len, kind, flags"
+        self._peek = struct.Struct(f"<{lo}xI{ko - lo - 4}xB{fo - ko - 1}xB").unpack_from
+        self._write, self._read = abi.KIND_WRITE, abi.KIND_READ
         self._control = {abi.KIND_EXEC, abi.KIND_EXIT}
         self._last, self._fault = abi.FLAG_LAST, abi.FLAG_FAULT
         self._decode = Decoder(abi, abi.struct("ecap_threadinfo"))
@@ -377,17 +380,28 @@ class RawCounts:
     def count(self, batch: list[bytes]) -> list[Record]:
         """Count the batch; returns its exec and exit records, decoded."""
         control = []
-        ko, fo, lo, names = self._kind, self._flags, self._len, self._names
+        peek, write, read, last, fault = (
+            self._peek,
+            self._write,
+            self._read,
+            self._last,
+            self._fault,
+        )
+        events_w = events_r = bytes_w = bytes_r = 0
         for raw in batch:
-            kind = raw[ko]
-            direction = names.get(kind)
-            if direction is not None:
-                if not raw[fo] & self._fault:
-                    self.bytes[direction] += int.from_bytes(raw[lo : lo + 4], "little")
-                if raw[fo] & self._last:
-                    self.events[direction] += 1
+            n, kind, flags = peek(raw)
+            if kind == write:
+                events_w += 1 if flags & last else 0
+                bytes_w += 0 if flags & fault else n
+            elif kind == read:
+                events_r += 1 if flags & last else 0
+                bytes_r += 0 if flags & fault else n
             elif kind in self._control:
                 control.append(self._decode(raw))
+        self.events["write"] += events_w
+        self.events["read"] += events_r
+        self.bytes["write"] += bytes_w
+        self.bytes["read"] += bytes_r
         return control
 
     def summary(self) -> dict[str, Any]:

@@ -9,7 +9,7 @@ the syscall tracepoints on — reaches the engine through callbacks.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,54 +80,50 @@ class Pipeline:
             self.module_records = records(RecordContext(abi, clock, writer.emit, max_call_bytes))
             self.handlers.update(self.module_records.handlers)
 
-    def feed(self, batch: Iterable[bytes]) -> int:
+    def feed(self, batch: Sequence[bytes]) -> int:
         """Process records in ring order; returns how many.
 
         Most calls fit one record (the whole call, from offset 0, readable, within
-        the limit) and no call of their thread is pending: those become a Call
-        straight from the header tuple. Everything else takes the general path.
+        the limit) and no call of their thread is pending: those go to the writer
+        straight from the header's fields (``deliver`` inlined, no Call object when
+        the writer takes ``whole_call``). Everything else takes the general path.
         """
         decode, handlers = self.decode, self.handlers
         unpack, start, directions = self._unpack, self._start, self._directions
-        whole, not_simple = self._whole, self._not_simple
-        pending, threads, wall = self.reasm.pending, self.decode.threads, self.clock.wall
+        flag_mask, whole = self._whole | self._not_simple, self._whole
+        pending, threads, offset = self.reasm.pending, self.decode.threads, self.clock.offset
         settled, conns, emit = self.conns.settled, self.conns, self.writer.emit
         whole_call = self._whole_call
         events, nbytes = self.counters.events, self.counters.bytes
         unknown = Decoder.UNKNOWN
-        count = 0
         for raw in batch:
-            count += 1
-            f = unpack(raw)
-            # f: ts_ns conn stream_off pid tid fd total offset len kind flags family
-            direction = directions.get(f[9])
-            if (direction is not None and f[10] & whole and not f[10] & not_simple
-                    and not f[7] and f[8] == f[6] and f[4] not in pending):  # fmt: skip
-                # deliver(), inlined: this runs for nearly every record
-                pid, tid, fd, n = f[3], f[4], f[5], f[8]
+            ts_ns, obj, stream_off, pid, tid, fd, total, at, n, kind, flags, _ = unpack(raw)
+            direction = directions.get(kind)
+            if (direction is not None and flags & flag_mask == whole and not at and n == total
+                    and tid not in pending):  # fmt: skip
                 if fd < 0:
                     self._on_unknown_socket()
                 uid, comm = threads.get(tid, unknown)
-                ts = wall(f[0])
-                conn = settled.get((pid, f[1], fd)) or conns.get(pid, f[1], comm, fd, ts)
-                self.message_id += 1
+                ts = ts_ns / 1e9 + offset  # Clock.wall, inlined
+                conn = settled.get((pid, obj, fd)) or conns.get(pid, obj, comm, fd, ts)
+                self.message_id = message_id = self.message_id + 1
                 conn.messages += 1
                 conn.bytes[direction] += n
                 events[direction] += 1
                 nbytes[direction] += n
                 if whole_call is not None:
-                    whole_call(conn, self.message_id, direction, ts, pid, tid, uid, comm, f[2],
+                    whole_call(conn, message_id, direction, ts, pid, tid, uid, comm, stream_off,
                                raw[start : start + n])  # fmt: skip
                 else:
-                    emit(DataEvent(conn, self.message_id, Call(direction, ts, pid, tid, uid, comm,
-                                                               fd, f[1], n, raw[start : start + n],
-                                                               0, 0, 0, None, f[2])))  # fmt: skip
+                    emit(DataEvent(conn, message_id, Call(direction, ts, pid, tid, uid, comm, fd,
+                                                          obj, n, raw[start : start + n], 0, 0, 0,
+                                                          None, stream_off)))  # fmt: skip
                 continue
             rec = decode(raw)
             handler = handlers.get(rec.kind)
             if handler is not None:
                 handler(rec)
-        return count
+        return len(batch)
 
     def deliver(self, call: Call) -> None:
         conn = self.conns.get(call.pid, call.conn, call.comm, call.fd, call.ts)
