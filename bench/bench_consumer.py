@@ -6,10 +6,12 @@ track its connection, write it — on records built with the real record layout
 maps a ring buffer and read by the real reader (``RingBuffer.over``). No kernel
 and no other process competes: the number is this process's CPU time per event.
 
-  jsonl   ring drain → Pipeline.feed → JsonlWriter, to /dev/null (the live path)
+  jsonl   ring peek (views) → Pipeline.feed → JsonlWriter, to /dev/null → commit
+          (the live path)
   text    the same with the text writer (HTTP/1 recognised, then raw)
-  raw     ring drain → RawWriter.records + the engine's per-record peek (RawCounts)
-  drain   the ring drain alone (part of each of the above)
+  raw     ring peek (views, no copy) → RawWriter.records (one writev per batch) +
+          the engine's per-record peek at kinds (RawCounts) → commit
+  drain   a ring drain (records copied out) alone, for comparison
 
 The machine is shared (other engineers' test suites run on its two vCPUs), so
 each figure is the *minimum* over many short trials — the trial least disturbed
@@ -54,13 +56,15 @@ RING = 4 << 20
 
 
 def records(abi: abi_mod.Abi, size: int, count: int) -> list[bytes]:
-    """A thread announcement, a socket, then ``count`` one-record calls of ``size``."""
+    """A thread announcement, a socket, then ``count`` calls of ``size`` bytes, each
+    in records of at most one chunk, as the kernel sends them."""
     header = struct.Struct(abi.header_format)
     pad = abi.data_offset - header.size
 
-    def rec(kind: int, data: bytes, *, total: int = 0, off: int = 0, fd: int = 7) -> bytes:
-        fields = (10**9 + off, 0x5555AAAA, off, 4242, 4243, fd, total, 0, len(data), kind,
-                  abi.FLAG_LAST, 0)  # fmt: skip
+    def rec(kind: int, data: bytes, *, total: int = 0, off: int = 0, at: int = 0,
+            flags: int = abi.FLAG_LAST) -> bytes:  # fmt: skip
+        fields = (10**9 + off, 0x5555AAAA, off, 4242, 4243, 7, total, at, len(data), kind,
+                  flags, 0)  # fmt: skip
         return header.pack(*fields) + bytes(pad) + data
 
     thread = abi.struct("ecap_threadinfo").pack(0, 0, b"bench".ljust(16, b"\0"))
@@ -68,7 +72,11 @@ def records(abi: abi_mod.Abi, size: int, count: int) -> list[bytes]:
                                             bytes([127, 0, 0, 1]) + bytes(12))  # fmt: skip
     payload = (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + b"x" * size)[:size]
     out = [rec(abi.KIND_THREAD, thread), rec(abi.KIND_SOCKET, sock)]
-    out += [rec(abi.KIND_WRITE, payload, total=size, off=i * size) for i in range(count)]
+    for i in range(count):
+        for at in range(0, size, abi.CHUNK):
+            last = at + abi.CHUNK >= size
+            out.append(rec(abi.KIND_WRITE, payload[at : at + abi.CHUNK], total=size,
+                           off=i * size, at=at, flags=abi.FLAG_LAST if last else 0))  # fmt: skip
     return out
 
 
@@ -76,11 +84,14 @@ class MemoryRing:
     """A ring buffer in ordinary memory, laid out as the kernel maps one, filled
     once with records and re-read from the start for every trial."""
 
-    def __init__(self, recs: list[bytes]) -> None:
+    def __init__(self, recs: list[bytes], abi: abi_mod.Abi) -> None:
         page = mmap.PAGESIZE
+        flags_at, last = abi.offsets["flags"], abi.FLAG_LAST
         self.cons = mmap.mmap(-1, page)
         self.prod = mmap.mmap(-1, page + 2 * RING)
         pos = 0
+        self.calls = 0
+        """Calls whose every record fits."""
         for raw in recs:
             step = (8 + len(raw) + 7) & ~7
             if pos + step > RING:
@@ -88,6 +99,8 @@ class MemoryRing:
             struct.pack_into("<II", self.prod, page + pos, len(raw), 0)
             self.prod[page + pos + 8 : page + pos + 8 + len(raw)] = raw
             pos += step
+            self.calls += 1 if raw[flags_at] & last else 0
+        self.calls -= 2  # the thread and the socket
         self.end = pos
         self.reader = RingBuffer.over(self.cons, self.prod, RING)
 
@@ -96,31 +109,45 @@ class MemoryRing:
         struct.pack_into("<Q", self.prod, 0, self.end)
 
 
-def cpu_per_event(ring: MemoryRing, consume, events: int) -> tuple[float, float]:
-    """(min, median) µs of CPU per event over TRIALS drains of the whole ring."""
-    samples = []
+def cpu_per_event(ring: MemoryRing, consumers: dict, events: int) -> dict[str, tuple[float, float]]:
+    """name → (min, median) µs of CPU per event over TRIALS drains of the whole ring,
+    the consumers taking turns trial by trial (so they share the machine's moods)."""
+    samples: dict[str, list[float]] = {name: [] for name in consumers}
     for _ in range(TRIALS):
-        ring.rewind()
-        start = time.process_time()
-        while batch := ring.reader.drain(BATCH_BYTES):
-            consume(batch)
-        samples.append((time.process_time() - start) / events * 1e6)
-    return min(samples), statistics.median(samples)
+        for name, consume in consumers.items():
+            ring.rewind()
+            start = time.process_time()
+            while consume(ring.reader):
+                pass
+            samples[name].append((time.process_time() - start) / events * 1e6)
+    return {name: (min(s), statistics.median(s)) for name, s in samples.items()}
 
 
 def consumers(abi: abi_mod.Abi, out: io.BufferedWriter) -> dict:
-    """name → a fresh consumer of drained batches (as the engine runs it)."""
+    """name → a fresh consumer of one batch from the reader, as the engine runs it
+    (returns how many records it took; 0 when the ring is empty)."""
 
     def pipeline(writer) -> object:
-        p = Pipeline(abi, Clock(), 1 << 20, "tls", writer)
-        return p.feed
+        feed = Pipeline(abi, Clock(), 1 << 20, "tls", writer).feed
+
+        def consume(reader: RingBuffer) -> int:
+            taken = feed(reader.peek(BATCH_BYTES))
+            reader.commit()
+            return taken
+
+        return consume
 
     def raw() -> object:
         writer, counts = RawWriter(out, SinkOptions(abi=abi)), RawCounts(abi)
 
-        def consume(batch: list[bytes]) -> None:
+        def consume(reader: RingBuffer) -> int:
+            batch = reader.peek(BATCH_BYTES)
             writer.records(batch)
             counts.count(batch)
+            taken = len(batch)
+            del batch
+            reader.commit()
+            return taken
 
         return consume
 
@@ -128,7 +155,7 @@ def consumers(abi: abi_mod.Abi, out: io.BufferedWriter) -> dict:
         "jsonl": lambda: pipeline(JsonlWriter(out)),
         "text": lambda: pipeline(TextWriter(out, colour=False, hex_mode=False)),
         "raw": raw,
-        "drain": lambda: lambda batch: None,
+        "drain": lambda: lambda reader: len(reader.drain(BATCH_BYTES)),
     }
 
 
@@ -138,14 +165,12 @@ def measure(sizes: tuple[int, ...]) -> dict[int, dict[str, tuple[float, float]]]
     out = io.BufferedWriter(io.FileIO(sink, "wb"), 1 << 20)
     results: dict[int, dict[str, tuple[float, float]]] = {}
     for size in sizes:
-        count = max(64, min(8192, (RING // 2) // (size + 64)))
-        ring = MemoryRing(records(abi, size, count))
-        results[size] = {}
-        for name, make in consumers(abi, out).items():
-            consume = make()
+        ring = MemoryRing(records(abi, size, RING // size + 1), abi)
+        fresh = {name: make() for name, make in consumers(abi, out).items()}
+        for consume in fresh.values():
             ring.rewind()
-            consume(ring.reader.drain(BATCH_BYTES))  # the thread and the socket: warm
-            results[size][name] = cpu_per_event(ring, consume, count + 2)
+            consume(ring.reader)  # warm: the thread and the socket are known
+        results[size] = cpu_per_event(ring, fresh, ring.calls)
         out.flush()
     return results
 
@@ -154,14 +179,14 @@ def profile(size: int = 1024) -> None:
     """Where the jsonl path's time goes (cProfile, by own time)."""
     abi = abi_mod.of("tls_rw")
     out = io.BufferedWriter(io.FileIO(os.open(os.devnull, os.O_WRONLY), "wb"), 1 << 20)
-    ring = MemoryRing(records(abi, size, 8192))
-    feed = Pipeline(abi, Clock(), 1 << 20, "tls", JsonlWriter(out)).feed
+    ring = MemoryRing(records(abi, size, RING // size + 1), abi)
+    consume = consumers(abi, out)["jsonl"]()
     prof = cProfile.Profile()
     prof.enable()
     for _ in range(10):
         ring.rewind()
-        while batch := ring.reader.drain(BATCH_BYTES):
-            feed(batch)
+        while consume(ring.reader):
+            pass
     prof.disable()
     pstats.Stats(prof).sort_stats("tottime").print_stats(12)
 

@@ -19,6 +19,7 @@ import struct
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -184,22 +185,32 @@ class _Session:
     def drain(self) -> int:
         """Take one batch from the ring and process it; returns the records taken."""
         assert self.kernel is not None and self.kernel.ring is not None
+        ring = self.kernel.ring
         try:
-            batch = self.kernel.ring.drain(BATCH_BYTES)
+            batch = ring.peek(BATCH_BYTES)
         except (OSError, ValueError) as exc:
             raise EnvironmentNotReady(f"reading the ring buffer failed: {exc}") from exc
         if not batch:
             return 0
+        # The records are views of the ring, used (written out, or decoded into what
+        # is kept) and then given back to it: no copy of a record as a whole.
         if self.pipeline is not None:
-            return self.pipeline.feed(batch)
+            taken = self.pipeline.feed(batch)
+            del batch
+            ring.commit()
+            return taken
         self.writer.records(batch)
+        control = self.raw_counts.count(batch)
+        taken = len(batch)
+        del batch
+        ring.commit()
         abi = self.kernel.abi
-        for rec in self.raw_counts.count(batch):  # the few kinds a live capture must act on
+        for rec in control:  # the few kinds a live capture must act on
             if rec.kind == abi.KIND_EXEC:
                 self._on_exec(rec)
             elif rec.kind == abi.KIND_EXIT and rec.pid not in self.live:
                 self._forget(rec.pid)  # a descendant (a target waits for its pidfd)
-        return len(batch)
+        return taken
 
     def drain_all(self) -> None:
         """Everything the probes committed so far."""
@@ -377,7 +388,7 @@ class RawCounts:
         self._last, self._fault = abi.FLAG_LAST, abi.FLAG_FAULT
         self._decode = Decoder(abi, abi.struct("ecap_threadinfo"))
 
-    def count(self, batch: list[bytes]) -> list[Record]:
+    def count(self, batch: Sequence[bytes | memoryview]) -> list[Record]:
         """Count the batch; returns its exec and exit records, decoded."""
         control = []
         peek, write, read, last, fault = (
@@ -397,7 +408,7 @@ class RawCounts:
                 events_r += 1 if flags & last else 0
                 bytes_r += 0 if flags & fault else n
             elif kind in self._control:
-                control.append(self._decode(raw))
+                control.append(self._decode(bytes(raw)))  # a copy: ``raw`` may be a ring view
         self.events["write"] += events_w
         self.events["read"] += events_r
         self.bytes["write"] += bytes_w

@@ -80,8 +80,12 @@ class Pipeline:
             self.module_records = records(RecordContext(abi, clock, writer.emit, max_call_bytes))
             self.handlers.update(self.module_records.handlers)
 
-    def feed(self, batch: Sequence[bytes]) -> int:
+    def feed(self, batch: Sequence[bytes | memoryview]) -> int:
         """Process records in ring order; returns how many.
+
+        The records may be views of the ring (live) that are given back after this
+        returns: whatever is kept is copied (the Decoder copies a record's data);
+        only ``whole_call`` gets a view of the payload, for the duration of the call.
 
         Most calls fit one record (the whole call, from offset 0, readable, within
         the limit) and no call of their thread is pending: those go to the writer
@@ -116,8 +120,8 @@ class Pipeline:
                                raw[start : start + n])  # fmt: skip
                 else:
                     emit(DataEvent(conn, message_id, Call(direction, ts, pid, tid, uid, comm, fd,
-                                                          obj, n, raw[start : start + n], 0, 0, 0,
-                                                          None, stream_off)))  # fmt: skip
+                                                          obj, n, bytes(raw[start : start + n]),
+                                                          0, 0, 0, None, stream_off)))  # fmt: skip
                 continue
             rec = decode(raw)
             handler = handlers.get(rec.kind)

@@ -35,6 +35,8 @@ class SinkWriter(Protocol):
     ``emit(DataEvent(...))``, for each call it captured whole in one record (the
     whole call, nothing missing; nearly every call), so that no ``Call`` and no
     ``DataEvent`` are made for them. It must write what ``emit`` would have.
+    ``data`` is a bytes-like object — live, a view of the ring buffer — valid only
+    during the call: copy what must be kept.
     """
 
     def header(self, info: dict[str, Any]) -> None: ...

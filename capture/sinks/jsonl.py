@@ -125,7 +125,8 @@ class JsonlWriter:
             b64encode(call.data)))  # fmt: skip
 
     def whole_call(self, conn: Connection, message_id: int, direction: str, ts: float, pid: int,
-                   tid: int, uid: int, comm: str, stream_offset: int, data: bytes) -> None:  # fmt: skip
+                   tid: int, uid: int, comm: str, stream_offset: int,
+                   data: bytes | memoryview) -> None:  # fmt: skip
         """A call captured whole: the hot path (one line per call, up to ~100k/s).
 
         Formatted directly rather than through json.dumps — every field is an int,

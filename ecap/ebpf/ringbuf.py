@@ -6,18 +6,22 @@ a row so a record that wraps around the end reads as one piece. Each record has
 an 8-byte header — ``len`` with a BUSY bit (still being written) and a DISCARD
 bit, and a page offset — and is padded to 8 bytes.
 
-Records are copied out in batches and the consumer position is published once
-per batch, with one aligned 8-byte store (a byte-wise store could be read half
-updated by the producer, which would then overwrite unread records). There is
-no per-record callback: that is most of what a ring read costs from Python.
+Records are taken in batches — copied out (``drain``), or lent as views of the
+mapping until ``commit`` (``peek``: what is written out verbatim needs no copy in
+user space) — and the consumer position is published once per batch, with one
+aligned 8-byte store (a byte-wise store could be read half updated by the
+producer, which would then overwrite unread records). There is no per-record
+callback: that is most of what a ring read costs from Python.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import mmap
 import select
 import struct
+from typing import Any
 
 _BUSY = 1 << 31
 _DISCARD = 1 << 30
@@ -57,6 +61,7 @@ class RingBuffer:
         # Aligned 8-byte loads and stores through ctypes (one mov each on x86-64).
         self._cons = ctypes.c_uint64.from_buffer(cons_map, 0)
         self._prod = _ReadOnlyU64(prod_map)
+        self._peeked = self._cons.value
 
     def pending_bytes(self) -> int:
         """Bytes committed by producers and not yet consumed."""
@@ -68,16 +73,36 @@ class RingBuffer:
         self._epoll.poll(timeout_ms / 1000)
 
     def drain(self, max_bytes: int = 1 << 30) -> list[bytes]:
-        """Copy out every complete record (up to about ``max_bytes``), in order.
+        """Copy out every complete record (up to about ``max_bytes``), in order, and
+        give their space back to the producers.
 
-        Each record is one slice of the mapping (one copy, no intermediate view):
-        this loop runs for every record the kernel writes.
+        Each record is one slice of the mapping (one copy, no intermediate view).
         """
-        out: list[bytes] = []
+        out, cons = self._take(self._prod_map, max_bytes)
+        self._cons.value = cons
+        return out
+
+    def peek(self, max_bytes: int = 1 << 30) -> list[memoryview]:
+        """Every complete record (up to about ``max_bytes``), in order, as views of
+        the mapping — no copy. They stay valid until :meth:`commit`, which gives
+        their space back to the producers: use them (write them out) before it and
+        keep none after it."""
+        out, self._peeked = self._take(memoryview(self._prod_map), max_bytes)
+        return out
+
+    def commit(self) -> None:
+        """Consume what the last :meth:`peek` returned."""
+        self._cons.value = self._peeked
+
+    def _take(self, ring: Any, max_bytes: int) -> tuple[list[Any], int]:
+        """(records sliced from ``ring`` — the mapping or a view of it, so copies or
+        views — and the consumer position after them). This loop runs for every
+        record the kernel writes."""
+        out: list[Any] = []
         append = out.append
         cons = self._cons.value
         prod = self._prod.value
-        ring, base, mask = self._prod_map, self._page, self._mask
+        base, mask = self._page, self._mask
         head_at = _U32.unpack_from
         taken = 0
         while cons < prod and taken < max_bytes:
@@ -92,15 +117,16 @@ class RingBuffer:
             cons += (length + _HDR + 7) & ~7
             if cons >= prod:
                 prod = self._prod.value
-        self._cons.value = cons
-        return out
+        return out, cons
 
     def close(self) -> None:
         if self._epoll is not None:
             self._epoll.close()
         del self._cons, self._prod
         self._cons_map.close()
-        self._prod_map.close()
+        # views from an interrupted peek may still exist: then it is unmapped when they go
+        with contextlib.suppress(BufferError):
+            self._prod_map.close()
 
 
 class _ReadOnlyU64:

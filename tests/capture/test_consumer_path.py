@@ -14,13 +14,16 @@ from __future__ import annotations
 import io
 import json
 import mmap
+import os
 import struct
 
 from ecap.capture import abi as abi_mod
 from ecap.capture.pipeline import Pipeline
 from ecap.capture.records import Clock
 from ecap.capture.schema import validate_record
+from ecap.capture.sinks.interface import SinkOptions
 from ecap.capture.sinks.jsonl import JsonlWriter
+from ecap.capture.sinks.raw import FRAME, RECORD_TAG, RawWriter
 from ecap.ebpf.ringbuf import RingBuffer
 
 ABI = abi_mod.of("tls_rw")
@@ -163,3 +166,40 @@ def test_the_ring_reader_stops_a_batch_at_its_byte_budget():
     first = ring.reader.drain(max_bytes=250)
     assert [r[0] for r in first] == [0, 1, 2] and ring.consumer() == 3 * 112
     assert [r[0] for r in ring.reader.drain()] == list(range(3, 10)) and ring.consumer() == pos
+
+
+def test_peeked_records_are_views_given_back_only_at_commit():
+    ring = _KernelLikeRing()
+    pos = ring.put(0, 5, b"hello")
+    pos = ring.put(pos, 5, b"world")
+    ring.publish(pos)
+    views = ring.reader.peek()
+    assert [bytes(v) for v in views] == [b"hello", b"world"] and ring.consumer() == 0
+    ring.reader.commit()
+    assert ring.consumer() == pos and ring.reader.peek() == []
+    del views
+
+
+def test_raw_frames_of_ring_views_reach_the_file_whole_across_short_writes(tmp_path, monkeypatch):
+    ring = _KernelLikeRing()
+    pos = 0
+    for i in range(40):
+        pos = ring.put(pos, 50, bytes([i]) * 50)
+    ring.publish(pos)
+    real_writev = os.writev
+
+    def short_writev(fd: int, parts: list) -> int:  # at most 7 bytes per call
+        return real_writev(fd, [b"".join(bytes(p) for p in parts[:2])[:7]])
+
+    monkeypatch.setattr(os, "writev", short_writev)
+    path = tmp_path / "raw"
+    with path.open("wb") as out:
+        writer = RawWriter(out, SinkOptions(abi=ABI))
+        out.write(b"header\n")
+        views = ring.reader.peek()
+        writer.records(views)
+        del views
+        ring.reader.commit()
+    frames = path.read_bytes().removeprefix(b"header\n")
+    expected = b"".join(FRAME.pack(RECORD_TAG, 50) + bytes([i]) * 50 for i in range(40))
+    assert frames == expected
