@@ -491,32 +491,50 @@ def dd_cpu_ns_per_syscall(n: int) -> float:
     return (usage.ru_utime + usage.ru_stime) / (2 * n) * 1e9
 
 
+def syscall_links(pid: int) -> int:
+    """How many raw tracepoint links on sys_enter/sys_exit a process holds (fdinfo)."""
+    count = 0
+    for fd in Path(f"/proc/{pid}/fdinfo").iterdir():
+        with contextlib.suppress(OSError):
+            if re.search(r"^tp_name:\s+sys_(enter|exit)$", fd.read_text(), re.M):
+                count += 1
+    return count
+
+
 def bystanders(bench: BenchModule, binary: Path, env: Env, rounds: int, n: int) -> dict:
-    """Per-syscall CPU of an untargeted ``dd`` in each state, interleaved by round."""
+    """Per-syscall CPU of an untargeted ``dd`` in each state, the states taking
+    turns round by round (in a rotating order), all with the same target running."""
     module = modules.get(bench.name)
-    samples: dict[str, list[float]] = {"none": [], "kernel+sys": [], "capture": []}
-    for _ in range(rounds):
-        samples["none"].append(dd_cpu_ns_per_syscall(n))
-        pair = Pair(binary, env, "trickle")
-        try:
-            kernel = KernelSide(module)
-            try:
-                kernel.authorize_pids([pair.client.pid])
-                kernel.attach_tracepoints()  # with the syscall tracepoints
-                kernel.attach(module.resolve(pair.client.pid, {}))
-                samples["kernel+sys"].append(dd_cpu_ns_per_syscall(n))
-            finally:
-                kernel.close()
-            out = OUT / "bystander.jsonl"
-            cap = Capture(env, bench.name, pair.client.pid, "jsonl", out)
-            try:
-                time.sleep(SETTLE)  # the trickle's calls taught it the socket: detached
-                samples["capture"].append(dd_cpu_ns_per_syscall(n))
-            finally:
-                cap.stop()
-                out.unlink(missing_ok=True)
-        finally:
-            pair.close()
+    states = ["none", "kernel+sys", "capture"]
+    samples: dict[str, list[float]] = {state: [] for state in states}
+    pair = Pair(binary, env, "trickle")
+    try:
+        for r in range(rounds):
+            for state in states[r % 3 :] + states[: r % 3]:
+                if state == "none":
+                    samples[state].append(dd_cpu_ns_per_syscall(n))
+                elif state == "kernel+sys":
+                    kernel = KernelSide(module)
+                    try:
+                        kernel.authorize_pids([pair.client.pid])
+                        kernel.attach_tracepoints()  # with the syscall tracepoints
+                        kernel.attach(module.resolve(pair.client.pid, {}))
+                        samples[state].append(dd_cpu_ns_per_syscall(n))
+                    finally:
+                        kernel.close()
+                else:
+                    out = OUT / "bystander.jsonl"
+                    cap = Capture(env, bench.name, pair.client.pid, "jsonl", out)
+                    try:
+                        time.sleep(SETTLE)  # the trickle's calls taught it the socket
+                        if syscall_links(cap.proc.pid):
+                            raise RuntimeError("the capture kept its syscall tracepoints")
+                        samples[state].append(dd_cpu_ns_per_syscall(n))
+                    finally:
+                        cap.stop()
+                        out.unlink(missing_ok=True)
+    finally:
+        pair.close()
     return {k: {"samples_ns": v, "median_ns": statistics.median(v)} for k, v in samples.items()}
 
 
@@ -653,7 +671,7 @@ def report(bench: BenchModule, rounds: list[dict], by: dict, start: dict, ring_m
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--module", default="tls", choices=sorted(BENCH_MODULES))
-    parser.add_argument("--rounds", type=int, default=2, help="rounds of every mode and size")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every mode and size")
     parser.add_argument("--ring-size", type=int, default=32, help="the captures' ring, MiB")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset")
     parser.add_argument("--quick", action="store_true", help="a tenth of the calls, one round")
@@ -687,7 +705,7 @@ def main() -> None:
                     row[size][mode] = run_mode(mode, bench, binary, env, size, count,
                                                args.ring_size, image, args.profile) | {"count": count}  # fmt: skip
             results.append(row)
-        by = bystanders(bench, binary, env, 3 if not args.quick else 1, args.dd_bytes)
+        by = bystanders(bench, binary, env, 6 if not args.quick else 1, args.dd_bytes)
         start = startup(bench, binary, env, 5 if not args.quick else 2)
     figures = report(bench, results, by, start, args.ring_size)
     if args.json:
