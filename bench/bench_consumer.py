@@ -1,21 +1,36 @@
 """CPU per captured event in user space (``make bench``; not part of the tests).
 
-The capture's consumer — decode a ring record, put the call together, track its
-connection, write it — measured on records built with the real record layout (the
-installed ``tls_rw`` loader's), so no kernel and no other process competes: the
-number is CPU time of this process per event, steady whatever the machine does.
+The capture's consumer — take a record out of the ring, put the call together,
+track its connection, write it — on records built with the real record layout
+(the installed ``tls_rw`` loader's), laid out in memory exactly as the kernel
+maps a ring buffer and read by the real reader (``RingBuffer.over``). No kernel
+and no other process competes: the number is this process's CPU time per event.
 
-  jsonl   the live jsonl path: Pipeline.feed → JsonlWriter, to /dev/null
+  jsonl   ring peek (views) → Pipeline.feed → JsonlWriter, to /dev/null → commit
+          (the live path)
   text    the same with the text writer (HTTP/1 recognised, then raw)
-  raw     the raw path: RawWriter.records + the engine's per-record peek (RawCounts)
+  raw     ring peek (views, no copy) → RawWriter.records (one writev per batch) +
+          the engine's per-record peek at kinds (RawCounts) → commit
+  drain   a ring drain (records copied out) alone, for comparison
+
+The machine is shared (other engineers' test suites run on its two vCPUs), so
+each figure is the *minimum* over many short trials — the trial least disturbed
+by other work; the median is printed beside it. ``--profile`` prints where the
+jsonl path spends its time (cProfile).
 
 Targets (issue 11): jsonl ≤ 4 µs per 1 KiB event, raw ≤ 1 µs per event.
 """
 
 from __future__ import annotations
 
+import argparse
+import cProfile
 import io
+import json
+import mmap
 import os
+import pstats
+import statistics
 import struct
 import sys
 import time
@@ -25,25 +40,31 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from ecap.capture import abi as abi_mod  # noqa: E402
-from ecap.capture.engine import RawCounts  # noqa: E402
+from ecap.capture.engine import BATCH_BYTES, RawCounts  # noqa: E402
 from ecap.capture.pipeline import Pipeline  # noqa: E402
 from ecap.capture.records import Clock  # noqa: E402
 from ecap.capture.sinks.interface import SinkOptions  # noqa: E402
 from ecap.capture.sinks.jsonl import JsonlWriter  # noqa: E402
 from ecap.capture.sinks.raw import RawWriter  # noqa: E402
 from ecap.capture.sinks.text import TextWriter  # noqa: E402
+from ecap.ebpf.ringbuf import RingBuffer  # noqa: E402
 
-N = 200_000
+TRIALS = 30
+"""Short trials per figure; the least disturbed one is the figure."""
+RING = 4 << 20
+"""One batch (BATCH_BYTES) of records: what the engine takes from the ring at a time."""
 
 
 def records(abi: abi_mod.Abi, size: int, count: int) -> list[bytes]:
-    """A thread announcement, a socket, then ``count`` one-record calls of ``size``."""
+    """A thread announcement, a socket, then ``count`` calls of ``size`` bytes, each
+    in records of at most one chunk, as the kernel sends them."""
     header = struct.Struct(abi.header_format)
     pad = abi.data_offset - header.size
 
-    def rec(kind: int, data: bytes, *, total: int = 0, off: int = 0, fd: int = 7) -> bytes:
-        fields = (10**9, 0x5555AAAA, off, 4242, 4243, fd, total, 0, len(data), kind,
-                  abi.FLAG_LAST, 0)  # fmt: skip
+    def rec(kind: int, data: bytes, *, total: int = 0, off: int = 0, at: int = 0,
+            flags: int = abi.FLAG_LAST) -> bytes:  # fmt: skip
+        fields = (10**9 + off, 0x5555AAAA, off, 4242, 4243, 7, total, at, len(data), kind,
+                  flags, 0)  # fmt: skip
         return header.pack(*fields) + bytes(pad) + data
 
     thread = abi.struct("ecap_threadinfo").pack(0, 0, b"bench".ljust(16, b"\0"))
@@ -51,44 +72,145 @@ def records(abi: abi_mod.Abi, size: int, count: int) -> list[bytes]:
                                             bytes([127, 0, 0, 1]) + bytes(12))  # fmt: skip
     payload = (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + b"x" * size)[:size]
     out = [rec(abi.KIND_THREAD, thread), rec(abi.KIND_SOCKET, sock)]
-    out += [rec(abi.KIND_WRITE, payload, total=size, off=i * size) for i in range(count)]
+    for i in range(count):
+        for at in range(0, size, abi.CHUNK):
+            last = at + abi.CHUNK >= size
+            out.append(rec(abi.KIND_WRITE, payload[at : at + abi.CHUNK], total=size,
+                           off=i * size, at=at, flags=abi.FLAG_LAST if last else 0))  # fmt: skip
     return out
 
 
-def cpu_per_event(run, count: int) -> float:
-    start = time.process_time()
-    run()
-    return (time.process_time() - start) / count * 1e6
+class MemoryRing:
+    """A ring buffer in ordinary memory, laid out as the kernel maps one, filled
+    once with records and re-read from the start for every trial."""
+
+    def __init__(self, recs: list[bytes], abi: abi_mod.Abi) -> None:
+        page = mmap.PAGESIZE
+        flags_at, last = abi.offsets["flags"], abi.FLAG_LAST
+        self.cons = mmap.mmap(-1, page)
+        self.prod = mmap.mmap(-1, page + 2 * RING)
+        pos = 0
+        self.calls = 0
+        """Calls whose every record fits."""
+        for raw in recs:
+            step = (8 + len(raw) + 7) & ~7
+            if pos + step > RING:
+                break
+            struct.pack_into("<II", self.prod, page + pos, len(raw), 0)
+            self.prod[page + pos + 8 : page + pos + 8 + len(raw)] = raw
+            pos += step
+            self.calls += 1 if raw[flags_at] & last else 0
+        self.calls -= 2  # the thread and the socket
+        self.end = pos
+        self.reader = RingBuffer.over(self.cons, self.prod, RING)
+
+    def rewind(self) -> None:
+        struct.pack_into("<Q", self.cons, 0, 0)
+        struct.pack_into("<Q", self.prod, 0, self.end)
+
+
+def cpu_per_event(ring: MemoryRing, consumers: dict, events: int) -> dict[str, tuple[float, float]]:
+    """name → (min, median) µs of CPU per event over TRIALS drains of the whole ring,
+    the consumers taking turns trial by trial (so they share the machine's moods)."""
+    samples: dict[str, list[float]] = {name: [] for name in consumers}
+    for _ in range(TRIALS):
+        for name, consume in consumers.items():
+            ring.rewind()
+            start = time.process_time()
+            while consume(ring.reader):
+                pass
+            samples[name].append((time.process_time() - start) / events * 1e6)
+    return {name: (min(s), statistics.median(s)) for name, s in samples.items()}
+
+
+def consumers(abi: abi_mod.Abi, out: io.BufferedWriter) -> dict:
+    """name → a fresh consumer of one batch from the reader, as the engine runs it
+    (returns how many records it took; 0 when the ring is empty)."""
+
+    def pipeline(writer) -> object:
+        feed = Pipeline(abi, Clock(), 1 << 20, "tls", writer).feed
+
+        def consume(reader: RingBuffer) -> int:
+            taken = feed(reader.peek(BATCH_BYTES))
+            reader.commit()
+            return taken
+
+        return consume
+
+    def raw() -> object:
+        writer, counts = RawWriter(out, SinkOptions(abi=abi)), RawCounts(abi)
+
+        def consume(reader: RingBuffer) -> int:
+            batch = reader.peek(BATCH_BYTES)
+            writer.records(batch)
+            counts.count(batch)
+            taken = len(batch)
+            del batch
+            reader.commit()
+            return taken
+
+        return consume
+
+    return {
+        "jsonl": lambda: pipeline(JsonlWriter(out)),
+        "text": lambda: pipeline(TextWriter(out, colour=False, hex_mode=False)),
+        "raw": raw,
+        "drain": lambda: lambda reader: len(reader.drain(BATCH_BYTES)),
+    }
+
+
+def measure(sizes: tuple[int, ...]) -> dict[int, dict[str, tuple[float, float]]]:
+    abi = abi_mod.of("tls_rw")
+    sink = os.open(os.devnull, os.O_WRONLY)
+    out = io.BufferedWriter(io.FileIO(sink, "wb"), 1 << 20)
+    results: dict[int, dict[str, tuple[float, float]]] = {}
+    for size in sizes:
+        ring = MemoryRing(records(abi, size, RING // size + 1), abi)
+        fresh = {name: make() for name, make in consumers(abi, out).items()}
+        for consume in fresh.values():
+            ring.rewind()
+            consume(ring.reader)  # warm: the thread and the socket are known
+        results[size] = cpu_per_event(ring, fresh, ring.calls)
+        out.flush()
+    return results
+
+
+def profile(size: int = 1024) -> None:
+    """Where the jsonl path's time goes (cProfile, by own time)."""
+    abi = abi_mod.of("tls_rw")
+    out = io.BufferedWriter(io.FileIO(os.open(os.devnull, os.O_WRONLY), "wb"), 1 << 20)
+    ring = MemoryRing(records(abi, size, RING // size + 1), abi)
+    consume = consumers(abi, out)["jsonl"]()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(10):
+        ring.rewind()
+        while consume(ring.reader):
+            pass
+    prof.disable()
+    pstats.Stats(prof).sort_stats("tottime").print_stats(12)
 
 
 def main() -> None:
-    abi = abi_mod.of("tls_rw")
-    sink = open(os.devnull, "wb")  # noqa: SIM115
-    out = io.BufferedWriter(io.FileIO(sink.fileno(), "wb", closefd=False), 1 << 20)
-    print(f"user-space CPU per event ({N} one-record calls, this process only):")
-    for size in (1024, 16 * 1024):
-        batch = records(abi, size, N)
-        results = {}
-        for name in ("jsonl", "text"):
-            writer = JsonlWriter(out) if name == "jsonl" else TextWriter(out, colour=False,
-                                                                         hex_mode=False)  # fmt: skip
-            pipeline = Pipeline(abi, Clock(), 1 << 20, "tls", writer)
-            chunks = [batch[i : i + 4096] for i in range(0, len(batch), 4096)]
-            results[name] = cpu_per_event(lambda p=pipeline, c=chunks: [p.feed(b) for b in c], N)
-        raw = RawWriter(out, SinkOptions(abi=abi))
-        counts = RawCounts(abi)
-        chunks = [batch[i : i + 4096] for i in range(0, len(batch), 4096)]
-
-        def raw_run(chunks=chunks, raw=raw, counts=counts) -> None:
-            for b in chunks:
-                raw.records(b)
-                counts.count(b)
-
-        results["raw"] = cpu_per_event(raw_run, N)
-        out.flush()
-        print(f"  {size // 1024:>2} KiB:  jsonl {results['jsonl']:.2f} µs   "
-              f"text {results['text']:.2f} µs   raw {results['raw']:.2f} µs")  # fmt: skip
-    print("targets: jsonl ≤ 4 µs per 1 KiB event; raw ≤ 1 µs per event")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", action="store_true", help="cProfile the jsonl path too")
+    parser.add_argument("--json", help="also write the results as JSON here")
+    args = parser.parse_args()
+    results = measure((1024, 16 * 1024, 64 * 1024))
+    print(f"user-space CPU per event, µs (min / median of {TRIALS} trials, this process only):")
+    for size, row in results.items():
+        cells = "   ".join(f"{name} {lo:.2f} / {mid:.2f}" for name, (lo, mid) in row.items())
+        print(f"  {size // 1024:>2} KiB:  {cells}")
+    one = results[1024]
+    print(f"targets: jsonl ≤ 4 µs per 1 KiB event: {one['jsonl'][0]:.2f} "
+          f"({'met' if one['jsonl'][0] <= 4 else 'NOT met'}); raw ≤ 1 µs per event: "
+          f"{one['raw'][0]:.2f} ({'met' if one['raw'][0] <= 1 else 'NOT met'})")  # fmt: skip
+    if args.profile:
+        profile()
+    if args.json:
+        doc = {str(size): {n: {"min_us": lo, "median_us": mid} for n, (lo, mid) in row.items()}
+               for size, row in results.items()}  # fmt: skip
+        Path(args.json).write_text(json.dumps(doc, indent=2))
 
 
 if __name__ == "__main__":

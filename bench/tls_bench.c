@@ -2,11 +2,16 @@
 //
 //   tls_bench server CERT KEY PORTFILE      accept one TLS connection, read and
 //                                           discard until EOF, print bytes read
-//   tls_bench client PORT SIZE COUNT        connect, handshake, wait for a line on
-//                                           stdin, then COUNT back-to-back
-//                                           SSL_write(SIZE); print elapsed ns
-//   tls_bench trickle PORT                  connect, handshake, then one 100-byte
-//                                           SSL_write per millisecond until killed
+//   tls_bench client PORT SIZE COUNT        connect, handshake, print "ready"; then
+//                                           per line on stdin: "w" one SSL_write(SIZE)
+//                                           (a warm-up, answered "ok"), "go" COUNT
+//                                           back-to-back SSL_write(SIZE), print the
+//                                           elapsed ns and exit
+//   tls_bench trickle PORT                  connect, handshake, print "ready", then one
+//                                           100-byte SSL_write per millisecond until killed
+//
+// Every target for bench/bench_capture.py speaks this protocol; a module's own
+// target (GnuTLS, Go...) is another file like this one.
 //
 // C rather than Python so that the measured cost is the TLS library's and the
 // probes', not an interpreter's.
@@ -90,6 +95,8 @@ int main(int argc, char **argv) {
         return serve(argv[2], argv[3], argv[4]);
     if (argc == 3 && !strcmp(argv[1], "trickle")) {
         SSL *ssl = connect_tls(atoi(argv[2]));
+        printf("ready\n");
+        fflush(stdout);
         char msg[100];
         memset(msg, 'x', sizeof(msg));
         struct timespec ms = {0, 1000000};
@@ -107,9 +114,19 @@ int main(int argc, char **argv) {
     char *buf = malloc(size);
     for (int i = 0; i < size; i++)
         buf[i] = 'a' + i % 26;
+    printf("ready\n");
+    fflush(stdout);
     char line[16];
-    if (!fgets(line, sizeof(line), stdin))
-        die("stdin closed before go");
+    for (;;) {
+        if (!fgets(line, sizeof(line), stdin))
+            die("stdin closed before go");
+        if (!strcmp(line, "go\n"))
+            break;
+        if (SSL_write(ssl, buf, size) != size)
+            die("short write");
+        printf("ok\n");
+        fflush(stdout);
+    }
     uint64_t t0 = now_ns();
     for (long i = 0; i < count; i++)
         if (SSL_write(ssl, buf, size) != size)

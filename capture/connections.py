@@ -111,6 +111,10 @@ class ConnectionTable:
         self._recent_connects: dict[int, list[int]] = {}
         self._next_id = 1
         self.total = 0
+        self.settled: dict[tuple[int, int, int], Connection] = {}
+        """(pid, connection object, fd a record names) → its connection, for records
+        that :meth:`get` would change nothing for (the capture's hot path looks here
+        first). Emptied whenever a connection's fd changes or a connection ends."""
 
     def note_connect(self, pid: int, fd: int, sockaddr: bytes) -> None:
         peer = format_sockaddr(sockaddr)
@@ -145,6 +149,8 @@ class ConnectionTable:
             guess = self._unclaimed_connect(pid)
             if guess is not None:
                 self._set_fd(conn, guess, "connect-order")
+        if conn.fd >= 0 and (fd < 0 or conn.fd_source == "kernel"):
+            self.settled[(pid, conn_obj, fd)] = conn
         return conn
 
     def _unclaimed_connect(self, pid: int) -> int | None:
@@ -155,6 +161,7 @@ class ConnectionTable:
         return None
 
     def _set_fd(self, conn: Connection, fd: int, source: str) -> None:
+        self.settled.clear()
         conn.fd = fd
         conn.fd_source = source
         known = self._sockets.get((conn.pid, conn.conn))
@@ -166,6 +173,7 @@ class ConnectionTable:
         conn.peer = self._connects.get((conn.pid, fd)) or peer or conn.peer
 
     def end(self, pid: int, conn_obj: int, ts: float, reason: str) -> Connection | None:
+        self.settled.clear()
         self._sockets.pop((pid, conn_obj), None)
         conn = self._by_conn.pop((pid, conn_obj), None)
         if conn is not None:

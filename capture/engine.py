@@ -16,9 +16,11 @@ import dataclasses
 import io
 import os
 import signal
+import struct
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -35,6 +37,7 @@ from ecap.capture.pipeline import Pipeline, summary_counts
 from ecap.capture.records import Clock, Decoder, Record
 from ecap.capture.sinks.interface import SinkOptions
 from ecap.capture.summary import summary_lines
+from ecap.ebpf.ringbuf import RingBuffer
 from ecap.errors import EnvironmentNotReady, Error, UsageError
 from ecap.fsutil import create_private_file
 from ecap.text import printable
@@ -237,25 +240,34 @@ class _Session:
         for index, side in enumerate(self.kernel.sides):
             assert side.ring is not None
             try:
-                batch = side.ring.drain(BATCH_BYTES)
+                batch = side.ring.peek(BATCH_BYTES)
             except (OSError, ValueError) as exc:
                 raise EnvironmentNotReady(f"reading the ring buffer failed: {exc}") from exc
             if batch:
-                taken += self._take(batch, index)
+                taken += self._take(batch, index, side.ring)
         return taken
 
-    def _take(self, batch: list[bytes], side: int) -> int:
+    def _take(self, batch: list[memoryview], side: int, ring: RingBuffer) -> int:
+        """Use one batch of records, views of ``ring``, and give them back to it: no
+        copy of a record as a whole (the pipeline copies what it keeps)."""
         if self.pipeline is not None:
-            return self.pipeline.feed(batch, side)
+            taken = self.pipeline.feed(batch, side)
+            del batch
+            ring.commit()
+            return taken
         assert self.kernel is not None
         self.writer.records(batch)
+        control = self.raw_counts.count(batch)
+        taken = len(batch)
+        del batch
+        ring.commit()
         abi = self.kernel.abi
-        for rec in self.raw_counts.count(batch):  # the few kinds a live capture must act on
+        for rec in control:  # the few kinds a live capture must act on
             if rec.kind == abi.KIND_EXEC:
                 self._on_exec(rec)
             elif rec.kind == abi.KIND_EXIT and rec.pid not in self.live:
                 self._forget(rec.pid)  # a descendant (a target waits for its pidfd)
-        return len(batch)
+        return taken
 
     def drain_all(self) -> None:
         """Everything the probes committed so far."""
@@ -430,27 +442,40 @@ class RawCounts:
         self.bytes = {"write": 0, "read": 0}
         if abi is None:
             return
-        self._kind, self._flags = abi.offsets["kind"], abi.offsets["flags"]
-        self._len = abi.offsets["len"]
-        self._names = {abi.KIND_WRITE: "write", abi.KIND_READ: "read"}
+        lo, ko, fo = abi.offsets["len"], abi.offsets["kind"], abi.offsets["flags"]
+        # len, kind and flags in one unpack (the header lays them out in this order)
+        assert lo + 4 <= ko < fo, "record header layout: len, kind, flags"
+        self._peek = struct.Struct(f"<{lo}xI{ko - lo - 4}xB{fo - ko - 1}xB").unpack_from
+        self._write, self._read = abi.KIND_WRITE, abi.KIND_READ
         self._control = {abi.KIND_EXEC, abi.KIND_EXIT}
         self._last, self._fault = abi.FLAG_LAST, abi.FLAG_FAULT
         self._decode = Decoder(abi, abi.struct("ecap_threadinfo"))
 
-    def count(self, batch: list[bytes]) -> list[Record]:
+    def count(self, batch: Sequence[bytes | memoryview]) -> list[Record]:
         """Count the batch; returns its exec and exit records, decoded."""
         control = []
-        ko, fo, lo, names = self._kind, self._flags, self._len, self._names
+        peek, write, read, last, fault = (
+            self._peek,
+            self._write,
+            self._read,
+            self._last,
+            self._fault,
+        )
+        events_w = events_r = bytes_w = bytes_r = 0
         for raw in batch:
-            kind = raw[ko]
-            direction = names.get(kind)
-            if direction is not None:
-                if not raw[fo] & self._fault:
-                    self.bytes[direction] += int.from_bytes(raw[lo : lo + 4], "little")
-                if raw[fo] & self._last:
-                    self.events[direction] += 1
+            n, kind, flags = peek(raw)
+            if kind == write:
+                events_w += 1 if flags & last else 0
+                bytes_w += 0 if flags & fault else n
+            elif kind == read:
+                events_r += 1 if flags & last else 0
+                bytes_r += 0 if flags & fault else n
             elif kind in self._control:
-                control.append(self._decode(raw))
+                control.append(self._decode(bytes(raw)))  # a copy: ``raw`` may be a ring view
+        self.events["write"] += events_w
+        self.events["read"] += events_r
+        self.bytes["write"] += bytes_w
+        self.bytes["read"] += bytes_r
         return control
 
     def summary(self) -> dict[str, Any]:

@@ -9,7 +9,7 @@ the syscall tracepoints on — reaches the engine through callbacks.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +72,9 @@ class Pipeline:
         self._whole = abi.FLAG_LAST
         self._not_simple = abi.FLAG_FAULT | abi.FLAG_TRUNCATED
         self._limit = max_call_bytes
+        self._whole_call = getattr(writer, "whole_call", None)
+        """A writer's shortcut for a call captured whole (see SinkWriter): no Call and
+        no DataEvent object for nearly every call."""
         self._on_unknown_socket = on_unknown_socket or (lambda: None)
         self._exec_callback = on_exec or (lambda _rec: None)
         self._descendant_exit = on_descendant_exit or (lambda _pid: None)
@@ -97,38 +100,57 @@ class Pipeline:
             self.module_records = records(RecordContext(abi, clock, writer.emit, max_call_bytes))
             self.handlers.update(self.module_records.handlers)
 
-    def feed(self, batch: Iterable[bytes], side: int = 0) -> int:
+    def feed(self, batch: Sequence[bytes | memoryview], side: int = 0) -> int:
         """Process records in ring order (of ring ``side``); returns how many.
 
+        The records may be views of the ring (live) that are given back after this
+        returns: whatever is kept is copied (the Decoder copies a record's data);
+        only ``whole_call`` gets a view of the payload, for the duration of the call.
+
         Most calls fit one record (the whole call, from offset 0, readable, within
-        the limit) and no call of their thread is pending: those become a Call
-        straight from the header tuple. Everything else takes the general path.
+        the limit) and no call of their thread is pending: those go to the writer
+        straight from the header's fields (``deliver`` inlined, no Call object when
+        the writer takes ``whole_call``). Everything else takes the general path.
         """
         self._side = current = self.sides[side]
         decode, handlers = current.decode, self.handlers
         unpack, start, directions = self._unpack, self._start, self._directions
-        whole, not_simple = self._whole, self._not_simple
-        pending, threads, wall = current.reasm.pending, decode.threads, self.clock.wall
-        count = 0
+        flag_mask, whole = self._whole | self._not_simple, self._whole
+        pending, threads, offset = current.reasm.pending, decode.threads, self.clock.offset
+        settled, conns, emit = self.conns.settled, self.conns, self.writer.emit
+        whole_call, module = self._whole_call, current.module
+        events, nbytes = self.counters.events, self.counters.bytes
+        unknown = Decoder.UNKNOWN
         for raw in batch:
-            count += 1
-            f = unpack(raw)
-            # f: ts_ns conn stream_off pid tid fd total offset len kind flags family
-            direction = directions.get(f[9])
-            if (direction is not None and f[10] & whole and not f[10] & not_simple
-                    and not f[7] and f[8] == f[6] and f[4] not in pending):  # fmt: skip
-                if f[5] < 0:
+            ts_ns, obj, stream_off, pid, tid, fd, total, at, n, kind, flags, _, source = unpack(raw)
+            direction = directions.get(kind)
+            if (direction is not None and flags & flag_mask == whole and not at and n == total
+                    and tid not in pending):  # fmt: skip
+                if fd < 0:
                     self._on_unknown_socket()
-                uid, comm = threads.get(f[4], Decoder.UNKNOWN)
-                self.deliver(Call(direction, wall(f[0]), f[3], f[4], uid, comm, f[5], f[1],
-                                  f[6], raw[start : start + f[8]], 0, 0, 0, None, f[2],
-                                  f[12]), current)  # fmt: skip
+                uid, comm = threads.get(tid, unknown)
+                ts = ts_ns / 1e9 + offset  # Clock.wall, inlined
+                conn = settled.get((pid, obj, fd)) or conns.get(pid, obj, comm, fd, ts,
+                                                                module(source))  # fmt: skip
+                self.message_id = message_id = self.message_id + 1
+                conn.messages += 1
+                conn.bytes[direction] += n
+                events[direction] += 1
+                nbytes[direction] += n
+                if whole_call is not None:
+                    whole_call(conn, message_id, direction, ts, pid, tid, uid, comm, stream_off,
+                               raw[start : start + n])  # fmt: skip
+                else:
+                    emit(DataEvent(conn, message_id, Call(direction, ts, pid, tid, uid, comm, fd,
+                                                          obj, n, bytes(raw[start : start + n]),
+                                                          0, 0, 0, None, stream_off,
+                                                          source)))  # fmt: skip
                 continue
             rec = decode(raw)
             handler = handlers.get(rec.kind)
             if handler is not None:
                 handler(rec)
-        return count
+        return len(batch)
 
     def deliver(self, call: Call, side: _Side | None = None) -> None:
         side = side or self.sides[0]

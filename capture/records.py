@@ -70,10 +70,11 @@ class Decoder:
         self.threads: dict[int, tuple[int, str]] = {}
         """tid → (uid, comm)."""
 
-    def __call__(self, raw: bytes) -> Record:
+    def __call__(self, raw: bytes | memoryview) -> Record:
         fields = self._unpack(raw)
         start = self._start
-        data = b"" if fields[10] & self._fault else raw[start : start + fields[8]]
+        # a copy: ``raw`` may be a view of the ring, which the record outlives
+        data = b"" if fields[10] & self._fault else bytes(raw[start : start + fields[8]])
         if fields[9] == self._thread_kind:
             uid, _gid, comm = self._threadinfo.unpack_from(data)
             self.threads[fields[4]] = (

@@ -28,7 +28,16 @@ class SinkOptions:
 
 
 class SinkWriter(Protocol):
-    """A sink's writer for one session."""
+    """A sink's writer for one session.
+
+    A writer may also define ``whole_call(conn, message_id, direction, ts, pid, tid,
+    uid, comm, stream_offset, data)``: the pipeline then calls it, instead of
+    ``emit(DataEvent(...))``, for each call it captured whole in one record (the
+    whole call, nothing missing; nearly every call), so that no ``Call`` and no
+    ``DataEvent`` are made for them. It must write what ``emit`` would have.
+    ``data`` is a bytes-like object — live, a view of the ring buffer — valid only
+    during the call: copy what must be kept.
+    """
 
     def header(self, info: dict[str, Any]) -> None: ...
     def emit(self, event: Event) -> None: ...

@@ -7,9 +7,10 @@ One JSON object per line: header, events, connections, summary — documented in
 
 from __future__ import annotations
 
-import base64
 import json
 from typing import IO, Any
+
+from pybase64 import b64encode
 
 from ecap.capture.connections import Connection
 from ecap.capture.events import (
@@ -35,6 +36,24 @@ from ecap.timefmt import iso_utc
 
 def _json_opt(value: str | None) -> str:
     return "null" if value is None else json.dumps(value)
+
+
+_EVENT = (
+    b'{"type":"event","connection_id":%d,"message_id":%d,"ts":"%s.%06d+00:00",%s'
+    b'"stream_offset":%d,"len":%d,"total":%d,%s"payload_b64":"%s"}\n'
+)
+_WHOLE_EVENT = _EVENT.replace(b'%s"payload_b64', b'"truncated":0,"lost":0,"payload_b64')
+"""An event line; the second one for a call captured whole (nearly every call)."""
+
+
+def _missing(call: Call) -> bytes:
+    """The event fields of a call with bytes missing (in the schema's order)."""
+    out = b'"truncated":%d,"lost":%d,' % (call.truncated, call.lost)
+    if call.unreadable:
+        out += b'"unreadable":%d,' % call.unreadable
+    if call.segments is not None:
+        out += b'"segments":%s,' % json.dumps(call.segments, separators=(",", ":")).encode()
+    return out
 
 
 def connection_record(conn: Connection) -> dict[str, Any]:
@@ -85,7 +104,6 @@ class JsonlWriter:
         self._second = -1
         self._second_text = b""
         self._handlers = {
-            DATA: self._call,
             HANDSHAKE: self._handshake,
             CONNECTION: self._connection_end,
             COMMAND: lambda e: self._emit(command_record(e)),
@@ -110,53 +128,68 @@ class JsonlWriter:
         self._emit(rec)
 
     def emit(self, event: Event) -> None:
-        self._handlers[event.kind](event)
-
-    def _call(self, event: DataEvent) -> None:
-        # The hot path (one line per call, up to ~100k/s): formatted directly rather
-        # than through json.dumps — every field is an int, base64, a timestamp, or a
-        # string passed through json.dumps, so the JSON is the same. What repeats
-        # from call to call (the process, thread, connection and endpoints part; the
-        # second of the timestamp) is formatted once and reused.
+        if event.__class__ is not DataEvent:
+            self._handlers[event.kind](event)
+            return
         conn, call = event.conn, event.call
-        key = (conn.id, call.tid, call.direction, conn.fd, conn.local, conn.peer, call.uid,
-               call.comm, call.pid)  # fmt: skip
+        if not (call.truncated or call.lost or call.unreadable or call.segments is not None
+                or call.total != len(call.data)):  # fmt: skip
+            self.whole_call(conn, event.message_id, call.direction, call.ts, call.pid, call.tid,
+                            call.uid, call.comm, call.stream_offset, call.data)  # fmt: skip
+            return
+        second, micro = self._when(call.ts)
+        self._out.write(_EVENT % (
+            conn.id, event.message_id, second, micro,
+            self._middle(conn, call.direction, call.pid, call.tid, call.uid, call.comm),
+            call.stream_offset, len(call.data), call.total, _missing(call),
+            b64encode(call.data)))  # fmt: skip
+
+    def whole_call(self, conn: Connection, message_id: int, direction: str, ts: float, pid: int,
+                   tid: int, uid: int, comm: str, stream_offset: int,
+                   data: bytes | memoryview) -> None:  # fmt: skip
+        """A call captured whole: the hot path (one line per call, up to ~100k/s).
+
+        Formatted directly rather than through json.dumps — every field is an int,
+        base64, a timestamp, or a string passed through json.dumps, so the JSON is
+        the same. What repeats from call to call (the process, thread, connection and
+        endpoints part; the second of the timestamp) is formatted once and reused;
+        both are inlined here (this runs for nearly every event).
+        """
+        key = (conn.id, conn.fd, conn.local, conn.peer, pid, tid, uid, comm, direction)
         middle = self._middles.get(key)
         if middle is None:
-            middle = self._middle(conn, call)
+            middle = self._middle(conn, direction, pid, tid, uid, comm)
             if len(self._middles) > 4096:
                 self._middles.clear()
             self._middles[key] = middle
-        extra = b""
-        if call.unreadable:
-            extra += b'"unreadable":%d,' % call.unreadable
-        if call.segments is not None:
-            extra += b'"segments":%s,' % json.dumps(call.segments, separators=(",", ":")).encode()
-        write = self._out.write
-        write(b'{"type":"event","connection_id":%d,"message_id":%d,"ts":"%s",%s'
-              b'"stream_offset":%d,"len":%d,"total":%d,"truncated":%d,"lost":%d,%s'
-              b'"payload_b64":"%s"}\n' % (
-                  conn.id, event.message_id, self._ts(call.ts), middle, call.stream_offset,
-                  len(call.data), call.total, call.truncated, call.lost, extra,
-                  base64.b64encode(call.data)))  # fmt: skip
+        second = int(ts)
+        if second != self._second:
+            self._when(ts)
+        n = len(data)
+        self._out.write(_WHOLE_EVENT % (
+            conn.id, message_id, self._second_text, min(999999, round((ts - second) * 1e6)),
+            middle, stream_offset, n, n, b64encode(data)))  # fmt: skip
 
-    def _middle(self, conn: Connection, call: Call) -> bytes:
-        comm = json.dumps(json_safe_str(call.comm), ensure_ascii=False)
+    def _middle(self, conn: Connection, direction: str, pid: int, tid: int, uid: int,
+                comm: str) -> bytes:  # fmt: skip
+        """The part of an event line that repeats for a thread's calls in one
+        direction of a connection."""
+        text = json.dumps(json_safe_str(comm), ensure_ascii=False)
         return (
-            f'"pid":{call.pid},"tid":{call.tid},"uid":{call.uid},"comm":{comm},"fd":{conn.fd},'
-            f'"conn":"0x{call.conn:x}","module":{json.dumps(conn.module)},'
-            f'"direction":"{call.direction}",'
+            f'"pid":{pid},"tid":{tid},"uid":{uid},"comm":{text},"fd":{conn.fd},'
+            f'"conn":"0x{conn.conn:x}","module":{json.dumps(conn.module)},'
+            f'"direction":"{direction}",'
             f'"local":{_json_opt(conn.local)},"peer":{_json_opt(conn.peer)},'
         ).encode("utf-8", "backslashreplace")
 
-    def _ts(self, ts: float) -> bytes:
-        """``iso_utc(ts)``, with the date and time to the second formatted once a second."""
+    def _when(self, ts: float) -> tuple[bytes, int]:
+        """``iso_utc(ts)`` in two parts, the date and time to the second (formatted
+        once a second) and the microseconds."""
         second = int(ts)
         if second != self._second:
             self._second = second
             self._second_text = iso_utc(second, "seconds").removesuffix("+00:00").encode()
-        micro = min(999999, round((ts - second) * 1e6))
-        return b"%s.%06d+00:00" % (self._second_text, micro)
+        return self._second_text, min(999999, round((ts - second) * 1e6))
 
     def _handshake(self, event: HandshakeEvent) -> None:
         conn = event.conn
