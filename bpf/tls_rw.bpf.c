@@ -270,8 +270,10 @@ static __always_inline int nspr_is_tls(__u64 pid_tgid, __u64 desc)
 
 /* ------------------------------------------------------------ data calls */
 
+/* The entry of every probed call (data and handshake): its arguments, kept for the
+ * return probe, which knows the result. */
 SEC("uprobe")
-int data_enter(struct pt_regs *ctx)
+int call_enter(struct pt_regs *ctx)
 {
 	if (!is_target(bpf_get_current_pid_tgid()))
 		return 0;
@@ -343,15 +345,6 @@ int set_fd(struct pt_regs *ctx)
 	    (arg > 0x7fffffff || !is_socket((int)arg)))
 		return 0;  /* a real pointer: the application moves the bytes itself */
 	conn_state(pid_tgid, PT_REGS_PARM1(ctx), (__s32)arg);
-	return 0;
-}
-
-SEC("uprobe")
-int handshake_enter(struct pt_regs *ctx)
-{
-	if (!is_target(bpf_get_current_pid_tgid()))
-		return 0;
-	push_frame(ctx);
 	return 0;
 }
 

@@ -28,14 +28,14 @@ from ecap.capture.modules.interface import CaptureModule, Hook, HookTarget
 
 RET = ("RET_LONG",)
 HOOKS = (
-    Hook("gnutls_record_send", "data_enter", "data_return", "write", RET, plaintext=True,
+    Hook("gnutls_record_send", "call_enter", "data_return", "write", RET, plaintext=True,
          required=True),
-    Hook("gnutls_record_send2", "data_enter", "data_return", "write", RET, plaintext=True),
-    Hook("gnutls_record_send_range", "data_enter", "data_return", "write", RET, plaintext=True),
-    Hook("gnutls_record_recv", "data_enter", "data_return", "read", RET, plaintext=True,
+    Hook("gnutls_record_send2", "call_enter", "data_return", "write", RET, plaintext=True),
+    Hook("gnutls_record_send_range", "call_enter", "data_return", "write", RET, plaintext=True),
+    Hook("gnutls_record_recv", "call_enter", "data_return", "read", RET, plaintext=True,
          required=True),
-    Hook("gnutls_record_recv_seq", "data_enter", "data_return", "read", RET, plaintext=True),
-    Hook("gnutls_handshake", "handshake_enter", "handshake_return", "handshake", ("OK_IS_ZERO",)),
+    Hook("gnutls_record_recv_seq", "call_enter", "data_return", "read", RET, plaintext=True),
+    Hook("gnutls_handshake", "call_enter", "handshake_return", "handshake", ("OK_IS_ZERO",)),
     Hook("gnutls_transport_set_int2", "set_fd"),
     Hook("gnutls_transport_set_ptr", "set_fd", flags=("FD_IN_PTR",)),
     Hook("gnutls_transport_set_ptr2", "set_fd", flags=("FD_IN_PTR",)),

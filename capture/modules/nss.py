@@ -35,12 +35,12 @@ from ecap.capture.modules.interface import CaptureModule, Hook, HookTarget, MapE
 
 CHECKED = ("NSPR_LAYERS",)
 HOOKS = (
-    Hook("PR_Write", "data_enter", "data_return", "write", CHECKED, plaintext=True,
+    Hook("PR_Write", "call_enter", "data_return", "write", CHECKED, plaintext=True,
          required=True),
-    Hook("PR_Read", "data_enter", "data_return", "read", CHECKED, plaintext=True, required=True),
-    Hook("PR_Send", "data_enter", "data_return", "write", CHECKED, plaintext=True),
-    Hook("PR_Recv", "data_enter", "data_return", "read", CHECKED, plaintext=True),
-    Hook("PR_Writev", "data_enter", "data_return", "write", (*CHECKED, "IOVEC"), plaintext=True),
+    Hook("PR_Read", "call_enter", "data_return", "read", CHECKED, plaintext=True, required=True),
+    Hook("PR_Send", "call_enter", "data_return", "write", CHECKED, plaintext=True),
+    Hook("PR_Recv", "call_enter", "data_return", "read", CHECKED, plaintext=True),
+    Hook("PR_Writev", "call_enter", "data_return", "write", (*CHECKED, "IOVEC"), plaintext=True),
     Hook("PR_Close", "conn_end"),
 )  # fmt: skip
 FUNCTIONS = tuple(h.function for h in HOOKS)

@@ -24,11 +24,11 @@ from ecap.capture.modules.interface import (
 )
 
 HOOKS = (
-    Hook("SSL_write", "data_enter", "data_return", "write", plaintext=True, required=True),
-    Hook("SSL_read", "data_enter", "data_return", "read", plaintext=True, required=True),
-    Hook("SSL_write_ex", "data_enter", "data_return", "write", ("LEN_IN_ARG4",), plaintext=True),
-    Hook("SSL_read_ex", "data_enter", "data_return", "read", ("LEN_IN_ARG4",), plaintext=True),
-    Hook("SSL_do_handshake", "handshake_enter", "handshake_return", "handshake", plaintext=True),
+    Hook("SSL_write", "call_enter", "data_return", "write", plaintext=True, required=True),
+    Hook("SSL_read", "call_enter", "data_return", "read", plaintext=True, required=True),
+    Hook("SSL_write_ex", "call_enter", "data_return", "write", ("LEN_IN_ARG4",), plaintext=True),
+    Hook("SSL_read_ex", "call_enter", "data_return", "read", ("LEN_IN_ARG4",), plaintext=True),
+    Hook("SSL_do_handshake", "call_enter", "handshake_return", "handshake", plaintext=True),
     Hook("SSL_set_fd", "set_fd"),
     Hook("SSL_shutdown", "conn_end"),
     Hook("SSL_free", "conn_end"),
