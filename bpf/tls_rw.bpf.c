@@ -147,6 +147,19 @@ static __always_inline int pop_frame(struct pt_regs *ctx, struct thread_state *t
 	return 0;
 }
 
+/* The target's call returning now, popped into *f with the thread's state; NULL
+ * when the process is not a target or the call's entry was not seen. */
+static __always_inline struct thread_state *returning_call(struct pt_regs *ctx, __u64 pid_tgid,
+							   struct call_frame *f)
+{
+	if (!is_target(pid_tgid))
+		return 0;
+	struct thread_state *ts = thread_state(0);
+	if (!ts || !pop_frame(ctx, ts, f))
+		return 0;
+	return ts;
+}
+
 /* The socket for a call that just returned: its own syscall, the library's record
  * of it, or (reads of memory-BIO users) the socket read just before. */
 static __always_inline struct conn_state *call_conn(__u64 pid_tgid, struct thread_state *ts,
@@ -285,11 +298,9 @@ SEC("uretprobe")
 int data_return(struct pt_regs *ctx)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!is_target(pid_tgid))
-		return 0;
-	struct thread_state *ts = thread_state(0);
 	struct call_frame f;
-	if (!ts || !pop_frame(ctx, ts, &f))
+	struct thread_state *ts = returning_call(ctx, pid_tgid, &f);
+	if (!ts)
 		return 0;
 	if ((f.cookie & ECAP_COOKIE_NSPR_LAYERS) && !nspr_is_tls(pid_tgid, f.conn))
 		return 0;  /* a file, a pipe, a plain socket: not TLS, never captured */
@@ -352,11 +363,9 @@ SEC("uretprobe")
 int handshake_return(struct pt_regs *ctx)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!is_target(pid_tgid))
-		return 0;
-	struct thread_state *ts = thread_state(0);
 	struct call_frame f;
-	if (!ts || !pop_frame(ctx, ts, &f))
+	struct thread_state *ts = returning_call(ctx, pid_tgid, &f);
+	if (!ts)
 		return 0;
 	struct conn_state *st = call_conn(pid_tgid, ts, &f, 1);
 	int ret = (int)PT_REGS_RC(ctx);
