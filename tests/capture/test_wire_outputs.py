@@ -25,6 +25,7 @@ from pcapng import FileScanner, blocks
 from ecap.capture.schema import validate_lines
 from ecap.capture.sinks._pcapng import DecryptionSecrets
 from tests import tls_helpers
+from tests.capture.stack_clients import wait_mapped
 
 pytestmark = [pytest.mark.bpf, pytest.mark.slow]
 
@@ -129,12 +130,20 @@ def test_keylog_decrypts_an_independent_recording(tls_server, clients, start_cap
         assert client.stdout.read() == tls_helpers.HELLO
         client.wait(30)
         assert run.wait(60) == 0, run.stderr
+    _assert_key_log_decrypts(run, traffic, {"CLIENT_RANDOM"} if "1.2" in tls else TLS13_LABELS,
+                             suite)  # fmt: skip
+
+
+def _assert_key_log_decrypts(run, traffic: Path, labels: set[str], suite: str) -> None:
+    """ecap's key log (``run.output``) has ``labels`` for one connection, each line
+    proven, and with it tshark decrypts the independent recording ``traffic``, on
+    which ``suite`` was negotiated: the request path and the response body."""
     assert run.output.stat().st_mode & 0o777 == 0o600
     lines = [
         line.split() for line in run.output.read_text().splitlines() if not line.startswith("#")
     ]
-    labels = {line[0] for line in lines}
-    assert labels == ({"CLIENT_RANDOM"} if "1.2" in tls else TLS13_LABELS)
+    assert {line[0] for line in lines} == labels
+    assert len(lines) == len(labels)  # each secret once
     assert len({line[1] for line in lines}) == 1  # one connection, one client random
     # the suite asked for is the one negotiated (on the independent recording)
     assert _fields(traffic, "tls.handshake.type == 2", "tls.handshake.ciphersuite") == [[suite]]
@@ -151,6 +160,96 @@ def test_keylog_decrypts_an_independent_recording(tls_server, clients, start_cap
         "not_verified_reasons": {},
     }
     assert f"keys: {len(lines)} proven and written" in run.stderr
+
+
+GO_TLS13_LABELS = TLS13_LABELS - {"EXPORTER_SECRET"}
+"""Go's handshakes derive no exporter line (writeKeyLog is never given one)."""
+
+
+def _wget(server: tls_helpers.TlsServer, priority: str) -> subprocess.Popen:
+    """wget (GnuTLS) with a GnuTLS priority string, waiting for its URL on stdin:
+    attached before it handshakes (gnutls-cli handshakes as it starts)."""
+    proc = subprocess.Popen(
+        ["wget", "-q", "--no-check-certificate", "--tries=1", f"--ciphers={priority}",
+         "-O", "-", "-i", "-"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    wait_mapped(proc.pid, "libgnutls")
+    return proc
+
+
+def _go_client(binary: Path, server: tls_helpers.TlsServer, tls: str) -> subprocess.Popen:
+    """The gotls test client's ``get`` mode, waiting for a line on stdin."""
+    return subprocess.Popen([str(binary), "get", server.url("/hello"), tls],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+
+
+def _start_module_client(module: str, tls: str, server, gotls_clients) -> subprocess.Popen:
+    if module == "gnutls":
+        return _wget(server, tls)
+    return _go_client(gotls_clients["stripped-pie"], server, tls)
+
+
+def _release_module_client(module: str, proc: subprocess.Popen, server) -> None:
+    tls_helpers.release(proc, server.url("/hello") if module == "gnutls" else "go")
+
+
+GNUTLS13 = "NORMAL:-VERS-ALL:+VERS-TLS1.3:-CIPHER-ALL:+CHACHA20-POLY1305"
+GNUTLS12 = "NORMAL:-VERS-ALL:+VERS-TLS1.2:-CIPHER-ALL:+AES-256-GCM"
+MODULE_KEYLOG_CASES = [
+    ("gnutls", GNUTLS13, "0x1303", TLS13_LABELS),
+    ("gnutls", GNUTLS12, "0xc02c", {"CLIENT_RANDOM"}),
+    # Go chooses its TLS 1.3 suite itself (AES-GCM where the CPU has AES-NI)
+    ("gotls", "1.3", None, GO_TLS13_LABELS),
+    ("gotls", "1.2-chacha20", "0xcca9", {"CLIENT_RANDOM"}),
+]
+
+
+@pytest.mark.parametrize(("module", "tls", "suite", "labels"), MODULE_KEYLOG_CASES,
+                         ids=["gnutls-tls13-chacha20", "gnutls-tls12-aes256gcm", "gotls-tls13",
+                              "gotls-tls12-chacha20"])  # fmt: skip
+def test_gnutls_and_go_key_logs_decrypt_an_independent_recording(
+    tls_server, clients, start_capture, tmp_path, gotls_clients, module, tls, suite, labels
+):
+    """wget (GnuTLS, its internal key-log function found in Debian's stripped
+    libgnutls) and the Go client (stripped PIE: writeKeyLog found via .gopclntab)."""
+    client = _start_module_client(module, tls, tls_server, gotls_clients)
+    clients.append(client)
+    traffic = tmp_path / "traffic.pcapng"
+    with recording(tls_server.port, traffic):
+        run = start_capture([client.pid], fmt="keylog", module=module)
+        _release_module_client(module, client, tls_server)
+        assert client.stdout.read() == tls_helpers.HELLO
+        client.wait(30)
+        assert run.wait(60) == 0, run.stderr
+    if suite is None:
+        (suite,) = {r[0] for r in _fields(traffic, "tls.handshake.type == 2",
+                                          "tls.handshake.ciphersuite")}  # fmt: skip
+        assert suite in ("0x1301", "0x1302", "0x1303")
+    _assert_key_log_decrypts(run, traffic, labels, suite)
+
+
+@pytest.mark.parametrize("module", ["gnutls", "gotls"])
+def test_gnutls_and_go_pcapng_open_decrypted(tls_server, clients, start_capture, gotls_clients,
+                                             module):  # fmt: skip
+    tls = GNUTLS13 if module == "gnutls" else "1.3"
+    client = _start_module_client(module, tls, tls_server, gotls_clients)
+    clients.append(client)
+    run = start_capture([client.pid], fmt="pcapng", module=module)
+    _release_module_client(module, client, tls_server)
+    assert client.stdout.read() == tls_helpers.HELLO
+    client.wait(30)
+    assert run.wait(60) == 0, run.stderr
+    out = run.output
+    assert out.stat().st_mode & 0o777 == 0o600
+    assert _fields(out, "http.request", "http.request.uri") == [["/hello"]]
+    assert any(BODY in r[0] for r in _fields(out, "http.response", "http.file_data"))
+    comments = {r[0] for r in _fields(out, "frame", "frame.comment")}
+    (comment,) = comments
+    assert comment.startswith(f"pid {client.pid} (") and f") {module} connection " in comment
+    found = _blocks(out)
+    kinds = [type(b) for b in found]
+    assert kinds.index(DecryptionSecrets) < kinds.index(blocks.EnhancedPacket)
 
 
 def _blocks(path: Path) -> list:

@@ -17,7 +17,7 @@ import pytest
 
 from ecap.authz import request
 from ecap.capture import cli, modules
-from ecap.capture.modules import _openssl_secrets
+from ecap.capture.modules import _keylog_function
 from ecap.capture.modules.interface import HookTarget
 from ecap.errors import UsageError
 
@@ -123,11 +123,11 @@ def test_the_key_log_function_is_found_in_a_stripped_libssl():
 
     assert not open_elf(DEBIAN_LIBSSL).find_functions(["ssl_log_secret"])
     version = open_elf(DEBIAN_LIBSSL.with_name("libcrypto.so.3")).ssl_version()
-    (probe,) = _openssl_secrets.probes(_target(DEBIAN_LIBSSL, version), 0)
+    (probe,) = _keylog_function.OPENSSL.probes(_target(DEBIAN_LIBSSL, version), 0)
     assert probe.function == "ssl_log_secret" and probe.program == "secret_enter"
-    assert probe.cookie & 0xFFFFFFFF == 0x160  # the client random in Debian 3.0's SSL
-    (shifted,) = _openssl_secrets.probes(_target(DEBIAN_LIBSSL, version), -8)
-    assert shifted.cookie >> 32 == 0xFFFFFFF8 and shifted.offset == probe.offset
+    assert probe.cookie & 0xFFFF == 0x160  # the client random in Debian 3.0's SSL
+    (shifted,) = _keylog_function.OPENSSL.probes(_target(DEBIAN_LIBSSL, version), -8)
+    assert shifted.cookie == 0x160 | 0xFFF8 << 16 and shifted.offset == probe.offset
 
 
 @pytest.mark.parametrize(
@@ -142,6 +142,6 @@ def test_an_unproven_library_version_fails_closed_for_keys(path, version, why):
     if not path.exists():
         pytest.fail(f"{path} is installed by make setup")
     with pytest.raises(UsageError) as refused:
-        _openssl_secrets.probes(_target(path, version), 0)
+        _keylog_function.OPENSSL.probes(_target(path, version), 0)
     text = refused.value.one_line()
     assert why in text and "text, jsonl, raw and 'pcapng --plaintext' still work" in text
