@@ -63,8 +63,8 @@ class KeyLogFunction:
         return SecretsUnavailable(
             f"cannot read TLS secrets from {target.display_path} "
             f"({target.version or 'version unknown'}): {why}",
-            hint=f"keylog and pcapng need a proven {self.library} "
-            f"({', '.join(v + 'x' for v in self.known_versions)}); text, jsonl, raw and "
+            hint=f"keylog and pcapng need a proven "
+            f"{' or '.join(v + 'x' for v in self.known_versions)}; text, jsonl, raw and "
             "'pcapng --plaintext' still work",
         )
 
@@ -107,7 +107,9 @@ def secret_shift_bits(abi, shift: int) -> int:
 
 
 @functools.lru_cache(maxsize=32)
-def _locate(spec: KeyLogFunction, path: str, _identity: tuple[int, int, int]) -> tuple[int, int] | str:
+def _locate(
+    spec: KeyLogFunction, path: str, _identity: tuple[int, int, int]
+) -> tuple[int, int] | str:
     """(file offset of the log function, client random offset in the connection
     object), or why not."""
     from ecap import x86

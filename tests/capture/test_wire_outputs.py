@@ -326,29 +326,40 @@ def test_pcapng_opens_decrypted_and_holds_only_the_targets_packets(ecap_env, tls
     assert not any(secret in html for secret in secrets)
 
 
-def test_a_wrong_secret_location_yields_no_key(ecap_env, tls_server, clients, start_capture):
+@pytest.mark.parametrize("module", ["tls", "gnutls", "gotls"])
+def test_a_wrong_secret_location_yields_no_key(ecap_env, tls_server, clients, start_capture,
+                                               gotls_clients, module):  # fmt: skip
     """The UNSAFE test hook reads every secret 8 bytes off: each is caught, counted
-    and reported, and not one line is written."""
-    client = tls_helpers.curl_client(tls_server, "/hello")
+    and reported, and not one line is written — whichever module read it."""
+    if module == "tls":
+        client = tls_helpers.curl_client(tls_server, "/hello")
+    else:
+        client = _start_module_client(module, GNUTLS13 if module == "gnutls" else "1.3",
+                                      tls_server, gotls_clients)  # fmt: skip
     clients.append(client)
-    run = start_capture([client.pid], fmt="keylog", env={"ECAP_UNSAFE_TEST_SECRET_SHIFT": "8"})
-    tls_helpers.release_curl(client, tls_server.url("/hello"))
+    run = start_capture([client.pid], fmt="keylog", module=module,
+                        env={"ECAP_UNSAFE_TEST_SECRET_SHIFT": "8"})  # fmt: skip
+    if module == "tls":
+        tls_helpers.release_curl(client, tls_server.url("/hello"))
+    else:
+        _release_module_client(module, client, tls_server)
     assert client.stdout.read() == tls_helpers.HELLO
     client.wait(30)
     assert run.wait(60) == 0, run.stderr
     assert "UNSAFE: ECAP_UNSAFE_TEST_SECRET_SHIFT=8" in run.stderr
     assert [line for line in run.output.read_text().splitlines() if not line.startswith("#")] == []
+    secrets = len(GO_TLS13_LABELS if module == "gotls" else TLS13_LABELS)
     records = _session(run.output)
     keys = [r for r in records if r["type"] == "key"]
-    assert len(keys) == 5 and not any(k["verified"] for k in keys)
+    assert len(keys) == secrets and not any(k["verified"] for k in keys)
     summary = records[-1]
-    assert summary["keys"]["verified"] == 0 and summary["keys"]["not_verified"] == 5
-    assert "5 NOT verified and not written" in run.stderr
+    assert summary["keys"]["verified"] == 0 and summary["keys"]["not_verified"] == secrets
+    assert f"{secrets} NOT verified and not written" in run.stderr
     journal = [json.loads(line) for line in ecap_env.journal.read_text().splitlines()]
     (start,) = [e for e in journal if e["event"] == "capture.start"]
     assert start["mode"] == "keylog" and start["unsafe_secret_shift"] == "8"
     (stop,) = [e for e in journal if e["event"] == "capture.stop"]
-    assert stop["summary"]["keys"]["not_verified"] == 5
+    assert stop["summary"]["keys"]["not_verified"] == secrets
 
 
 def test_plaintext_pcapng_is_dissected_as_http1_and_http2(tls_server, clients, start_capture):
