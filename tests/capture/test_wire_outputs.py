@@ -240,22 +240,28 @@ def test_gnutls_and_go_pcapng_open_decrypted(tls_server, clients, start_capture,
     assert client.stdout.read() == tls_helpers.HELLO
     client.wait(30)
     assert run.wait(60) == 0, run.stderr
-    out = run.output
-    assert out.stat().st_mode & 0o777 == 0o600
-    assert _fields(out, "http.request", "http.request.uri") == [["/hello"]]
-    assert any(BODY in r[0] for r in _fields(out, "http.response", "http.file_data"))
-    comments = {r[0] for r in _fields(out, "frame", "frame.comment")}
+    comments, _found = _assert_opens_decrypted(run.output)
     (comment,) = comments
     assert comment.startswith(f"pid {client.pid} (") and f") {module} connection " in comment
-    found = _blocks(out)
-    kinds = [type(b) for b in found]
-    assert kinds.index(DecryptionSecrets) < kinds.index(blocks.EnhancedPacket)
 
 
 def _blocks(path: Path) -> list:
     with open(path, "rb") as f, warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # python-pcapng on its if_tsresol
         return list(FileScanner(f))
+
+
+def _assert_opens_decrypted(out: Path) -> tuple[set[str], list]:
+    """A 0600 pcapng that tshark alone (no key file) shows decrypted — the request
+    to /hello and the response body — with the secrets before the first packet.
+    Returns its packet comments and its blocks."""
+    assert out.stat().st_mode & 0o777 == 0o600
+    assert _fields(out, "http.request", "http.request.uri") == [["/hello"]]
+    assert any(BODY in r[0] for r in _fields(out, "http.response", "http.file_data"))
+    found = _blocks(out)
+    kinds = [type(b) for b in found]
+    assert kinds.index(DecryptionSecrets) < kinds.index(blocks.EnhancedPacket)
+    return {r[0] for r in _fields(out, "frame", "frame.comment")}, found
 
 
 def test_pcapng_opens_decrypted_and_holds_only_the_targets_packets(ecap_env, tls_server, clients,
@@ -275,12 +281,10 @@ def test_pcapng_opens_decrypted_and_holds_only_the_targets_packets(ecap_env, tls
         target.wait(30)
         assert run.wait(60) == 0, run.stderr
     out = run.output
-    assert out.stat().st_mode & 0o777 == 0o600
-    # tshark alone (no key file) shows the decrypted request and response
-    assert _fields(out, "http.request", "http.request.uri") == [["/hello"]]
-    assert any(BODY in r[0] for r in _fields(out, "http.response", "http.file_data"))
+    # tshark alone (no key file) shows the decrypted request and response; the
+    # secrets come first: the Decryption Secrets Block precedes every packet
+    comments, found = _assert_opens_decrypted(out)
     # every packet says who: the node target, its module and connection
-    comments = {r[0] for r in _fields(out, "frame", "frame.comment")}
     assert comments == {f"pid {target.pid} (node) tls connection 1"}
     # the independent recording has two connections; the file exactly the target's
     ports = {
@@ -299,10 +303,6 @@ def test_pcapng_opens_decrypted_and_holds_only_the_targets_packets(ecap_env, tls
     captured = _fields(out, "tcp", *wire)
     assert captured == recorded  # same packets, same order: none missing, none twice
     assert _fields(out, f"tcp.port == {bystander_port}", "frame.number") == []
-    # the secrets come first: the Decryption Secrets Block precedes every packet
-    found = _blocks(out)
-    kinds = [type(b) for b in found]
-    assert kinds.index(DecryptionSecrets) < kinds.index(blocks.EnhancedPacket)
     key_log = b"".join(b.secrets_data for b in found if isinstance(b, DecryptionSecrets))
     secrets = [line.split()[2] for line in key_log.decode().splitlines()]
     assert len(secrets) == 5
