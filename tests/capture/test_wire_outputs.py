@@ -232,17 +232,24 @@ def test_gnutls_and_go_key_logs_decrypt_an_independent_recording(
 @pytest.mark.parametrize("module", ["gnutls", "gotls"])
 def test_gnutls_and_go_pcapng_open_decrypted(tls_server, clients, start_capture, gotls_clients,
                                              module):  # fmt: skip
+    """The same program, not authorized, talks to the same server at the same time:
+    none of its packets is in the file."""
     tls = GNUTLS13 if module == "gnutls" else "1.3"
     client = _start_module_client(module, tls, tls_server, gotls_clients)
-    clients.append(client)
+    bystander = _start_module_client(module, tls, tls_server, gotls_clients)
+    clients += [client, bystander]
     run = start_capture([client.pid], fmt="pcapng", module=module)
-    _release_module_client(module, client, tls_server)
-    assert client.stdout.read() == tls_helpers.HELLO
-    client.wait(30)
+    for proc in (client, bystander):
+        _release_module_client(module, proc, tls_server)
+    for proc in (client, bystander):
+        assert proc.stdout.read() == tls_helpers.HELLO
+        proc.wait(30)
     assert run.wait(60) == 0, run.stderr
     comments, _found = _assert_opens_decrypted(run.output)
     (comment,) = comments
     assert comment.startswith(f"pid {client.pid} (") and f") {module} connection " in comment
+    ports = {int(p) for r in _fields(run.output, "tcp", "tcp.srcport", "tcp.dstport") for p in r}
+    assert len(ports - {tls_server.port}) == 1  # the target's connection, not the bystander's
 
 
 def _blocks(path: Path) -> list:
