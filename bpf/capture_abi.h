@@ -96,11 +96,15 @@
 /* TLS secrets (ECAP_KIND_SECRET): what a library hands its key-log function. */
 #define ECAP_SECRET_MAX 64      /* bytes of a secret read (TLS uses 32 or 48) */
 #define ECAP_SECRET_LABEL 40    /* bytes of its NSS key-log label read */
-/* A secret probe's cookie: the low 32 bits are where the client random lies in the
- * library's connection object; the high 32 bits a signed shift of the secret's
- * address, 0 except under the UNSAFE test hook that proves a wrong location is
- * caught (ECAP_UNSAFE_TEST_SECRET_SHIFT). */
-#define ECAP_SECRET_COOKIE_SHIFT 32
+/* A secret probe's cookie. Bits 0-15 (tls_rw's secret_enter): where the client
+ * random lies in the library's connection object (gotls's go_secret keeps Go's
+ * cookie bits there: Go passes the client random as an argument). Bits 16-31: a
+ * signed shift of the secret's address, 0 except under the UNSAFE test hook that
+ * proves a wrong location is caught (ECAP_UNSAFE_TEST_SECRET_SHIFT). The upper half
+ * is the source, as in every cookie. */
+#define ECAP_SECRET_RANDOM_MASK 0xffff
+#define ECAP_SECRET_SHIFT_SHIFT 16
+#define ECAP_SECRET_SHIFT_LIMIT 32767  /* |shift| at most */
 
 /* Packet tap (bpf/packet_tap.h): how a flow of an authorized process was learned. */
 #define ECAP_FLOW_CONNECT 1     /* the process connected it (inet_sock_set_state) */

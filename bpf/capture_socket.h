@@ -31,9 +31,14 @@ struct fdtable { unsigned int max_fds; struct file **fd; } PA;
 struct files_struct { struct fdtable *fdt; } PA;
 struct task_struct { struct files_struct *files; } PA;
 
-/* Not used at run time: keeps the layout in the object's BTF, whence the loader
- * file records it for the Python side. */
+/* Not used at run time: keeps the layouts in the object's BTF, whence the loader
+ * file records them for the Python side. */
 const struct ecap_sockinfo ecap_abi_sockinfo = {};
+const struct ecap_secret ecap_abi_secret = {};
+
+/* Set by user space at load: 0 when the output needs no plaintext (keylog, pcapng:
+ * the secrets and the packets are the product), so none leaves the process. */
+const volatile __u8 copy_plaintext = 1;
 
 struct conn_key {
 	__u32 tgid;
@@ -144,12 +149,51 @@ static __always_inline __u64 advance_stream(struct conn_state *st, __u8 kind, __
 	return stream_off;
 }
 
-/* One call's plaintext on a connection: its stream position, then the bytes. */
+/* One call's plaintext on a connection: its stream position, then the bytes
+ * (none when the output needs no plaintext). */
 static __always_inline void send_conn_bytes(__u64 pid_tgid, struct conn_state *st, __u8 kind,
 					    __u64 conn, __u64 buf, __u64 n)
 {
 	__u64 stream_off = advance_stream(st, kind, n);
-	send_user_bytes(pid_tgid, kind, conn, st->fd, stream_off, buf, n);
+	if (copy_plaintext)
+		send_user_bytes(pid_tgid, kind, conn, st->fd, stream_off, buf, n);
+}
+
+/* ------------------------------------------------------------ secrets */
+
+/* One secret as a library hands it to its key-log function: the ECAP_KIND_SECRET
+ * record (struct ecap_secret), read as found — user space proves each secret
+ * against the wire before it is written anywhere. `label_len` < 0: the label is a
+ * C string; otherwise its length (a Go string has no NUL). `random`: the 32-byte
+ * client random's address (0: not known). */
+static __always_inline void emit_secret(__u64 pid_tgid, __u64 conn, __s32 fd, __u32 source,
+					__u64 label, __s64 label_len, __u64 random,
+					__u64 secret, __u64 secret_len)
+{
+	__u32 zero = 0;
+	struct ecap_record *ev = bpf_map_lookup_elem(&scratch, &zero);
+	if (!ev)
+		return;
+	fill_header(ev, pid_tgid, ECAP_KIND_SECRET, conn, fd);
+	ev->source = source;
+	struct ecap_secret *s = (struct ecap_secret *)ev->data;
+	__builtin_memset(s, 0, sizeof(*s));
+	s->secret_len = secret_len > 0xffffffffULL ? 0xffffffffU : (__u32)secret_len;
+	if (random && bpf_probe_read_user(s->client_random, sizeof(s->client_random),
+					  (void *)random) == 0)
+		s->random_read = 1;
+	if (secret_len > 0 && secret_len <= ECAP_SECRET_MAX)
+		bpf_probe_read_user(s->secret, secret_len & (2 * ECAP_SECRET_MAX - 1), (void *)secret);
+	if (label_len < 0) {
+		bpf_probe_read_user_str(s->label, sizeof(s->label), (void *)label);
+	} else if (label_len > 0) {
+		__u32 n = label_len < ECAP_SECRET_LABEL - 1 ? (__u32)label_len : ECAP_SECRET_LABEL - 1;
+		bpf_probe_read_user(s->label, n & 63, (void *)label);  /* n < 40: the mask bounds it */
+	}
+	ev->len = sizeof(*s);
+	ev->total = sizeof(*s);
+	if (bpf_ringbuf_output(&events, ev, HDR_SIZE + sizeof(*s), wakeup_flags()) < 0)
+		stat_add(ECAP_STAT_LOST_EVENTS, 1);
 }
 
 /* The socket fd this process's connection object is known to use, or -1. */

@@ -2,7 +2,9 @@
 /*
  * ecap capture of Go's crypto/tls: (*Conn).Write and (*Conn).Read, plaintext both
  * ways, in any Go program (static or PIE, with or without symbols: the Python side
- * finds the functions through .gopclntab).
+ * finds the functions through .gopclntab); the secrets its handshakes derive
+ * ((*Config).writeKeyLog) and, with packet_tap.h, the packets of its connections
+ * (--format keylog, pcapng).
  *
  * Why it is not tls_rw:
  *
@@ -44,6 +46,7 @@
 #include <bpf/bpf_core_read.h>
 
 #include "capture_common.h"
+#include "packet_tap.h"
 #include "capture_socket.h"
 
 /* Where the thread's fs base is (CO-RE): Go keeps g just below it. */
@@ -298,6 +301,36 @@ int go_close(struct pt_regs *ctx)
 	if (!is_target(pid_tgid))
 		return 0;
 	end_conn(pid_tgid, receiver(ctx, bpf_get_attach_cookie(ctx)), 0);
+	return 0;
+}
+
+/* ----------------------------------------------------------------- secrets */
+
+/* crypto/tls.(*Config).writeKeyLog(label string, clientRandom, secret []byte):
+ * every handshake calls it for each secret it derives (CLIENT_RANDOM for TLS 1.2,
+ * the four traffic secrets for TLS 1.3), and only inside does it return when
+ * Config.KeyLogWriter is nil — so its entry sees every secret of every program.
+ * Go's register ABI (>= 1.17; user space refuses older builds): rax is the
+ * *Config, the label string is (rbx, rcx), clientRandom (rdi, rsi, r8) and secret
+ * (r9, r10, r11) as (pointer, length, capacity). The connection is the *tls.Conn of
+ * the handshake running on this goroutine (writeKeyLog is called inside it). */
+SEC("uprobe")
+int go_secret(struct pt_regs *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!is_target(pid_tgid))
+		return 0;
+	__u64 cookie = bpf_get_attach_cookie(ctx);
+	struct go_key key = { .tgid = pid_tgid >> 32, .g = current_g(ctx, cookie) };
+	struct go_call *hs = bpf_map_lookup_elem(&go_handshakes, &key);
+	__u64 conn = hs ? hs->conn : 0;
+	__s32 fd = -1;
+	if (hs)
+		fd = hs->fd >= 0 ? hs->fd : known_fd(pid_tgid, conn);
+	__s64 shift = (__s16)(cookie >> ECAP_SECRET_SHIFT_SHIFT);
+	emit_secret(pid_tgid, conn, fd, cookie >> ECAP_COOKIE_SOURCE_SHIFT,
+		    ctx->rbx, (__s64)(ctx->rcx & 0xffff), ctx->rsi == 32 ? ctx->rdi : 0,
+		    ctx->r9 + shift, ctx->r10);
 	return 0;
 }
 

@@ -36,13 +36,8 @@
 
 struct vm_area_struct { struct file *vm_file; } PA;
 
-/* Set by user space at load: 0 when the output needs no plaintext (keylog, pcapng:
- * the secrets and the packets are the product), so none leaves the process. */
-const volatile __u8 copy_plaintext = 1;
-
-/* Not used at run time: keep the layouts in the object's BTF, whence the loader
- * file records them for the Python side. */
-const struct ecap_secret ecap_abi_secret = {};
+/* Not used at run time: keeps the layout in the object's BTF, whence the loader
+ * file records it for the Python side. */
 const struct ecap_layer_lib ecap_abi_layer_lib = {};
 
 struct call_frame {
@@ -392,10 +387,11 @@ int conn_end(struct pt_regs *ctx)
 /* ----------------------------------------------------------------- secrets */
 
 /* The library's key-log function, fn(conn, label, secret, secret_len) — OpenSSL's
- * ssl_log_secret, GnuTLS's keylog call — called for every secret it derives whether
- * or not a key log is configured. The cookie says where the client random lies in
- * the connection object (see ECAP_SECRET_COOKIE_SHIFT). Read as found: user space
- * proves each secret before it is written anywhere. */
+ * ssl_log_secret, GnuTLS's _gnutls_call_keylog_func — called for every secret it
+ * derives whether or not a key log is configured. The cookie says where the client
+ * random lies in the connection object (ECAP_SECRET_RANDOM_MASK). The length is
+ * taken as 32 bits: GnuTLS passes an `unsigned` (the upper half of the register is
+ * undefined), OpenSSL a size_t that never exceeds 64. */
 SEC("uprobe")
 int secret_enter(struct pt_regs *ctx)
 {
@@ -404,29 +400,12 @@ int secret_enter(struct pt_regs *ctx)
 		return 0;
 	__u64 cookie = bpf_get_attach_cookie(ctx);
 	__u64 conn = PT_REGS_PARM1(ctx);
-	__u64 label = PT_REGS_PARM2(ctx);
-	__u64 secret = PT_REGS_PARM3(ctx) + (__s64)(__s32)(cookie >> ECAP_SECRET_COOKIE_SHIFT);
-	__u64 len = PT_REGS_PARM4(ctx);
+	__s64 shift = (__s16)(cookie >> ECAP_SECRET_SHIFT_SHIFT);
 	struct conn_key key = { .tgid = pid_tgid >> 32, .conn = conn };
 	struct conn_state *known = bpf_map_lookup_elem(&conns, &key);
-	__u32 zero = 0;
-	struct ecap_record *ev = bpf_map_lookup_elem(&scratch, &zero);
-	if (!ev)
-		return 0;
-	fill_header(ev, pid_tgid, ECAP_KIND_SECRET, conn, known ? known->fd : -1);
-	struct ecap_secret *s = (struct ecap_secret *)ev->data;
-	__builtin_memset(s, 0, sizeof(*s));
-	s->secret_len = len > 0xffffffffULL ? 0xffffffffU : (__u32)len;
-	if (bpf_probe_read_user(s->client_random, sizeof(s->client_random),
-				(void *)(conn + (__u32)cookie)) == 0)
-		s->random_read = 1;
-	if (len > 0 && len <= ECAP_SECRET_MAX)
-		bpf_probe_read_user(s->secret, len & (2 * ECAP_SECRET_MAX - 1), (void *)secret);
-	bpf_probe_read_user_str(s->label, sizeof(s->label), (void *)label);
-	ev->len = sizeof(*s);
-	ev->total = sizeof(*s);
-	if (bpf_ringbuf_output(&events, ev, HDR_SIZE + sizeof(*s), wakeup_flags()) < 0)
-		stat_add(ECAP_STAT_LOST_EVENTS, 1);
+	emit_secret(pid_tgid, conn, known ? known->fd : -1, cookie >> ECAP_COOKIE_SOURCE_SHIFT,
+		    PT_REGS_PARM2(ctx), -1, conn + (cookie & ECAP_SECRET_RANDOM_MASK),
+		    PT_REGS_PARM3(ctx) + shift, (__u32)PT_REGS_PARM4(ctx));
 	return 0;
 }
 

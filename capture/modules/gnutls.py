@@ -15,6 +15,12 @@ as wget passes it), or, for sessions set up before the capture, from the socket
 system calls made inside a call (the engine's syscall correlation). A handshake
 is complete when ``gnutls_handshake`` returns 0 (``OK_IS_ZERO``); ``gnutls_bye``
 and ``gnutls_deinit`` end the session.
+
+Secrets (``--format keylog``/``pcapng``): GnuTLS passes every secret it derives to
+its internal ``_gnutls_call_keylog_func(session, label, secret, size)``, found in
+a stripped library by the labels its callers pass
+(:mod:`ecap.capture.modules._keylog_function`); the client random is where
+``gnutls_session_get_random`` reads it.
 """
 
 from __future__ import annotations
@@ -23,8 +29,8 @@ import re
 from typing import Any
 
 from ecap.capture.events import CONNECTION, DATA, HANDSHAKE
-from ecap.capture.modules import _libraries
-from ecap.capture.modules.interface import CaptureModule, Hook, HookTarget
+from ecap.capture.modules import _keylog_function, _libraries
+from ecap.capture.modules.interface import CaptureModule, Hook, HookTarget, SecretSource
 
 RET = ("RET_LONG",)
 HOOKS = (
@@ -88,4 +94,9 @@ MODULE = CaptureModule(
     emits=frozenset({DATA, HANDSHAKE, CONNECTION}),
     identity="gnutls_session_t",
     resolve=resolve,
+    secrets=SecretSource(
+        "GnuTLS 3.7.x: its internal _gnutls_call_keylog_func (every secret, whether or "
+        "not the application or SSLKEYLOGFILE asked for a key log)",
+        _keylog_function.GNUTLS.probes,
+    ),
 )

@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from ecap.capture.events import CONNECTION, DATA, HANDSHAKE
-from ecap.capture.modules.interface import CaptureModule, Hook, HookTarget, Probe
+from ecap.capture.modules.interface import CaptureModule, Hook, HookTarget, Probe, SecretSource
 
 WRITE = "crypto/tls.(*Conn).Write"
 READ = "crypto/tls.(*Conn).Read"
@@ -58,6 +58,21 @@ FD_PATH = (
 """The DWARF members from a *tls.Conn to its socket's fd."""
 TCPCONN_ITABS = ("go.itab.*net.TCPConn,net.Conn", "go:itab.*net.TCPConn,net.Conn")
 """The itab that says a net.Conn is a *net.TCPConn (renamed ``go:`` in Go 1.22)."""
+
+KEY_LOG = "crypto/tls.(*Config).writeKeyLog"
+"""Where every handshake hands each secret it derives, with the client random.
+
+``(c *Config) writeKeyLog(label string, clientRandom, secret []byte) error`` is
+called by the client and server handshakes for CLIENT_RANDOM (TLS 1.2) and the
+four traffic secrets (TLS 1.3) unconditionally: the ``KeyLogWriter == nil`` test
+is its first statement, inside (read in Go's src/crypto/tls, common.go and the
+handshake_*.go callers). It is too big to inline (fmt.Sprintf, a mutex), so it is
+a function of its own in every binary that does TLS; a program whose linker
+dropped it cannot give secrets. Go derives no EXPORTER_SECRET line."""
+KEY_LOG_RELEASES = ((1, 17), (1, 23))
+"""Go releases whose writeKeyLog signature and register ABI ecap reads (the same
+from 1.17, the first register-ABI release, through 1.23 in Go's source; proven on
+the wire here with Debian's go1.19). Anything else fails closed for keys."""
 
 
 def _go_program(pid: int) -> tuple[Any, Any, Any]:
@@ -199,6 +214,49 @@ def probes_for(image: Any, table: Any, convention: str) -> tuple[list[Probe], di
     return returns + entries, functions
 
 
+def secret_probes(target: HookTarget, shift: int = 0) -> tuple[Probe, ...]:
+    """The probe on ``writeKeyLog`` (program ``go_secret``, bpf/gotls.bpf.c): its
+    cookie carries g's thread-local slot, like every gotls probe, and the UNSAFE
+    test shift of the secret's address (ECAP_SECRET_SHIFT_SHIFT)."""
+    from ecap import gobinary
+    from ecap.capture import abi as abi_mod
+    from ecap.capture.modules._keylog_function import SecretsUnavailable, secret_shift_bits
+    from ecap.elf import NotAnElf, open_elf
+    from ecap.gopclntab import go_functions
+
+    def refuse(why: str) -> SecretsUnavailable:
+        return SecretsUnavailable(
+            f"cannot read TLS secrets from {target.display_path} "
+            f"({target.version or 'Go version unknown'}): {why}",
+            hint=f"keylog and pcapng need a Go {KEY_LOG_RELEASES[0][0]}.{KEY_LOG_RELEASES[0][1]}"
+            f"-{KEY_LOG_RELEASES[1][0]}.{KEY_LOG_RELEASES[1][1]} amd64 binary; text, jsonl, raw "
+            "and 'pcapng --plaintext' still work",
+        )
+
+    try:
+        image = open_elf(target.path)
+    except (NotAnElf, OSError) as exc:
+        raise refuse(str(exc)) from exc
+    table = go_functions(image)
+    info = gobinary.build_info(image)
+    release = info.release if info is not None else None
+    if release is None or not KEY_LOG_RELEASES[0] <= release <= KEY_LOG_RELEASES[1]:
+        raise refuse("ecap reads Go's secrets only from releases it was proven against")
+    convention, _version = _convention(image, table)
+    if convention == gobinary.STACK_ABI:
+        raise refuse("it passes arguments on the stack (not the register ABI ecap reads)")
+    fn = table.find(KEY_LOG)
+    if fn is None:
+        raise refuse(f"it has no {KEY_LOG} (the linker dropped it, or it was inlined)")
+    entry = gobinary.stack_check_branch(image, fn) or image.vaddr_to_offset(fn.entry)
+    if entry is None:
+        raise refuse(f"{KEY_LOG} is not in the file")
+    abi = abi_mod.of(MODULE.bpf_object)
+    slot = gobinary.tls_g_slot(image, table.find("runtime.morestack"))
+    cookie = (slot << abi.GO_TLS_G_SHIFT) | secret_shift_bits(abi, shift)
+    return (Probe(KEY_LOG, entry, "go_secret", False, cookie),)
+
+
 def resolve(pid: int, options: dict[str, Any]) -> HookTarget:
     """The Go executable of process ``pid`` and its probes."""
     from ecap import procfs
@@ -221,4 +279,9 @@ MODULE = CaptureModule(
     identity="*tls.Conn",
     resolve=resolve,
     applies_to=detect,
+    secrets=SecretSource(
+        "Go 1.17-1.23 (register ABI): crypto/tls.(*Config).writeKeyLog, which every "
+        "handshake calls for each secret whether or not a KeyLogWriter is set",
+        secret_probes,
+    ),
 )

@@ -21,6 +21,10 @@ each other (``tls`` requires ``SSL_write``, this module ``SSL_ImportFD``).
 NSS completes its handshake inside the first read or write, through no exported
 function: no handshake events. The socket comes from the socket system calls
 made inside a call (the engine's syscall correlation).
+
+No secrets (``--format keylog``/``pcapng`` refused, exit 2): NSS derives and keeps
+them as PKCS#11 objects inside its token, and Debian's libssl3.so is built without
+``NSS_ALLOW_SSLKEYLOGFILE`` — no function receives a secret as bytes.
 """
 
 from __future__ import annotations
@@ -100,4 +104,6 @@ MODULE = CaptureModule(
     emits=frozenset({DATA, CONNECTION}),
     identity="PRFileDesc*",
     resolve=resolve,
+    no_secrets="NSS keeps its TLS secrets inside its PKCS#11 token, and Debian builds it "
+    "without key logging (no SSLKEYLOGFILE, no key-log function to read them from)",
 )

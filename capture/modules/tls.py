@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ecap.capture.events import CONNECTION, DATA, HANDSHAKE
-from ecap.capture.modules import _libraries, _openssl_secrets
+from ecap.capture.modules import _keylog_function, _libraries
 from ecap.capture.modules.interface import (
     CaptureModule,
     Hook,
@@ -164,6 +164,6 @@ MODULE = CaptureModule(
     secrets=SecretSource(
         "OpenSSL 3.0.x: its internal key-log function ssl_log_secret (every secret, "
         "whether or not the application set a key log)",
-        _openssl_secrets.probes,
+        _keylog_function.OPENSSL.probes,
     ),
 )

@@ -25,6 +25,7 @@ from pcapng import FileScanner, blocks
 from ecap.capture.schema import validate_lines
 from ecap.capture.sinks._pcapng import DecryptionSecrets
 from tests import tls_helpers
+from tests.capture.stack_clients import wait_mapped
 
 pytestmark = [pytest.mark.bpf, pytest.mark.slow]
 
@@ -129,12 +130,20 @@ def test_keylog_decrypts_an_independent_recording(tls_server, clients, start_cap
         assert client.stdout.read() == tls_helpers.HELLO
         client.wait(30)
         assert run.wait(60) == 0, run.stderr
+    _assert_key_log_decrypts(run, traffic, {"CLIENT_RANDOM"} if "1.2" in tls else TLS13_LABELS,
+                             suite)  # fmt: skip
+
+
+def _assert_key_log_decrypts(run, traffic: Path, labels: set[str], suite: str) -> None:
+    """ecap's key log (``run.output``) has ``labels`` for one connection, each line
+    proven, and with it tshark decrypts the independent recording ``traffic``, on
+    which ``suite`` was negotiated: the request path and the response body."""
     assert run.output.stat().st_mode & 0o777 == 0o600
     lines = [
         line.split() for line in run.output.read_text().splitlines() if not line.startswith("#")
     ]
-    labels = {line[0] for line in lines}
-    assert labels == ({"CLIENT_RANDOM"} if "1.2" in tls else TLS13_LABELS)
+    assert {line[0] for line in lines} == labels
+    assert len(lines) == len(labels)  # each secret once
     assert len({line[1] for line in lines}) == 1  # one connection, one client random
     # the suite asked for is the one negotiated (on the independent recording)
     assert _fields(traffic, "tls.handshake.type == 2", "tls.handshake.ciphersuite") == [[suite]]
@@ -153,10 +162,113 @@ def test_keylog_decrypts_an_independent_recording(tls_server, clients, start_cap
     assert f"keys: {len(lines)} proven and written" in run.stderr
 
 
+GO_TLS13_LABELS = TLS13_LABELS - {"EXPORTER_SECRET"}
+"""Go's handshakes derive no exporter line (writeKeyLog is never given one)."""
+
+
+def _wget(server: tls_helpers.TlsServer, priority: str) -> subprocess.Popen:
+    """wget (GnuTLS) with a GnuTLS priority string, waiting for its URL on stdin:
+    attached before it handshakes (gnutls-cli handshakes as it starts)."""
+    proc = subprocess.Popen(
+        ["wget", "-q", "--no-check-certificate", "--tries=1", f"--ciphers={priority}",
+         "-O", "-", "-i", "-"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    wait_mapped(proc.pid, "libgnutls")
+    return proc
+
+
+def _go_client(binary: Path, server: tls_helpers.TlsServer, tls: str) -> subprocess.Popen:
+    """The gotls test client's ``get`` mode, waiting for a line on stdin."""
+    return subprocess.Popen([str(binary), "get", server.url("/hello"), tls],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+
+
+def _start_module_client(module: str, tls: str, server, gotls_clients) -> subprocess.Popen:
+    if module == "gnutls":
+        return _wget(server, tls)
+    return _go_client(gotls_clients["stripped-pie"], server, tls)
+
+
+def _release_module_client(module: str, proc: subprocess.Popen, server) -> None:
+    tls_helpers.release(proc, server.url("/hello") if module == "gnutls" else "go")
+
+
+GNUTLS13 = "NORMAL:-VERS-ALL:+VERS-TLS1.3:-CIPHER-ALL:+CHACHA20-POLY1305"
+GNUTLS12 = "NORMAL:-VERS-ALL:+VERS-TLS1.2:-CIPHER-ALL:+AES-256-GCM"
+MODULE_KEYLOG_CASES = [
+    ("gnutls", GNUTLS13, "0x1303", TLS13_LABELS),
+    ("gnutls", GNUTLS12, "0xc02c", {"CLIENT_RANDOM"}),
+    # Go chooses its TLS 1.3 suite itself (AES-GCM where the CPU has AES-NI)
+    ("gotls", "1.3", None, GO_TLS13_LABELS),
+    ("gotls", "1.2-chacha20", "0xcca9", {"CLIENT_RANDOM"}),
+]
+
+
+@pytest.mark.parametrize(("module", "tls", "suite", "labels"), MODULE_KEYLOG_CASES,
+                         ids=["gnutls-tls13-chacha20", "gnutls-tls12-aes256gcm", "gotls-tls13",
+                              "gotls-tls12-chacha20"])  # fmt: skip
+def test_gnutls_and_go_key_logs_decrypt_an_independent_recording(
+    tls_server, clients, start_capture, tmp_path, gotls_clients, module, tls, suite, labels
+):
+    """wget (GnuTLS, its internal key-log function found in Debian's stripped
+    libgnutls) and the Go client (stripped PIE: writeKeyLog found via .gopclntab)."""
+    client = _start_module_client(module, tls, tls_server, gotls_clients)
+    clients.append(client)
+    traffic = tmp_path / "traffic.pcapng"
+    with recording(tls_server.port, traffic):
+        run = start_capture([client.pid], fmt="keylog", module=module)
+        _release_module_client(module, client, tls_server)
+        assert client.stdout.read() == tls_helpers.HELLO
+        client.wait(30)
+        assert run.wait(60) == 0, run.stderr
+    if suite is None:
+        (suite,) = {r[0] for r in _fields(traffic, "tls.handshake.type == 2",
+                                          "tls.handshake.ciphersuite")}  # fmt: skip
+        assert suite in ("0x1301", "0x1302", "0x1303")
+    _assert_key_log_decrypts(run, traffic, labels, suite)
+
+
+@pytest.mark.parametrize("module", ["gnutls", "gotls"])
+def test_gnutls_and_go_pcapng_open_decrypted(tls_server, clients, start_capture, gotls_clients,
+                                             module):  # fmt: skip
+    """The same program, not authorized, talks to the same server at the same time:
+    none of its packets is in the file."""
+    tls = GNUTLS13 if module == "gnutls" else "1.3"
+    client = _start_module_client(module, tls, tls_server, gotls_clients)
+    bystander = _start_module_client(module, tls, tls_server, gotls_clients)
+    clients += [client, bystander]
+    run = start_capture([client.pid], fmt="pcapng", module=module)
+    for proc in (client, bystander):
+        _release_module_client(module, proc, tls_server)
+    for proc in (client, bystander):
+        assert proc.stdout.read() == tls_helpers.HELLO
+        proc.wait(30)
+    assert run.wait(60) == 0, run.stderr
+    comments, _found = _assert_opens_decrypted(run.output)
+    (comment,) = comments
+    assert comment.startswith(f"pid {client.pid} (") and f") {module} connection " in comment
+    ports = {int(p) for r in _fields(run.output, "tcp", "tcp.srcport", "tcp.dstport") for p in r}
+    assert len(ports - {tls_server.port}) == 1  # the target's connection, not the bystander's
+
+
 def _blocks(path: Path) -> list:
     with open(path, "rb") as f, warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # python-pcapng on its if_tsresol
         return list(FileScanner(f))
+
+
+def _assert_opens_decrypted(out: Path) -> tuple[set[str], list]:
+    """A 0600 pcapng that tshark alone (no key file) shows decrypted — the request
+    to /hello and the response body — with the secrets before the first packet.
+    Returns its packet comments and its blocks."""
+    assert out.stat().st_mode & 0o777 == 0o600
+    assert _fields(out, "http.request", "http.request.uri") == [["/hello"]]
+    assert any(BODY in r[0] for r in _fields(out, "http.response", "http.file_data"))
+    found = _blocks(out)
+    kinds = [type(b) for b in found]
+    assert kinds.index(DecryptionSecrets) < kinds.index(blocks.EnhancedPacket)
+    return {r[0] for r in _fields(out, "frame", "frame.comment")}, found
 
 
 def test_pcapng_opens_decrypted_and_holds_only_the_targets_packets(ecap_env, tls_server, clients,
@@ -176,12 +288,10 @@ def test_pcapng_opens_decrypted_and_holds_only_the_targets_packets(ecap_env, tls
         target.wait(30)
         assert run.wait(60) == 0, run.stderr
     out = run.output
-    assert out.stat().st_mode & 0o777 == 0o600
-    # tshark alone (no key file) shows the decrypted request and response
-    assert _fields(out, "http.request", "http.request.uri") == [["/hello"]]
-    assert any(BODY in r[0] for r in _fields(out, "http.response", "http.file_data"))
+    # tshark alone (no key file) shows the decrypted request and response; the
+    # secrets come first: the Decryption Secrets Block precedes every packet
+    comments, found = _assert_opens_decrypted(out)
     # every packet says who: the node target, its module and connection
-    comments = {r[0] for r in _fields(out, "frame", "frame.comment")}
     assert comments == {f"pid {target.pid} (node) tls connection 1"}
     # the independent recording has two connections; the file exactly the target's
     ports = {
@@ -200,10 +310,6 @@ def test_pcapng_opens_decrypted_and_holds_only_the_targets_packets(ecap_env, tls
     captured = _fields(out, "tcp", *wire)
     assert captured == recorded  # same packets, same order: none missing, none twice
     assert _fields(out, f"tcp.port == {bystander_port}", "frame.number") == []
-    # the secrets come first: the Decryption Secrets Block precedes every packet
-    found = _blocks(out)
-    kinds = [type(b) for b in found]
-    assert kinds.index(DecryptionSecrets) < kinds.index(blocks.EnhancedPacket)
     key_log = b"".join(b.secrets_data for b in found if isinstance(b, DecryptionSecrets))
     secrets = [line.split()[2] for line in key_log.decode().splitlines()]
     assert len(secrets) == 5
@@ -227,29 +333,40 @@ def test_pcapng_opens_decrypted_and_holds_only_the_targets_packets(ecap_env, tls
     assert not any(secret in html for secret in secrets)
 
 
-def test_a_wrong_secret_location_yields_no_key(ecap_env, tls_server, clients, start_capture):
+@pytest.mark.parametrize("module", ["tls", "gnutls", "gotls"])
+def test_a_wrong_secret_location_yields_no_key(ecap_env, tls_server, clients, start_capture,
+                                               gotls_clients, module):  # fmt: skip
     """The UNSAFE test hook reads every secret 8 bytes off: each is caught, counted
-    and reported, and not one line is written."""
-    client = tls_helpers.curl_client(tls_server, "/hello")
+    and reported, and not one line is written — whichever module read it."""
+    if module == "tls":
+        client = tls_helpers.curl_client(tls_server, "/hello")
+    else:
+        client = _start_module_client(module, GNUTLS13 if module == "gnutls" else "1.3",
+                                      tls_server, gotls_clients)  # fmt: skip
     clients.append(client)
-    run = start_capture([client.pid], fmt="keylog", env={"ECAP_UNSAFE_TEST_SECRET_SHIFT": "8"})
-    tls_helpers.release_curl(client, tls_server.url("/hello"))
+    run = start_capture([client.pid], fmt="keylog", module=module,
+                        env={"ECAP_UNSAFE_TEST_SECRET_SHIFT": "8"})  # fmt: skip
+    if module == "tls":
+        tls_helpers.release_curl(client, tls_server.url("/hello"))
+    else:
+        _release_module_client(module, client, tls_server)
     assert client.stdout.read() == tls_helpers.HELLO
     client.wait(30)
     assert run.wait(60) == 0, run.stderr
     assert "UNSAFE: ECAP_UNSAFE_TEST_SECRET_SHIFT=8" in run.stderr
     assert [line for line in run.output.read_text().splitlines() if not line.startswith("#")] == []
+    secrets = len(GO_TLS13_LABELS if module == "gotls" else TLS13_LABELS)
     records = _session(run.output)
     keys = [r for r in records if r["type"] == "key"]
-    assert len(keys) == 5 and not any(k["verified"] for k in keys)
+    assert len(keys) == secrets and not any(k["verified"] for k in keys)
     summary = records[-1]
-    assert summary["keys"]["verified"] == 0 and summary["keys"]["not_verified"] == 5
-    assert "5 NOT verified and not written" in run.stderr
+    assert summary["keys"]["verified"] == 0 and summary["keys"]["not_verified"] == secrets
+    assert f"{secrets} NOT verified and not written" in run.stderr
     journal = [json.loads(line) for line in ecap_env.journal.read_text().splitlines()]
     (start,) = [e for e in journal if e["event"] == "capture.start"]
     assert start["mode"] == "keylog" and start["unsafe_secret_shift"] == "8"
     (stop,) = [e for e in journal if e["event"] == "capture.stop"]
-    assert stop["summary"]["keys"]["not_verified"] == 5
+    assert stop["summary"]["keys"]["not_verified"] == secrets
 
 
 def test_plaintext_pcapng_is_dissected_as_http1_and_http2(tls_server, clients, start_capture):

@@ -9,15 +9,14 @@ told at preflight (exit 4).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
 from ecap.authz import request
-from ecap.capture import cli, modules
-from ecap.capture.modules import _openssl_secrets
+from ecap.capture import cli
+from ecap.capture.modules import _keylog_function
 from ecap.capture.modules.interface import HookTarget
 from ecap.errors import UsageError
 
@@ -74,29 +73,26 @@ def test_verify_shows_the_key_modes(ecap_env, sleeper):
     assert "output modes  keylog, pcapng, text" in done.stdout
 
 
-def test_a_module_without_secrets_is_refused_with_why(monkeypatch, capsys, ecap_env, sleeper):
-    """What NSS will say (Debian's NSS keeps secrets in its token, no key logging):
-    any module that declares no secrets source is refused before the gate."""
-    nss_like = dataclasses.replace(
-        modules.get("tls"), name="nsslike", secrets=None, options=(),
-        no_secrets="NSS keeps its secrets inside its PKCS#11 token",
-    )  # fmt: skip
-    registry = {**modules.registry(), "nsslike": nss_like}
-    monkeypatch.setattr(modules, "registry", lambda: registry)
-    token = ecap_env.write_token(ecap_env.authorize([sleeper.pid], modes=("keylog",)))
+@pytest.mark.parametrize("fmt", ["keylog", "pcapng"])
+def test_nss_is_refused_keys_with_why(fmt, monkeypatch, capsys, ecap_env, sleeper):
+    """Debian's NSS keeps its secrets in its token and logs none: capture nss
+    refuses keylog and pcapng (exit 2, saying why) before the gate; and so does any
+    module without a secrets source."""
+    token = ecap_env.write_token(ecap_env.authorize([sleeper.pid], modes=(fmt,),
+                                                    modules=("nss", "bash")))  # fmt: skip
     code, err = _run_cli(
-        ["capture", "nsslike", "--pid", str(sleeper.pid), "--token", str(token), "--format",
-         "keylog"],
+        ["capture", "nss", "--pid", str(sleeper.pid), "--token", str(token), "--format", fmt],
         capsys, monkeypatch, ecap_env,
     )  # fmt: skip
     assert code == 2
     (line,) = err.strip().splitlines()
-    assert "needs TLS secrets, and the nsslike module cannot give them: NSS keeps" in line
-    assert "pcapng --plaintext" in line
+    assert (
+        f"--format {fmt} needs TLS secrets, and the nss module cannot give them: NSS keeps" in line
+    )
+    assert "without key logging" in line and "pcapng --plaintext" in line
     assert _journal_events(ecap_env) == []  # refused before the gate
     code, err = _run_cli(
-        ["capture", "bash", "--pid", str(sleeper.pid), "--token", str(token), "--format",
-         "pcapng"],
+        ["capture", "bash", "--pid", str(sleeper.pid), "--token", str(token), "--format", fmt],
         capsys, monkeypatch, ecap_env,
     )  # fmt: skip
     assert code == 2 and "the bash module cannot give them" in err
@@ -123,11 +119,11 @@ def test_the_key_log_function_is_found_in_a_stripped_libssl():
 
     assert not open_elf(DEBIAN_LIBSSL).find_functions(["ssl_log_secret"])
     version = open_elf(DEBIAN_LIBSSL.with_name("libcrypto.so.3")).ssl_version()
-    (probe,) = _openssl_secrets.probes(_target(DEBIAN_LIBSSL, version), 0)
+    (probe,) = _keylog_function.OPENSSL.probes(_target(DEBIAN_LIBSSL, version), 0)
     assert probe.function == "ssl_log_secret" and probe.program == "secret_enter"
-    assert probe.cookie & 0xFFFFFFFF == 0x160  # the client random in Debian 3.0's SSL
-    (shifted,) = _openssl_secrets.probes(_target(DEBIAN_LIBSSL, version), -8)
-    assert shifted.cookie >> 32 == 0xFFFFFFF8 and shifted.offset == probe.offset
+    assert probe.cookie & 0xFFFF == 0x160  # the client random in Debian 3.0's SSL
+    (shifted,) = _keylog_function.OPENSSL.probes(_target(DEBIAN_LIBSSL, version), -8)
+    assert shifted.cookie == 0x160 | 0xFFF8 << 16 and shifted.offset == probe.offset
 
 
 @pytest.mark.parametrize(
@@ -142,6 +138,43 @@ def test_an_unproven_library_version_fails_closed_for_keys(path, version, why):
     if not path.exists():
         pytest.fail(f"{path} is installed by make setup")
     with pytest.raises(UsageError) as refused:
-        _openssl_secrets.probes(_target(path, version), 0)
+        _keylog_function.OPENSSL.probes(_target(path, version), 0)
     text = refused.value.one_line()
     assert why in text and "text, jsonl, raw and 'pcapng --plaintext' still work" in text
+
+
+DEBIAN_LIBGNUTLS = Path("/usr/lib/x86_64-linux-gnu/libgnutls.so.30")
+
+
+def test_the_key_log_function_is_found_in_a_stripped_libgnutls():
+    """Debian's libgnutls has no symbol for _gnutls_call_keylog_func: it is the one
+    function both CLIENT_RANDOM and EXPORTER_SECRET are passed to; the client random
+    is where gnutls_session_get_random reads it."""
+    from ecap.capture.modules import gnutls
+    from ecap.elf import open_elf
+
+    assert not open_elf(DEBIAN_LIBGNUTLS).find_functions(["_gnutls_call_keylog_func"])
+    version = gnutls._libraries.version_in(DEBIAN_LIBGNUTLS, gnutls._VERSION_RE)
+    assert version and version.startswith("GnuTLS 3.7.")
+    (probe,) = _keylog_function.GNUTLS.probes(_target(DEBIAN_LIBGNUTLS, version), 0)
+    assert probe.program == "secret_enter"
+    assert probe.cookie == 0x50  # security_parameters.client_random in 3.7's session
+    with pytest.raises(UsageError) as refused:
+        _keylog_function.GNUTLS.probes(_target(DEBIAN_LIBGNUTLS, "GnuTLS 3.8.3"), 0)
+    text = refused.value.one_line()
+    assert (
+        "only from versions it was proven against" in text and "need a proven GnuTLS 3.7.x" in text
+    )
+
+
+def test_an_unproven_go_release_fails_closed_for_keys(gotls_clients, monkeypatch):
+    from ecap.capture.modules import gotls
+
+    binary = gotls_clients["stripped-pie"]
+    target = HookTarget(1, binary, str(binary), "executable", "go1.19", ())
+    (probe,) = gotls.secret_probes(target, 0)
+    assert probe.function == gotls.KEY_LOG and probe.program == "go_secret"
+    monkeypatch.setattr(gotls, "KEY_LOG_RELEASES", ((1, 20), (1, 23)))
+    with pytest.raises(UsageError) as refused:
+        gotls.secret_probes(target, 0)
+    assert "only from releases it was proven against" in refused.value.one_line()

@@ -173,6 +173,33 @@ func grow(addr string, n int) {
 	fmt.Fprintf(os.Stderr, "reads %d moved %d\n", reads, moved)
 }
 
+// get: one GET of url over HTTP/1.1, the TLS version and suite chosen by tls
+// ("1.3": Go picks the TLS 1.3 suite itself; "1.2-chacha20", "1.2-aes128gcm"),
+// the body printed as it came.
+func get(url, version string) {
+	config := &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}}
+	switch version {
+	case "1.3":
+		config.MinVersion = tls.VersionTLS13
+	case "1.2-chacha20":
+		config.MaxVersion = tls.VersionTLS12
+		config.CipherSuites = []uint16{tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256}
+	case "1.2-aes128gcm":
+		config.MaxVersion = tls.VersionTLS12
+		config.CipherSuites = []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256}
+	}
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: config,
+		TLSNextProto: map[string]func(string, *tls.Conn) http.RoundTripper{}}}
+	r, err := client.Get(url)
+	if err != nil {
+		fmt.Println("error:", err)
+		os.Exit(1)
+	}
+	got, _ := io.ReadAll(r.Body)
+	r.Body.Close()
+	os.Stdout.Write(got)
+}
+
 func main() {
 	bufio.NewReader(os.Stdin).ReadString('\n')
 	mode, target := os.Args[1], os.Args[2]
@@ -184,5 +211,7 @@ func main() {
 		pingpong(target, n)
 	case "grow":
 		grow(target, n)
+	case "get":
+		get(target, os.Args[3])
 	}
 }
