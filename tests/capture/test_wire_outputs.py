@@ -25,6 +25,8 @@ from pcapng import FileScanner, blocks
 from ecap.capture.schema import validate_lines
 from ecap.capture.sinks._pcapng import DecryptionSecrets
 from tests import tls_helpers
+from tests.capture import stack_clients
+from tests.capture.audit_helpers import wait_for
 from tests.capture.stack_clients import wait_mapped
 
 pytestmark = [pytest.mark.bpf, pytest.mark.slow]
@@ -397,3 +399,44 @@ def test_plaintext_pcapng_is_dissected_as_http1_and_http2(tls_server, clients, s
     # real addresses and ports: the server's port, the clients' own
     assert {int(r[0]) for r in _fields(out, "tcp", "tcp.dstport") if r[0]} >= {tls_server.port}
     assert all("placeholders" not in c for c in comments)
+
+
+@pytest.fixture(scope="module")
+def nss_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return stack_clients.nss_database(tmp_path_factory.mktemp("nssdb"))
+
+
+@pytest.mark.parametrize("module", ["gnutls", "gotls", "nss"])
+def test_plaintext_pcapng_of_every_other_tls_module_is_dissected(
+    tls_server, clients, start_capture, gotls_clients, nss_db, tmp_path, module
+):
+    """No keys needed: the captured plaintext as packets is dissected as HTTP whatever
+    library carried it — NSS included, whose secrets ecap cannot read. Go's client
+    speaks HTTP/2 when the server offers it, the others HTTP/1.1."""
+    if module == "nss":
+        client = stack_clients.tstclnt(tls_server.port, nss_db, tmp_path / "nss.out")
+    else:
+        client = _start_module_client(module, GNUTLS13 if module == "gnutls" else "1.3",
+                                      tls_server, gotls_clients)  # fmt: skip
+    clients.append(client)
+    run = start_capture([client.pid], fmt="pcapng", module=module, extra=("--plaintext",))
+    if module == "nss":
+        assert client.stdin is not None
+        client.stdin.write(b"GET /hello HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        client.stdin.flush()
+        wait_for(lambda: (tmp_path / "nss.out").read_bytes().endswith(tls_helpers.HELLO),
+                 what="tstclnt's answer")  # fmt: skip
+        tls_helpers.stop_process(client)  # tstclnt does not exit by itself
+    else:
+        _release_module_client(module, client, tls_server)
+        assert client.stdout.read() == tls_helpers.HELLO
+        client.wait(30)
+    assert run.wait(60) == 0, run.stderr
+    http2 = ("-d", f"tcp.port=={tls_server.port},http2")
+    paths = _fields(run.output, "http.request", "http.request.uri") or _fields(
+        run.output, "http2.headers.path", "http2.headers.path", options=http2
+    )
+    assert ["/hello"] in paths, paths
+    comments = {r[0] for r in _fields(run.output, "frame", "frame.comment")}
+    assert comments and all(c.startswith(f"pid {client.pid} (") for c in comments), comments
+    assert any(f") {module} connection " in c for c in comments), comments
