@@ -220,6 +220,7 @@ class _Session:
             self.tap = WireTap(
                 self.writer, self.sink.consumes, ring, kernel.flow_owner, module=self.module.name,
                 record=open_session_record(self.record_out) if self.record_out else None,
+                exporter=self.module.secrets is None or self.module.secrets.exporter,
             )  # fmt: skip
             self.writer = self.tap
         if self.raw:

@@ -283,5 +283,6 @@ MODULE = CaptureModule(
         "Go 1.17-1.23 (register ABI): crypto/tls.(*Config).writeKeyLog, which every "
         "handshake calls for each secret whether or not a KeyLogWriter is set",
         secret_probes,
+        exporter=False,
     ),
 )

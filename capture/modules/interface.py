@@ -135,6 +135,10 @@ class SecretSource:
     """(a resolved target, the UNSAFE test shift of the secret's address, 0 normally)
     → the probes to add; raises :class:`ecap.errors.UsageError` (exit 2) naming the
     library and version it cannot read secrets from."""
+    exporter: bool = True
+    """Whether the library hands over an EXPORTER_SECRET in TLS 1.3 handshakes (Go
+    never does): the proof releases a connection's packets once every secret its
+    library derives was judged."""
 
 
 @dataclass(frozen=True)

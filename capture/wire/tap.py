@@ -35,10 +35,12 @@ class WireTap:
     """The writer the pipeline sees in keylog/pcapng sessions."""
 
     def __init__(self, sink: SinkWriter, consumes: frozenset[str], ring: PacketRing | None,
-                 flow_owner: Any, *, module: str, record: SinkWriter | None) -> None:  # fmt: skip
+                 flow_owner: Any, *, module: str, record: SinkWriter | None,
+                 exporter: bool = True) -> None:  # fmt: skip
         """``ring``: the packet tap (None: no keys, no packets — pcapng --plaintext);
         ``flow_owner(key bytes) → pid | None`` asks the kernel whose flow it is;
-        ``record``: the session record's writer (None: none is kept)."""
+        ``record``: the session record's writer (None: none is kept); ``exporter``:
+        the module's library derives an EXPORTER_SECRET (SecretSource)."""
         self._sink = sink
         self._consumes = consumes
         self._ring = ring
@@ -47,7 +49,7 @@ class WireTap:
         self._by_ends: dict[tuple[int, str, str], Connection] = {}
         self.verifier = KeyVerifier(self._out, module=module, owner=self._owner,
                                     comm=self._comm, connection_for=self._connection_for,
-                                    packets=PACKET in consumes)  # fmt: skip
+                                    packets=PACKET in consumes, exporter=exporter)  # fmt: skip
 
     # -- SinkWriter ---------------------------------------------------------------
     def header(self, info: dict[str, Any]) -> None:

@@ -119,16 +119,21 @@ class KeyVerifier:
                  owner: Callable[[Endpoint, Endpoint], int | None],
                  comm: Callable[[int | None, Connection | None], str],
                  connection_for: Callable[[int | None, Endpoint, Endpoint], Connection | None],
-                 packets: bool, clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+                 packets: bool, exporter: bool = True,
+                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
         """``owner(local, remote)``: the pid the kernel attributed a flow to (None: not
         ours); ``connection_for``: ecap's connection for a flow's ends; ``packets``:
-        pass the packets on (pcapng) rather than only judge keys with them."""
+        pass the packets on (pcapng) rather than only judge keys with them;
+        ``exporter``: the library hands over an EXPORTER_SECRET in TLS 1.3 (Go does
+        not: without this, each of its connections would wait ``HOLD_SECONDS`` for
+        one)."""
         self._emit = emit
         self._module = module
         self._owner = owner
         self._comm = comm
         self._connection_for = connection_for
         self._packets = packets
+        self._tls13_labels = (*TLS13_TRAFFIC, *EXPORTER) if exporter else tuple(TLS13_TRAFFIC)
         self._now = clock
         self.flows: dict[tuple[Endpoint, Endpoint], Flow] = {}
         self._by_random: dict[bytes, Flow] = {}
@@ -296,7 +301,7 @@ class KeyVerifier:
         tls = flow.tls
         if tls.version is None:
             return None
-        return (*TLS13_TRAFFIC, *EXPORTER) if tls.version == TLS13 else (TLS12,)
+        return self._tls13_labels if tls.version == TLS13 else (TLS12,)
 
     def _maybe_settle(self, flow: Flow) -> None:
         if flow.held is None:

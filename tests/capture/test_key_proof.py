@@ -220,3 +220,24 @@ def test_packets_of_a_flow_that_is_not_ours_are_ignored(tls13):
         verifier.packet(p)
     verifier.finish()
     assert emitted == [] and verifier.counts.packets == 0
+
+
+def test_a_library_without_an_exporter_secret_settles_on_its_traffic_secrets(tls13):
+    """Go hands over no EXPORTER_SECRET: its connection's packets go out once the
+    four traffic secrets are judged, not after the hold time; a library that does
+    derive one is held until it comes (here: until the capture finishes)."""
+    secrets = [s for s in _secrets(tls13) if s.label != "EXPORTER_SECRET"]
+    settled = {}
+    for exporter in (False, True):
+        verifier = KeyVerifier(
+            [].append, module="gotls", exporter=exporter,
+            owner=lambda local, _remote: 4242 if local == CLIENT else None,
+            comm=lambda _pid, _conn: "client", connection_for=lambda *_a: None, packets=True,
+            clock=lambda: 0.0,
+        )  # fmt: skip
+        for item in _packets(tls13) + secrets:
+            (verifier.secret if isinstance(item, SecretEvent) else verifier.packet)(item)
+        verifier.tick()
+        (flow,) = verifier.flows.values()
+        settled[exporter] = flow.held is None
+    assert settled == {False: True, True: False}
