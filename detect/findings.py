@@ -13,6 +13,7 @@ sessions are :mod:`ecap.detect.host_findings`.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
@@ -163,12 +164,31 @@ def merge_probes(
             fd=old.fd if old.fd is not None else p.fd,
         )
     out = list(merged.values())
-    seen = {(p.type, p.target, p.offset) for p in out}
-    # bcc's tracefs fallback defines an event (left disabled) and attaches through a
-    # perf fd, which the fd walk already reports; an *enabled* event records to the
-    # ftrace buffer by itself, whoever else hooks the same place.
-    out.extend(t for t in from_tracefs if t.enabled or (t.type, t.target, t.offset) not in seen)
+    holders: dict[tuple, set[int]] = {}
+    for p in out:
+        if p.holder_pid:
+            holders.setdefault((p.type, p.target, p.offset), set()).add(p.holder_pid)
+    out.extend(t for t in from_tracefs if t.enabled or not _loader_event_of(t, holders))
     return out
+
+
+def _loader_event_of(event: Probe, holders: dict[tuple, set[int]]) -> bool:
+    """Whether a disabled tracefs event is a BPF loader's own way in to a probe the
+    fd walk already reports: bcc's and libbpf's tracefs fallbacks define an event
+    (left disabled) named after the attaching process (``…_bcc_PID``,
+    ``libbpf_PID_…``) and attach through a perf fd that process holds. Any other
+    disabled event is a probe of its own, even where a BPF program hooks the same
+    place (bpftrace on SSL_read must not hide someone's ``r:…SSL_read`` event); an
+    *enabled* one records to the ftrace buffer by itself, whoever else hooks there."""
+    named = _LOADER_EVENT.search(event.event or "")
+    if named is None:
+        return False
+    pid = int(named.group("bcc") or named.group("libbpf"))
+    return pid in holders.get((event.type, event.target, event.offset), ())
+
+
+_LOADER_EVENT = re.compile(r"_bcc_(?P<bcc>\d+)$|/libbpf_(?P<libbpf>\d+)_")
+"""The attaching process in a tracefs fallback's event name (``group/event``)."""
 
 
 def _actor(inv: Inventory, probe: Probe) -> tuple[str, object]:

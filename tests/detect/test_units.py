@@ -196,10 +196,14 @@ def test_audit_rule_parsing():
 def test_merge_keeps_one_probe_per_attachment():
     perf = Probe("perf_event", "uprobe", "/lib/x.so", 0x10, prog_id=5, holder_pid=9, fd=3)
     link = Probe("link", "uprobe", "/lib/x.so", 0x10, prog_id=5, link_id=7)
-    legacy = Probe("tracefs", "uprobe", "/lib/x.so", 0x10, event="uprobes/p_x")
+    # bcc's tracefs fallback: its own event, named after the process holding the perf fd
+    bcc = Probe("tracefs", "uprobe", "/lib/x.so", 0x10, event="uprobes/p__lib_x_so_0x10_bcc_9")
+    libbpf = Probe("tracefs", "uprobe", "/lib/x.so", 0x10, event="uprobes/libbpf_9_x_so_0x10_0")
     other = Probe("tracefs", "uprobe", "/lib/x.so", 0x20, event="g/e")
-    merged = merge_probes([perf], [link], [legacy, other])
-    assert len(merged) == 2
+    # someone else's disabled event on the very place the BPF program hooks
+    hidden = Probe("tracefs", "uprobe", "/lib/x.so", 0x10, event="g/ev19")
+    merged = merge_probes([perf], [link], [bcc, libbpf, other, hidden])
+    assert [p.event for p in merged] == [None, "g/e", "g/ev19"]
     assert merged[0].link_id == 7 and merged[0].holder_pid == 9 and merged[0].fd == 3
 
 
