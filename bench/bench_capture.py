@@ -4,21 +4,32 @@ Not part of the tests. Everything is measured side by side in one run and printe
 as ratios, because the machine is shared (its two vCPUs also run other engineers'
 test suites): an absolute figure from another minute is not comparable.
 
-A target program per capture module (``BENCH_MODULES``: for ``tls``,
-bench/tls_bench.c, OpenSSL) writes N back-to-back calls of 1, 16 and 64 KiB over
-TLS to a local reader. For each size and round, its throughput is measured in
-these modes, one after the other (``MODES``):
+A target program per capture module (``BENCH_MODULES``) writes N back-to-back
+calls over TLS to the same local reader (bench/tls_bench.c's server): ``tls``,
+bench/tls_bench.c (OpenSSL ``SSL_write``; 1, 16 and 64 KiB); ``gnutls``,
+bench/gnutls_bench.c (``gnutls_record_send``, at most 16 KiB a call, so a 64 KiB
+write is four calls; 1 and 64 KiB); ``gotls``, bench/gotls_bench.go (Go's
+``(*tls.Conn).Write``, built with ``go build``; 1 and 64 KiB). For each round and
+size, the modules take turns, and each module's modes run one after the other
+(``MODES``; each module runs the subset in its ``BenchModule.modes``):
 
   none        no probe at all
-  count       a count-only uprobe on the module's data functions: the floor any
-              uprobe-based tool pays (bench/count.bpf.c, attached as ecap attaches)
-  count-ret   the same with a uretprobe on each as well (any tool that needs the
-              real byte count, or the data a read returns, pays at least this)
+  count       a count-only uprobe exactly where the module puts its data functions'
+              entry probes: the floor any uprobe-based tool pays (bench/count.bpf.c,
+              attached as ecap attaches: uprobe_multi, PID-scoped)
+  count-ret   the same with a probe on each return as well, as the module probes it:
+              a uretprobe (tls, gnutls) or a uprobe on every RET instruction (gotls:
+              Go code never gets a uretprobe). Any tool that needs the real byte
+              count, or the data a read returns, pays at least this
   kernel      ecap's kernel side (its programs and probes; the 1 GiB ring is not read
               during the run) in its steady state: syscall tracepoints detached
   kernel+sys  the same with the syscall tracepoints attached, as while some
               connection's socket is still unknown
+  text        ``ecap-audit capture MODULE --format text`` (tls): HTTP-aware rendering
   jsonl       ``ecap-audit capture MODULE --format jsonl``: every byte decoded and written
+  pcapng      ``--format pcapng`` (tls): the connection's packets from the packet tap
+              into a pcapng file; the probes copy no plaintext (its CPU figure is per
+              call made, there being no events)
   raw         ``ecap-audit capture MODULE --format raw``: the records written verbatim
   raw-256M    the same with ``--ring-size 256``: a ring that absorbs longer stalls of
               the capture process (which shares two vCPUs with the target, its reader
@@ -30,7 +41,8 @@ tracepoints are detached (``SYSCALLS_IDLE_AFTER``), as in any capture that runs
 for more than a few seconds; for them the capture process's CPU time per event
 (between the start of the run and its exit) and its peak RSS are recorded too.
 
-Then:
+Then, for every module, the in-kernel time per program run (``BPF_ENABLE_STATS``,
+1 KiB, a run of its own), and for ``tls`` alone (``EXTRAS_MODULE``):
 
   bystanders  per-syscall CPU of a process ecap does *not* target (``dd bs=1``: one
               read and one write per byte) with no capture, with ecap's kernel side
@@ -44,8 +56,9 @@ at 64 KiB; jsonl ≥ 0.75 × count at 1 KiB; 0 records lost in raw mode at 16 an
 64 KiB; peak RSS ≤ 80 MiB plus the ring; launch → attached ≤ 1 s. CPU per event
 in user space: bench/bench_consumer.py (and the live figure here).
 
-Adding a module (GnuTLS, Go...): a target speaking tls_bench.c's protocol and a
-``BenchModule`` entry; run with ``--module NAME``.
+Adding a module: a target speaking tls_bench.c's client protocol and a
+``BenchModule`` entry; run with ``--modules NAME``. ``--quick-extra`` runs a tenth
+of the calls for every module but tls (the extra modules' ratios, cheaper).
 """
 
 from __future__ import annotations
