@@ -297,7 +297,8 @@ class Capture:
         threading.Thread(target=self._read_status, daemon=True).start()
         if not self._attached.wait(30) or self.attached_at is None:
             self.stop()
-            raise RuntimeError(f"capture did not start: {''.join(self.lines)[-500:]}")
+            raise RuntimeError(f"capture {module} --format {fmt} did not start "
+                               f"(exit {self.proc.returncode}): {''.join(self.lines)[-800:]}")  # fmt: skip
 
     def _read_status(self) -> None:
         for line in self.proc.stderr:
@@ -316,7 +317,10 @@ class Capture:
         """Wait for it to exit by itself; returns its total CPU seconds (user, system)."""
         deadline = time.monotonic() + timeout
         while True:
-            pid, status, usage = os.wait4(self.proc.pid, os.WNOHANG)
+            try:
+                pid, status, usage = os.wait4(self.proc.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped by Popen.poll(): its CPU time is gone
+                return 0.0, 0.0
             if pid:
                 self.proc.returncode = os.waitstatus_to_exitcode(status)
                 return usage.ru_utime, usage.ru_stime
@@ -440,7 +444,9 @@ def _ecap(fmt: str, ring_mb: int | None = None) -> Mode:
     @contextlib.contextmanager
     def mode(run: Run) -> Iterator[None]:
         out = OUT / f"capture-{run.module.name}-{run.size}.{fmt}"
+        sidecar = Path(f"{out}.session.jsonl")  # pcapng's session record
         out.unlink(missing_ok=True)
+        sidecar.unlink(missing_ok=True)
         ring = ring_mb or run.ring_mb
         cap = Capture(run.env, run.module.name, run.pair.client.pid, fmt, out, ring)
         try:
@@ -471,6 +477,7 @@ def _ecap(fmt: str, ring_mb: int | None = None) -> Mode:
         finally:
             cap.stop()
             out.unlink(missing_ok=True)
+            sidecar.unlink(missing_ok=True)
 
     return mode
 
