@@ -63,9 +63,10 @@ def records(abi: abi_mod.Abi, size: int, count: int) -> list[bytes]:
 
     def rec(kind: int, data: bytes, *, total: int = 0, off: int = 0, at: int = 0,
             flags: int = abi.FLAG_LAST) -> bytes:  # fmt: skip
-        fields = (10**9 + off, 0x5555AAAA, off, 4242, 4243, 7, total, at, len(data), kind,
-                  flags, 0)  # fmt: skip
-        return header.pack(*fields) + bytes(pad) + data
+        fields = dict.fromkeys(abi_mod.HEADER_FIELDS, 0)  # family 0, source 0 (one module)
+        fields.update(ts_ns=10**9 + off, conn=0x5555AAAA, stream_off=off, pid=4242, tid=4243,
+                      fd=7, total=total, offset=at, len=len(data), kind=kind, flags=flags)  # fmt: skip
+        return header.pack(*fields.values()) + bytes(pad) + data
 
     thread = abi.struct("ecap_threadinfo").pack(0, 0, b"bench".ljust(16, b"\0"))
     sock = abi.struct("ecap_sockinfo").pack(2, 40000, 443, 0, bytes([127, 0, 0, 1]) + bytes(12),

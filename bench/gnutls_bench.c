@@ -1,12 +1,14 @@
 // GnuTLS benchmark target for bench/bench_capture.py (not part of ecap).
 //
 //   gnutls_bench client PORT SIZE COUNT    connect to tls_bench's server, handshake,
-//                                          wait for a line on stdin, then COUNT
-//                                          back-to-back writes of SIZE bytes with
-//                                          gnutls_record_send; print elapsed ns
+//                                          print "ready"; then per line on stdin:
+//                                          "w" one write of SIZE (a warm-up, answered
+//                                          "ok"), "go" COUNT back-to-back writes of
+//                                          SIZE with gnutls_record_send, print the
+//                                          elapsed ns and exit
 //
-// The counterpart of tls_bench's client on GnuTLS, against the same reader, so the
-// two modules are measured on the same work.
+// The counterpart of tls_bench's client on GnuTLS (the same protocol), against the
+// same reader, so the two modules are measured on the same work.
 #include <arpa/inet.h>
 #include <gnutls/gnutls.h>
 #include <netinet/in.h>
@@ -27,6 +29,17 @@ static uint64_t now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
+}
+
+// One write of SIZE: GnuTLS sends at most one record (16 KiB) per call, so a 64 KiB
+// write is four gnutls_record_send calls, as in any GnuTLS program.
+static void write_all(gnutls_session_t session, const char *buf, size_t size) {
+    for (size_t done = 0; done < size;) {
+        ssize_t n = gnutls_record_send(session, buf + done, size - done);
+        if (n <= 0)
+            die("write", (int)n);
+        done += (size_t)n;
+    }
 }
 
 int main(int argc, char **argv) {
@@ -60,19 +73,21 @@ int main(int argc, char **argv) {
     char *buf = malloc(size);
     for (size_t i = 0; i < size; i++)
         buf[i] = 'a' + i % 26;
+    printf("ready\n");
+    fflush(stdout);
     char line[16];
-    if (!fgets(line, sizeof(line), stdin))
-        die("stdin closed before go", 0);
+    for (;;) {
+        if (!fgets(line, sizeof(line), stdin))
+            die("stdin closed before go", 0);
+        if (!strcmp(line, "go\n"))
+            break;
+        write_all(session, buf, size);
+        printf("ok\n");
+        fflush(stdout);
+    }
     uint64_t t0 = now_ns();
-    // One write of SIZE: GnuTLS sends at most one record (16 KiB) per call, so a
-    // 64 KiB write is four gnutls_record_send calls, as in any GnuTLS program.
     for (long i = 0; i < count; i++)
-        for (size_t done = 0; done < size;) {
-            ssize_t n = gnutls_record_send(session, buf + done, size - done);
-            if (n <= 0)
-                die("write", (int)n);
-            done += (size_t)n;
-        }
+        write_all(session, buf, size);
     uint64_t t1 = now_ns();
     gnutls_bye(session, GNUTLS_SHUT_WR);
     printf("%llu\n", (unsigned long long)(t1 - t0));
