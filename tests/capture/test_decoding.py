@@ -24,6 +24,7 @@ import pytest
 from ecap.capture import abi, modules
 from ecap.capture.connections import Connection, _decode_proc_addr, format_sockaddr
 from ecap.capture.decoders import ConnectionRenderer
+from ecap.capture.decoders.bodies import looks_textual
 from ecap.capture.decoders.http1 import Http1Stream
 from ecap.capture.events import ConnectionEndEvent, DataEvent
 from ecap.capture.records import Call, Clock, Reassembler, Record
@@ -445,3 +446,15 @@ def test_a_session_of_several_modules_keeps_each_ring_apart_and_names_each_modul
         0x2: "other",
         0x3: "gnutls",
     }
+
+
+def test_what_looks_textual_is_the_same_for_ascii_and_utf8():
+    """ASCII is judged by a byte table, other UTF-8 character by character: the
+    verdicts agree, and a character cut by the 4 KiB sample is not "binary"."""
+    assert looks_textual(b"GET / HTTP/1.1\r\nHost: a\r\n\tfolded\r\n\r\n")
+    assert looks_textual(b"x" * 90 + b"\x00" * 10) and not looks_textual(b"x" * 89 + b"\x00" * 11)
+    assert looks_textual("é".encode() * 90 + b"\x00" * 10)
+    assert not looks_textual("é".encode() * 89 + b"\x00" * 11)
+    assert not looks_textual(b"x" * 50 + b"\x7f" * 50)
+    assert looks_textual(b"x" * 4095 + "é".encode() * 10)  # the 4096th byte starts "é"
+    assert not looks_textual(b"\x89PNG\r\n\x1a\n\xff\xfe")
