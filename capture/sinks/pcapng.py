@@ -58,6 +58,8 @@ class WirePcapngWriter:
         self._out = out
         self._file: PcapngFile | None = None
         self._keys: list[bytes] = []
+        self._interfaces: dict[int, int] = {}
+        """ifindex → the file's interface id."""
 
     def header(self, info: dict[str, Any]) -> None:
         self._file = PcapngFile(self._out, _session_comment(info, "packets with proven TLS keys"))
@@ -71,9 +73,14 @@ class WirePcapngWriter:
         if event.kind == PACKET:
             self._flush_keys()
             p: PacketEvent = event  # type: ignore[assignment]
-            from ecap.capture.wire.tap import interface_name
+            interface = self._interfaces.get(p.ifindex)
+            if interface is None:  # named once: if_indextoname is a syscall
+                from ecap.capture.wire.tap import interface_name
 
-            self._file.packet(self._file.interface(interface_name(p.ifindex)), p.ts_ns, p.data,
+                interface = self._interfaces[p.ifindex] = self._file.interface(
+                    interface_name(p.ifindex)
+                )
+            self._file.packet(interface, p.ts_ns, p.data,
                               p.wire_len, outbound=p.sent,
                               comment=packet_comment(p.pid, p.comm, p.module, p.connection_id))  # fmt: skip
 

@@ -80,6 +80,8 @@ class Flow:
     secrets: list[_Secret] = field(default_factory=list)
     judged: set[str] = field(default_factory=set)
     verified: set[str] = field(default_factory=set)
+    comm: str | None = None
+    """The process name its packets carry, read once (not once per packet)."""
 
     @property
     def name(self) -> str:
@@ -331,7 +333,9 @@ class KeyVerifier:
             return
         if flow.conn is None:
             flow.conn = self._connection_for(flow.pid, flow.local, flow.remote)
-        comm = self._comm(flow.pid, flow.conn)
+            if flow.conn is not None or flow.comm is None:
+                flow.comm = self._comm(flow.pid, flow.conn)
+        comm = flow.comm if flow.conn is None else flow.conn.comm
         cid = flow.conn.id if flow.conn is not None else None
         for pkt, sent in packets:
             self._emit(PacketEvent(pkt.ts_ns, pkt.data, pkt.wire_len, pkt.ifindex, sent, flow.pid,
