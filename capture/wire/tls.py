@@ -69,6 +69,9 @@ class TlsConversation:
     version: int | None = None
     suite: int | None = None
     not_tls: bool = False
+    joined_late: bool = False
+    """A record other than a handshake came before any ClientHello: the handshake
+    happened before the packets were seen, so no secret of it can be proven here."""
 
     def add(self, seg: Segment) -> list[Record]:
         """Feed one segment; returns the protected records it completed."""
@@ -128,6 +131,8 @@ class TlsConversation:
         return out
 
     def _record(self, d: Direction, rtype: int, header: bytes, body: bytes) -> Record | None:
+        if self.client is None and rtype != HANDSHAKE:
+            self.joined_late = True  # a TLS stream starts with the ClientHello
         tls13 = self.version == TLS13
         if rtype == CHANGE_CIPHER_SPEC:
             if not tls13:

@@ -11,7 +11,8 @@ two paths and in either order; each is kept until the other side can judge it:
 - a connection's packets are held (``hold``) until its secrets are judged — so a
   writer that embeds keys (pcapng) puts them before the first packet they
   decrypt — and released when every secret its TLS version derives was judged,
-  when it shows it is not TLS, or ``HOLD_SECONDS`` after its ClientHello.
+  when it shows it is not TLS or that its handshake came before the capture saw
+  it (nothing there can be proven), or ``HOLD_SECONDS`` after its ClientHello.
 
 TLS 1.3: each traffic secret must decrypt a record of its direction as sequence
 number 0 under it (the first record it protects). EXPORTER_SECRET protects no
@@ -308,7 +309,7 @@ class KeyVerifier:
     def _maybe_settle(self, flow: Flow) -> None:
         if flow.held is None:
             return
-        if flow.tls.not_tls:
+        if flow.tls.not_tls or flow.tls.joined_late:  # nothing to prove: no waiting
             self._settle(flow)
             return
         expected = self._expected(flow)

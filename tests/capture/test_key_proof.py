@@ -241,3 +241,32 @@ def test_a_library_without_an_exporter_secret_settles_on_its_traffic_secrets(tls
         (flow,) = verifier.flows.values()
         settled[exporter] = flow.held is None
     assert settled == {False: True, True: False}
+
+
+def test_a_connection_joined_after_its_handshake_is_not_held(tls13):
+    """Attached mid-connection (the common case for a responder): the first record
+    seen is not a ClientHello, so no secret can ever be proven for it — its packets
+    go out at once instead of waiting out the hold time."""
+    late = {**tls13, "wire": [w for w in tls13["wire"] if not w[1].startswith("16")]}
+    packets = [p for p in _packets(late) if len(p.data) > 40]  # no SYN: joined after it
+    emitted: list = []
+    verifier = KeyVerifier(
+        emitted.append, module="tls",
+        owner=lambda local, _remote: 4242 if local == CLIENT else None,
+        comm=lambda _pid, _conn: "client", connection_for=lambda *_a: None, packets=True,
+        clock=lambda: 0.0,
+    )  # fmt: skip
+    verifier.packet(packets[0])
+    (flow,) = verifier.flows.values()
+    assert flow.tls.joined_late and flow.held is None
+    assert [e.kind for e in emitted] == [PACKET]
+    # a whole connection seen from its ClientHello is held until its keys are judged
+    fresh = KeyVerifier(
+        [].append, module="tls", owner=lambda local, _remote: 4242 if local == CLIENT else None,
+        comm=lambda *_a: "client", connection_for=lambda *_a: None, packets=True,
+        clock=lambda: 0.0,
+    )  # fmt: skip
+    for p in _packets(tls13)[:3]:
+        fresh.packet(p)
+    (flow,) = fresh.flows.values()
+    assert not flow.tls.joined_late and flow.held is not None
