@@ -769,7 +769,8 @@ def ratios(rounds: list[dict], size: int, mode: str, base: str = "count") -> lis
 def print_module(name: str, rounds: list[dict], costs: dict) -> None:
     """Every mode of one module, size by size, with its lost records, CPU and RSS."""
     for size in rounds[0]:
-        print(f"\n{name}: {size // KIB} KiB × {rounds[0][size]['none']['count']} calls "
+        calls = next(iter(rounds[0][size].values()))["count"]
+        print(f"\n{name}: {size // KIB} KiB × {calls} calls "
               f"(ratio to count-only, per round):")  # fmt: skip
         for mode in rounds[0][size]:
             rs = ratios(rounds, size, mode)
