@@ -52,6 +52,8 @@ class RawWriter:
             raise ValueError("raw output needs the record layout")
         self._out = out
         self._options = options
+        self._frames: dict[int, bytes] = {}
+        """Record length → its frame header (records of a capture come in few sizes)."""
 
     def header(self, info: dict[str, Any]) -> None:
         doc = {
@@ -66,8 +68,18 @@ class RawWriter:
     def records(self, batch: Sequence[bytes | memoryview]) -> None:
         """Frame and write the records (views of the ring are written straight from
         it: one ``writev`` per batch, no copy in user space)."""
-        pack = FRAME.pack
-        parts = [part for raw in batch for part in (pack(RECORD_TAG, len(raw)), raw)]
+        frames, pack = self._frames, FRAME.pack
+        parts: list[Any] = []
+        add = parts.append
+        for raw in batch:
+            n = len(raw)
+            frame = frames.get(n)
+            if frame is None:
+                if len(frames) > 4096:
+                    frames.clear()
+                frame = frames[n] = pack(RECORD_TAG, n)
+            add(frame)
+            add(raw)
         try:
             fd = self._out.fileno()
         except (AttributeError, OSError, ValueError):  # an in-memory file (tests)
