@@ -246,6 +246,8 @@ class _Session:
                 raise EnvironmentNotReady(f"reading the ring buffer failed: {exc}") from exc
             if batch:
                 taken += self._take(batch, index, side.ring)
+            else:  # only discarded records, if any: give their space back too
+                side.ring.commit()
         return taken
 
     def _take(self, batch: list[memoryview], side: int, ring: RingBuffer) -> int:

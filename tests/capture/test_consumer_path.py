@@ -220,3 +220,15 @@ def test_raw_frames_of_ring_views_reach_the_file_whole_across_short_writes(tmp_p
     frames = path.read_bytes().removeprefix(b"header\n")
     expected = b"".join(FRAME.pack(RECORD_TAG, 50) + bytes([i]) * 50 for i in range(40))
     assert frames == expected
+
+
+def test_a_batch_of_only_discarded_records_is_given_back():
+    """A discarded record (a probe that could not read what it reserved) yields no
+    view, but committing the empty batch still moves the consumer past it — else the
+    ring would stay readable and the capture's wait would spin."""
+    ring = _KernelLikeRing()
+    end = ring.put(0, 16, bytes(16), flags=1 << 30)  # BPF_RINGBUF_DISCARD_BIT
+    ring.publish(end)
+    assert ring.reader.peek() == []
+    ring.reader.commit()
+    assert ring.consumer() == end
