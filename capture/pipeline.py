@@ -60,8 +60,6 @@ class Pipeline:
         self.sides = [_Side(abi, clock, max_call_bytes, names) for names in sources or [[module]]]
         self._side = self.sides[0]
         """The side whose records are being fed."""
-        self.decode = self._side.decode
-        self.reasm = self._side.reasm
         self.conns = ConnectionTable(module)
         self.counters = Counters()
         self.message_id = 0
@@ -71,7 +69,6 @@ class Pipeline:
         self._directions = {abi.KIND_WRITE: "write", abi.KIND_READ: "read"}
         self._whole = abi.FLAG_LAST
         self._not_simple = abi.FLAG_FAULT | abi.FLAG_TRUNCATED
-        self._limit = max_call_bytes
         self._whole_call = getattr(writer, "whole_call", None)
         """A writer's shortcut for a call captured whole (see SinkWriter): no Call and
         no DataEvent object for nearly every call."""
@@ -152,8 +149,7 @@ class Pipeline:
                 handler(rec)
         return len(batch)
 
-    def deliver(self, call: Call, side: _Side | None = None) -> None:
-        side = side or self.sides[0]
+    def deliver(self, call: Call, side: _Side) -> None:
         conn = self.conns.get(call.pid, call.conn, call.comm, call.fd, call.ts,
                               side.module(call.source))  # fmt: skip
         self.message_id += 1

@@ -334,9 +334,9 @@ class KeyVerifier:
             return
         if flow.conn is None:
             flow.conn = self._connection_for(flow.pid, flow.local, flow.remote)
-            if flow.conn is not None or flow.comm is None:
-                flow.comm = self._comm(flow.pid, flow.conn)
-        comm = flow.comm if flow.conn is None else flow.conn.comm
+        if flow.conn is None and flow.comm is None:
+            flow.comm = self._comm(flow.pid, None)
+        comm = flow.conn.comm if flow.conn is not None else flow.comm
         cid = flow.conn.id if flow.conn is not None else None
         for pkt, sent in packets:
             self._emit(PacketEvent(pkt.ts_ns, pkt.data, pkt.wire_len, pkt.ifindex, sent, flow.pid,
