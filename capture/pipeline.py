@@ -211,7 +211,8 @@ class Pipeline:
             rec.data
         )
         ts = self.clock.wall(rec.ts_ns)
-        conn = self.conns.get(rec.pid, rec.conn, rec.comm, rec.fd, ts)
+        conn = self.conns.get(rec.pid, rec.conn, rec.comm, rec.fd, ts,
+                              self._side.module(rec.source))  # fmt: skip
         self.writer.emit(SecretEvent(
             conn, ts, label.split(b"\0", 1)[0].decode("ascii", "replace"), random,
             bool(random_read), secret[:length] if 0 < length <= len(secret) else b"", length,

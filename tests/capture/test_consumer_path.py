@@ -132,6 +132,31 @@ def test_whole_calls_name_the_module_of_their_record_source():
     ]  # fmt: skip
 
 
+def test_a_secret_names_its_connection_after_its_source_module():
+    """The handshake's secrets come before any data: the connection they open is
+    already the module's whose probe reported them (capture auto, one object)."""
+
+    class Collect:
+        def __init__(self) -> None:
+            self.events: list = []
+
+        def emit(self, event) -> None:
+            self.events.append(event)
+
+    secret = ABI.struct("ecap_secret").pack(bytes(32), bytes(64), 32, 1,
+                                            b"CLIENT_RANDOM".ljust(40, b"\0"))  # fmt: skip
+    out = Collect()
+    pipeline = Pipeline(ABI, Clock(offset=1_700_000_000.0), 1 << 20, "tls", out,
+                        sources=[["tls", "gnutls"]])  # fmt: skip
+    pipeline.feed([
+        _thread(),
+        _rec(ABI.KIND_SECRET, secret, conn=CONN + 8, source=1),
+        _rec(ABI.KIND_WRITE, b"gnutls", total=6, conn=CONN + 8, source=1),
+    ])  # fmt: skip
+    assert [(e.kind, e.conn.module) for e in out.events] == [("secret", "gnutls"),
+                                                              ("data", "gnutls")]  # fmt: skip
+
+
 class _KernelLikeRing:
     """Memory laid out as the kernel maps a ring buffer: the consumer page, then
     the producer page and the data pages twice in a row."""
