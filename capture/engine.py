@@ -37,7 +37,6 @@ from ecap.capture.pipeline import Pipeline, summary_counts
 from ecap.capture.records import Clock, Decoder, Record
 from ecap.capture.sinks.interface import SinkOptions
 from ecap.capture.summary import summary_lines
-from ecap.ebpf.ringbuf import RingBuffer
 from ecap.errors import EnvironmentNotReady, Error, UsageError
 from ecap.fsutil import create_private_file
 from ecap.text import printable
@@ -245,32 +244,28 @@ class _Session:
             except (OSError, ValueError) as exc:
                 raise EnvironmentNotReady(f"reading the ring buffer failed: {exc}") from exc
             if batch:
-                taken += self._take(batch, index, side.ring)
-            else:  # only discarded records, if any: give their space back too
-                side.ring.commit()
+                taken += self._take(batch, index)
+            # the views are given back (an empty batch too: it may have passed
+            # discarded records, whose space must be freed as well)
+            del batch
+            side.ring.commit()
         return taken
 
-    def _take(self, batch: list[memoryview], side: int, ring: RingBuffer) -> int:
-        """Use one batch of records, views of ``ring``, and give them back to it: no
-        copy of a record as a whole (the pipeline copies what it keeps)."""
+    def _take(self, batch: list[memoryview], side: int) -> int:
+        """Use one batch of records, views of the ring (the caller gives them back
+        after): no copy of a record as a whole (the pipeline copies what it keeps)."""
         if self.pipeline is not None:
-            taken = self.pipeline.feed(batch, side)
-            del batch
-            ring.commit()
-            return taken
+            return self.pipeline.feed(batch, side)
         assert self.kernel is not None
         self.writer.records(batch)
         control = self.raw_counts.count(batch)
-        taken = len(batch)
-        del batch
-        ring.commit()
         abi = self.kernel.abi
         for rec in control:  # the few kinds a live capture must act on
             if rec.kind == abi.KIND_EXEC:
                 self._on_exec(rec)
             elif rec.kind == abi.KIND_EXIT and rec.pid not in self.live:
                 self._forget(rec.pid)  # a descendant (a target waits for its pidfd)
-        return taken
+        return len(batch)
 
     def drain_all(self) -> None:
         """Everything the probes committed so far."""
