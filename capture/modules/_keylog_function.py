@@ -42,6 +42,17 @@ ANCHORS = (b"CLIENT_RANDOM", b"EXPORTER_SECRET")
 class SecretsUnavailable(UsageError):
     """This library (version, build) does not give its secrets to ecap."""
 
+    @classmethod
+    def of(cls, target: HookTarget, why: str, needs: str) -> SecretsUnavailable:
+        """The one wording of a refusal: which file and version, why, what would do
+        (``needs``), and that the plaintext formats still work."""
+        return cls(
+            f"cannot read TLS secrets from {target.display_path} "
+            f"({target.version or 'version unknown'}): {why}",
+            hint=f"keylog and pcapng need {needs}; text, jsonl, raw and "
+            "'pcapng --plaintext' still work",
+        )
+
 
 @dataclass(frozen=True)
 class KeyLogFunction:
@@ -60,12 +71,8 @@ class KeyLogFunction:
     """The log function itself reads the client random (a second reading to agree)."""
 
     def _refuse(self, target: HookTarget, why: str) -> SecretsUnavailable:
-        return SecretsUnavailable(
-            f"cannot read TLS secrets from {target.display_path} "
-            f"({target.version or 'version unknown'}): {why}",
-            hint=f"keylog and pcapng need a proven "
-            f"{' or '.join(v + 'x' for v in self.known_versions)}; text, jsonl, raw and "
-            "'pcapng --plaintext' still work",
+        return SecretsUnavailable.of(
+            target, why, f"a proven {' or '.join(v + 'x' for v in self.known_versions)}"
         )
 
     def probes(self, target: HookTarget, shift: int = 0) -> tuple[Probe, ...]:

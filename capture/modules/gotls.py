@@ -224,14 +224,11 @@ def secret_probes(target: HookTarget, shift: int = 0) -> tuple[Probe, ...]:
     from ecap.elf import NotAnElf, open_elf
     from ecap.gopclntab import go_functions
 
+    (low_major, low_minor), (high_major, high_minor) = KEY_LOG_RELEASES
+    needs = f"a Go {low_major}.{low_minor}-{high_major}.{high_minor} amd64 binary"
+
     def refuse(why: str) -> SecretsUnavailable:
-        return SecretsUnavailable(
-            f"cannot read TLS secrets from {target.display_path} "
-            f"({target.version or 'Go version unknown'}): {why}",
-            hint=f"keylog and pcapng need a Go {KEY_LOG_RELEASES[0][0]}.{KEY_LOG_RELEASES[0][1]}"
-            f"-{KEY_LOG_RELEASES[1][0]}.{KEY_LOG_RELEASES[1][1]} amd64 binary; text, jsonl, raw "
-            "and 'pcapng --plaintext' still work",
-        )
+        return SecretsUnavailable.of(target, why, needs)
 
     try:
         image = open_elf(target.path)
